@@ -1,0 +1,48 @@
+//! Compiles the API contract in proto/ with protox (a pure-Rust protobuf compiler),
+//! so `cargo build` needs no protoc on the machine.
+//!
+//! Outputs, all in OUT_DIR:
+//! - prost/tonic code for `obhost.v1` and `obhost.testing.v1`;
+//! - pbjson serde impls, so obhostctl prints the canonical protobuf JSON mapping;
+//! - `obhost_v1_descriptor.bin` (server reflection in release builds) and
+//!   `obhost_all_descriptor.bin` (reflection with the test service as well).
+
+use std::path::PathBuf;
+
+use protox::prost::Message;
+
+const V1: &[&str] = &[
+    "proto/obhost/v1/steps.proto",
+    "proto/obhost/v1/observer.proto",
+    "proto/obhost/v1/host.proto",
+    "proto/obhost/v1/host_agent.proto",
+    "proto/obhost/v1/step_reporter.proto",
+];
+const TESTING: &str = "proto/obhost/testing/v1/testing.proto";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=proto");
+
+    let v1 = protox::compile(V1, ["proto"])?;
+    std::fs::write(out.join("obhost_v1_descriptor.bin"), v1.encode_to_vec())?;
+
+    let mut all_files: Vec<&str> = V1.to_vec();
+    all_files.push(TESTING);
+    let all = protox::compile(all_files, ["proto"])?;
+    let all_bytes = all.encode_to_vec();
+    std::fs::write(out.join("obhost_all_descriptor.bin"), &all_bytes)?;
+
+    tonic_prost_build::configure()
+        // pbjson_types carries serde for Timestamp/Duration; prost-build only lets
+        // the default prost_types mapping be replaced when well-known types are
+        // "compiled", and the extern path then points them at pbjson_types.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(all)?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&all_bytes)?
+        .build(&[".obhost"])?;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The one place that knows both the wire types (`proto::v1`) and the domain
+//! types (`steps`). Conversions here are total; validation of what callers send
+//! lives in `validate`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::proto::v1 as pb;
+use crate::steps::{CheckResult, CheckStatus, StepError, StepKind, StepRecord, StepState};
+
+pub fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
+    let (seconds, nanos) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i32),
+        Err(before) => {
+            let d = before.duration();
+            // Protobuf keeps nanos non-negative: -1.5s is seconds -2, nanos 0.5e9.
+            if d.subsec_nanos() == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (
+                    -(d.as_secs() as i64) - 1,
+                    1_000_000_000 - d.subsec_nanos() as i32,
+                )
+            }
+        }
+    };
+    pbjson_types::Timestamp { seconds, nanos }
+}
+
+pub fn system_time(t: &pbjson_types::Timestamp) -> Option<SystemTime> {
+    let nanos = u32::try_from(t.nanos).ok()?;
+    let secs = u64::try_from(t.seconds).ok()?;
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+pub fn duration(d: Duration) -> pbjson_types::Duration {
+    d.into()
+}
+
+pub fn step_kind(k: StepKind) -> pb::StepKind {
+    match k {
+        StepKind::PrepareStartObserver => pb::StepKind::PrepareStartObserver,
+        StepKind::StartObserverProcess => pb::StepKind::StartObserverProcess,
+        StepKind::WaitObserverActive => pb::StepKind::WaitObserverActive,
+        StepKind::StartAgentService => pb::StepKind::StartAgentService,
+        StepKind::StopObserverProcess => pb::StepKind::StopObserverProcess,
+        // Not part of the release API: test builds only.
+        StepKind::Test => pb::StepKind::Unspecified,
+    }
+}
+
+pub fn step_state(s: StepState) -> pb::StepState {
+    match s {
+        StepState::Pending => pb::StepState::Pending,
+        StepState::Running => pb::StepState::Running,
+        StepState::Succeeded => pb::StepState::Succeeded,
+        StepState::Failed => pb::StepState::Failed,
+        StepState::Cancelled => pb::StepState::Cancelled,
+        StepState::TimedOut => pb::StepState::TimedOut,
+    }
+}
+
+/// `None` for UNSPECIFIED, which filters mean as "any".
+pub fn state_filter(s: pb::StepState) -> Option<StepState> {
+    match s {
+        pb::StepState::Unspecified => None,
+        pb::StepState::Pending => Some(StepState::Pending),
+        pb::StepState::Running => Some(StepState::Running),
+        pb::StepState::Succeeded => Some(StepState::Succeeded),
+        pb::StepState::Failed => Some(StepState::Failed),
+        pb::StepState::Cancelled => Some(StepState::Cancelled),
+        pb::StepState::TimedOut => Some(StepState::TimedOut),
+    }
+}
+
+fn check_status(s: CheckStatus) -> pb::CheckStatus {
+    match s {
+        CheckStatus::Pass => pb::CheckStatus::Pass,
+        CheckStatus::Warn => pb::CheckStatus::Warn,
+        CheckStatus::Fail => pb::CheckStatus::Fail,
+        CheckStatus::Skipped => pb::CheckStatus::Skipped,
+    }
+}
+
+fn check(c: &CheckResult) -> pb::CheckResult {
+    pb::CheckResult {
+        name: c.name.clone(),
+        status: check_status(c.status).into(),
+        observed: c.observed.clone(),
+        expected: c.expected.clone(),
+        hint: c.hint.clone(),
+    }
+}
+
+fn step_error(e: &StepError) -> pb::StepError {
+    pb::StepError {
+        code: e.code.clone(),
+        message: e.message.clone(),
+        details: e.details.clone().into_iter().collect(),
+        log_tail: e.log_tail.clone(),
+    }
+}
+
+pub fn step(r: &StepRecord) -> pb::Step {
+    pb::Step {
+        id: r.spec.id.clone(),
+        dag_id: r.spec.dag_id.clone(),
+        kind: step_kind(r.spec.kind).into(),
+        name: r.spec.name.clone(),
+        state: step_state(r.state).into(),
+        attempt: r.attempt,
+        revision: r.revision,
+        created_at: Some(timestamp(r.created_at)),
+        started_at: r.started_at.map(timestamp),
+        finished_at: r.finished_at.map(timestamp),
+        message: r.message.clone(),
+        error: r.error.as_ref().map(step_error),
+        outputs: r.outputs.clone().into_iter().collect(),
+        checks: r.checks.iter().map(check).collect(),
+        deadline: Some(timestamp(r.deadline)),
+        timeout: Some(duration(r.spec.timeout)),
+    }
+}
+
+pub fn host_info(h: crate::host::HostFacts) -> pb::HostInfo {
+    pb::HostInfo {
+        hostname: h.hostname,
+        kernel: h.kernel,
+        cpus: h.cpus,
+        memory_total_bytes: h.memory_total_bytes,
+        memory_available_bytes: h.memory_available_bytes,
+        disks: h
+            .disks
+            .into_iter()
+            .map(|d| pb::Disk {
+                mount_point: d.mount_point,
+                device: d.device,
+                file_system: d.file_system,
+                total_bytes: d.total_bytes,
+                available_bytes: d.available_bytes,
+            })
+            .collect(),
+        boot_id: h.boot_id,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        os: h.os,
+        arch: h.arch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(system_time(&timestamp(t)), Some(t));
+        let before = UNIX_EPOCH - Duration::from_millis(1500);
+        let ts = timestamp(before);
+        assert_eq!((ts.seconds, ts.nanos), (-2, 500_000_000));
+    }
+}

@@ -1,0 +1,97 @@
+//! The gRPC layer: `obhost.v1.HostAgent`, health, reflection, and (test builds)
+//! `obhost.testing.v1.StepTesting`. Thin by design: validate, convert, call the
+//! engine. See `convert` for the one mapping between wire and domain types and
+//! `status` for the one mapping from errors to gRPC codes.
+
+mod auth;
+pub mod convert;
+mod service;
+mod status;
+#[cfg(feature = "test-kinds")]
+mod testing;
+pub mod validate;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+pub use auth::Token;
+
+use crate::proto;
+use crate::proto::v1::host_agent_server::HostAgentServer;
+use crate::steps::Engine;
+
+/// The health service name orchestrators probe.
+pub const SERVICE_NAME: &str = "obhost.v1.HostAgent";
+
+/// Serves until `shutdown` fires, then drains for at most `drain`: in-flight
+/// unary calls finish, WatchSteps streams end with UNAVAILABLE (the engine's
+/// watches see the same token), and whatever is still open after the bound is
+/// dropped so a stop never hangs.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    token: Option<Token>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<HostAgentServer<service::HostAgentService>>()
+        .await;
+
+    #[cfg(feature = "test-kinds")]
+    let descriptor = proto::ALL_DESCRIPTOR;
+    #[cfg(not(feature = "test-kinds"))]
+    let descriptor = proto::V1_DESCRIPTOR;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(descriptor)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let interceptor = auth::Interceptor::new(token);
+    let agent = HostAgentServer::with_interceptor(
+        service::HostAgentService::new(engine.clone()),
+        interceptor.clone(),
+    );
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(agent);
+    #[cfg(feature = "test-kinds")]
+    let router = router.add_service(
+        proto::testing::v1::step_testing_server::StepTestingServer::with_interceptor(
+            testing::StepTestingService::new(engine.clone()),
+            interceptor,
+        ),
+    );
+    #[cfg(not(feature = "test-kinds"))]
+    drop(interceptor);
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let signal = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        signal.cancelled().await;
+        health_reporter
+            .set_not_serving::<HostAgentServer<service::HostAgentService>>()
+            .await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        } => {
+            warn!(bound = ?drain, "connections still open after the shutdown bound; closing them");
+        }
+    }
+    if !engine.drain(Duration::from_secs(2)).await {
+        warn!("some steps did not stop within 2s of shutdown");
+    }
+    info!("gRPC server stopped");
+    Ok(())
+}

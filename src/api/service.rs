@@ -1,0 +1,276 @@
+//! `obhost.v1.HostAgent`: each RPC validates, converts, calls the engine and
+//! converts back. No policy or OS access lives here.
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use super::{convert, status, validate};
+use crate::proto::v1 as pb;
+use crate::proto::v1::host_agent_server::HostAgent;
+use crate::steps::{Engine, Filter, StepKind, WatchError};
+
+/// Default and largest ListSteps page.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// Responses a WatchSteps stream buffers before the subscriber counts as slow.
+const WATCH_STREAM_BUFFER: usize = 64;
+
+pub struct HostAgentService {
+    engine: Engine,
+}
+
+impl HostAgentService {
+    pub fn new(engine: Engine) -> Self {
+        HostAgentService { engine }
+    }
+
+    /// Step kinds that a later version implements: the request's meta is
+    /// validated all the same, so callers find their mistakes now.
+    fn not_yet(meta: Option<&pb::StepMeta>, kind: StepKind) -> Status {
+        match validate::step_spec(meta, kind, serde_json::Value::Null) {
+            Err(invalid) => invalid,
+            Ok(_) => Status::unimplemented(format!(
+                "step kind {kind:?} is not implemented by this version of obhostd; upgrade obhostd"
+            )),
+        }
+    }
+}
+
+fn step_response<T>(
+    r: Result<crate::steps::StepRecord, crate::steps::EngineError>,
+    wrap: impl FnOnce(Option<pb::Step>) -> T,
+) -> Result<Response<T>, Status> {
+    let record = r.map_err(status::from_engine)?;
+    Ok(Response::new(wrap(Some(convert::step(&record)))))
+}
+
+/// Page tokens are opaque to callers; inside, the last id of the previous page.
+fn encode_token(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> Result<String, Status> {
+    let bad = || {
+        validate::invalid(format!(
+            "page_token '{token}' was not issued by this daemon; pass next_page_token from the previous ListSteps response, or none for the first page"
+        ))
+    };
+    if token.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+#[tonic::async_trait]
+impl HostAgent for HostAgentService {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        Err(Self::not_yet(
+            request.get_ref().meta.as_ref(),
+            StepKind::PrepareStartObserver,
+        ))
+    }
+
+    async fn start_observer(
+        &self,
+        request: Request<pb::StartObserverRequest>,
+    ) -> Result<Response<pb::StartObserverResponse>, Status> {
+        Err(Self::not_yet(
+            request.get_ref().meta.as_ref(),
+            StepKind::StartObserverProcess,
+        ))
+    }
+
+    async fn wait_observer_active(
+        &self,
+        request: Request<pb::WaitObserverActiveRequest>,
+    ) -> Result<Response<pb::WaitObserverActiveResponse>, Status> {
+        Err(Self::not_yet(
+            request.get_ref().meta.as_ref(),
+            StepKind::WaitObserverActive,
+        ))
+    }
+
+    async fn start_agent_service(
+        &self,
+        request: Request<pb::StartAgentServiceRequest>,
+    ) -> Result<Response<pb::StartAgentServiceResponse>, Status> {
+        Err(Self::not_yet(
+            request.get_ref().meta.as_ref(),
+            StepKind::StartAgentService,
+        ))
+    }
+
+    async fn stop_observer(
+        &self,
+        request: Request<pb::StopObserverRequest>,
+    ) -> Result<Response<pb::StopObserverResponse>, Status> {
+        Err(Self::not_yet(
+            request.get_ref().meta.as_ref(),
+            StepKind::StopObserverProcess,
+        ))
+    }
+
+    async fn get_step(
+        &self,
+        request: Request<pb::GetStepRequest>,
+    ) -> Result<Response<pb::GetStepResponse>, Status> {
+        let id = &request.get_ref().step_id;
+        validate::step_id(id)?;
+        step_response(self.engine.get(id).await, |step| pb::GetStepResponse {
+            step,
+        })
+    }
+
+    async fn list_steps(
+        &self,
+        request: Request<pb::ListStepsRequest>,
+    ) -> Result<Response<pb::ListStepsResponse>, Status> {
+        let req = request.into_inner();
+        if !req.dag_id.is_empty() {
+            validate::step_id(&req.dag_id).map_err(|_| {
+                validate::invalid(format!(
+                    "dag_id '{}' is not a valid id",
+                    req.dag_id.escape_debug()
+                ))
+            })?;
+        }
+        let state = pb::StepState::try_from(req.state)
+            .map_err(|_| validate::invalid(format!("state {} is not a StepState", req.state)))?;
+        let page_size = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(decode_token(token)?),
+        };
+        let filter = Filter {
+            dag_id: req.dag_id,
+            step_ids: Vec::new(),
+            state: convert::state_filter(state),
+        };
+        let (records, next) = self.engine.list(&filter, page_size, after.as_deref()).await;
+        Ok(Response::new(pb::ListStepsResponse {
+            steps: records.iter().map(convert::step).collect(),
+            next_page_token: next.as_deref().map(encode_token).unwrap_or_default(),
+        }))
+    }
+
+    type WatchStepsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchStepsResponse, Status>> + Send + 'static>>;
+
+    async fn watch_steps(
+        &self,
+        request: Request<pb::WatchStepsRequest>,
+    ) -> Result<Response<Self::WatchStepsStream>, Status> {
+        let req = request.into_inner();
+        for id in &req.step_ids {
+            validate::step_id(id)?;
+        }
+        let filter = Filter {
+            dag_id: req.dag_id,
+            step_ids: req.step_ids,
+            state: None,
+        };
+        let mut watch = self.engine.watch(filter, req.after_revision).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_STREAM_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let item = match watch.next().await {
+                    Ok(record) => Ok(pb::WatchStepsResponse {
+                        step: Some(convert::step(&record)),
+                    }),
+                    Err(e @ WatchError::FellBehind { .. }) => Err(Status::aborted(e.to_string())),
+                    Err(e @ WatchError::ShuttingDown { .. }) => {
+                        Err(Status::unavailable(e.to_string()))
+                    }
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() {
+                    debug!("watcher went away");
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel_step(
+        &self,
+        request: Request<pb::CancelStepRequest>,
+    ) -> Result<Response<pb::CancelStepResponse>, Status> {
+        let id = &request.get_ref().step_id;
+        validate::step_id(id)?;
+        step_response(self.engine.cancel(id).await, |step| {
+            pb::CancelStepResponse { step }
+        })
+    }
+
+    async fn retry_step(
+        &self,
+        request: Request<pb::RetryStepRequest>,
+    ) -> Result<Response<pb::RetryStepResponse>, Status> {
+        let id = &request.get_ref().step_id;
+        validate::step_id(id)?;
+        step_response(self.engine.retry(id).await, |step| pb::RetryStepResponse {
+            step,
+        })
+    }
+
+    async fn get_observer(
+        &self,
+        request: Request<pb::GetObserverRequest>,
+    ) -> Result<Response<pb::GetObserverResponse>, Status> {
+        let home = &request.get_ref().home_path;
+        if !home.starts_with('/') {
+            return Err(validate::invalid(format!(
+                "home_path '{home}' is not absolute; give the full path, e.g. /home/admin/oceanbase"
+            )));
+        }
+        Err(Status::unimplemented(
+            "GetObserver is not implemented by this version of obhostd; upgrade obhostd",
+        ))
+    }
+
+    async fn get_host_info(
+        &self,
+        _request: Request<pb::GetHostInfoRequest>,
+    ) -> Result<Response<pb::GetHostInfoResponse>, Status> {
+        let facts = tokio::task::spawn_blocking(crate::host::host_facts)
+            .await
+            .map_err(|e| Status::internal(format!("reading host facts failed: {e}")))?
+            .map_err(|e| Status::internal(format!("reading host facts from /proc failed: {e}")))?;
+        Ok(Response::new(pb::GetHostInfoResponse {
+            host: Some(convert::host_info(facts)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_junk() {
+        let id = "dag-1:step.2";
+        assert_eq!(decode_token(&encode_token(id)).unwrap(), id);
+        assert!(decode_token("zz").is_err());
+        assert!(decode_token("abc").is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! One table from internal errors to gRPC status codes. Caller faults and daemon
+//! faults stay apart: a store failure is INTERNAL with the chain in the log and a
+//! short message on the wire.
+
+use tonic::Status;
+use tracing::error;
+
+use crate::steps::EngineError;
+
+pub fn from_engine(e: EngineError) -> Status {
+    match e {
+        EngineError::NotFound(_) => Status::not_found(e.to_string()),
+        EngineError::Conflict { .. } => Status::already_exists(e.to_string()),
+        EngineError::NotRetryable { .. } => Status::failed_precondition(e.to_string()),
+        EngineError::InvalidParams(_) => Status::invalid_argument(e.to_string()),
+        EngineError::Store(source) => {
+            error!(error = ?anyhow::Error::from(source), "state store failure");
+            Status::internal(
+                "obhostd could not write its state store; the step was not changed. See the daemon's log (journalctl -u obhostd)",
+            )
+        }
+    }
+}

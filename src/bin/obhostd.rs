@@ -1,0 +1,104 @@
+//! obhostd: parse flags, load config, set up logging, run. Everything else is in
+//! the library (`obhost::daemon`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use obhost::config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// The obhost daemon: runs the host-local steps of OceanBase's "Start OB server"
+/// task for the orchestrator, over gRPC.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML config file (see systemd/obhostd.toml). Without it, built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on (overrides `listen`), e.g. 127.0.0.1:62900.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Where the step store lives (overrides `state_dir`).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log format (overrides `log_format`). Filter with RUST_LOG, default "info".
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("obhostd: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.state_dir {
+        config.state_dir = Some(dir);
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    init_logging(config.log_format);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none (built-in defaults)".into()),
+        listen = %config.listen,
+        state_dir = %config.state_dir().display(),
+        "obhostd starting"
+    );
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("obhostd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(obhost::daemon::signals(shutdown.clone()));
+        let result = obhost::daemon::run(config, shutdown).await;
+        signals.abort();
+        result
+    });
+    // Detached blocking work (a probe mid-fsync) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => {
+            tracing::info!("obhostd stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One plain line on stderr (the journal): the error already says
+            // what to do, and a second, log-formatted copy would only add noise.
+            eprintln!("obhostd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

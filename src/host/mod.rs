@@ -1,0 +1,5 @@
+//! Facts about this host, read through sysinfo and /proc: never by shelling out.
+
+pub mod info;
+
+pub use info::{HostFacts, boot_id, host_facts};

@@ -1,0 +1,13 @@
+//! obhost: the on-host executor of OceanBase's "Start OB server" task.
+//!
+//! Layers, each calling only the next (see README "Code map"):
+//! `api` (gRPC: validate, convert) → `steps` (engine, store) → `tasks` (one file
+//! per step kind) → `host` (the only code that touches the OS).
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod proto;
+pub mod steps;
+pub mod tasks;

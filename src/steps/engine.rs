@@ -1,0 +1,796 @@
+//! The step engine: the one owner of step state.
+//!
+//! Every change to a step goes through [`Engine::commit`], which, holding the
+//! state lock, gives the change the next global revision, writes it to the store
+//! (fsync), and only then updates memory and broadcasts it. So a client can never
+//! see a state that a crash could take back, and watchers see changes in revision
+//! order.
+//!
+//! Each accepted step gets a *driver*, a tokio task that waits for the step's
+//! lock key, marks it RUNNING, runs the task under the deadline and commits the
+//! end state. CancelStep commits CANCELLED itself and then fires the driver's
+//! token; a driver never overwrites a terminal state or another attempt's record,
+//! which is what makes cancel, retry and a late-finishing task race safely.
+//!
+//! On shutdown drivers return without committing: the steps stay RUNNING in the
+//! store and are resolved on the next start like after a crash, so a graceful
+//! restart and `kill -9` follow one code path.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Mutex, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, codes};
+use super::store::{Store, StoreError};
+use super::task::{OnRestart, StepContext, StepFailure, StepResult, StepTask, TaskFactory};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Changes a watcher may lag behind before it is cut off (ABORTED).
+    pub watch_buffer: usize,
+    pub retention: Retention,
+}
+
+/// Bounds the store: terminal steps older than `max_age` are forgotten, and beyond
+/// `max_steps` the oldest terminal ones are. Steps still running are never pruned.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub max_steps: usize,
+    pub max_age: Duration,
+    pub interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            watch_buffer: 1024,
+            retention: Retention {
+                max_steps: 10_000,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                interval: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("step '{0}' not found")]
+    NotFound(String),
+    #[error(
+        "step '{id}' already exists with different {differs}; repeat the original request to follow it, or use a new step_id"
+    )]
+    Conflict { id: String, differs: String },
+    #[error("step '{id}' is {state}; only FAILED, TIMED_OUT or CANCELLED steps can be retried")]
+    NotRetryable { id: String, state: StepState },
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which steps a list or watch wants. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub dag_id: String,
+    pub step_ids: Vec<String>,
+    pub state: Option<StepState>,
+}
+
+impl Filter {
+    fn matches(&self, r: &StepRecord) -> bool {
+        (self.dag_id.is_empty() || r.spec.dag_id == self.dag_id)
+            && (self.step_ids.is_empty() || self.step_ids.iter().any(|id| id == r.id()))
+            && self.state.is_none_or(|s| s == r.state)
+    }
+}
+
+/// A change a running task makes to its own record.
+pub(super) enum Update {
+    Message(String),
+    Output(String, String),
+}
+
+enum Outcome {
+    Done(StepResult),
+    TimedOut,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    factory: Arc<dyn TaskFactory>,
+    state: Mutex<State>,
+    changes: broadcast::Sender<Arc<StepRecord>>,
+    shutdown: CancellationToken,
+    drivers: TaskTracker,
+    key_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    config: EngineConfig,
+}
+
+struct State {
+    revision: u64,
+    steps: BTreeMap<String, StepRecord>,
+    /// Token of the driver of each step's current attempt.
+    runs: HashMap<String, CancellationToken>,
+    secrets: HashMap<String, Secrets>,
+}
+
+impl Engine {
+    /// Loads the store and resolves every step a previous run left unfinished,
+    /// before anyone can call in. Drivers stop when `shutdown` fires.
+    pub async fn open(
+        state_dir: &Path,
+        factory: Arc<dyn TaskFactory>,
+        config: EngineConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, StoreError> {
+        let dir = state_dir.to_path_buf();
+        let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| StoreError::CreateDir {
+                path: state_dir.to_path_buf(),
+                source: std::io::Error::other(e),
+            })??;
+        let (changes, _) = broadcast::channel(config.watch_buffer.max(1));
+        let steps = loaded
+            .records
+            .into_iter()
+            .map(|r| (r.id().to_string(), r))
+            .collect::<BTreeMap<_, _>>();
+        info!(
+            state_file = %store.path().display(),
+            steps = steps.len(),
+            revision = loaded.revision,
+            "state loaded"
+        );
+        let engine = Engine {
+            shared: Arc::new(Shared {
+                store,
+                factory,
+                state: Mutex::new(State {
+                    revision: loaded.revision,
+                    steps,
+                    runs: HashMap::new(),
+                    secrets: HashMap::new(),
+                }),
+                changes,
+                shutdown,
+                drivers: TaskTracker::new(),
+                key_locks: std::sync::Mutex::new(HashMap::new()),
+                config,
+            }),
+        };
+        engine.resolve_unfinished().await?;
+        engine.prune().await;
+        engine.spawn_pruner();
+        Ok(engine)
+    }
+
+    /// Accepts a step, or returns the existing record of the same request.
+    pub async fn submit(
+        &self,
+        spec: StepSpec,
+        secrets: Secrets,
+    ) -> Result<StepRecord, EngineError> {
+        let mut state = self.shared.state.lock().await;
+        if let Some(existing) = state.steps.get(&spec.id) {
+            let differs = differences(&existing.spec, &spec);
+            if !differs.is_empty() {
+                return Err(EngineError::Conflict {
+                    id: spec.id,
+                    differs: differs.join(", "),
+                });
+            }
+            let existing = existing.clone();
+            // A repeated request after a restart brings back secrets the daemon
+            // could not keep; a different secret for a known step is not ours to
+            // compare (we never stored it), so the first one held wins.
+            if !secrets.is_empty() {
+                state.secrets.entry(spec.id.clone()).or_insert(secrets);
+            }
+            return Ok(existing);
+        }
+        let task = self
+            .shared
+            .factory
+            .build(spec.kind, &spec.params, &secrets)
+            .map_err(EngineError::InvalidParams)?;
+        let now = SystemTime::now();
+        let record = StepRecord {
+            deadline: now + spec.timeout,
+            spec,
+            state: StepState::Pending,
+            attempt: 1,
+            revision: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            message: "accepted".into(),
+            error: None,
+            outputs: BTreeMap::new(),
+            checks: Vec::new(),
+        };
+        let record = self.commit(&mut state, record).await?;
+        if !secrets.is_empty() {
+            state.secrets.insert(record.id().to_string(), secrets);
+        }
+        self.start_driver(&mut state, &record, task, false);
+        Ok(record)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<StepRecord, EngineError> {
+        let state = self.shared.state.lock().await;
+        state
+            .steps
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    /// One page of matching steps in id order, starting after `after_id`, and the
+    /// id to continue from when there may be more.
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        page_size: usize,
+        after_id: Option<&str>,
+    ) -> (Vec<StepRecord>, Option<String>) {
+        use std::ops::Bound;
+        let state = self.shared.state.lock().await;
+        let start = match after_id {
+            Some(id) => Bound::Excluded(id.to_string()),
+            None => Bound::Unbounded,
+        };
+        let mut page: Vec<StepRecord> = state
+            .steps
+            .range((start, Bound::Unbounded))
+            .map(|(_, r)| r)
+            .filter(|r| filter.matches(r))
+            .take(page_size + 1)
+            .cloned()
+            .collect();
+        let next = if page.len() > page_size {
+            page.truncate(page_size);
+            page.last().map(|r| r.id().to_string())
+        } else {
+            None
+        };
+        (page, next)
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<StepRecord, EngineError> {
+        let mut state = self.shared.state.lock().await;
+        let record = state
+            .steps
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+        if record.state.is_terminal() {
+            return Ok(record);
+        }
+        let mut next = record;
+        next.state = StepState::Cancelled;
+        next.finished_at = Some(SystemTime::now());
+        next.message = "cancelled by CancelStep".into();
+        next.error = Some(StepError::new(
+            codes::CANCELLED,
+            format!("step '{id}' was cancelled by CancelStep; RetryStep '{id}' runs it again"),
+        ));
+        let committed = self.commit(&mut state, next).await?;
+        if let Some(token) = state.runs.remove(id) {
+            token.cancel();
+        }
+        info!(step = id, "step cancelled");
+        Ok(committed)
+    }
+
+    pub async fn retry(&self, id: &str) -> Result<StepRecord, EngineError> {
+        let mut state = self.shared.state.lock().await;
+        let record = state
+            .steps
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+        if !record.state.is_retryable() {
+            return Err(EngineError::NotRetryable {
+                id: id.to_string(),
+                state: record.state,
+            });
+        }
+        let secrets = state.secrets.get(id).cloned().unwrap_or_default();
+        let task = self
+            .shared
+            .factory
+            .build(record.spec.kind, &record.spec.params, &secrets)
+            .map_err(EngineError::InvalidParams)?;
+        let now = SystemTime::now();
+        let next = StepRecord {
+            state: StepState::Pending,
+            attempt: record.attempt + 1,
+            started_at: None,
+            finished_at: None,
+            deadline: now + record.spec.timeout,
+            message: format!("retrying (attempt {})", record.attempt + 1),
+            error: None,
+            outputs: BTreeMap::new(),
+            checks: Vec::new(),
+            ..record
+        };
+        let committed = self.commit(&mut state, next).await?;
+        info!(step = id, attempt = committed.attempt, "step retried");
+        self.start_driver(&mut state, &committed, task, false);
+        Ok(committed)
+    }
+
+    /// Starts a watch: the records matching `filter` changed after `after_revision`
+    /// (oldest first), then every matching change as it is committed.
+    pub async fn watch(&self, filter: Filter, after_revision: u64) -> Watch {
+        let state = self.shared.state.lock().await;
+        // Subscribing under the state lock makes the snapshot and the live feed
+        // meet exactly: every change after the snapshot arrives on `live`.
+        let live = self.shared.changes.subscribe();
+        let mut backlog: Vec<StepRecord> = state
+            .steps
+            .values()
+            .filter(|r| r.revision > after_revision && filter.matches(r))
+            .cloned()
+            .collect();
+        backlog.sort_by_key(|r| r.revision);
+        Watch {
+            backlog: backlog.into(),
+            live,
+            filter,
+            delivered: after_revision,
+            shutdown: self.shared.shutdown.clone(),
+        }
+    }
+
+    /// Waits (bounded) for drivers to drop their tasks after shutdown fired.
+    pub async fn drain(&self, bound: Duration) -> bool {
+        self.shared.drivers.close();
+        tokio::time::timeout(bound, self.shared.drivers.wait())
+            .await
+            .is_ok()
+    }
+
+    pub async fn revision(&self) -> u64 {
+        self.shared.state.lock().await.revision
+    }
+
+    // ---- the commit path -------------------------------------------------------
+
+    /// The only way a record changes: next revision, store, memory, broadcast.
+    async fn commit(
+        &self,
+        state: &mut State,
+        mut record: StepRecord,
+    ) -> Result<StepRecord, StoreError> {
+        record.revision = state.revision + 1;
+        let store = self.shared.store.clone();
+        let to_store = record.clone();
+        tokio::task::spawn_blocking(move || store.put(&to_store))
+            .await
+            .map_err(|e| StoreError::Encode(serde_json::Error::io(std::io::Error::other(e))))??;
+        state.revision = record.revision;
+        state.steps.insert(record.id().to_string(), record.clone());
+        // No receivers is fine; a lagging one finds out on its next receive.
+        let _ = self.shared.changes.send(Arc::new(record.clone()));
+        Ok(record)
+    }
+
+    /// Applies `f` to the current attempt of a step while it is not terminal.
+    async fn update_if_live(
+        &self,
+        id: &str,
+        attempt: u32,
+        f: impl FnOnce(&mut StepRecord) -> bool,
+    ) -> Option<StepRecord> {
+        let mut state = self.shared.state.lock().await;
+        let current = state.steps.get(id)?;
+        if current.attempt != attempt || current.state.is_terminal() {
+            return None;
+        }
+        let mut next = current.clone();
+        if !f(&mut next) {
+            return Some(next);
+        }
+        match self.commit(&mut state, next).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                error!(step = id, error = %e, "cannot commit step change");
+                None
+            }
+        }
+    }
+
+    pub(super) async fn update_running(&self, id: &str, attempt: u32, update: Update) {
+        self.update_if_live(id, attempt, |r| match update {
+            Update::Message(m) => {
+                let changed = r.message != m;
+                r.message = m;
+                changed
+            }
+            Update::Output(k, v) => r.outputs.insert(k, v.clone()).as_ref() != Some(&v),
+        })
+        .await;
+    }
+
+    // ---- drivers ---------------------------------------------------------------
+
+    fn start_driver(
+        &self,
+        state: &mut State,
+        record: &StepRecord,
+        task: Box<dyn StepTask>,
+        resumed: bool,
+    ) {
+        let token = self.shared.shutdown.child_token();
+        state.runs.insert(record.id().to_string(), token.clone());
+        let engine = self.clone();
+        let (id, attempt, deadline) = (record.id().to_string(), record.attempt, record.deadline);
+        self.shared.drivers.spawn(async move {
+            engine
+                .drive(id, attempt, deadline, task, resumed, token)
+                .await;
+        });
+    }
+
+    async fn drive(
+        self,
+        id: String,
+        attempt: u32,
+        deadline: SystemTime,
+        task: Box<dyn StepTask>,
+        resumed: bool,
+        token: CancellationToken,
+    ) {
+        let remaining = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let at = tokio::time::Instant::now() + remaining;
+        let ctx = StepContext {
+            engine: self.clone(),
+            id: id.clone(),
+            attempt,
+            deadline,
+            resumed,
+            cancel: token.clone(),
+        };
+        let engine = self.clone();
+        let work = async move {
+            let _turn = match task.lock_key() {
+                Some(key) => Some(engine.take_turn(&key, &ctx).await),
+                None => None,
+            };
+            if !engine.mark_running(&ctx).await {
+                return None;
+            }
+            Some(task.run(ctx).await)
+        };
+        let outcome = tokio::select! {
+            biased;
+            // CancelStep has committed CANCELLED, or the daemon is stopping and
+            // the next start resolves this step: either way, nothing to commit.
+            () = token.cancelled() => return,
+            r = tokio::time::timeout_at(at, work) => match r {
+                Ok(Some(result)) => Outcome::Done(result),
+                Ok(None) => return,
+                Err(_) => Outcome::TimedOut,
+            },
+        };
+        self.finish(&id, attempt, outcome).await;
+        let mut state = self.shared.state.lock().await;
+        if state.steps.get(&id).is_some_and(|r| r.attempt == attempt) {
+            state.runs.remove(&id);
+        }
+        let over = state.steps.len() > self.shared.config.retention.max_steps;
+        drop(state);
+        if over {
+            self.prune().await;
+        }
+    }
+
+    /// Serialises steps that share a lock key (e.g. one observer home_path).
+    async fn take_turn(&self, key: &str, ctx: &StepContext) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .shared
+                .key_locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        match lock.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                ctx.progress(format!("waiting for another step on {key} to finish"))
+                    .await;
+                lock.lock_owned().await
+            }
+        }
+    }
+
+    async fn mark_running(&self, ctx: &StepContext) -> bool {
+        let resumed = ctx.resumed;
+        self.update_if_live(&ctx.id, ctx.attempt, |r| {
+            r.state = StepState::Running;
+            if resumed {
+                r.message = "resumed after obhostd restarted".into();
+            } else {
+                r.started_at = Some(SystemTime::now());
+                r.message = "running".into();
+            }
+            true
+        })
+        .await
+        .is_some()
+    }
+
+    async fn finish(&self, id: &str, attempt: u32, outcome: Outcome) {
+        let done = self
+            .update_if_live(id, attempt, |r| {
+                r.finished_at = Some(SystemTime::now());
+                match outcome {
+                    Outcome::Done(Ok(success)) => {
+                        r.state = StepState::Succeeded;
+                        r.message = if success.message.is_empty() {
+                            "succeeded".into()
+                        } else {
+                            success.message
+                        };
+                        r.outputs.extend(success.outputs);
+                        r.checks = success.checks;
+                    }
+                    Outcome::Done(Err(StepFailure {
+                        error,
+                        outputs,
+                        checks,
+                    })) => {
+                        r.state = StepState::Failed;
+                        r.message = error.message.clone();
+                        r.error = Some(error);
+                        r.outputs.extend(outputs);
+                        r.checks = checks;
+                    }
+                    Outcome::TimedOut => {
+                        let timeout = humantime::format_duration(r.spec.timeout);
+                        let message = format!(
+                            "step did not finish within its timeout of {timeout}; last: {}. \
+                             Give a longer meta.timeout, or fix what it waited for and RetryStep",
+                            r.message
+                        );
+                        r.state = StepState::TimedOut;
+                        r.error = Some(StepError::new(codes::DEADLINE_EXCEEDED, message.clone()));
+                        r.message = message;
+                    }
+                }
+                true
+            })
+            .await;
+        if let Some(r) = done {
+            info!(step = id, attempt, state = %r.state, message = %r.message, "step finished");
+        }
+    }
+
+    /// Decides the fate of every step a previous run left PENDING or RUNNING.
+    async fn resolve_unfinished(&self) -> Result<(), StoreError> {
+        let mut state = self.shared.state.lock().await;
+        let mut unfinished: Vec<StepRecord> = state
+            .steps
+            .values()
+            .filter(|r| !r.state.is_terminal())
+            .cloned()
+            .collect();
+        unfinished.sort_by_key(|r| r.revision);
+        let now = SystemTime::now();
+        for record in unfinished {
+            let id = record.id().to_string();
+            let built = self.shared.factory.build(
+                record.spec.kind,
+                &record.spec.params,
+                &Secrets::default(),
+            );
+            let mut next = record.clone();
+            next.finished_at = Some(now);
+            match built {
+                Err(why) => {
+                    next.state = StepState::Failed;
+                    next.error = Some(StepError::new(
+                        codes::INTERRUPTED,
+                        format!(
+                            "obhostd restarted and cannot run this step again ({why}); RetryStep '{id}' with a daemon that knows it"
+                        ),
+                    ));
+                }
+                Ok(_) if record.deadline <= now => {
+                    next.state = StepState::TimedOut;
+                    next.error = Some(StepError::new(
+                        codes::DEADLINE_EXCEEDED,
+                        format!(
+                            "the deadline passed while obhostd was not running; last: {}. RetryStep '{id}' runs it again",
+                            record.message
+                        ),
+                    ));
+                }
+                Ok(task) if record.state == StepState::Pending => {
+                    info!(step = %id, "starting step accepted before restart");
+                    self.start_driver(&mut state, &record, task, false);
+                    continue;
+                }
+                Ok(task) => match task.on_restart() {
+                    OnRestart::Resume => {
+                        info!(step = %id, "resuming step after restart");
+                        self.start_driver(&mut state, &record, task, true);
+                        continue;
+                    }
+                    OnRestart::Interrupt => {
+                        next.state = StepState::Failed;
+                        next.error = Some(StepError::new(
+                            codes::INTERRUPTED,
+                            format!(
+                                "obhostd stopped while this step was running, so its outcome is unknown; \
+                                 check the host, then RetryStep '{id}' to run it again"
+                            ),
+                        ));
+                    }
+                },
+            }
+            if let Some(e) = &next.error {
+                next.message = e.message.clone();
+            }
+            warn!(step = %id, state = %next.state, "step left unfinished by the previous run resolved");
+            self.commit(&mut state, next).await?;
+        }
+        Ok(())
+    }
+
+    // ---- retention -------------------------------------------------------------
+
+    fn spawn_pruner(&self) {
+        let engine = self.clone();
+        let every = self.shared.config.retention.interval;
+        let shutdown = self.shared.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => engine.prune().await,
+                }
+            }
+        });
+    }
+
+    async fn prune(&self) {
+        let retention = &self.shared.config.retention;
+        let mut state = self.shared.state.lock().await;
+        let now = SystemTime::now();
+        let mut terminal: Vec<(SystemTime, String)> = state
+            .steps
+            .values()
+            .filter(|r| r.state.is_terminal())
+            .map(|r| (r.finished_at.unwrap_or(r.created_at), r.id().to_string()))
+            .collect();
+        terminal.sort();
+        let excess = state.steps.len().saturating_sub(retention.max_steps);
+        let doomed: Vec<String> = terminal
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (finished, _))| {
+                *i < excess || now.duration_since(*finished).unwrap_or_default() > retention.max_age
+            })
+            .map(|(_, (_, id))| id)
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        let store = self.shared.store.clone();
+        let ids = doomed.clone();
+        match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
+            Ok(Ok(())) => {
+                for id in &doomed {
+                    state.steps.remove(id);
+                    state.secrets.remove(id);
+                }
+                info!(
+                    pruned = doomed.len(),
+                    kept = state.steps.len(),
+                    "old steps pruned"
+                );
+            }
+            Ok(Err(e)) => error!(error = %e, "pruning old steps failed"),
+            Err(e) => error!(error = %e, "pruning old steps failed"),
+        }
+    }
+}
+
+/// Names the fields in which a repeated request differs from the stored one.
+fn differences(stored: &StepSpec, new: &StepSpec) -> Vec<String> {
+    let mut d = Vec::new();
+    if stored.kind != new.kind {
+        d.push(format!("kind (stored {:?})", stored.kind));
+    }
+    if stored.dag_id != new.dag_id {
+        d.push(format!("dag_id (stored '{}')", stored.dag_id));
+    }
+    if stored.name != new.name {
+        d.push(format!("name (stored '{}')", stored.name));
+    }
+    if stored.timeout != new.timeout {
+        d.push(format!(
+            "timeout (stored {})",
+            humantime::format_duration(stored.timeout)
+        ));
+    }
+    if stored.params != new.params {
+        d.push("parameters".into());
+    }
+    d
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(
+        "this watch fell behind and {missed} changes were dropped; watch again with after_revision={resume_after} to continue without a gap"
+    )]
+    FellBehind { missed: u64, resume_after: u64 },
+    #[error(
+        "obhostd is shutting down; reconnect and watch again with after_revision={resume_after}"
+    )]
+    ShuttingDown { resume_after: u64 },
+}
+
+/// One subscriber's view of the change feed.
+pub struct Watch {
+    backlog: VecDeque<StepRecord>,
+    live: broadcast::Receiver<Arc<StepRecord>>,
+    filter: Filter,
+    /// Revision of the last record handed out (or the caller's after_revision).
+    delivered: u64,
+    shutdown: CancellationToken,
+}
+
+impl Watch {
+    pub async fn next(&mut self) -> Result<StepRecord, WatchError> {
+        if let Some(r) = self.backlog.pop_front() {
+            self.delivered = r.revision;
+            return Ok(r);
+        }
+        loop {
+            let received = tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    return Err(WatchError::ShuttingDown { resume_after: self.delivered });
+                }
+                r = self.live.recv() => r,
+            };
+            match received {
+                Ok(r) if r.revision > self.delivered && self.filter.matches(&r) => {
+                    self.delivered = r.revision;
+                    return Ok((*r).clone());
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return Err(WatchError::FellBehind {
+                        missed,
+                        resume_after: self.delivered,
+                    });
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(WatchError::ShuttingDown {
+                        resume_after: self.delivered,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! What a step kind implements for the engine to run it.
+//!
+//! The engine owns everything generic (state machine, deadline, cancel, durability,
+//! watch); a task only does its work and says how it ended. A task never writes
+//! the store itself: it reports progress through its [`StepContext`], which goes
+//! through the engine's single commit path.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Engine, Update};
+use super::model::{CheckResult, Secrets, StepError, StepKind};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// How a step ended, as its task sees it. Timeouts and cancellation are the
+/// engine's business and never appear here.
+pub type StepResult = Result<StepSuccess, StepFailure>;
+
+#[derive(Debug, Default)]
+pub struct StepSuccess {
+    pub message: String,
+    pub outputs: BTreeMap<String, String>,
+    pub checks: Vec<CheckResult>,
+}
+
+#[derive(Debug)]
+pub struct StepFailure {
+    pub error: StepError,
+    pub outputs: BTreeMap<String, String>,
+    pub checks: Vec<CheckResult>,
+}
+
+impl StepFailure {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        StepFailure::from(StepError::new(code, message))
+    }
+}
+
+impl From<StepError> for StepFailure {
+    fn from(error: StepError) -> Self {
+        StepFailure {
+            error,
+            outputs: BTreeMap::new(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+/// What to do with a step found RUNNING when the daemon starts (it crashed or was
+/// restarted mid-step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRestart {
+    /// Run the task again with `StepContext::resumed` set and the original
+    /// deadline; the task must be safe to run twice (e.g. a probe, or a start that
+    /// first looks for the process it may already have spawned).
+    Resume,
+    /// Fail it with INTERRUPTED: its outcome is unknown and running it again could
+    /// do harm. The operator or orchestrator decides (RetryStep).
+    Interrupt,
+}
+
+pub trait StepTask: Send + Sync + 'static {
+    /// Does the work. The engine drops the future at the deadline, on CancelStep
+    /// and on shutdown, so a task must leave nothing half-done that a re-run
+    /// cannot recognise.
+    fn run(self: Box<Self>, ctx: StepContext) -> BoxFuture<StepResult>;
+
+    /// Steps with the same key run one at a time, in the order they were
+    /// accepted (e.g. one per observer home_path). The others wait as PENDING.
+    fn lock_key(&self) -> Option<String> {
+        None
+    }
+
+    fn on_restart(&self) -> OnRestart {
+        OnRestart::Interrupt
+    }
+}
+
+/// Builds a task from a stored record's parameters. The engine calls it for new
+/// steps, retries and restarts alike, so what is stored is always enough to run.
+pub trait TaskFactory: Send + Sync + 'static {
+    fn build(
+        &self,
+        kind: StepKind,
+        params: &serde_json::Value,
+        secrets: &Secrets,
+    ) -> Result<Box<dyn StepTask>, String>;
+}
+
+/// A task's view of its own step.
+pub struct StepContext {
+    pub(super) engine: Engine,
+    pub(super) id: String,
+    pub(super) attempt: u32,
+    pub(super) deadline: SystemTime,
+    pub(super) resumed: bool,
+    pub(super) cancel: CancellationToken,
+}
+
+impl StepContext {
+    pub fn step_id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn deadline(&self) -> SystemTime {
+        self.deadline
+    }
+
+    /// True when this run continues a step that was RUNNING when the daemon
+    /// stopped.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// Fires on CancelStep, at the deadline and on shutdown, for tasks that hold
+    /// something they want to release before their future is dropped.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Sets the one-line `message` clients see while the step runs. Unchanged
+    /// messages are not committed, so tasks may call this on every poll.
+    pub async fn progress(&self, message: impl Into<String>) {
+        self.engine
+            .update_running(&self.id, self.attempt, Update::Message(message.into()))
+            .await;
+    }
+
+    /// Records an output before the step ends (e.g. the pid right after a spawn,
+    /// so that a restart mid-step can find the process).
+    pub async fn output(&self, key: &str, value: impl Into<String>) {
+        let update = Update::Output(key.to_string(), value.into());
+        self.engine
+            .update_running(&self.id, self.attempt, update)
+            .await;
+    }
+}

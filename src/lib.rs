@@ -5,6 +5,7 @@
 //! per step kind) → `host` (the only code that touches the OS).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod host;

@@ -1,1 +1,5 @@
-fn main() {}
+//! obhostctl: the operator's client for obhostd. All of it lives in `obhost::cli`.
+
+fn main() -> std::process::ExitCode {
+    obhost::cli::main()
+}

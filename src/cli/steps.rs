@@ -1,0 +1,181 @@
+//! `obhostctl steps ...`
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::output::{self, Format};
+use super::{CliError, Client};
+use crate::proto::v1 as pb;
+
+#[derive(Subcommand)]
+pub enum StepsCommand {
+    /// List steps, by step id.
+    List(ListArgs),
+    /// Show one step.
+    Get { step_id: String },
+    /// Follow steps as they change (current records first).
+    Watch(WatchArgs),
+    /// Cancel a PENDING or RUNNING step.
+    Cancel { step_id: String },
+    /// Run a FAILED, TIMED_OUT or CANCELLED step again.
+    Retry { step_id: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl From<StateArg> for pb::StepState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Pending => pb::StepState::Pending,
+            StateArg::Running => pb::StepState::Running,
+            StateArg::Succeeded => pb::StepState::Succeeded,
+            StateArg::Failed => pb::StepState::Failed,
+            StateArg::Cancelled => pb::StepState::Cancelled,
+            StateArg::TimedOut => pb::StepState::TimedOut,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only steps of this DAG.
+    #[arg(long)]
+    dag_id: Option<String>,
+    /// Only steps in this state.
+    #[arg(long, value_enum)]
+    state: Option<StateArg>,
+    /// Steps per page (the daemon caps it at 1000).
+    #[arg(long, default_value_t = 100)]
+    page_size: u32,
+    /// Continue from a previous page's next_page_token.
+    #[arg(long)]
+    page_token: Option<String>,
+    /// Fetch every page.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Only steps of this DAG.
+    #[arg(long)]
+    dag_id: Option<String>,
+    /// Only this step (repeatable).
+    #[arg(long = "step", value_name = "STEP_ID")]
+    step_ids: Vec<String>,
+    /// Only changes after this revision (resume a previous watch).
+    #[arg(long, default_value_t = 0)]
+    after_revision: u64,
+    /// Exit once every step named with --step is terminal; the exit status is 0
+    /// only if all of them SUCCEEDED.
+    #[arg(long, requires = "step_ids")]
+    until_done: bool,
+}
+
+pub async fn run(
+    cmd: StepsCommand,
+    client: &mut Client,
+    format: Format,
+) -> Result<ExitCode, CliError> {
+    match cmd {
+        StepsCommand::List(args) => list(args, client, format).await,
+        StepsCommand::Get { step_id } => {
+            let step = client
+                .get_step(pb::GetStepRequest { step_id })
+                .await?
+                .into_inner()
+                .step;
+            output::step(&step.unwrap_or_default(), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StepsCommand::Cancel { step_id } => {
+            let step = client
+                .cancel_step(pb::CancelStepRequest { step_id })
+                .await?
+                .into_inner()
+                .step;
+            output::step(&step.unwrap_or_default(), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StepsCommand::Retry { step_id } => {
+            let step = client
+                .retry_step(pb::RetryStepRequest { step_id })
+                .await?
+                .into_inner()
+                .step;
+            output::step(&step.unwrap_or_default(), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StepsCommand::Watch(args) => watch(args, client, format).await,
+    }
+}
+
+async fn list(args: ListArgs, client: &mut Client, format: Format) -> Result<ExitCode, CliError> {
+    let mut token = args.page_token.unwrap_or_default();
+    let mut all = Vec::new();
+    loop {
+        let page = client
+            .list_steps(pb::ListStepsRequest {
+                dag_id: args.dag_id.clone().unwrap_or_default(),
+                state: args
+                    .state
+                    .map(pb::StepState::from)
+                    .unwrap_or_default()
+                    .into(),
+                page_size: args.page_size,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        all.extend(page.steps);
+        token = page.next_page_token;
+        if !args.all || token.is_empty() {
+            break;
+        }
+    }
+    output::step_list(&all, &token, format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<ExitCode, CliError> {
+    let mut stream = client
+        .watch_steps(pb::WatchStepsRequest {
+            dag_id: args.dag_id.unwrap_or_default(),
+            step_ids: args.step_ids.clone(),
+            after_revision: args.after_revision,
+        })
+        .await?
+        .into_inner();
+    let mut last: std::collections::BTreeMap<String, pb::Step> = Default::default();
+    while let Some(item) = stream.message().await? {
+        let Some(step) = item.step else { continue };
+        output::step_change(&step, format)?;
+        last.insert(step.id.clone(), step);
+        if args.until_done
+            && args
+                .step_ids
+                .iter()
+                .all(|id| last.get(id).is_some_and(output::is_terminal))
+        {
+            let ok = args.step_ids.iter().all(|id| {
+                last.get(id)
+                    .is_some_and(|s| s.state() == pb::StepState::Succeeded)
+            });
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -140,7 +140,7 @@ impl Engine {
             .await
             .map_err(|e| StoreError::CreateDir {
                 path: state_dir.to_path_buf(),
-                source: std::io::Error::other(e),
+                cause: std::io::Error::other(e),
             })??;
         let (changes, _) = broadcast::channel(config.watch_buffer.max(1));
         let steps = loaded

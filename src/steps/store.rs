@@ -25,47 +25,39 @@ const SCHEMA_VERSION: u64 = 1;
 pub const STATE_FILE: &str = "obhostd.redb";
 
 #[derive(Debug, thiserror::Error)]
+/// Each message carries its cause inline (the operator reads one line), so no
+/// variant exposes it again as `source()`.
 pub enum StoreError {
     #[error(
         "state file '{path}' is in use by another process (is another obhostd running with the same state_dir?)"
     )]
     InUse { path: PathBuf },
     #[error(
-        "state file '{path}' cannot be read: {source}. obhostd will not start over it and will not reset it: \
+        "state file '{path}' cannot be read: {cause}. obhostd will not start over it and will not reset it: \
          move it aside (mv '{path}' '{path}.bad') to start with empty state, or restore it from a backup"
     )]
-    Unreadable {
-        path: PathBuf,
-        #[source]
-        source: redb::Error,
-    },
+    Unreadable { path: PathBuf, cause: redb::Error },
     #[error(
-        "state file '{path}' holds a step record '{key}' that cannot be decoded: {source}. \
+        "state file '{path}' holds a step record '{key}' that cannot be decoded: {cause}. \
          obhostd will not start over it: move the file aside (mv '{path}' '{path}.bad') or restore a backup"
     )]
     CorruptRecord {
         path: PathBuf,
         key: String,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error(
         "state file '{path}' was written by a newer obhostd (schema {found}, this one knows {SCHEMA_VERSION}); \
          run the newer obhostd or restore a backup"
     )]
     NewerSchema { path: PathBuf, found: u64 },
-    #[error("cannot create state dir '{path}': {source}; create it or point state_dir elsewhere")]
+    #[error("cannot create state dir '{path}': {cause}; create it or point state_dir elsewhere")]
     CreateDir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("writing state file '{path}' failed: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: redb::Error,
-    },
+    #[error("writing state file '{path}' failed: {cause}")]
+    Write { path: PathBuf, cause: redb::Error },
     #[error("cannot encode step record: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -86,16 +78,16 @@ pub struct Loaded {
 
 impl Store {
     pub fn open(state_dir: &Path) -> Result<(Store, Loaded), StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::CreateDir {
+        std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::CreateDir {
             path: state_dir.to_path_buf(),
-            source,
+            cause,
         })?;
         let path = state_dir.join(STATE_FILE);
-        let unreadable = |source: redb::Error| match source {
+        let unreadable = |cause: redb::Error| match cause {
             redb::Error::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            source => StoreError::Unreadable {
+            cause => StoreError::Unreadable {
                 path: path.clone(),
-                source,
+                cause,
             },
         };
         let db = Database::create(&path).map_err(|e| unreadable(e.into()))?;
@@ -126,9 +118,9 @@ impl Store {
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {
-        let unreadable = |source: redb::Error| StoreError::Unreadable {
+        let unreadable = |cause: redb::Error| StoreError::Unreadable {
             path: self.path.clone(),
-            source,
+            cause,
         };
         let txn = self.db.begin_read().map_err(|e| unreadable(e.into()))?;
         let meta = txn.open_table(META).map_err(|e| unreadable(e.into()))?;
@@ -150,11 +142,11 @@ impl Store {
         let mut records = Vec::new();
         for entry in steps.iter().map_err(|e| unreadable(e.into()))? {
             let (key, value) = entry.map_err(|e| unreadable(e.into()))?;
-            let record: StepRecord = serde_json::from_slice(value.value()).map_err(|source| {
+            let record: StepRecord = serde_json::from_slice(value.value()).map_err(|cause| {
                 StoreError::CorruptRecord {
                     path: self.path.clone(),
                     key: key.value().to_string(),
-                    source,
+                    cause,
                 }
             })?;
             // The counter is written in the same transaction as every record, so
@@ -192,9 +184,9 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let wrap = |source: redb::Error| StoreError::Write {
+        let wrap = |cause: redb::Error| StoreError::Write {
             path: self.path.clone(),
-            source,
+            cause,
         };
         let txn = self.db.begin_write().map_err(|e| wrap(e.into()))?;
         f(&txn).map_err(wrap)?;

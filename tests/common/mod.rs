@@ -135,6 +135,14 @@ impl Daemon {
         format!("http://{}", self.addr)
     }
 
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     pub async fn client(&self) -> HostAgentClient<Channel> {
         HostAgentClient::connect(self.url()).await.expect("connect")
     }
@@ -153,27 +161,25 @@ impl Daemon {
         self.logs.lock().unwrap().join("\n")
     }
 
-    /// SIGKILL, like a crash or the OOM killer.
-    pub fn kill9(mut self) -> PathBuf {
+    /// SIGKILL, like a crash or the OOM killer. The state dir (and config) stay
+    /// for the next daemon.
+    pub fn kill9(mut self) -> Stopped {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.state_dir.clone()
-    }
-
-    /// Starts a new daemon on the same state dir (and config) after this one is gone.
-    pub fn restart_after_kill9(mut self) -> Daemon {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let opts = Options {
+        Stopped {
+            state_dir: self.state_dir.clone(),
             config: self
                 .config
                 .as_ref()
                 .map(|p| std::fs::read_to_string(p).unwrap())
                 .unwrap_or_default(),
-            ..Options::default()
-        };
-        let tmp = self._tmp.take();
-        Daemon::spawn(opts, self.state_dir.clone(), tmp).expect("restart")
+            tmp: self._tmp.take(),
+        }
+    }
+
+    /// kill -9, then a new daemon on the same state dir and config.
+    pub fn restart_after_kill9(self) -> Daemon {
+        self.kill9().start()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -197,6 +203,33 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What is left of a killed daemon: enough to start the next one.
+pub struct Stopped {
+    pub state_dir: PathBuf,
+    pub config: String,
+    tmp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Stopped {
+    /// A daemon that exited by itself left this state dir (its tempdir is owned
+    /// by the old `Daemon`, which the caller keeps alive).
+    pub fn from_dir(state_dir: PathBuf) -> Stopped {
+        Stopped {
+            state_dir,
+            config: String::new(),
+            tmp: None,
+        }
+    }
+
+    pub fn start(self) -> Daemon {
+        let opts = Options {
+            config: self.config,
+            ..Options::default()
+        };
+        Daemon::spawn(opts, self.state_dir, self.tmp).expect("restart")
     }
 }
 

@@ -1,0 +1,281 @@
+//! The daemon as systemd and operators meet it: listen policy, health,
+//! reflection, sd_notify, graceful shutdown, auth, host facts.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use obhost::proto::v1 as pb;
+use tonic::Code;
+
+#[test]
+fn non_loopback_listen_is_refused_without_auth() {
+    let out = std::process::Command::new(OBHOSTD)
+        .args(["--listen", "0.0.0.0:0", "--state-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on '0.0.0.0:0'"), "{err}");
+    assert!(err.contains("[auth]"), "says what to do: {err}");
+}
+
+#[test]
+fn a_bad_config_names_the_file_and_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("obhostd.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nallowed_root = [\"/home\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(OBHOSTD)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("allowed_root"), "{err}");
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_host_agent() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let d = Daemon::start();
+    let mut health = HealthClient::new(d.channel().await);
+    for service in ["obhost.v1.HostAgent", ""] {
+        let resp = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.status(), ServingStatus::Serving, "service {service:?}");
+    }
+}
+
+#[tokio::test]
+async fn reflection_lists_the_host_agent() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let d = Daemon::start();
+    let mut client = ServerReflectionClient::new(d.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer: {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"obhost.v1.HostAgent".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn host_info_comes_from_the_real_host() {
+    let d = Daemon::start();
+    let host = d
+        .client()
+        .await
+        .get_host_info(pb::GetHostInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .host
+        .unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(host.boot_id, boot_id.trim());
+    assert_eq!(
+        host.cpus as usize,
+        std::thread::available_parallelism()
+            .unwrap()
+            .get()
+            .max(host.cpus as usize)
+    );
+    assert!(host.memory_total_bytes > host.memory_available_bytes);
+    assert!(host.memory_available_bytes > 0);
+    assert!(
+        host.disks
+            .iter()
+            .any(|d| d.mount_point == "/" && d.total_bytes > 0)
+    );
+    assert_eq!(host.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        host.hostname,
+        nix::unistd::gethostname().unwrap().to_string_lossy()
+    );
+    assert!(!host.kernel.is_empty());
+}
+
+#[tokio::test]
+async fn sd_notify_ready_after_listening_watchdog_and_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut d = Daemon::start_with(Options {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), sock_path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "200000".into()),
+        ],
+        ..Options::default()
+    });
+    let mut buf = [0u8; 256];
+    let recv = |buf: &mut [u8]| -> String {
+        let n = sock.recv(buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv(&mut buf);
+    assert_eq!(first.trim(), "READY=1");
+    // READY means it answers: the port is bound and state loaded.
+    d.client()
+        .await
+        .list_steps(pb::ListStepsRequest::default())
+        .await
+        .unwrap();
+    // Watchdog at half of 200ms: several pets in a second.
+    let start = Instant::now();
+    let mut pets = 0;
+    while start.elapsed() < Duration::from_millis(600) {
+        if recv(&mut buf).trim() == "WATCHDOG=1" {
+            pets += 1;
+        }
+    }
+    assert!(pets >= 3, "only {pets} watchdog messages in 600ms");
+    d.signal(Signal::SIGTERM);
+    let mut saw_stopping = false;
+    for _ in 0..50 {
+        match sock.recv(&mut buf) {
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).trim() == "STOPPING=1" => {
+                saw_stopping = true;
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert!(saw_stopping, "no STOPPING=1");
+    let status = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit after SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_watches_and_exits_within_the_bound() {
+    let mut d = Daemon::start_with(Options {
+        config: "shutdown_timeout = \"2s\"\n".into(),
+        ..Options::default()
+    });
+    run_test_step(&d, test_step("busy", 60.0)).await;
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        let mut s = d
+            .client()
+            .await
+            .watch_steps(pb::WatchStepsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap().unwrap();
+        watches.push(s);
+    }
+    let start = Instant::now();
+    d.signal(Signal::SIGTERM);
+    for mut s in watches {
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("watch stayed open after SIGTERM");
+        let status = end.expect_err("watch should end with a status");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("after_revision="),
+            "{}",
+            status.message()
+        );
+    }
+    let status = d
+        .wait_exit(Duration::from_secs(6))
+        .expect("obhostd did not exit");
+    assert!(status.success(), "{status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // The running step stays RUNNING in the store and is resolved on restart.
+    let stopped = Stopped::from_dir(d.state_dir.clone());
+    let d = stopped.start();
+    let s = get_step(&d, "busy").await;
+    assert_eq!(s.state(), pb::StepState::Failed);
+    assert_eq!(s.error.unwrap().code, "INTERRUPTED");
+}
+
+#[tokio::test]
+async fn auth_token_is_required_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    let d = Daemon::start_with(Options {
+        config: format!("[auth]\ntoken_file = \"{}\"\n", token_file.display()),
+        ..Options::default()
+    });
+    let err = d
+        .client()
+        .await
+        .list_steps(pb::ListStepsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let (code, _, stderr) = obhostctl(Some(&d), &["steps", "list"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("UNAUTHENTICATED"), "{stderr}");
+    let (code, stdout, stderr) = obhostctl(
+        Some(&d),
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "steps",
+            "list",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("STEP"), "{stdout}");
+    assert!(
+        !d.log_text().contains("s3cret-token"),
+        "the token reached the log"
+    );
+}

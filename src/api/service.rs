@@ -58,7 +58,7 @@ fn decode_token(token: &str) -> Result<String, Status> {
             "page_token '{token}' was not issued by this daemon; pass next_page_token from the previous ListSteps response, or none for the first page"
         ))
     };
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..token.len())

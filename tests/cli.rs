@@ -1,0 +1,95 @@
+//! obhostctl against the real daemon: output, exit codes and error text.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn steps_get_list_cancel_retry_in_text_and_json() {
+    let d = Daemon::start();
+    let mut req = test_step("cli-1", 0.0);
+    req.meta.as_mut().unwrap().dag_id = "dag-7".into();
+    run_test_step(&d, req).await;
+    wait_terminal(&d, "cli-1").await;
+
+    let (code, out, err) = obhostctl(Some(&d), &["steps", "get", "cli-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state      SUCCEEDED"), "{out}");
+    assert!(out.contains("dag        dag-7"), "{out}");
+
+    let (code, out, _) = obhostctl(Some(&d), &["-o", "json", "steps", "get", "cli-1"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["id"], "cli-1");
+    assert_eq!(v["state"], "STEP_STATE_SUCCEEDED");
+    assert_eq!(v["dagId"], "dag-7");
+
+    let (code, out, _) = obhostctl(Some(&d), &["steps", "list", "--dag-id", "dag-7"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("cli-1") && l.contains("SUCCEEDED")), "{out}");
+
+    run_test_step(&d, test_step("cli-2", 30.0)).await;
+    let (code, out, _) = obhostctl(Some(&d), &["steps", "cancel", "cli-2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("CANCELLED"), "{out}");
+    let (code, out, _) = obhostctl(Some(&d), &["-o", "json", "steps", "retry", "cli-2"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["attempt"], 2);
+
+    let (code, _, err) = obhostctl(Some(&d), &["steps", "retry", "cli-1"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("obhostctl: FAILED_PRECONDITION: step 'cli-1' is SUCCEEDED"), "{err}");
+    let (code, _, err) = obhostctl(Some(&d), &["steps", "get", "missing"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+}
+
+#[tokio::test]
+async fn watch_until_done_exits_with_the_outcome() {
+    let d = Daemon::start();
+    let mut req = test_step("cli-w", 0.3);
+    req.progress_updates = 2;
+    run_test_step(&d, req).await;
+    let (code, out, err) = obhostctl(Some(&d), &["steps", "watch", "--step", "cli-w", "--until-done"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().last().unwrap().contains("SUCCEEDED"), "{out}");
+
+    let mut failing = test_step("cli-wf", 0.0);
+    failing.fail_code = "PROCESS_EXITED".into();
+    run_test_step(&d, failing).await;
+    let (code, out, _) =
+        obhostctl(Some(&d), &["-o", "json", "steps", "watch", "--step", "cli-wf", "--until-done"]);
+    assert_eq!(code, 1);
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "PROCESS_EXITED");
+}
+
+#[tokio::test]
+async fn host_prints_facts() {
+    let d = Daemon::start();
+    let (code, out, _) = obhostctl(Some(&d), &["host"]);
+    assert_eq!(code, 0);
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(out.contains(boot_id.trim()), "{out}");
+    let (code, out, _) = obhostctl(Some(&d), &["-o", "json", "host"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["bootId"], boot_id.trim());
+}
+
+#[test]
+fn an_unreachable_daemon_is_exit_3_with_a_hint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, out, err) = obhostctl(None, &["--addr", &addr, "steps", "list"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains(&format!("cannot reach obhostd at http://{addr}")), "{err}");
+    assert!(err.contains("systemctl status obhostd"), "{err}");
+}
+
+#[test]
+fn bad_usage_is_exit_2() {
+    let (code, _, err) = obhostctl(None, &["steps", "frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+}

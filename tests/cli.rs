@@ -26,7 +26,11 @@ async fn steps_get_list_cancel_retry_in_text_and_json() {
 
     let (code, out, _) = obhostctl(Some(&d), &["steps", "list", "--dag-id", "dag-7"]);
     assert_eq!(code, 0);
-    assert!(out.lines().any(|l| l.starts_with("cli-1") && l.contains("SUCCEEDED")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("cli-1") && l.contains("SUCCEEDED")),
+        "{out}"
+    );
 
     run_test_step(&d, test_step("cli-2", 30.0)).await;
     let (code, out, _) = obhostctl(Some(&d), &["steps", "cancel", "cli-2"]);
@@ -39,7 +43,10 @@ async fn steps_get_list_cancel_retry_in_text_and_json() {
 
     let (code, _, err) = obhostctl(Some(&d), &["steps", "retry", "cli-1"]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("obhostctl: FAILED_PRECONDITION: step 'cli-1' is SUCCEEDED"), "{err}");
+    assert!(
+        err.starts_with("obhostctl: FAILED_PRECONDITION: step 'cli-1' is SUCCEEDED"),
+        "{err}"
+    );
     let (code, _, err) = obhostctl(Some(&d), &["steps", "get", "missing"]);
     assert_eq!(code, 1);
     assert!(err.contains("NOT_FOUND"), "{err}");
@@ -51,15 +58,28 @@ async fn watch_until_done_exits_with_the_outcome() {
     let mut req = test_step("cli-w", 0.3);
     req.progress_updates = 2;
     run_test_step(&d, req).await;
-    let (code, out, err) = obhostctl(Some(&d), &["steps", "watch", "--step", "cli-w", "--until-done"]);
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--step", "cli-w", "--until-done"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().last().unwrap().contains("SUCCEEDED"), "{out}");
 
     let mut failing = test_step("cli-wf", 0.0);
     failing.fail_code = "PROCESS_EXITED".into();
     run_test_step(&d, failing).await;
-    let (code, out, _) =
-        obhostctl(Some(&d), &["-o", "json", "steps", "watch", "--step", "cli-wf", "--until-done"]);
+    let (code, out, _) = obhostctl(
+        Some(&d),
+        &[
+            "-o",
+            "json",
+            "steps",
+            "watch",
+            "--step",
+            "cli-wf",
+            "--until-done",
+        ],
+    );
     assert_eq!(code, 1);
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "PROCESS_EXITED");
@@ -80,11 +100,18 @@ async fn host_prints_facts() {
 
 #[test]
 fn an_unreachable_daemon_is_exit_3_with_a_hint() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let (code, out, err) = obhostctl(None, &["--addr", &addr, "steps", "list"]);
     assert_eq!(code, 3, "{out}{err}");
-    assert!(err.contains(&format!("cannot reach obhostd at http://{addr}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach obhostd at http://{addr}")),
+        "{err}"
+    );
     assert!(err.contains("systemctl status obhostd"), "{err}");
 }
 

@@ -32,7 +32,10 @@ fn the_unit_verifies_and_keeps_what_the_design_needs() {
         "WatchdogSec=",
         "StateDirectory=obhostd",
     ] {
-        assert!(UNIT.lines().any(|l| l.starts_with(line)), "unit lacks {line}");
+        assert!(
+            UNIT.lines().any(|l| l.starts_with(line)),
+            "unit lacks {line}"
+        );
     }
     // A private /tmp would vanish under observers that outlive the daemon.
     assert!(!UNIT.lines().any(|l| l.starts_with("PrivateTmp=yes")));
@@ -42,16 +45,32 @@ fn the_unit_verifies_and_keeps_what_the_design_needs() {
     let tmp = tempfile::tempdir().unwrap();
     let unit = tmp.path().join("obhostd.service");
     std::fs::write(&unit, UNIT.replace("/usr/local/bin/obhostd", OBHOSTD)).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
-    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("obhostd.service")).collect();
-    assert!(ours.is_empty(), "warnings about the unit:\n{}", ours.join("\n"));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("obhostd.service"))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "warnings about the unit:\n{}",
+        ours.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn the_example_config_runs() {
-    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/obhostd.toml")).unwrap();
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/obhostd.toml"))
+            .unwrap();
     // The test harness overrides listen and state_dir with flags, as an operator may.
     let d = Daemon::start_with(Options {
         config: example,

@@ -38,6 +38,105 @@ pub struct Config {
     #[serde(default)]
     pub agent_service: AgentServiceConfig,
     pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub observer: ObserverConfig,
+}
+
+/// A resource limit: a number or "unlimited".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum LimitValue {
+    Number(u64),
+    Word(LimitWord),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitWord {
+    Unlimited,
+}
+
+impl LimitValue {
+    pub fn get(self) -> u64 {
+        match self {
+            LimitValue::Number(n) => n,
+            LimitValue::Word(LimitWord::Unlimited) => u64::MAX,
+        }
+    }
+}
+
+/// Resource limits of the processes obhostd starts (observers, agent services).
+/// Defaults are what OceanBase's deployer asks hosts for. As root the daemon
+/// grants them; otherwise they are capped at the daemon's own hard limits, and
+/// Prepare reports the numbers the observer will really get.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_nofile")]
+    pub nofile: LimitValue,
+    #[serde(default = "default_nproc")]
+    pub nproc: LimitValue,
+    #[serde(default = "unlimited")]
+    pub core: LimitValue,
+    #[serde(default = "unlimited")]
+    pub stack: LimitValue,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            nofile: default_nofile(),
+            nproc: default_nproc(),
+            core: unlimited(),
+            stack: unlimited(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn to_limits(&self) -> crate::process::Limits {
+        crate::process::Limits {
+            nofile: Some(self.nofile.get()),
+            nproc: Some(self.nproc.get()),
+            core: Some(self.core.get()),
+            stack: Some(self.stack.get()),
+        }
+    }
+}
+
+fn default_nofile() -> LimitValue {
+    LimitValue::Number(655_350)
+}
+fn default_nproc() -> LimitValue {
+    LimitValue::Number(655_360)
+}
+fn unlimited() -> LimitValue {
+    LimitValue::Word(LimitWord::Unlimited)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverConfig {
+    /// How long a freshly started observer must stay alive before StartObserver
+    /// succeeds: a binary that dies of a bad flag or a missing library does so
+    /// within this window, and then the step fails with its log instead of
+    /// reporting a process that is already gone.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub start_settle: Duration,
+}
+
+impl Default for ObserverConfig {
+    fn default() -> Self {
+        ObserverConfig {
+            start_settle: default_settle(),
+        }
+    }
+}
+
+fn default_settle() -> Duration {
+    Duration::from_secs(1)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -273,6 +372,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("allowed_root"), "{err}");
+    }
+
+    #[test]
+    fn limits_take_numbers_and_unlimited() {
+        let c: Config = toml::from_str("[limits]\nnofile = 1024\ncore = \"unlimited\"").unwrap();
+        assert_eq!(c.limits.nofile.get(), 1024);
+        assert_eq!(c.limits.core.get(), u64::MAX);
+        assert_eq!(c.limits.nproc.get(), 655_360);
+        assert!(toml::from_str::<Config>("[limits]\ncore = \"lots\"").is_err());
     }
 
     #[test]

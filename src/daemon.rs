@@ -5,6 +5,7 @@
 //! the state is loaded, every unfinished step is resolved and the listener is
 //! bound, so "active" in `systemctl` means "answers with correct state".
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,8 +15,10 @@ use tracing::{info, warn};
 
 use crate::api::{self, Token};
 use crate::config::Config;
+use crate::observer::{Policy, Registry};
+use crate::process::Reaper;
 use crate::steps::{Engine, EngineConfig, Retention};
-use crate::tasks::Tasks;
+use crate::tasks::{Deps, Tasks};
 
 /// Runs the daemon until `shutdown` fires. Errors are for the operator: they
 /// name the file or address at fault and what to do.
@@ -35,7 +38,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             interval: config.retention.prune_interval,
         },
     };
-    let engine = Engine::open(&state_dir, Tasks::new(), engine_config, shutdown.clone()).await?;
+    std::fs::create_dir_all(&state_dir).with_context(|| {
+        format!(
+            "cannot create state dir '{}'; create it or point state_dir elsewhere",
+            state_dir.display()
+        )
+    })?;
+    // Reaping and re-adoption come first: steps resumed by the engine below may
+    // look for the processes they started.
+    let reaper = Reaper::start();
+    let registry = Registry::open(&state_dir, reaper, shutdown.clone())?;
+    let policy = Policy {
+        allowed_roots: config.allowed_roots.clone(),
+        allowed_users: config.allowed_users.clone(),
+        default_user: config.default_user.clone(),
+        limits: config.limits.to_limits(),
+        start_settle: config.observer.start_settle,
+    };
+    let deps = Arc::new(Deps {
+        registry: registry.clone(),
+        policy: policy.clone(),
+    });
+    let engine = Engine::open(
+        &state_dir,
+        Tasks::new(deps),
+        engine_config,
+        shutdown.clone(),
+    )
+    .await?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on '{}'; is another obhostd running? Pick another address with --listen",
@@ -47,9 +77,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     notify(&[sd_notify::NotifyState::Ready]);
     spawn_watchdog(shutdown.clone());
 
+    let services = api::Services {
+        engine,
+        registry,
+        policy,
+    };
     let served = api::serve(
         listener,
-        engine,
+        services,
         token,
         shutdown.clone(),
         config.shutdown_timeout,

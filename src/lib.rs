@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod observer;
+pub mod process;
 pub mod proto;
 pub mod steps;
 pub mod tasks;

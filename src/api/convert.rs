@@ -146,6 +146,54 @@ pub fn host_info(h: crate::host::HostFacts) -> pb::HostInfo {
     }
 }
 
+pub fn raw_spec(o: pb::ObserverSpec) -> crate::observer::RawSpec {
+    crate::observer::RawSpec {
+        home_path: o.home_path,
+        binary: o.binary,
+        user: o.user,
+        mysql_port: o.mysql_port,
+        rpc_port: o.rpc_port,
+        pid_file: o.pid_file,
+        foreground: o.foreground,
+        zone: o.zone,
+        cluster_name: o.cluster_name,
+        cluster_id: o.cluster_id,
+        rootservice_list: o.rootservice_list,
+        data_dir: o.data_dir,
+        redo_dir: o.redo_dir,
+        devname: o.devname,
+        ip: o.ip,
+        parameters: o.parameters.into_iter().collect(),
+        env: o.env.into_iter().collect(),
+        extra_args: o.extra_args,
+    }
+}
+
+pub fn exit_status(e: crate::process::Exit) -> pb::ExitStatus {
+    pb::ExitStatus {
+        pid: u32::try_from(e.pid).unwrap_or_default(),
+        code: e.code,
+        signal: e.signal,
+        at: Some(timestamp(e.at)),
+    }
+}
+
+pub fn observer_status(s: crate::observer::status::ObserverStatus) -> pb::ObserverStatus {
+    pb::ObserverStatus {
+        home_path: s.home_path.display().to_string(),
+        running: s.running,
+        pid: s.pid,
+        process_start_time: s.process_start_time.map(timestamp),
+        uptime: s.uptime.map(duration),
+        rss_bytes: s.rss_bytes,
+        cpu_percent: s.cpu_percent,
+        threads: s.threads,
+        listening_ports: s.listening_ports.into_iter().map(u32::from).collect(),
+        command: s.command,
+        last_exit: s.last_exit.map(exit_status),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

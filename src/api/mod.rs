@@ -24,6 +24,13 @@ use crate::proto;
 use crate::proto::v1::host_agent_server::HostAgentServer;
 use crate::steps::Engine;
 
+/// What the RPCs call into.
+pub struct Services {
+    pub engine: Engine,
+    pub registry: std::sync::Arc<crate::observer::Registry>,
+    pub policy: crate::observer::Policy,
+}
+
 /// The health service name orchestrators probe.
 pub const SERVICE_NAME: &str = "obhost.v1.HostAgent";
 
@@ -33,7 +40,7 @@ pub const SERVICE_NAME: &str = "obhost.v1.HostAgent";
 /// dropped so a stop never hangs.
 pub async fn serve(
     listener: TcpListener,
-    engine: Engine,
+    services: Services,
     token: Option<Token>,
     shutdown: CancellationToken,
     drain: Duration,
@@ -53,8 +60,9 @@ pub async fn serve(
         .build_v1()?;
 
     let interceptor = auth::Interceptor::new(token);
+    let engine = services.engine.clone();
     let agent = HostAgentServer::with_interceptor(
-        service::HostAgentService::new(engine.clone()),
+        service::HostAgentService::new(services),
         interceptor.clone(),
     );
     let router = Server::builder()

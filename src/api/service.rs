@@ -10,7 +10,15 @@ use tracing::debug;
 use super::{convert, status, validate};
 use crate::proto::v1 as pb;
 use crate::proto::v1::host_agent_server::HostAgent;
-use crate::steps::{Engine, Filter, StepKind, WatchError};
+use std::sync::Arc;
+
+use crate::observer::spec::checked_path;
+use crate::observer::{ObserverSpec, Policy, Registry};
+use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
+use crate::tasks::stop_observer::StopParams;
+
+/// Time between SIGTERM and SIGKILL when StopObserver gives none.
+const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Default and largest ListSteps page.
 const DEFAULT_PAGE: usize = 100;
@@ -20,11 +28,26 @@ const WATCH_STREAM_BUFFER: usize = 64;
 
 pub struct HostAgentService {
     engine: Engine,
+    registry: Arc<Registry>,
+    policy: Policy,
 }
 
 impl HostAgentService {
-    pub fn new(engine: Engine) -> Self {
-        HostAgentService { engine }
+    pub fn new(s: super::Services) -> Self {
+        HostAgentService {
+            engine: s.engine,
+            registry: s.registry,
+            policy: s.policy,
+        }
+    }
+
+    async fn submit(&self, spec: StepSpec, secrets: Secrets) -> Result<pb::Step, Status> {
+        let record = self
+            .engine
+            .submit(spec, secrets)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(convert::step(&record))
     }
 
     /// Step kinds that a later version implements: the request's meta is
@@ -85,10 +108,28 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::StartObserverRequest>,
     ) -> Result<Response<pb::StartObserverResponse>, Status> {
-        Err(Self::not_yet(
-            request.get_ref().meta.as_ref(),
+        let req = request.into_inner();
+        // meta first: a bad step_id is reported before anything else.
+        validate::step_spec(
+            req.meta.as_ref(),
             StepKind::StartObserverProcess,
-        ))
+            serde_json::Value::Null,
+        )?;
+        let raw = convert::raw_spec(req.observer.ok_or_else(|| {
+            validate::invalid("observer is missing; give at least observer.home_path")
+        })?);
+        let spec = ObserverSpec::resolve(raw, &self.policy).map_err(status::from_spec)?;
+        spec.check_first_start().map_err(status::from_spec)?;
+        spec.check_binary()
+            .map_err(|m| validate::invalid(format!("observer.binary {m}")))?;
+        let params = serde_json::to_value(&spec)
+            .map_err(|e| Status::internal(format!("cannot encode the observer spec: {e}")))?;
+        let step_spec =
+            validate::step_spec(req.meta.as_ref(), StepKind::StartObserverProcess, params)?;
+        let step = self.submit(step_spec, Secrets::default()).await?;
+        Ok(Response::new(pb::StartObserverResponse {
+            step: Some(step),
+        }))
     }
 
     async fn wait_observer_active(
@@ -115,10 +156,36 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::StopObserverRequest>,
     ) -> Result<Response<pb::StopObserverResponse>, Status> {
-        Err(Self::not_yet(
-            request.get_ref().meta.as_ref(),
+        let req = request.into_inner();
+        validate::step_spec(
+            req.meta.as_ref(),
             StepKind::StopObserverProcess,
-        ))
+            serde_json::Value::Null,
+        )?;
+        let home =
+            checked_path("home_path", &req.home_path, &self.policy).map_err(status::from_spec)?;
+        let grace = match req.grace {
+            None => DEFAULT_GRACE,
+            Some(g) => std::time::Duration::try_from(g)
+                .map_err(|_| validate::invalid("grace must not be negative; e.g. 10s"))?,
+        };
+        let params = StopParams {
+            home_path: home,
+            grace,
+            force: req.force,
+        };
+        let params = serde_json::to_value(&params)
+            .map_err(|e| Status::internal(format!("cannot encode stop parameters: {e}")))?;
+        let spec = validate::step_spec(req.meta.as_ref(), StepKind::StopObserverProcess, params)?;
+        if grace >= spec.timeout {
+            return Err(validate::invalid(format!(
+                "grace {} is not shorter than the step's timeout {}; give a shorter grace or a longer meta.timeout",
+                humantime::format_duration(grace),
+                humantime::format_duration(spec.timeout)
+            )));
+        }
+        let step = self.submit(spec, Secrets::default()).await?;
+        Ok(Response::new(pb::StopObserverResponse { step: Some(step) }))
     }
 
     async fn get_step(
@@ -237,15 +304,16 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::GetObserverRequest>,
     ) -> Result<Response<pb::GetObserverResponse>, Status> {
-        let home = &request.get_ref().home_path;
-        if !home.starts_with('/') {
-            return Err(validate::invalid(format!(
-                "home_path '{home}' is not absolute; give the full path, e.g. /home/admin/oceanbase"
-            )));
-        }
-        Err(Status::unimplemented(
-            "GetObserver is not implemented by this version of obhostd; upgrade obhostd",
-        ))
+        let home = checked_path("home_path", &request.get_ref().home_path, &self.policy)
+            .map_err(status::from_spec)?;
+        let registry = self.registry.clone();
+        let status =
+            tokio::task::spawn_blocking(move || crate::observer::status::status(&home, &registry))
+                .await
+                .map_err(|e| Status::internal(format!("inspecting the observer failed: {e}")))?;
+        Ok(Response::new(pb::GetObserverResponse {
+            observer: Some(convert::observer_status(status)),
+        }))
     }
 
     async fn get_host_info(

@@ -21,3 +21,10 @@ pub fn from_engine(e: EngineError) -> Status {
         }
     }
 }
+
+pub fn from_spec(e: crate::observer::SpecError) -> Status {
+    match e {
+        crate::observer::SpecError::Invalid(m) => Status::invalid_argument(m),
+        crate::observer::SpecError::Denied(m) => Status::permission_denied(m),
+    }
+}

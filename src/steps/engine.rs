@@ -97,6 +97,15 @@ pub(super) enum Update {
     Output(String, String),
 }
 
+/// What a driver needs to know of the attempt it runs.
+struct Run {
+    id: String,
+    attempt: u32,
+    deadline: SystemTime,
+    resumed: bool,
+    earlier_outputs: BTreeMap<String, String>,
+}
+
 enum Outcome {
     Done(StepResult),
     TimedOut,
@@ -438,23 +447,26 @@ impl Engine {
         let token = self.shared.shutdown.child_token();
         state.runs.insert(record.id().to_string(), token.clone());
         let engine = self.clone();
-        let (id, attempt, deadline) = (record.id().to_string(), record.attempt, record.deadline);
+        let run = Run {
+            id: record.id().to_string(),
+            attempt: record.attempt,
+            deadline: record.deadline,
+            resumed,
+            earlier_outputs: record.outputs.clone(),
+        };
         self.shared.drivers.spawn(async move {
-            engine
-                .drive(id, attempt, deadline, task, resumed, token)
-                .await;
+            engine.drive(run, task, token).await;
         });
     }
 
-    async fn drive(
-        self,
-        id: String,
-        attempt: u32,
-        deadline: SystemTime,
-        task: Box<dyn StepTask>,
-        resumed: bool,
-        token: CancellationToken,
-    ) {
+    async fn drive(self, run: Run, task: Box<dyn StepTask>, token: CancellationToken) {
+        let Run {
+            id,
+            attempt,
+            deadline,
+            resumed,
+            earlier_outputs,
+        } = run;
         let remaining = deadline
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
@@ -466,6 +478,7 @@ impl Engine {
             deadline,
             resumed,
             cancel: token.clone(),
+            earlier_outputs,
         };
         let engine = self.clone();
         let work = async move {

@@ -100,6 +100,7 @@ pub struct StepContext {
     pub(super) deadline: SystemTime,
     pub(super) resumed: bool,
     pub(super) cancel: CancellationToken,
+    pub(super) earlier_outputs: BTreeMap<String, String>,
 }
 
 impl StepContext {
@@ -119,6 +120,12 @@ impl StepContext {
     /// stopped.
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// Outputs recorded before this run began: on a resumed run, what the
+    /// interrupted one wrote down (e.g. the pid it spawned).
+    pub fn earlier_outputs(&self) -> &BTreeMap<String, String> {
+        &self.earlier_outputs
     }
 
     /// Fires on CancelStep, at the deadline and on shutdown, for tasks that hold

@@ -4,26 +4,48 @@
 //! piece of work. Parameters are stored as JSON (see `steps::store`), so each kind's
 //! parameter struct is its storage format too.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::steps::{Secrets, StepKind, StepTask, TaskFactory};
+use crate::observer::{ObserverSpec, Policy, Registry};
+use crate::steps::{Secrets, StepFailure, StepKind, StepTask, TaskFactory};
 
+pub mod start_observer;
+pub mod stop_observer;
 #[cfg(feature = "test-kinds")]
 pub mod test_step;
 
+/// What the step kinds need from the daemon.
+pub struct Deps {
+    pub registry: Arc<Registry>,
+    pub policy: Policy,
+}
+
 /// Builds every step kind this daemon knows.
-#[derive(Debug, Default)]
-pub struct Tasks;
+pub struct Tasks {
+    deps: Arc<Deps>,
+}
 
 impl Tasks {
-    pub fn new() -> Arc<Tasks> {
-        Arc::new(Tasks)
+    pub fn new(deps: Arc<Deps>) -> Arc<Tasks> {
+        Arc::new(Tasks { deps })
     }
+}
+
+/// Steps that touch the observer of one home_path run one at a time.
+pub(crate) fn observer_lock(home: &Path) -> String {
+    format!("observer {}", home.display())
+}
+
+/// A failure that carries the tail of the observer's output and log.
+pub(crate) fn fail_with_log(code: &str, message: String, home: &Path) -> StepFailure {
+    let mut f = StepFailure::new(code, message);
+    f.error.log_tail = crate::observer::log_tail(home);
+    f
 }
 
 /// Decodes a kind's stored parameters, naming the kind when they do not fit (a
 /// store written by another version).
-#[cfg_attr(not(feature = "test-kinds"), allow(dead_code))]
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     kind: StepKind,
     params: &serde_json::Value,
@@ -39,13 +61,20 @@ impl TaskFactory for Tasks {
         params: &serde_json::Value,
         secrets: &Secrets,
     ) -> Result<Box<dyn StepTask>, String> {
-        let _ = (params, secrets);
+        let _ = secrets;
+        let deps = self.deps.clone();
         match kind {
+            StepKind::StartObserverProcess => Ok(Box::new(start_observer::StartObserver {
+                spec: decode::<ObserverSpec>(kind, params)?,
+                deps,
+            })),
+            StepKind::StopObserverProcess => Ok(Box::new(stop_observer::StopObserver {
+                params: decode(kind, params)?,
+                deps,
+            })),
             StepKind::PrepareStartObserver
-            | StepKind::StartObserverProcess
             | StepKind::WaitObserverActive
-            | StepKind::StartAgentService
-            | StepKind::StopObserverProcess => Err(format!(
+            | StepKind::StartAgentService => Err(format!(
                 "step kind {kind:?} is not implemented by this version of obhostd"
             )),
             #[cfg(feature = "test-kinds")]

@@ -1,0 +1,520 @@
+//! What an observer is, as the daemon stores it: the request's ObserverSpec with
+//! every default filled in and every field checked against the host's policy.
+//!
+//! Resolution happens before a step is accepted, so a bad request is rejected with
+//! the field named and nothing is spawned. The resolved spec is the step's stored
+//! parameters: what a retry or a restart runs again.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::process::{Limits, RunAs};
+
+pub const DEFAULT_MYSQL_PORT: u16 = 2881;
+pub const DEFAULT_RPC_PORT: u16 = 2882;
+
+/// What the host allows, from the config.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub allowed_roots: Vec<PathBuf>,
+    pub allowed_users: Vec<String>,
+    pub default_user: Option<String>,
+    pub limits: Limits,
+    pub start_settle: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserverSpec {
+    pub home_path: PathBuf,
+    pub binary: PathBuf,
+    pub user: String,
+    pub mysql_port: u16,
+    pub rpc_port: u16,
+    pub pid_file: PathBuf,
+    pub foreground: bool,
+    pub zone: String,
+    pub cluster_name: String,
+    pub cluster_id: u32,
+    pub rootservice_list: String,
+    pub data_dir: PathBuf,
+    pub redo_dir: Option<PathBuf>,
+    pub devname: String,
+    pub ip: String,
+    pub parameters: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub extra_args: Vec<String>,
+}
+
+/// The request's fields before defaults (a copy of the wire message, so this
+/// module does not depend on the proto types).
+#[derive(Debug, Clone, Default)]
+pub struct RawSpec {
+    pub home_path: String,
+    pub binary: String,
+    pub user: String,
+    pub mysql_port: u32,
+    pub rpc_port: u32,
+    pub pid_file: String,
+    pub foreground: bool,
+    pub zone: String,
+    pub cluster_name: String,
+    pub cluster_id: u32,
+    pub rootservice_list: String,
+    pub data_dir: String,
+    pub redo_dir: String,
+    pub devname: String,
+    pub ip: String,
+    pub parameters: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub extra_args: Vec<String>,
+}
+
+/// A rejected field: INVALID_ARGUMENT, or PERMISSION_DENIED when the value is
+/// fine but the host's policy forbids it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Denied(String),
+}
+
+fn invalid(m: String) -> SpecError {
+    SpecError::Invalid(m)
+}
+
+/// An absolute path with no `..`, normalised (no `.`, no trailing `/`), inside
+/// an allowed root.
+pub fn checked_path(field: &str, value: &str, policy: &Policy) -> Result<PathBuf, SpecError> {
+    if value.is_empty() {
+        return Err(invalid(format!("{field} is empty; give an absolute path")));
+    }
+    if value.contains('\0') {
+        return Err(invalid(format!("{field} contains a NUL byte")));
+    }
+    let p = Path::new(value);
+    if !p.is_absolute() {
+        return Err(invalid(format!(
+            "{field} '{value}' is not absolute; give the full path, e.g. /home/admin/oceanbase"
+        )));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(format!(
+            "{field} '{value}' contains '..'; give the path without it"
+        )));
+    }
+    let clean: PathBuf = p.components().collect();
+    if !policy.allowed_roots.is_empty()
+        && !policy.allowed_roots.iter().any(|r| clean.starts_with(r))
+    {
+        let roots: Vec<String> = policy
+            .allowed_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        return Err(SpecError::Denied(format!(
+            "{field} '{value}' is outside allowed_roots [{}]; use a path under one of them or add its root to allowed_roots in obhostd's config",
+            roots.join(", ")
+        )));
+    }
+    Ok(clean)
+}
+
+fn port(field: &str, value: u32, default: u16) -> Result<u16, SpecError> {
+    match value {
+        0 => Ok(default),
+        1025..=65535 => Ok(value as u16),
+        _ => Err(invalid(format!(
+            "{field} {value} is out of range; use a port from 1025 to 65535"
+        ))),
+    }
+}
+
+/// Resolves the OS user a process runs as: given, else the config's
+/// default_user, else the daemon's own; it must exist, be allowed, and be one
+/// the daemon can switch to.
+pub fn resolve_user(field: &str, given: &str, policy: &Policy) -> Result<RunAs, SpecError> {
+    let user = if !given.is_empty() {
+        RunAs::lookup(given)
+    } else if let Some(d) = &policy.default_user {
+        RunAs::lookup(d)
+    } else {
+        RunAs::current()
+    }
+    .map_err(|e| invalid(format!("{field}: {e}")))?;
+    if !policy.allowed_users.is_empty() && !policy.allowed_users.contains(&user.name) {
+        return Err(SpecError::Denied(format!(
+            "{field} '{}' is not in allowed_users [{}]; use one of them or add it to obhostd's config",
+            user.name,
+            policy.allowed_users.join(", ")
+        )));
+    }
+    user.check_permitted()
+        .map_err(|e| SpecError::Denied(format!("{field}: {e}")))?;
+    Ok(user)
+}
+
+fn token(field: &str, value: &str) -> Result<(), SpecError> {
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
+        return Err(invalid(format!(
+            "{field} '{}' contains spaces, commas or control characters",
+            value.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn env_key_ok(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks request environment: valid names, and none of the variables that
+/// would let the child speak for obhostd.
+pub fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (k, v) in env {
+        if !env_key_ok(k) {
+            return Err(invalid(format!(
+                "{field} key '{}' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                k.escape_debug()
+            )));
+        }
+        if crate::process::spawn::is_forbidden_env(k) {
+            return Err(invalid(format!(
+                "{field} key '{k}' is reserved for the service manager; remove it"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(invalid(format!(
+                "{field} value of '{k}' contains a NUL byte"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ObserverSpec {
+    pub fn resolve(raw: RawSpec, policy: &Policy) -> Result<ObserverSpec, SpecError> {
+        if raw.home_path.is_empty() {
+            return Err(invalid(
+                "observer.home_path is required, e.g. /home/admin/oceanbase".into(),
+            ));
+        }
+        let home = checked_path("observer.home_path", &raw.home_path, policy)?;
+        let or_default =
+            |field: &str, value: &str, default: PathBuf| -> Result<PathBuf, SpecError> {
+                if value.is_empty() {
+                    checked_path(field, &default.to_string_lossy(), policy)
+                } else {
+                    checked_path(field, value, policy)
+                }
+            };
+        let binary = or_default("observer.binary", &raw.binary, home.join("bin/observer"))?;
+        let pid_file = or_default(
+            "observer.pid_file",
+            &raw.pid_file,
+            home.join("run/observer.pid"),
+        )?;
+        let data_dir = or_default("observer.data_dir", &raw.data_dir, home.join("store"))?;
+        let redo_dir = match raw.redo_dir.as_str() {
+            "" => None,
+            v => Some(checked_path("observer.redo_dir", v, policy)?),
+        };
+        let user = resolve_user("observer.user", &raw.user, policy)?;
+        let mysql_port = port("observer.mysql_port", raw.mysql_port, DEFAULT_MYSQL_PORT)?;
+        let rpc_port = port("observer.rpc_port", raw.rpc_port, DEFAULT_RPC_PORT)?;
+        if mysql_port == rpc_port {
+            return Err(invalid(format!(
+                "observer.mysql_port and observer.rpc_port are both {mysql_port}; give them different ports"
+            )));
+        }
+        for (field, value) in [
+            ("observer.zone", &raw.zone),
+            ("observer.cluster_name", &raw.cluster_name),
+            ("observer.devname", &raw.devname),
+            ("observer.ip", &raw.ip),
+        ] {
+            token(field, value)?;
+        }
+        if !raw.ip.is_empty() && raw.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "observer.ip '{}' is not an IP address, e.g. 10.0.0.1",
+                raw.ip
+            )));
+        }
+        if raw
+            .rootservice_list
+            .chars()
+            .any(|c| c.is_whitespace() || c == ',')
+        {
+            return Err(invalid(
+                "observer.rootservice_list contains spaces or commas; the form is ip:rpc_port:mysql_port;ip:rpc_port:mysql_port".into(),
+            ));
+        }
+        for (k, v) in &raw.parameters {
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(invalid(format!(
+                    "observer.parameters key '{}' is not a parameter name ([A-Za-z0-9_]+)",
+                    k.escape_debug()
+                )));
+            }
+            let quoted = v.len() >= 2
+                && ((v.starts_with('"') && v.ends_with('"'))
+                    || (v.starts_with('\'') && v.ends_with('\'')));
+            if (v.contains(',') && !quoted) || v.contains(['\n', '\r', '\0']) {
+                return Err(invalid(format!(
+                    "observer.parameters value of '{k}' contains an unquoted ',' or a line break; quote it (\"a,b\") or split it"
+                )));
+            }
+        }
+        check_env("observer.env", &raw.env)?;
+        if raw.extra_args.iter().any(|a| a.contains('\0')) {
+            return Err(invalid("observer.extra_args contains a NUL byte".into()));
+        }
+        Ok(ObserverSpec {
+            home_path: home,
+            binary,
+            user: user.name,
+            mysql_port,
+            rpc_port,
+            pid_file,
+            foreground: raw.foreground,
+            zone: raw.zone,
+            cluster_name: raw.cluster_name,
+            cluster_id: raw.cluster_id,
+            rootservice_list: raw.rootservice_list,
+            data_dir,
+            redo_dir,
+            devname: raw.devname,
+            ip: raw.ip,
+            parameters: raw.parameters,
+            env: raw.env,
+            extra_args: raw.extra_args,
+        })
+    }
+
+    /// The observer restarts from its saved configuration when this file exists.
+    pub fn config_bin(&self) -> PathBuf {
+        self.home_path.join("etc/observer.config.bin")
+    }
+
+    pub fn is_restart(&self) -> bool {
+        self.config_bin().exists()
+    }
+
+    /// A first start needs the cluster's identity; a restart reads it from
+    /// etc/observer.config.bin.
+    pub fn check_first_start(&self) -> Result<(), SpecError> {
+        if self.is_restart() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.zone.is_empty() {
+            missing.push("zone");
+        }
+        if self.cluster_name.is_empty() {
+            missing.push("cluster_name");
+        }
+        if self.cluster_id == 0 {
+            missing.push("cluster_id");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "observer.{} required on a first start ('{}' does not exist yet); give them, or start an observer that has run before",
+            missing.join(", observer."),
+            self.config_bin().display()
+        )))
+    }
+
+    /// The binary must be a regular file the observer's user may execute.
+    pub fn check_binary(&self) -> Result<(), String> {
+        check_executable(&self.binary, &self.user)
+    }
+
+    /// Output (stdout/stderr) of the process obhostd spawns.
+    pub fn output_file(&self) -> PathBuf {
+        self.home_path.join("log/obhost_observer.out")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.home_path.join("log/observer.log")
+    }
+
+    /// The environment the observer gets: LD_LIBRARY_PATH=<home>/lib unless the
+    /// request sets it, then the request's variables.
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "LD_LIBRARY_PATH".to_string(),
+            format!("{}:", self.home_path.join("lib").display()),
+        );
+        env.extend(self.env.clone());
+        env
+    }
+}
+
+/// Whether `user` may execute `path`: regular file with an x bit for the user's
+/// uid, one of its groups, or others (root: any x bit).
+pub fn check_executable(path: &Path, user: &str) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("'{}' cannot be used: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("'{}' is not a regular file", path.display()));
+    }
+    let mode = meta.permissions().mode();
+    let who = RunAs::lookup(user).map_err(|e| e.to_string())?;
+    let ok = if who.uid == 0 {
+        mode & 0o111 != 0
+    } else if meta.uid() == who.uid {
+        mode & 0o100 != 0
+    } else if who.groups.contains(&meta.gid()) || meta.gid() == who.gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' (mode {:o}) is not executable by user '{user}'; chmod +x it or chown it to '{user}'",
+            path.display(),
+            mode & 0o7777
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(home: &str) -> RawSpec {
+        RawSpec {
+            home_path: home.into(),
+            ..RawSpec::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_home_path() {
+        let s = ObserverSpec::resolve(raw("/home/admin/oceanbase/"), &Policy::default()).unwrap();
+        assert_eq!(s.home_path, PathBuf::from("/home/admin/oceanbase"));
+        assert_eq!(
+            s.binary,
+            PathBuf::from("/home/admin/oceanbase/bin/observer")
+        );
+        assert_eq!(
+            s.pid_file,
+            PathBuf::from("/home/admin/oceanbase/run/observer.pid")
+        );
+        assert_eq!(s.data_dir, PathBuf::from("/home/admin/oceanbase/store"));
+        assert_eq!((s.mysql_port, s.rpc_port), (2881, 2882));
+        assert_eq!(
+            s.environment()["LD_LIBRARY_PATH"],
+            "/home/admin/oceanbase/lib:"
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let p = Policy::default();
+        let cases: Vec<(RawSpec, &str)> = vec![
+            (raw("ob1"), "observer.home_path 'ob1' is not absolute"),
+            (raw("/a/../b"), "contains '..'"),
+            (
+                RawSpec {
+                    mysql_port: 80,
+                    ..raw("/a")
+                },
+                "observer.mysql_port 80",
+            ),
+            (
+                RawSpec {
+                    rpc_port: 2881,
+                    ..raw("/a")
+                },
+                "both 2881",
+            ),
+            (
+                RawSpec {
+                    binary: "bin/observer".into(),
+                    ..raw("/a")
+                },
+                "observer.binary",
+            ),
+            (
+                RawSpec {
+                    user: "no-such-user-x".into(),
+                    ..raw("/a")
+                },
+                "observer.user",
+            ),
+            (
+                RawSpec {
+                    ip: "10.0.0".into(),
+                    ..raw("/a")
+                },
+                "observer.ip",
+            ),
+            (
+                RawSpec {
+                    zone: "z 1".into(),
+                    ..raw("/a")
+                },
+                "observer.zone",
+            ),
+        ];
+        for (r, want) in cases {
+            let e = ObserverSpec::resolve(r, &p).unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} lacks {want:?}");
+        }
+        let mut params = BTreeMap::new();
+        params.insert("memory_limit".to_string(), "8G,9G".to_string());
+        let e = ObserverSpec::resolve(
+            RawSpec {
+                parameters: params,
+                ..raw("/a")
+            },
+            &p,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unquoted ','"));
+        let mut env = BTreeMap::new();
+        env.insert("NOTIFY_SOCKET".to_string(), "/x".to_string());
+        let e = ObserverSpec::resolve(RawSpec { env, ..raw("/a") }, &p).unwrap_err();
+        assert!(e.to_string().contains("NOTIFY_SOCKET"));
+    }
+
+    #[test]
+    fn allowed_roots_deny_with_permission_denied() {
+        let p = Policy {
+            allowed_roots: vec![PathBuf::from("/home/admin")],
+            ..Policy::default()
+        };
+        assert!(ObserverSpec::resolve(raw("/home/admin/ob"), &p).is_ok());
+        let e = ObserverSpec::resolve(raw("/home/adminx/ob"), &p).unwrap_err();
+        assert!(matches!(e, SpecError::Denied(_)), "{e:?}");
+        let e = ObserverSpec::resolve(
+            RawSpec {
+                binary: "/usr/bin/true".into(),
+                ..raw("/home/admin/ob")
+            },
+            &p,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, SpecError::Denied(ref m) if m.contains("observer.binary")),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! Who a process is: (pid, start time, boot id).
+//!
+//! A pid alone names nothing durable: it is reused as soon as its process is
+//! reaped, and after a reboot every pid in a pid file is stale. The start time
+//! (field 22 of /proc/<pid>/stat, in clock ticks since boot) plus the boot id make
+//! an identity no other process can have, so a signal or an "already running"
+//! answer is never given on the word of a recycled pid.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Identity {
+    pub pid: i32,
+    /// Clock ticks after boot at which the process started.
+    pub start_ticks: u64,
+    /// The boot the ticks count from (/proc/sys/kernel/random/boot_id, hashed to
+    /// keep the record small and comparable).
+    pub boot: u64,
+}
+
+/// What /proc/<pid>/stat says about a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub start_ticks: u64,
+    pub comm: String,
+}
+
+/// Parses /proc/<pid>/stat. The command name is in parentheses and may itself
+/// contain spaces and parentheses, so fields are counted from the last ')'.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    Some(Stat {
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
+        comm,
+    })
+}
+
+pub fn stat(pid: i32) -> Option<Stat> {
+    if pid <= 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn boot_hash() -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let id = crate::host::boot_id().unwrap_or_default();
+        let mut h = DefaultHasher::new();
+        id.hash(&mut h);
+        h.finish()
+    })
+}
+
+impl Identity {
+    /// The identity of the live process `pid`, or None when there is none (a
+    /// zombie counts as gone: it runs nothing and holds no port).
+    pub fn of(pid: i32) -> Option<Identity> {
+        let s = stat(pid)?;
+        if matches!(s.state, 'Z' | 'X' | 'x') {
+            return None;
+        }
+        Some(Identity {
+            pid,
+            start_ticks: s.start_ticks,
+            boot: boot_hash(),
+        })
+    }
+
+    /// True while this very process is alive.
+    pub fn is_alive(&self) -> bool {
+        Identity::of(self.pid).is_some_and(|now| now == *self)
+    }
+
+    /// Wall-clock start time, from the boot time in /proc/stat.
+    pub fn start_time(&self) -> Option<SystemTime> {
+        let ticks_per_sec = clock_ticks()?;
+        let btime = boot_time()?;
+        let after_boot = Duration::from_secs_f64(self.start_ticks as f64 / ticks_per_sec as f64);
+        Some(btime + after_boot)
+    }
+}
+
+fn clock_ticks() -> Option<u64> {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)
+}
+
+fn boot_time() -> Option<SystemTime> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_command_names() {
+        let line = "4242 (ob (srv) x) S 1 4242 4242 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 12 0 987654 1000 10 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.comm, "ob (srv) x");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.start_ticks, 987654);
+    }
+
+    #[test]
+    fn our_own_identity_is_alive_and_a_changed_one_is_not() {
+        let me = Identity::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let reused = Identity {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        };
+        assert!(
+            !reused.is_alive(),
+            "same pid, other start time: another process"
+        );
+        let started = me.start_time().unwrap();
+        assert!(started <= SystemTime::now());
+    }
+}

@@ -1,0 +1,147 @@
+//! Reaping: obhostd is a child subreaper and waits for every child it gets.
+//!
+//! A daemonizing observer's launcher exits at once and its server would be
+//! re-parented to init, where nobody we can ask sees it die. As a subreaper
+//! (PR_SET_CHILD_SUBREAPER) the server becomes *our* child instead, so we reap it
+//! and learn how it ended. One task calls `waitpid(-1)` on every SIGCHLD; this is
+//! the only place that waits, so nothing else in the daemon may wait for
+//! children (no `std::process::Child::wait`, no `tokio::process`).
+//!
+//! After a restart of obhostd the processes it started are init's children, not
+//! ours: their end is seen through a pidfd, without an exit status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub pid: i32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub at: SystemTime,
+}
+
+impl Exit {
+    pub fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (_, Some(s)) => {
+                let name = nix::sys::signal::Signal::try_from(s)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {s}"));
+                format!("was killed by {name}")
+            }
+            _ => "ended (exit status unknown: it was not obhostd's child)".into(),
+        }
+    }
+}
+
+/// Recent exits by pid. Bounded: the oldest are forgotten.
+const REMEMBERED: usize = 4096;
+
+#[derive(Clone)]
+pub struct Reaper {
+    exits: Arc<Mutex<HashMap<i32, Exit>>>,
+    /// Bumped on every reap, so waiters wake and look.
+    tick: watch::Sender<u64>,
+}
+
+impl Reaper {
+    /// Becomes a subreaper and starts the reaping task. Call once, at start, from
+    /// within the runtime.
+    pub fn start() -> Reaper {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!(error = %e, "cannot become a child subreaper; exit codes of daemonizing observers will be unknown");
+        }
+        let reaper = Reaper {
+            exits: Arc::new(Mutex::new(HashMap::new())),
+            tick: watch::channel(0).0,
+        };
+        let r = reaper.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+            Ok(mut sigchld) => {
+                tokio::spawn(async move {
+                    loop {
+                        r.reap_all();
+                        if sigchld.recv().await.is_none() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot watch SIGCHLD; children will be reaped late"),
+        }
+        reaper
+    }
+
+    fn reap_all(&self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.record(pid.as_raw(), Some(code), None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.record(pid.as_raw(), None, Some(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(other) => debug!(?other, "child state change"),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!(error = %e, "waitpid failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn record(&self, pid: i32, code: Option<i32>, signal: Option<i32>) {
+        let exit = Exit {
+            pid,
+            code,
+            signal,
+            at: SystemTime::now(),
+        };
+        info!(pid, status = %exit.describe(), "child reaped");
+        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        if exits.len() >= REMEMBERED
+            && let Some(oldest) = exits.values().min_by_key(|e| e.at).map(|e| e.pid)
+        {
+            exits.remove(&oldest);
+        }
+        exits.insert(pid, exit);
+        drop(exits);
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    /// The exit of `pid` if we reaped it.
+    pub fn exit_of(&self, pid: i32) -> Option<Exit> {
+        self.exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .copied()
+    }
+
+    /// Waits until we reap `pid`. Only for our own children: anything else never
+    /// resolves, so callers bound it.
+    pub async fn wait(&self, pid: i32) -> Exit {
+        let mut rx = self.tick.subscribe();
+        loop {
+            if let Some(e) = self.exit_of(pid) {
+                return e;
+            }
+            // A SIGCHLD can be coalesced with one we already handled; look again.
+            self.reap_all();
+            if let Some(e) = self.exit_of(pid) {
+                return e;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), rx.changed()).await;
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Starting a program the way a production host needs it started.
+//!
+//! - No shell: argv is passed as is, so no value can be read as shell syntax.
+//! - Its own session (setsid): not in obhostd's process group, so a signal to the
+//!   daemon's group, a terminal hangup or a restart of obhostd never reaches it.
+//! - As the requested user, with that user's supplementary groups.
+//! - A clean environment: PATH, HOME, USER, LOGNAME, then what was asked for.
+//!   Nothing of the daemon's own environment leaks through: not NOTIFY_SOCKET
+//!   (the child would speak for obhostd to systemd), not WATCHDOG_*, not a token.
+//! - stdout and stderr appended to a file, never a pipe: a pipe would break (and
+//!   SIGPIPE the observer) the moment obhostd restarts.
+//! - Resource limits set for the child, within what this daemon may grant.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::unistd::{Gid, Uid, User};
+use serde::{Deserialize, Serialize};
+
+use super::identity::Identity;
+
+/// Variables a child must never get from a request either.
+const FORBIDDEN_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+pub fn is_forbidden_env(key: &str) -> bool {
+    FORBIDDEN_ENV.contains(&key) || key.starts_with("WATCHDOG_")
+}
+
+/// An OS user resolved to ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("user '{0}' does not exist on this host; create it (useradd {0}) or name another user")]
+    NoSuchUser(String),
+    #[error(
+        "obhostd runs as uid {daemon_uid} and cannot start processes as '{user}'; run obhostd as root (the systemd unit does) or run the process as uid {daemon_uid}"
+    )]
+    NotPermitted { user: String, daemon_uid: u32 },
+    #[error("cannot open output file '{path}': {cause}")]
+    Output {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("cannot start '{program}': {cause}")]
+    Exec {
+        program: PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+impl RunAs {
+    pub fn lookup(name: &str) -> Result<RunAs, SpawnError> {
+        let user = User::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| SpawnError::NoSuchUser(name.to_string()))?;
+        let cname = CString::new(name).map_err(|_| SpawnError::NoSuchUser(name.to_string()))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map(|g| g.into_iter().map(Gid::as_raw).collect())
+            .unwrap_or_else(|_| vec![user.gid.as_raw()]);
+        Ok(RunAs {
+            name: name.to_string(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups,
+            home: user.dir,
+        })
+    }
+
+    /// The user obhostd itself runs as.
+    pub fn current() -> Result<RunAs, SpawnError> {
+        let uid = Uid::effective();
+        let user = User::from_uid(uid)
+            .ok()
+            .flatten()
+            .ok_or_else(|| SpawnError::NoSuchUser(uid.to_string()))?;
+        RunAs::lookup(&user.name)
+    }
+
+    /// Whether this daemon can start processes as this user.
+    pub fn check_permitted(&self) -> Result<(), SpawnError> {
+        let me = Uid::effective();
+        if me.is_root() || me.as_raw() == self.uid {
+            Ok(())
+        } else {
+            Err(SpawnError::NotPermitted {
+                user: self.name.clone(),
+                daemon_uid: me.as_raw(),
+            })
+        }
+    }
+}
+
+/// Resource limits for a child; `None` leaves the inherited limit. `u64::MAX`
+/// means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub core: Option<u64>,
+    pub stack: Option<u64>,
+}
+
+impl Limits {
+    fn each(&self) -> [(Resource, Option<u64>); 4] {
+        [
+            (Resource::RLIMIT_NOFILE, self.nofile),
+            (Resource::RLIMIT_NPROC, self.nproc),
+            (Resource::RLIMIT_CORE, self.core),
+            (Resource::RLIMIT_STACK, self.stack),
+        ]
+    }
+
+    /// What the child will really get: root may raise limits, anyone else only
+    /// up to the daemon's own hard limit. Prepare checks these numbers, not the
+    /// requested ones.
+    pub fn effective(&self) -> Limits {
+        let root = Uid::effective().is_root();
+        let clamp = |res: Resource, want: Option<u64>| -> Option<u64> {
+            let want = want?;
+            if root {
+                return Some(want);
+            }
+            let hard = getrlimit(res).map(|(_, h)| h).unwrap_or(want);
+            Some(want.min(hard))
+        };
+        Limits {
+            nofile: clamp(Resource::RLIMIT_NOFILE, self.nofile),
+            nproc: clamp(Resource::RLIMIT_NPROC, self.nproc),
+            core: clamp(Resource::RLIMIT_CORE, self.core),
+            stack: clamp(Resource::RLIMIT_STACK, self.stack),
+        }
+    }
+}
+
+/// Everything needed to start one program.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub user: RunAs,
+    pub env: BTreeMap<String, String>,
+    /// stdout and stderr are appended here.
+    pub output: PathBuf,
+    pub limits: Limits,
+}
+
+impl SpawnSpec {
+    /// The command line as a person would type it (for records and logs).
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.display().to_string())
+            .chain(self.args.iter().cloned())
+            .map(|a| {
+                if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c))
+                {
+                    format!("'{}'", a.replace('\'', "'\\''"))
+                } else {
+                    a
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn open_output(path: &Path, user: &RunAs) -> Result<std::fs::File, SpawnError> {
+    let err = |cause| SpawnError::Output {
+        path: path.to_path_buf(),
+        cause,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(err)?;
+    if Uid::effective().is_root() {
+        nix::unistd::fchown(
+            &file,
+            Some(Uid::from_raw(user.uid)),
+            Some(Gid::from_raw(user.gid)),
+        )
+        .map_err(|e| err(e.into()))?;
+    }
+    Ok(file)
+}
+
+/// Starts the program and returns its identity. The caller must not wait for it:
+/// the [`super::Reaper`] does.
+pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
+    spec.user.check_permitted()?;
+    let out = open_output(&spec.output, &spec.user)?;
+    let err_out = out.try_clone().map_err(|cause| SpawnError::Output {
+        path: spec.output.clone(),
+        cause,
+    })?;
+
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", &spec.user.home)
+        .env("USER", &spec.user.name)
+        .env("LOGNAME", &spec.user.name)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err_out);
+    for (k, v) in &spec.env {
+        if !is_forbidden_env(k) {
+            cmd.env(k, v);
+        }
+    }
+
+    let limits = spec.limits.effective().each();
+    let switch_user = Uid::effective().as_raw() != spec.user.uid || Uid::effective().is_root();
+    let (uid, gid) = (Uid::from_raw(spec.user.uid), Gid::from_raw(spec.user.gid));
+    let groups: Vec<Gid> = spec.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed.
+    // setsid, setrlimit, setgroups, setgid and setuid are plain syscalls, and
+    // every value they use was prepared above, so nothing here allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            for (res, value) in limits {
+                if let Some(v) = value {
+                    setrlimit(res, v, v)?;
+                }
+            }
+            if switch_user {
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|cause| SpawnError::Exec {
+        program: spec.program.clone(),
+        cause,
+    })?;
+    let pid = child.id() as i32;
+    // Dropping `child` does not wait or kill; the reaper owns the wait.
+    drop(child);
+    // If it already exited, an identity no live process can match still says
+    // which pid it was.
+    Ok(Identity::of(pid).unwrap_or(Identity {
+        pid,
+        start_ticks: 0,
+        boot: 0,
+    }))
+}

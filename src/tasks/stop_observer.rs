@@ -1,0 +1,153 @@
+//! "Stop observer process" (STOP_OBSERVER_PROCESS).
+//!
+//! SIGTERM, then SIGKILL after `grace` (`force`: SIGKILL at once), only ever to
+//! the identified process (through a pidfd). SUCCEEDED once the process is gone
+//! *and* the ports it listened on are free, because the next start needs them.
+//! The real observer's SIGTERM handler ends in SIGKILL anyway; OBD kills -9
+//! straight away. We give it the grace first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::Deps;
+use crate::observer::locate::{self, Found, Target};
+use crate::process::{Handle, inspect, pidfile};
+use crate::steps::task::BoxFuture;
+use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopParams {
+    pub home_path: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    pub force: bool,
+}
+
+pub struct StopObserver {
+    pub params: StopParams,
+    pub deps: Arc<Deps>,
+}
+
+impl StopObserver {
+    async fn stop(self: Box<Self>, ctx: StepContext) -> StepResult {
+        let registry = &self.deps.registry;
+        let target = Target::for_home(&self.params.home_path, registry);
+        let mut outputs = BTreeMap::new();
+        let id = match locate::find(&target, registry) {
+            Found::Running(id) => id,
+            Found::Stale(_) | Found::NotRunning => {
+                let _ = pidfile::remove_if_owned(&target.pid_file, None);
+                outputs.insert("already_stopped".to_string(), "true".to_string());
+                return Ok(StepSuccess {
+                    message: "observer already stopped".into(),
+                    outputs,
+                    checks: Vec::new(),
+                });
+            }
+        };
+        outputs.insert("pid".to_string(), id.pid.to_string());
+        outputs.insert("already_stopped".to_string(), "false".to_string());
+        // Only what this process holds: a port someone else listens on is not
+        // ours to wait for.
+        let ports = inspect::listening_ports(id.pid);
+
+        let handle = match Handle::open(id) {
+            Ok(h) => h,
+            Err(_) => {
+                outputs.insert("already_stopped".to_string(), "true".to_string());
+                return Ok(StepSuccess {
+                    message: "observer exited on its own".into(),
+                    outputs,
+                    checks: Vec::new(),
+                });
+            }
+        };
+        let signal_failed =
+            |e: crate::process::ControlError| StepFailure::new("SIGNAL_FAILED", e.to_string());
+        let mut killed = self.params.force;
+        if self.params.force {
+            ctx.progress(format!("sent SIGKILL to pid {}", id.pid))
+                .await;
+            ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
+        } else {
+            ignore_gone(handle.signal(Signal::SIGTERM)).map_err(signal_failed)?;
+            ctx.progress(format!(
+                "sent SIGTERM to pid {}; waiting up to {} before SIGKILL",
+                id.pid,
+                humantime::format_duration(self.params.grace)
+            ))
+            .await;
+            if !handle.exited_within(self.params.grace).await {
+                killed = true;
+                ctx.progress(format!(
+                    "pid {} outlived the grace period; sent SIGKILL",
+                    id.pid
+                ))
+                .await;
+                ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
+            }
+        }
+        handle.exited().await;
+        let exit = tokio::time::timeout(Duration::from_secs(1), registry.reaper().wait(id.pid))
+            .await
+            .ok();
+        registry.record_exit(&target.home_path, id, exit);
+        outputs.insert("killed".to_string(), killed.to_string());
+        if let Some(e) = exit {
+            outputs.insert("exit".to_string(), e.describe());
+        }
+
+        for port in &ports {
+            if inspect::port_listening(*port) {
+                ctx.progress(format!(
+                    "pid {} is gone; waiting for port {port} to be released",
+                    id.pid
+                ))
+                .await;
+                while inspect::port_listening(*port) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let _ = pidfile::remove_if_owned(&target.pid_file, Some(&id));
+        Ok(StepSuccess {
+            message: format!(
+                "observer (pid {}) stopped{}",
+                id.pid,
+                if killed { " with SIGKILL" } else { "" }
+            ),
+            outputs,
+            checks: Vec::new(),
+        })
+    }
+}
+
+/// A process that exited between our look and our signal is stopped already.
+fn ignore_gone(
+    r: Result<(), crate::process::ControlError>,
+) -> Result<(), crate::process::ControlError> {
+    match r {
+        Err(crate::process::ControlError::NotThatProcess { .. }) => Ok(()),
+        other => other,
+    }
+}
+
+impl StepTask for StopObserver {
+    fn run(self: Box<Self>, ctx: StepContext) -> BoxFuture<StepResult> {
+        Box::pin(self.stop(ctx))
+    }
+
+    fn lock_key(&self) -> Option<String> {
+        Some(super::observer_lock(&self.params.home_path))
+    }
+
+    /// Stopping is idempotent: run it again.
+    fn on_restart(&self) -> OnRestart {
+        OnRestart::Resume
+    }
+}

@@ -46,7 +46,9 @@ pub enum Found {
     NotRunning,
 }
 
-fn belongs_to(id: &Identity, t: &Target) -> bool {
+/// Whether a live process plausibly is the observer of `t`: its binary, its
+/// working dir under the home, or the home on its command line.
+pub fn belongs_to(id: &Identity, t: &Target) -> bool {
     let pid = id.pid;
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let home = canon(&t.home_path);

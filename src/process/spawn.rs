@@ -129,14 +129,15 @@ impl Limits {
         ]
     }
 
-    /// What the child will really get: root may raise limits, anyone else only
-    /// up to the daemon's own hard limit. Prepare checks these numbers, not the
-    /// requested ones.
+    /// What the child will really get: with CAP_SYS_RESOURCE (root, normally)
+    /// limits may be raised; without it (an unprivileged daemon, or root in a
+    /// container that dropped the capability) only up to the daemon's own hard
+    /// limit. Prepare checks these numbers, not the requested ones.
     pub fn effective(&self) -> Limits {
-        let root = Uid::effective().is_root();
+        let can_raise = has_cap_sys_resource();
         let clamp = |res: Resource, want: Option<u64>| -> Option<u64> {
             let want = want?;
-            if root {
+            if can_raise {
                 return Some(want);
             }
             let hard = getrlimit(res).map(|(_, h)| h).unwrap_or(want);
@@ -149,6 +150,23 @@ impl Limits {
             stack: clamp(Resource::RLIMIT_STACK, self.stack),
         }
     }
+}
+
+/// Whether this process may raise hard resource limits (CAP_SYS_RESOURCE, bit 24
+/// of CapEff in /proc/self/status).
+fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 /// Everything needed to start one program.
@@ -207,6 +225,35 @@ fn open_output(path: &Path, user: &RunAs) -> Result<std::fs::File, SpawnError> {
     Ok(file)
 }
 
+/// Marks every descriptor above stderr close-on-exec, so that exec drops them.
+/// (Not closed here: std's own exec-error pipe must survive until exec.)
+/// close_range(2) with CLOSE_RANGE_CLOEXEC where the kernel has it (5.11+);
+/// otherwise fcntl on each fd up to the soft limit. Async-signal-safe: raw
+/// syscalls only.
+fn close_inherited_fds() {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range takes two fd numbers and flags, and touches no memory.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return;
+    }
+    // SAFETY: getrlimit writes into the struct we own; close ignores bad fds.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 20) as i32
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
 /// Starts the program and returns its identity. The caller must not wait for it:
 /// the [`super::Reaper`] does.
 pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
@@ -246,6 +293,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
     // every value they use was prepared above, so nothing here allocates.
     unsafe {
         cmd.pre_exec(move || {
+            // Nothing of the daemon's beyond stdio: a descriptor someone opened
+            // without O_CLOEXEC (ours, a library's, or one obhostd inherited)
+            // would otherwise live on in the observer for its whole life.
+            close_inherited_fds();
             nix::unistd::setsid()?;
             for (res, value) in limits {
                 if let Some(v) = value {

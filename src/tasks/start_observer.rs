@@ -161,9 +161,13 @@ impl StartObserver {
         }
         ctx.progress(format!("waiting for {}", self.spec.pid_file.display()))
             .await;
+        // The real launcher exits before its server writes the pid file, so this
+        // polls; a pid file left by an earlier run was removed above.
+        let target = self.target();
         loop {
             match pidfile::inspect(&self.spec.pid_file) {
-                PidFile::Live(id) => return Ok(id),
+                PidFile::Live(id) if locate::belongs_to(&id, &target) => return Ok(id),
+                PidFile::Live(_) => {}
                 PidFile::Stale(Some(pid)) if self.deps.registry.reaper().exit_of(pid).is_some() => {
                     return Err(self.died(pid, "right after it started").await);
                 }
@@ -196,19 +200,27 @@ impl StartObserver {
                 return Ok(success(&id, &command, !ours, spec));
             }
             Found::Stale(pid) => {
-                if let Err(e) = pidfile::remove_if_owned(&spec.pid_file, None) {
-                    return Err(StepFailure::new(
-                        "PIDFILE_NOT_REMOVABLE",
-                        format!(
-                            "stale pid file '{}' (pid {}) cannot be removed: {e}; remove it by hand",
-                            spec.pid_file.display(),
-                            pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
-                        ),
-                    ));
+                // locate found that it names no observer of this home (dead,
+                // or a recycled pid now used by something else): it must go,
+                // or the launcher's server could be mistaken for its old pid.
+                match std::fs::remove_file(&spec.pid_file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StepFailure::new(
+                            "PIDFILE_NOT_REMOVABLE",
+                            format!(
+                                "stale pid file '{}' (pid {}) cannot be removed: {e}; remove it by hand",
+                                spec.pid_file.display(),
+                                pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
+                            ),
+                        ));
+                    }
                 }
                 ctx.progress(format!(
-                    "removed stale pid file {}",
-                    spec.pid_file.display()
+                    "removed stale pid file {} (pid {})",
+                    spec.pid_file.display(),
+                    pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
                 ))
                 .await;
             }

@@ -352,3 +352,235 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+pub const FAKE_OBSERVER: &str = env!("CARGO_BIN_EXE_obhost-fake-observer");
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        // The stand-in uses port+1 as its rpc port; want both free.
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// An observer home in a temp dir, running the stand-in observer.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+    pub mysql_port: u16,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home {
+            // Not tempfile's default ".tmpXXXX": seekdb mistakes any path with
+            // ".tmp" in it for one of its temporary log blocks on restart.
+            dir: tempfile::Builder::new()
+                .prefix("obhost-home-")
+                .tempdir()
+                .unwrap(),
+            mysql_port: free_port(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.path().join("run/observer.pid")
+    }
+
+    /// A spec for a first start of the stand-in, daemonizing like the real one.
+    pub fn spec(&self) -> pb::ObserverSpec {
+        pb::ObserverSpec {
+            home_path: self.path().display().to_string(),
+            binary: FAKE_OBSERVER.to_string(),
+            mysql_port: self.mysql_port as u32,
+            rpc_port: self.mysql_port as u32 + 1,
+            zone: "zone1".into(),
+            cluster_name: "obtest".into(),
+            cluster_id: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn spec_with_env(&self, k: &str, v: &str) -> pb::ObserverSpec {
+        let mut s = self.spec();
+        s.env.insert(k.into(), v.into());
+        s
+    }
+
+    /// Live processes whose working directory is this home.
+    pub fn processes(&self) -> Vec<i32> {
+        let home = std::fs::canonicalize(self.path()).unwrap();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == home))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+pub async fn start_observer(
+    d: &Daemon,
+    id: &str,
+    spec: pb::ObserverSpec,
+) -> Result<pb::Step, tonic::Status> {
+    d.client()
+        .await
+        .start_observer(pb::StartObserverRequest {
+            meta: Some(meta(id)),
+            observer: Some(spec),
+        })
+        .await
+        .map(|r| r.into_inner().step.expect("step"))
+}
+
+pub async fn stop_observer(d: &Daemon, id: &str, home: &Path, grace: f64, force: bool) -> pb::Step {
+    d.client()
+        .await
+        .stop_observer(pb::StopObserverRequest {
+            meta: Some(meta(id)),
+            home_path: home.display().to_string(),
+            grace: Some(secs(grace)),
+            force,
+        })
+        .await
+        .expect("StopObserver")
+        .into_inner()
+        .step
+        .expect("step")
+}
+
+pub async fn get_observer(d: &Daemon, home: &Path) -> pb::ObserverStatus {
+    d.client()
+        .await
+        .get_observer(pb::GetObserverRequest {
+            home_path: home.display().to_string(),
+        })
+        .await
+        .expect("GetObserver")
+        .into_inner()
+        .observer
+        .expect("observer")
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Zombie children of `parent`.
+pub fn zombies_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let rest: Vec<&str> = s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                rest.first() == Some(&"Z") && rest.get(1) == Some(&parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+/// The real OceanBase kernel (seekdb), fetched by scripts/fetch-seekdb.sh. In CI
+/// its absence fails the test; elsewhere the test is skipped, loudly.
+pub fn seekdb() -> Option<PathBuf> {
+    let path = std::env::var_os("OBHOST_SEEKDB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/seekdb/pylibseekdb/seekdb")
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "seekdb is missing at {}: .ci/run must run scripts/fetch-seekdb.sh",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: seekdb not found at {}; run scripts/fetch-seekdb.sh",
+        path.display()
+    );
+    None
+}
+
+/// Turns a Home into one whose bin/observer is the wrapper that runs seekdb.
+pub fn install_seekdb(home: &Home, seekdb: &Path) {
+    let bin = home.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/observer-seekdb.sh"),
+        bin.join("observer"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(seekdb, bin.join("seekdb")).unwrap();
+}
+
+/// A spec that runs the real kernel through the wrapper (daemonizing mode).
+pub fn seekdb_spec(home: &Home) -> pb::ObserverSpec {
+    pb::ObserverSpec {
+        home_path: home.path().display().to_string(),
+        mysql_port: home.mysql_port as u32,
+        rpc_port: home.mysql_port as u32 + 1,
+        pid_file: home.path().join("run/seekdb.pid").display().to_string(),
+        zone: "zone1".into(),
+        cluster_name: "obhost".into(),
+        cluster_id: 1,
+        ..Default::default()
+    }
+}
+
+/// Reads the MySQL server greeting on `port` (protocol version 10 + version string).
+pub fn mysql_greeting(port: u16) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).ok()?;
+    if n < 6 || buf[4] != 10 {
+        return None;
+    }
+    let end = buf[5..n].iter().position(|b| *b == 0)? + 5;
+    Some(String::from_utf8_lossy(&buf[5..end]).into_owned())
+}

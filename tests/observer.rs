@@ -92,6 +92,22 @@ async fn daemonizing_start_get_and_stop() {
         zombies_of(d.pid())
     );
 
+    let err = d
+        .client()
+        .await
+        .get_observer(pb::GetObserverRequest {
+            home_path: "relative".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("home_path 'relative' is not absolute"),
+        "{}",
+        err.message()
+    );
+
     let again = stop_observer(&d, "stop-2", home.path(), 5.0, false).await;
     let again = wait_terminal(&d, &again.id).await;
     assert_eq!(again.outputs["already_stopped"], "true");
@@ -323,6 +339,7 @@ async fn the_observer_survives_kill9_of_obhostd_and_is_readopted() {
     let again = started(&d, "survive-2", home.spec()).await;
     assert_eq!(again.outputs["already_running"], "true");
     assert_eq!(pid_of(&again), pid);
+    assert!(zombies_of(d.pid()).is_empty());
     let stop = stop_observer(&d, "survive-stop", home.path(), 5.0, false).await;
     let stop = wait_terminal(&d, &stop.id).await;
     assert_eq!(stop.state(), pb::StepState::Succeeded);

@@ -120,3 +120,30 @@ fn bad_usage_is_exit_2() {
     let (code, _, err) = obhostctl(None, &["steps", "frobnicate"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn demo_runs_end_to_end_and_cleans_up() {
+    let (code, out, err) = obhostctl(None, &["demo"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("obhost demo: everything lives in "))
+        .and_then(|l| l.split(' ').next())
+        .expect("demo names its dir")
+        .to_string();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("demo-start") && l.contains("SUCCEEDED")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("demo-stop") && l.contains("SUCCEEDED")),
+        "{out}"
+    );
+    assert!(out.contains("observer: running=true"), "{out}");
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "demo left {dir} behind"
+    );
+}

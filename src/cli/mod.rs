@@ -4,6 +4,7 @@
 //! Exit status: 0 success, 1 the daemon answered with an error (or a step ended
 //! badly, for commands that wait), 2 bad usage, 3 the daemon could not be reached.
 
+mod demo;
 mod output;
 mod steps;
 
@@ -52,6 +53,9 @@ enum Command {
     Steps(steps::StepsCommand),
     /// Show this host's facts (GetHostInfo).
     Host,
+    /// Run the job end to end on this machine, needing nothing installed: start a
+    /// private obhostd, start and stop an observer through it, clean up.
+    Demo,
 }
 
 /// What went wrong, sorted by what the exit status should say.
@@ -190,9 +194,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Command::Demo = cli.command {
+        return demo::run(cli.output).await;
+    }
     let mut client = connect(&cli.addr, cli.token_file.as_deref()).await?;
     match cli.command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
+        Command::Demo => unreachable!("handled above"),
         Command::Host => {
             let host = client
                 .get_host_info(pb::GetHostInfoRequest {})

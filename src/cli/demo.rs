@@ -1,0 +1,264 @@
+//! `obhostctl demo`: the whole job end to end on a machine with nothing
+//! installed. It starts its own obhostd (temp state dir, free loopback port),
+//! starts an observer through it (the project's stand-in observer), shows the
+//! steps live and the observer's status, stops it, and removes everything it made.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use super::output::{self, Format};
+use super::{CliError, Client};
+use crate::proto::v1 as pb;
+
+/// Everything the demo created; dropped last, it kills and removes all of it.
+struct Scratch {
+    dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let end = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = d.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf, CliError> {
+    let me = std::env::current_exe().map_err(|e| CliError::Other(e.into()))?;
+    let path = me.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(CliError::Usage(format!(
+            "'{}' not found next to obhostctl; build it first: cargo build --release",
+            path.display()
+        )))
+    }
+}
+
+fn free_port() -> Result<u16, CliError> {
+    for _ in 0..50 {
+        let l =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Other(e.into()))?;
+        let port = l
+            .local_addr()
+            .map_err(|e| CliError::Other(e.into()))?
+            .port();
+        drop(l);
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(CliError::Usage("no free loopback port pair found".into()))
+}
+
+/// Starts obhostd and returns its address, from its "listening" log line.
+fn start_daemon(obhostd: &Path, scratch: &mut Scratch) -> Result<String, CliError> {
+    let mut child = Command::new(obhostd)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--state-dir",
+        ])
+        .arg(scratch.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CliError::Other(anyhow::anyhow!("cannot start {}: {e}", obhostd.display())))?;
+    let stderr = child.stderr.take();
+    scratch.daemon = Some(child);
+    let log_path = scratch.dir.join("obhostd.log");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(stderr) = stderr else { return };
+        let mut log = std::fs::File::create(&log_path).ok();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(log) = log.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(log, "{line}");
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "listening"
+                && let (Some(addr), Some(tx)) = (v["addr"].as_str(), tx.take())
+            {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .map_err(|_| CliError::Other(anyhow::anyhow!("obhostd did not start within 30s")))
+}
+
+/// Follows one step until it ends, printing each change with the elapsed time.
+async fn follow(client: &mut Client, id: &str, format: Format) -> Result<pb::Step, CliError> {
+    let started = Instant::now();
+    let mut stream = client
+        .watch_steps(pb::WatchStepsRequest {
+            step_ids: vec![id.to_string()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut last = (0, String::new());
+    while let Some(item) = stream.message().await? {
+        let Some(step) = item.step else { continue };
+        let now = (step.state, step.message.clone());
+        if format == Format::Text && now != last {
+            println!(
+                "  [{:>5.1}s] {:<24} {:<10} {}",
+                started.elapsed().as_secs_f64(),
+                step.name,
+                step.state().as_str_name().trim_start_matches("STEP_STATE_"),
+                step.message
+            );
+        }
+        last = now;
+        if output::is_terminal(&step) {
+            return Ok(step);
+        }
+    }
+    Err(CliError::Other(anyhow::anyhow!(
+        "the watch on {id} ended early"
+    )))
+}
+
+pub async fn run(format: Format) -> Result<ExitCode, CliError> {
+    let obhostd = sibling("obhostd")?;
+    let observer = sibling("obhost-fake-observer")?;
+    let dir = std::env::temp_dir().join(format!("obhost-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::Other(e.into()))?;
+    let mut scratch = Scratch { dir, daemon: None };
+    let home = scratch.dir.join("observer");
+    let port = free_port()?;
+
+    let say = |s: String| {
+        if format == Format::Text {
+            println!("{s}");
+        }
+    };
+    say(format!(
+        "obhost demo: everything lives in {} and is removed at the end",
+        scratch.dir.display()
+    ));
+    let addr = start_daemon(&obhostd, &mut scratch)?;
+    say(format!(
+        "started obhostd on {addr} (state in {}/state)",
+        scratch.dir.display()
+    ));
+    let mut client = super::connect(&addr, None).await?;
+
+    let spec = pb::ObserverSpec {
+        home_path: home.display().to_string(),
+        binary: observer.display().to_string(),
+        mysql_port: u32::from(port),
+        rpc_port: u32::from(port) + 1,
+        zone: "zone1".into(),
+        cluster_name: "demo".into(),
+        cluster_id: 1,
+        ..Default::default()
+    };
+    say(format!(
+        "\nStart observer process (home {}, mysql port {port}):",
+        home.display()
+    ));
+    client
+        .start_observer(pb::StartObserverRequest {
+            meta: Some(pb::StepMeta {
+                step_id: "demo-start".into(),
+                dag_id: "demo".into(),
+                ..Default::default()
+            }),
+            observer: Some(spec),
+        })
+        .await?;
+    let start = follow(&mut client, "demo-start", format).await?;
+
+    let observer_status = client
+        .get_observer(pb::GetObserverRequest {
+            home_path: home.display().to_string(),
+        })
+        .await?
+        .into_inner()
+        .observer
+        .unwrap_or_default();
+    say(format!(
+        "\nobserver: running={} pid={} rss={} KiB threads={} listening on {:?}",
+        observer_status.running,
+        observer_status.pid,
+        observer_status.rss_bytes / 1024,
+        observer_status.threads,
+        observer_status.listening_ports
+    ));
+
+    say("\nStop observer process:".into());
+    client
+        .stop_observer(pb::StopObserverRequest {
+            meta: Some(pb::StepMeta {
+                step_id: "demo-stop".into(),
+                dag_id: "demo".into(),
+                ..Default::default()
+            }),
+            home_path: home.display().to_string(),
+            grace: Some(Duration::from_secs(5).into()),
+            force: false,
+        })
+        .await?;
+    let stop = follow(&mut client, "demo-stop", format).await?;
+
+    let steps = client
+        .list_steps(pb::ListStepsRequest {
+            dag_id: "demo".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .steps;
+    if format == Format::Json {
+        output::step_list(&steps, "", format)?;
+    } else {
+        println!();
+        output::step_list(&steps, "", format)?;
+    }
+    let ok = [&start, &stop]
+        .iter()
+        .all(|s| s.state() == pb::StepState::Succeeded);
+    for s in [&start, &stop] {
+        if let Some(e) = &s.error {
+            eprintln!("obhostctl: step '{}' {}: {}", s.id, e.code, e.message);
+            for line in &e.log_tail {
+                eprintln!("  | {line}");
+            }
+        }
+    }
+    drop(scratch);
+    say(if ok {
+        "\ndemo done: obhostd stopped, temp dir removed".into()
+    } else {
+        "\ndemo failed: see the errors above".into()
+    });
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod observer;
+pub mod probe;
 pub mod process;
 pub mod proto;
 pub mod steps;

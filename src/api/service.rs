@@ -16,6 +16,7 @@ use crate::observer::spec::checked_path;
 use crate::observer::{ObserverSpec, Policy, Registry};
 use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
 use crate::tasks::stop_observer::StopParams;
+use crate::tasks::wait_observer_active::{PASSWORD, WaitParams};
 
 /// Time between SIGTERM and SIGKILL when StopObserver gives none.
 const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -136,10 +137,54 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::WaitObserverActiveRequest>,
     ) -> Result<Response<pb::WaitObserverActiveResponse>, Status> {
-        Err(Self::not_yet(
-            request.get_ref().meta.as_ref(),
+        let req = request.into_inner();
+        validate::step_spec(
+            req.meta.as_ref(),
             StepKind::WaitObserverActive,
-        ))
+            serde_json::Value::Null,
+        )?;
+        let home =
+            checked_path("home_path", &req.home_path, &self.policy).map_err(status::from_spec)?;
+        let mysql_port = match req.mysql_port {
+            0 => crate::observer::spec::DEFAULT_MYSQL_PORT,
+            p @ 1025..=65535 => p as u16,
+            p => {
+                return Err(validate::invalid(format!(
+                    "mysql_port {p} is out of range; use a port from 1025 to 65535"
+                )));
+            }
+        };
+        if req.user.is_empty() && !req.password.is_empty() {
+            return Err(validate::invalid(
+                "password is set but user is not; give the user to log in as",
+            ));
+        }
+        let sql = if req.sql.trim().is_empty() {
+            "SELECT 1".to_string()
+        } else {
+            req.sql.clone()
+        };
+        if sql.len() > 4096 {
+            return Err(validate::invalid(
+                "sql is longer than 4096 bytes; give a short probe query",
+            ));
+        }
+        let params = WaitParams {
+            home_path: home,
+            mysql_port,
+            user: req.user.clone(),
+            with_password: !req.password.is_empty(),
+            sql,
+        };
+        let params = serde_json::to_value(&params)
+            .map_err(|e| Status::internal(format!("cannot encode wait parameters: {e}")))?;
+        let spec = validate::step_spec(req.meta.as_ref(), StepKind::WaitObserverActive, params)?;
+        let mut secrets = Secrets::default();
+        secrets.insert(PASSWORD, req.password);
+        let step = self.submit(spec, secrets).await?;
+        Ok(Response::new(pb::WaitObserverActiveResponse {
+            step: Some(step),
+        }))
     }
 
     async fn start_agent_service(

@@ -17,7 +17,8 @@
 //! The server listens on 127.0.0.1 only: the MySQL port answers every query with one
 //! row `1` (`SET`/`USE`/`BEGIN`/`COMMIT`/`ROLLBACK` get a plain OK), the RPC port accepts
 //! and closes connections. Login is `root` with an empty password, or exactly
-//! `FAKE_OBSERVER_USER`/`FAKE_OBSERVER_PASSWORD` (mysql_native_password) when both are set.
+//! `FAKE_OBSERVER_USER`/`FAKE_OBSERVER_PASSWORD` (mysql_native_password) when both are set;
+//! `FAKE_OBSERVER_PASSWORD_FILE` may name a file holding the password instead.
 //!
 //! Environment:
 //! - `FAKE_OBSERVER_PID_FILE=<path>`: pid file location (also enables it with `-N`).
@@ -131,11 +132,21 @@ fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
     }
 }
 
+/// The expected password: FAKE_OBSERVER_PASSWORD, or the first line of the file
+/// FAKE_OBSERVER_PASSWORD_FILE names (so a test can keep the password out of
+/// everything obhostd stores, the observer's environment included).
+fn expected_password() -> Result<String, std::env::VarError> {
+    if let Ok(path) = std::env::var("FAKE_OBSERVER_PASSWORD_FILE") {
+        return match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().next().unwrap_or("").to_string()),
+            Err(e) => die(2, &format!("FAKE_OBSERVER_PASSWORD_FILE {path:?}: {e}")),
+        };
+    }
+    std::env::var("FAKE_OBSERVER_PASSWORD")
+}
+
 fn read_faults() -> Faults {
-    let creds = match (
-        std::env::var("FAKE_OBSERVER_USER"),
-        std::env::var("FAKE_OBSERVER_PASSWORD"),
-    ) {
+    let creds = match (std::env::var("FAKE_OBSERVER_USER"), expected_password()) {
         (Ok(u), Ok(p)) => (u, p),
         (Err(_), Err(_)) => ("root".to_string(), String::new()),
         _ => die(

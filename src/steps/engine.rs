@@ -373,6 +373,13 @@ impl Engine {
             .is_ok()
     }
 
+    /// A secret of a step, from memory (never stored). A repeated request for the
+    /// same step can supply it after a restart, so tasks ask each time.
+    pub(super) async fn secret(&self, id: &str, key: &str) -> Option<String> {
+        let state = self.shared.state.lock().await;
+        state.secrets.get(id)?.get(key).map(str::to_string)
+    }
+
     pub async fn revision(&self) -> u64 {
         self.shared.state.lock().await.revision
     }

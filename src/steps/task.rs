@@ -128,6 +128,12 @@ impl StepContext {
         &self.earlier_outputs
     }
 
+    /// A secret the request carried (e.g. a password). Kept in memory only, so
+    /// after a restart of obhostd it is None until the caller repeats its request.
+    pub async fn secret(&self, key: &str) -> Option<String> {
+        self.engine.secret(&self.id, key).await
+    }
+
     /// Fires on CancelStep, at the deadline and on shutdown, for tasks that hold
     /// something they want to release before their future is dropped.
     pub fn cancelled(&self) -> CancellationToken {

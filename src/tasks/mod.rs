@@ -14,6 +14,7 @@ pub mod start_observer;
 pub mod stop_observer;
 #[cfg(feature = "test-kinds")]
 pub mod test_step;
+pub mod wait_observer_active;
 
 /// What the step kinds need from the daemon.
 pub struct Deps {
@@ -72,9 +73,13 @@ impl TaskFactory for Tasks {
                 params: decode(kind, params)?,
                 deps,
             })),
-            StepKind::PrepareStartObserver
-            | StepKind::WaitObserverActive
-            | StepKind::StartAgentService => Err(format!(
+            StepKind::WaitObserverActive => {
+                Ok(Box::new(wait_observer_active::WaitObserverActive {
+                    params: decode(kind, params)?,
+                    deps,
+                }))
+            }
+            StepKind::PrepareStartObserver | StepKind::StartAgentService => Err(format!(
                 "step kind {kind:?} is not implemented by this version of obhostd"
             )),
             #[cfg(feature = "test-kinds")]

@@ -328,6 +328,22 @@ pub fn obhostctl(d: Option<&Daemon>, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Files under `dir` whose bytes contain `needle`, each with the text around
+/// the first hit (to see what leaked it).
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<(PathBuf, String)> {
+    walk(dir)
+        .into_iter()
+        .filter_map(|p| {
+            let b = std::fs::read(&p).ok()?;
+            let at = b
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())?;
+            let around = &b[at.saturating_sub(300)..(at + needle.len() + 100).min(b.len())];
+            Some((p, String::from_utf8_lossy(around).into_owned()))
+        })
+        .collect()
+}
+
 pub fn read_dir_bytes(dir: &Path) -> Vec<u8> {
     let mut all = Vec::new();
     for entry in walk(dir) {

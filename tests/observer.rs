@@ -11,12 +11,7 @@ use obhost::proto::v1 as pb;
 use tonic::Code;
 
 async fn started(d: &Daemon, id: &str, spec: pb::ObserverSpec) -> pb::Step {
-    start_observer(d, id, spec)
-        .await
-        .expect("StartObserver accepted");
-    let s = wait_terminal(d, id).await;
-    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
-    s
+    start_ok(d, id, spec).await.0
 }
 
 fn pid_of(s: &pb::Step) -> i32 {

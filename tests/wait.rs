@@ -10,10 +10,7 @@ use obhost::proto::v1 as pb;
 use tonic::Code;
 
 async fn started(d: &Daemon, id: &str, spec: pb::ObserverSpec) -> i32 {
-    start_observer(d, id, spec).await.unwrap();
-    let s = wait_terminal(d, id).await;
-    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
-    s.outputs["pid"].parse().unwrap()
+    start_ok(d, id, spec).await.1
 }
 
 fn wait_req(id: &str, home: &Home, timeout: f64) -> pb::WaitObserverActiveRequest {

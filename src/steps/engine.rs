@@ -135,6 +135,15 @@ struct State {
     secrets: HashMap<String, Secrets>,
 }
 
+impl State {
+    fn record(&self, id: &str) -> Result<StepRecord, EngineError> {
+        self.steps
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+}
+
 impl Engine {
     /// Loads the store and resolves every step a previous run left unfinished,
     /// before anyone can call in. Drivers stop when `shutdown` fires.
@@ -239,12 +248,7 @@ impl Engine {
     }
 
     pub async fn get(&self, id: &str) -> Result<StepRecord, EngineError> {
-        let state = self.shared.state.lock().await;
-        state
-            .steps
-            .get(id)
-            .cloned()
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+        self.shared.state.lock().await.record(id)
     }
 
     /// One page of matching steps in id order, starting after `after_id`, and the
@@ -280,11 +284,7 @@ impl Engine {
 
     pub async fn cancel(&self, id: &str) -> Result<StepRecord, EngineError> {
         let mut state = self.shared.state.lock().await;
-        let record = state
-            .steps
-            .get(id)
-            .cloned()
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+        let record = state.record(id)?;
         if record.state.is_terminal() {
             return Ok(record);
         }
@@ -306,11 +306,7 @@ impl Engine {
 
     pub async fn retry(&self, id: &str) -> Result<StepRecord, EngineError> {
         let mut state = self.shared.state.lock().await;
-        let record = state
-            .steps
-            .get(id)
-            .cloned()
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+        let record = state.record(id)?;
         if !record.state.is_retryable() {
             return Err(EngineError::NotRetryable {
                 id: id.to_string(),

@@ -439,15 +439,7 @@ impl Home {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == home))
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                    !s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-            })
+            .filter(|pid| alive(*pid))
             .collect()
     }
 }
@@ -476,6 +468,17 @@ pub async fn start_observer(
         })
         .await
         .map(|r| r.into_inner().step.expect("step"))
+}
+
+/// StartObserver, then its end, which must be SUCCEEDED; returns the pid.
+pub async fn start_ok(d: &Daemon, id: &str, spec: pb::ObserverSpec) -> (pb::Step, i32) {
+    start_observer(d, id, spec)
+        .await
+        .expect("StartObserver accepted");
+    let s = wait_for(d, id, Duration::from_secs(90), is_terminal).await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    let pid = s.outputs["pid"].parse().expect("pid output");
+    (s, pid)
 }
 
 pub async fn stop_observer(d: &Daemon, id: &str, home: &Path, grace: f64, force: bool) -> pb::Step {

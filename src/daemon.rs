@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         engine,
         registry,
         policy,
+        agent: config.agent_service.clone(),
     };
     let served = api::serve(
         listener,

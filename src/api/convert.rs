@@ -169,6 +169,33 @@ pub fn raw_spec(o: pb::ObserverSpec) -> crate::observer::RawSpec {
     }
 }
 
+pub fn raw_agent(r: &pb::StartAgentServiceRequest) -> crate::tasks::start_agent_service::RawAgent {
+    use crate::tasks::start_agent_service::{RawAgent, RawCommand};
+    use pb::health_check::Check;
+    use pb::start_agent_service_request::Service;
+    let mut raw = RawAgent::default();
+    match &r.service {
+        Some(Service::SystemdUnit(u)) => raw.systemd_unit = Some(u.clone()),
+        Some(Service::Command(c)) => {
+            raw.command = Some(RawCommand {
+                argv: c.argv.clone(),
+                user: c.user.clone(),
+                cwd: c.cwd.clone(),
+                env: c.env.clone().into_iter().collect(),
+                pid_file: c.pid_file.clone(),
+                foreground: c.foreground,
+            })
+        }
+        None => {}
+    }
+    match r.health.as_ref().and_then(|h| h.check.as_ref()) {
+        Some(Check::TcpPort(p)) => raw.tcp_port = Some(*p),
+        Some(Check::HttpUrl(u)) => raw.http_url = Some(u.clone()),
+        None => {}
+    }
+    raw
+}
+
 pub fn exit_status(e: crate::process::Exit) -> pb::ExitStatus {
     pb::ExitStatus {
         pid: u32::try_from(e.pid).unwrap_or_default(),

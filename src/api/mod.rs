@@ -29,6 +29,8 @@ pub struct Services {
     pub engine: Engine,
     pub registry: std::sync::Arc<crate::observer::Registry>,
     pub policy: crate::observer::Policy,
+    /// `[agent_service]`: defaults for StartAgentService.
+    pub agent: crate::config::AgentServiceConfig,
 }
 
 /// The health service name orchestrators probe.

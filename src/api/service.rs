@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::observer::spec::checked_path;
 use crate::observer::{ObserverSpec, Policy, Registry};
 use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
+use crate::tasks::start_agent_service;
 use crate::tasks::stop_observer::StopParams;
 use crate::tasks::wait_observer_active::{PASSWORD, WaitParams};
 
@@ -31,6 +32,7 @@ pub struct HostAgentService {
     engine: Engine,
     registry: Arc<Registry>,
     policy: Policy,
+    agent: crate::config::AgentServiceConfig,
 }
 
 impl HostAgentService {
@@ -39,6 +41,7 @@ impl HostAgentService {
             engine: s.engine,
             registry: s.registry,
             policy: s.policy,
+            agent: s.agent,
         }
     }
 
@@ -191,10 +194,22 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::StartAgentServiceRequest>,
     ) -> Result<Response<pb::StartAgentServiceResponse>, Status> {
-        Err(Self::not_yet(
-            request.get_ref().meta.as_ref(),
+        let req = request.into_inner();
+        validate::step_spec(
+            req.meta.as_ref(),
             StepKind::StartAgentService,
-        ))
+            serde_json::Value::Null,
+        )?;
+        let params =
+            start_agent_service::resolve(convert::raw_agent(&req), &self.agent, &self.policy)
+                .map_err(status::from_spec)?;
+        let params = serde_json::to_value(&params)
+            .map_err(|e| Status::internal(format!("cannot encode agent parameters: {e}")))?;
+        let spec = validate::step_spec(req.meta.as_ref(), StepKind::StartAgentService, params)?;
+        let step = self.submit(spec, Secrets::default()).await?;
+        Ok(Response::new(pb::StartAgentServiceResponse {
+            step: Some(step),
+        }))
     }
 
     async fn stop_observer(

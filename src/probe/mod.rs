@@ -2,4 +2,5 @@
 //! in one line, what it found, because that line becomes the step's `message`
 //! while the step waits.
 
+pub mod health;
 pub mod mysql;

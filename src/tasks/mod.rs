@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::observer::{ObserverSpec, Policy, Registry};
 use crate::steps::{Secrets, StepFailure, StepKind, StepTask, TaskFactory};
 
+pub mod start_agent_service;
 pub mod start_observer;
 pub mod stop_observer;
 #[cfg(feature = "test-kinds")]
@@ -79,7 +80,11 @@ impl TaskFactory for Tasks {
                     deps,
                 }))
             }
-            StepKind::PrepareStartObserver | StepKind::StartAgentService => Err(format!(
+            StepKind::StartAgentService => Ok(Box::new(start_agent_service::StartAgentService {
+                params: decode(kind, params)?,
+                deps,
+            })),
+            StepKind::PrepareStartObserver => Err(format!(
                 "step kind {kind:?} is not implemented by this version of obhostd"
             )),
             #[cfg(feature = "test-kinds")]

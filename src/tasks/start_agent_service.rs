@@ -1,0 +1,394 @@
+//! "Start ocp agent service" (START_AGENT_SERVICE).
+//!
+//! Either a systemd unit (`systemctl start`) or a command supervised like the
+//! observer (the same process module: own session, user, clean environment,
+//! output to a file). Then the health check must pass within the deadline.
+//! Already running (unit active, or the command's pid file names a live process):
+//! SUCCEEDED once healthy, nothing spawned. A host without systemd fails at once
+//! with SYSTEMD_UNAVAILABLE instead of hanging on a bus that is not there.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Deps;
+use crate::probe::health::{self, Health};
+use crate::process::pidfile::{self, PidFile};
+use crate::process::{Handle, Identity, RunAs, SpawnSpec, inspect, spawn};
+use crate::steps::task::BoxFuture;
+use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    pub user: String,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub pid_file: Option<PathBuf>,
+    pub foreground: bool,
+}
+
+impl CommandSpec {
+    pub fn output_file(&self) -> PathBuf {
+        self.cwd.join("log/obhost_agent.out")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    SystemdUnit(String),
+    Command(CommandSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentParams {
+    pub service: Service,
+    pub health: Option<Health>,
+}
+
+pub struct StartAgentService {
+    pub params: AgentParams,
+    pub deps: Arc<Deps>,
+}
+
+/// systemd runs as PID 1 exactly when this directory exists (sd_booted(3)).
+fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+impl StartAgentService {
+    async fn start(self: Box<Self>, ctx: StepContext) -> StepResult {
+        let mut outputs = BTreeMap::new();
+        let watched = match &self.params.service {
+            Service::SystemdUnit(unit) => {
+                let already = self.systemd(&ctx, unit).await?;
+                outputs.insert("already_running".to_string(), already.to_string());
+                None
+            }
+            Service::Command(cmd) => {
+                let (id, already) = self.command(&ctx, cmd).await?;
+                outputs.insert("pid".to_string(), id.pid.to_string());
+                outputs.insert("already_running".to_string(), already.to_string());
+                Some((Handle::open(id).ok(), cmd.output_file()))
+            }
+        };
+        if let Some(h) = &self.params.health {
+            self.healthy(&ctx, h, watched.as_ref()).await?;
+        }
+        Ok(StepSuccess {
+            message: match &self.params.health {
+                Some(h) => format!("agent service healthy ({h})"),
+                None => "agent service started (no health check configured)".into(),
+            },
+            outputs,
+            checks: Vec::new(),
+        })
+    }
+
+    /// Runs a systemctl command through the process module and waits for it.
+    async fn systemctl(&self, args: &[&str]) -> Result<i32, StepFailure> {
+        let me = RunAs::current().map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
+        let out = std::env::temp_dir().join(format!("obhost-systemctl-{}.out", std::process::id()));
+        let spec = SpawnSpec {
+            program: PathBuf::from("/usr/bin/systemctl"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: PathBuf::from("/"),
+            user: me,
+            env: BTreeMap::new(),
+            output: out.clone(),
+            limits: Default::default(),
+        };
+        let id = spawn(&spec).map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
+        let exit = self.deps.registry.reaper().wait(id.pid).await;
+        let _ = std::fs::remove_file(out);
+        Ok(exit.code.unwrap_or(-1))
+    }
+
+    async fn systemd(&self, ctx: &StepContext, unit: &str) -> Result<bool, StepFailure> {
+        if !systemd_running() {
+            let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+            return Err(StepFailure::new(
+                "SYSTEMD_UNAVAILABLE",
+                format!(
+                    "systemd is not running on this host (PID 1 is '{}'), so unit '{unit}' cannot be started; give a command instead (StartAgentService.command or [agent_service] argv)",
+                    pid1.trim()
+                ),
+            ));
+        }
+        if self.systemctl(&["is-active", "--quiet", unit]).await? == 0 {
+            return Ok(true);
+        }
+        ctx.progress(format!("systemctl start {unit}")).await;
+        match self.systemctl(&["start", unit]).await? {
+            0 => Ok(false),
+            code => Err(StepFailure::new(
+                "SERVICE_START_FAILED",
+                format!("systemctl start {unit} exited with {code}; see journalctl -u {unit}"),
+            )),
+        }
+    }
+
+    fn running(cmd: &CommandSpec) -> Option<Identity> {
+        if let Some(pf) = &cmd.pid_file
+            && let PidFile::Live(id) = pidfile::inspect(pf)
+        {
+            return Some(id);
+        }
+        let program = PathBuf::from(cmd.argv.first()?);
+        inspect::find_by_exe_and_cwd(&program, &cmd.cwd)
+            .first()
+            .copied()
+    }
+
+    async fn command(
+        &self,
+        ctx: &StepContext,
+        cmd: &CommandSpec,
+    ) -> Result<(Identity, bool), StepFailure> {
+        if let Some(id) = Self::running(cmd) {
+            return Ok((id, true));
+        }
+        let user = RunAs::lookup(&cmd.user)
+            .map_err(|e| StepFailure::new("USER_NOT_FOUND", e.to_string()))?;
+        let spec = SpawnSpec {
+            program: PathBuf::from(&cmd.argv[0]),
+            args: cmd.argv[1..].to_vec(),
+            cwd: cmd.cwd.clone(),
+            user,
+            env: cmd.env.clone(),
+            output: cmd.output_file(),
+            limits: self.deps.policy.limits,
+        };
+        ctx.progress(format!("starting: {}", spec.display())).await;
+        let launched = spawn(&spec).map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
+        ctx.output("pid", launched.pid.to_string()).await;
+        if cmd.foreground {
+            if let Some(pf) = &cmd.pid_file {
+                pidfile::write(pf, launched.pid).map_err(|e| {
+                    StepFailure::new(
+                        "DIR_NOT_WRITABLE",
+                        format!("cannot write pid file '{}': {e}", pf.display()),
+                    )
+                })?;
+            }
+            return Ok((launched, false));
+        }
+        ctx.progress(format!(
+            "waiting for the launcher (pid {}) to daemonize",
+            launched.pid
+        ))
+        .await;
+        let exit = self.deps.registry.reaper().wait(launched.pid).await;
+        if exit.code != Some(0) {
+            return Err(self.died(launched.pid, exit.describe(), &cmd.output_file()));
+        }
+        let Some(pf) = &cmd.pid_file else {
+            return Err(StepFailure::new(
+                "PROCESS_NOT_RUNNING",
+                "the service daemonized but no pid_file was given to find it by; set command.pid_file (or foreground=true)",
+            ));
+        };
+        loop {
+            if let PidFile::Live(id) = pidfile::inspect(pf) {
+                return Ok((id, false));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn died(&self, pid: i32, how: String, output: &Path) -> StepFailure {
+        let mut f = StepFailure::new(
+            "PROCESS_EXITED",
+            format!("the agent service (pid {pid}) {how} before it became healthy"),
+        );
+        f.error.log_tail = inspect::tail(output, 20);
+        f.error.details.insert("pid".into(), pid.to_string());
+        f
+    }
+
+    async fn healthy(
+        &self,
+        ctx: &StepContext,
+        h: &Health,
+        watched: Option<&(Option<Handle>, PathBuf)>,
+    ) -> Result<(), StepFailure> {
+        let probing = async {
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match health::check(h).await {
+                    Ok(()) => return,
+                    Err(e) => ctx.progress(e).await,
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        };
+        let death = async {
+            match watched {
+                Some((Some(handle), _)) => handle.exited().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = probing => Ok(()),
+            () = death => {
+                let (handle, output) = watched.map(|(h, o)| (h.as_ref(), o.clone())).unwrap_or((None, PathBuf::new()));
+                let pid = handle.map(|h| h.identity().pid).unwrap_or_default();
+                let exit = tokio::time::timeout(Duration::from_secs(1), self.deps.registry.reaper().wait(pid)).await.ok();
+                let how = exit.map(|e| e.describe()).unwrap_or_else(|| "exited".into());
+                Err(self.died(pid, how, &output))
+            }
+        }
+    }
+}
+
+impl StepTask for StartAgentService {
+    fn run(self: Box<Self>, ctx: StepContext) -> BoxFuture<StepResult> {
+        Box::pin(self.start(ctx))
+    }
+
+    /// Starting is idempotent (already running is success): run it again.
+    fn on_restart(&self) -> OnRestart {
+        OnRestart::Resume
+    }
+}
+
+/// A StartAgentService request before defaults (a copy of the wire message).
+#[derive(Debug, Clone, Default)]
+pub struct RawAgent {
+    pub systemd_unit: Option<String>,
+    pub command: Option<RawCommand>,
+    pub tcp_port: Option<u32>,
+    pub http_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RawCommand {
+    pub argv: Vec<String>,
+    pub user: String,
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+    pub pid_file: String,
+    pub foreground: bool,
+}
+
+use crate::config::AgentServiceConfig;
+use crate::observer::SpecError;
+use crate::observer::spec::{Policy, check_env, check_executable, checked_path, resolve_user};
+
+fn or_default(given: &str, default: Option<&Path>) -> String {
+    if given.is_empty() {
+        default.map(|p| p.display().to_string()).unwrap_or_default()
+    } else {
+        given.to_string()
+    }
+}
+
+/// Fills empty request fields from `[agent_service]` and checks everything
+/// against the host's policy, before any step exists.
+pub fn resolve(
+    raw: RawAgent,
+    defaults: &AgentServiceConfig,
+    policy: &Policy,
+) -> Result<AgentParams, SpecError> {
+    let invalid = |m: String| SpecError::Invalid(m);
+    let service = match (raw.systemd_unit, raw.command) {
+        (Some(unit), _) if !unit.is_empty() => Service::SystemdUnit(unit),
+        (_, Some(cmd)) => Service::Command(resolve_command(cmd, defaults, policy)?),
+        _ => match (&defaults.systemd_unit, defaults.argv.is_empty()) {
+            (Some(unit), _) => Service::SystemdUnit(unit.clone()),
+            (None, false) => {
+                Service::Command(resolve_command(RawCommand::default(), defaults, policy)?)
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "no agent service given: set systemd_unit or command in the request, or [agent_service] systemd_unit / argv in obhostd's config".into(),
+                ));
+            }
+        },
+    };
+    if let Service::SystemdUnit(unit) = &service
+        && (unit.is_empty()
+            || !unit
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@._:-".contains(c)))
+    {
+        return Err(invalid(format!(
+            "systemd_unit '{}' is not a unit name, e.g. ocp_agentd.service",
+            unit.escape_debug()
+        )));
+    }
+    let health = match (raw.tcp_port, raw.http_url) {
+        (Some(p), _) => Some(Health::TcpPort(port(p)?)),
+        (_, Some(url)) => Some(health::parse_http_url(&url).map_err(invalid)?),
+        _ => match (defaults.tcp_port, &defaults.http_url) {
+            (Some(p), _) => Some(Health::TcpPort(port(u32::from(p))?)),
+            (_, Some(url)) => Some(health::parse_http_url(url).map_err(invalid)?),
+            _ => None,
+        },
+    };
+    Ok(AgentParams { service, health })
+}
+
+fn port(p: u32) -> Result<u16, SpecError> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| SpecError::Invalid(format!("health.tcp_port {p} is not a port (1-65535)")))
+}
+
+fn resolve_command(
+    raw: RawCommand,
+    d: &AgentServiceConfig,
+    policy: &Policy,
+) -> Result<CommandSpec, SpecError> {
+    let argv = if raw.argv.is_empty() {
+        d.argv.clone()
+    } else {
+        raw.argv
+    };
+    let Some(program) = argv.first() else {
+        return Err(SpecError::Invalid(
+            "command.argv is empty; give the program's absolute path and its arguments".into(),
+        ));
+    };
+    let program = checked_path("command.argv[0]", program, policy)?;
+    let user_name = if raw.user.is_empty() {
+        d.user.clone().unwrap_or_default()
+    } else {
+        raw.user
+    };
+    let user = resolve_user("command.user", &user_name, policy)?;
+    check_executable(&program, &user.name)
+        .map_err(|m| SpecError::Invalid(format!("command.argv[0] {m}")))?;
+    let cwd_default = program.parent().map(Path::to_path_buf);
+    let cwd = or_default(&raw.cwd, d.cwd.as_deref().or(cwd_default.as_deref()));
+    let cwd = checked_path("command.cwd", &cwd, policy)?;
+    let pid_file = match or_default(&raw.pid_file, d.pid_file.as_deref()).as_str() {
+        "" => None,
+        p => Some(checked_path("command.pid_file", p, policy)?),
+    };
+    let mut env = d.env.clone();
+    env.extend(raw.env);
+    check_env("command.env", &env)?;
+    let foreground = raw.foreground || d.foreground;
+    if !foreground && pid_file.is_none() {
+        return Err(SpecError::Invalid(
+            "command.pid_file is required for a daemonizing service (foreground=false): it is how the service is found".into(),
+        ));
+    }
+    let mut argv = argv;
+    argv[0] = program.display().to_string();
+    Ok(CommandSpec {
+        argv,
+        user: user.name,
+        cwd,
+        env,
+        pid_file,
+        foreground,
+    })
+}

@@ -1,0 +1,287 @@
+//! StartAgentService with a supervised command and HTTP/TCP health, already
+//! running, never healthy, a dying service, config defaults, and a host without
+//! systemd.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use obhost::proto::v1 as pb;
+use pb::health_check::Check;
+use pb::start_agent_service_request::Service;
+use tonic::Code;
+
+fn http_server(dir: &std::path::Path, port: u16) -> pb::ServiceCommand {
+    pb::ServiceCommand {
+        argv: vec![
+            "/usr/bin/python3".into(),
+            "-m".into(),
+            "http.server".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ],
+        cwd: dir.display().to_string(),
+        pid_file: dir.join("agent.pid").display().to_string(),
+        foreground: true,
+        ..Default::default()
+    }
+}
+
+fn req(
+    id: &str,
+    service: Option<Service>,
+    check: Option<Check>,
+    timeout: f64,
+) -> pb::StartAgentServiceRequest {
+    pb::StartAgentServiceRequest {
+        meta: Some(pb::StepMeta {
+            step_id: id.into(),
+            timeout: Some(secs(timeout)),
+            ..Default::default()
+        }),
+        service,
+        health: check.map(|c| pb::HealthCheck { check: Some(c) }),
+    }
+}
+
+async fn run(d: &Daemon, r: pb::StartAgentServiceRequest) -> pb::Step {
+    let id = r.meta.as_ref().unwrap().step_id.clone();
+    d.client()
+        .await
+        .start_agent_service(r)
+        .await
+        .expect("accepted");
+    wait_for(d, &id, Duration::from_secs(60), is_terminal).await
+}
+
+#[tokio::test]
+async fn a_command_with_http_health_then_already_running() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let s = run(
+        &d,
+        req(
+            "agent-1",
+            Some(Service::Command(http_server(dir.path(), port))),
+            Some(Check::HttpUrl(url.clone())),
+            30.0,
+        ),
+    )
+    .await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    assert_eq!(s.outputs["already_running"], "false");
+    let pid: i32 = s.outputs["pid"].parse().unwrap();
+    assert!(alive(pid));
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid)))
+            .unwrap()
+            .as_raw(),
+        pid
+    );
+
+    let again = run(
+        &d,
+        req(
+            "agent-2",
+            Some(Service::Command(http_server(dir.path(), port))),
+            Some(Check::HttpUrl(url)),
+            30.0,
+        ),
+    )
+    .await;
+    assert_eq!(again.state(), pb::StepState::Succeeded);
+    assert_eq!(again.outputs["already_running"], "true");
+    assert_eq!(
+        again.outputs["pid"],
+        pid.to_string(),
+        "a second process was spawned"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn never_healthy_times_out_and_a_dying_service_is_process_exited() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sleeper = pb::ServiceCommand {
+        argv: vec!["/bin/sleep".into(), "30".into()],
+        cwd: dir.path().display().to_string(),
+        foreground: true,
+        ..Default::default()
+    };
+    let s = run(
+        &d,
+        req(
+            "agent-slow",
+            Some(Service::Command(sleeper)),
+            Some(Check::TcpPort(port as u32)),
+            1.0,
+        ),
+    )
+    .await;
+    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    assert!(
+        s.error
+            .unwrap()
+            .message
+            .contains(&format!("port {port} not accepting"))
+    );
+
+    let dying = pb::ServiceCommand {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo agent cannot start >&2; sleep 0.3; exit 4".into(),
+        ],
+        cwd: dir.path().display().to_string(),
+        foreground: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let s = run(
+        &d,
+        req(
+            "agent-dies",
+            Some(Service::Command(dying)),
+            Some(Check::TcpPort(port as u32)),
+            30.0,
+        ),
+    )
+    .await;
+    assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
+    let e = s.error.unwrap();
+    assert_eq!(e.code, "PROCESS_EXITED");
+    assert!(e.message.contains("exited with code 4"), "{}", e.message);
+    assert!(
+        e.log_tail.iter().any(|l| l.contains("agent cannot start")),
+        "{:?}",
+        e.log_tail
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn config_defaults_fill_an_empty_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = Daemon::start_with(Options {
+        config: format!(
+            "[agent_service]\nargv = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"{port}\", \"--bind\", \"127.0.0.1\"]\ncwd = \"{}\"\nforeground = true\npid_file = \"{}\"\ntcp_port = {port}\n",
+            dir.path().display(),
+            dir.path().join("agent.pid").display()
+        ),
+        ..Options::default()
+    });
+    let s = run(&d, req("agent-defaults", None, None, 30.0)).await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    let pid: i32 = s.outputs["pid"].parse().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("agent.pid"))
+            .unwrap()
+            .trim(),
+        pid.to_string()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_systemd_unit_without_systemd_fails_at_once() {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        eprintln!("SKIPPED: systemd runs here; this test is for hosts without it");
+        return;
+    }
+    let d = Daemon::start();
+    let started = Instant::now();
+    let s = run(
+        &d,
+        req(
+            "agent-unit",
+            Some(Service::SystemdUnit("ocp_agentd.service".into())),
+            None,
+            60.0,
+        ),
+    )
+    .await;
+    assert_eq!(s.state(), pb::StepState::Failed);
+    let e = s.error.unwrap();
+    assert_eq!(e.code, "SYSTEMD_UNAVAILABLE");
+    assert!(
+        e.message.contains("give a command instead"),
+        "{}",
+        e.message
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn bad_agent_requests_are_invalid_argument() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = vec![
+        (req("a1", None, None, 5.0), "no agent service given"),
+        (
+            req(
+                "a2",
+                Some(Service::Command(pb::ServiceCommand {
+                    argv: vec!["sleep".into()],
+                    ..Default::default()
+                })),
+                None,
+                5.0,
+            ),
+            "command.argv[0] 'sleep' is not absolute",
+        ),
+        (
+            req(
+                "a3",
+                Some(Service::Command(http_server(dir.path(), 1))),
+                Some(Check::HttpUrl("http://10.1.2.3:80/".into())),
+                5.0,
+            ),
+            "loopback",
+        ),
+        (
+            req(
+                "a4",
+                Some(Service::Command(pb::ServiceCommand {
+                    argv: vec!["/bin/sleep".into(), "1".into()],
+                    ..Default::default()
+                })),
+                None,
+                5.0,
+            ),
+            "pid_file is required",
+        ),
+        (
+            req(
+                "a5",
+                Some(Service::SystemdUnit("bad unit".into())),
+                None,
+                5.0,
+            ),
+            "not a unit name",
+        ),
+    ];
+    for (r, text) in cases {
+        let err = d.client().await.start_agent_service(r).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains(text),
+            "{:?} lacks {text:?}",
+            err.message()
+        );
+    }
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::observer::spec::checked_path;
 use crate::observer::{ObserverSpec, Policy, Registry};
 use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
+use crate::tasks::prepare::{self, PrepareParams};
 use crate::tasks::start_agent_service;
 use crate::tasks::stop_observer::StopParams;
 use crate::tasks::wait_observer_active::{PASSWORD, WaitParams};
@@ -52,17 +53,6 @@ impl HostAgentService {
             .await
             .map_err(status::from_engine)?;
         Ok(convert::step(&record))
-    }
-
-    /// Step kinds that a later version implements: the request's meta is
-    /// validated all the same, so callers find their mistakes now.
-    fn not_yet(meta: Option<&pb::StepMeta>, kind: StepKind) -> Status {
-        match validate::step_spec(meta, kind, serde_json::Value::Null) {
-            Err(invalid) => invalid,
-            Ok(_) => Status::unimplemented(format!(
-                "step kind {kind:?} is not implemented by this version of obhostd; upgrade obhostd"
-            )),
-        }
     }
 }
 
@@ -102,10 +92,38 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
-        Err(Self::not_yet(
-            request.get_ref().meta.as_ref(),
+        let req = request.into_inner();
+        validate::step_spec(
+            req.meta.as_ref(),
             StepKind::PrepareStartObserver,
-        ))
+            serde_json::Value::Null,
+        )?;
+        let raw = convert::raw_spec(req.observer.ok_or_else(|| {
+            validate::invalid("observer is missing; give at least observer.home_path")
+        })?);
+        // The binary and the dirs are checks here, not preconditions.
+        let spec = ObserverSpec::resolve(raw, &self.policy).map_err(status::from_spec)?;
+        if let Some(bad) = req
+            .skip_checks
+            .iter()
+            .find(|n| !prepare::CHECKS.contains(&n.as_str()))
+        {
+            return Err(validate::invalid(format!(
+                "skip_checks names '{bad}', which is not a check; the checks are: {}",
+                prepare::CHECKS.join(", ")
+            )));
+        }
+        let params = PrepareParams {
+            observer: spec,
+            create_dirs: req.create_dirs,
+            skip_checks: req.skip_checks,
+            strict: req.strict,
+        };
+        let params = serde_json::to_value(&params)
+            .map_err(|e| Status::internal(format!("cannot encode prepare parameters: {e}")))?;
+        let spec = validate::step_spec(req.meta.as_ref(), StepKind::PrepareStartObserver, params)?;
+        let step = self.submit(spec, Secrets::default()).await?;
+        Ok(Response::new(pb::PrepareResponse { step: Some(step) }))
     }
 
     async fn start_observer(

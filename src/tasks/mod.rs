@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::observer::{ObserverSpec, Policy, Registry};
 use crate::steps::{Secrets, StepFailure, StepKind, StepTask, TaskFactory};
 
+pub mod prepare;
 pub mod start_agent_service;
 pub mod start_observer;
 pub mod stop_observer;
@@ -84,9 +85,10 @@ impl TaskFactory for Tasks {
                 params: decode(kind, params)?,
                 deps,
             })),
-            StepKind::PrepareStartObserver => Err(format!(
-                "step kind {kind:?} is not implemented by this version of obhostd"
-            )),
+            StepKind::PrepareStartObserver => Ok(Box::new(prepare::Prepare {
+                params: decode(kind, params)?,
+                deps,
+            })),
             #[cfg(feature = "test-kinds")]
             StepKind::Test => Ok(Box::new(decode::<test_step::TestStep>(kind, params)?)),
             #[cfg(not(feature = "test-kinds"))]

@@ -1,0 +1,350 @@
+//! "Prepare start observer" (PREPARE_START_OBSERVER): the pre-start checks.
+//!
+//! Every check is recorded as a CheckResult, in a fixed order. A FAIL fails the
+//! step with the code of the first failure; a WARN does not, unless `strict`.
+//! `skip_checks` names are recorded as SKIPPED. A stale pid file is removed, and
+//! with `create_dirs` missing dirs are created, owned by the observer's user.
+//! When the observer already runs, the port and dir checks are skipped (they
+//! would only find the observer itself), as OBD does.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::Deps;
+use crate::host::checks;
+use crate::observer::ObserverSpec;
+use crate::observer::locate::{self, Found, Target};
+use crate::process::RunAs;
+use crate::steps::task::BoxFuture;
+use crate::steps::{
+    CheckResult, CheckStatus, OnRestart, StepContext, StepFailure, StepResult, StepSuccess,
+    StepTask,
+};
+
+/// Every check name, in the order they run: what `skip_checks` may name.
+pub const CHECKS: &[&str] = &[
+    "observer.running",
+    "pidfile.stale",
+    "port.mysql",
+    "port.rpc",
+    "binary",
+    "dir.home",
+    "dir.run",
+    "dir.log",
+    "dir.etc",
+    "dir.data",
+    "dir.redo",
+    "dir.etc.owner",
+    "memory.available",
+    "memory.limit",
+    "disk.data",
+    "disk.redo",
+    "aio",
+    "ulimit.nofile",
+    "ulimit.nproc",
+    "ulimit.core",
+    "ulimit.stack",
+    "sysctl.vm.max_map_count",
+    "sysctl.vm.min_free_kbytes",
+    "sysctl.vm.overcommit_memory",
+    "sysctl.fs.file-max",
+    "net.devname",
+    "cpu.avx",
+    "clock",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareParams {
+    pub observer: ObserverSpec,
+    pub create_dirs: bool,
+    pub skip_checks: Vec<String>,
+    pub strict: bool,
+}
+
+pub struct Prepare {
+    pub params: PrepareParams,
+    pub deps: Arc<Deps>,
+}
+
+/// The StepError code a failed check stands for.
+fn code_for(check: &str) -> &'static str {
+    match check.split('.').next().unwrap_or("") {
+        "port" => "PORT_IN_USE",
+        "binary" => "BINARY_NOT_FOUND",
+        "dir" if check == "dir.etc.owner" => "DIR_WRONG_OWNER",
+        "dir" => "DIR_NOT_WRITABLE",
+        "memory" => "INSUFFICIENT_MEMORY",
+        "disk" => "INSUFFICIENT_DISK",
+        "aio" => "AIO_INSUFFICIENT",
+        "ulimit" => "ULIMIT_TOO_LOW",
+        "sysctl" => "SYSCTL_OUT_OF_RANGE",
+        "net" => "NETWORK_DEVICE_NOT_FOUND",
+        "cpu" => "CPU_UNSUPPORTED",
+        "clock" => "CLOCK_NOT_SYNCHRONISED",
+        _ => "CHECK_FAILED",
+    }
+}
+
+impl Prepare {
+    fn run_checks(&self, user: &RunAs) -> Vec<CheckResult> {
+        let p = &self.params;
+        let spec = &p.observer;
+        let registry = &self.deps.registry;
+        let skip = |name: &str| p.skip_checks.iter().any(|s| s == name);
+        let mut out: Vec<CheckResult> = Vec::new();
+        let mut add = |r: CheckResult| {
+            if skip(&r.name) {
+                out.push(checks::result(
+                    &r.name,
+                    CheckStatus::Skipped,
+                    "skipped as asked (skip_checks)".into(),
+                    r.expected,
+                    String::new(),
+                ));
+            } else {
+                out.push(r);
+            }
+        };
+        let target = Target {
+            home_path: spec.home_path.clone(),
+            pid_file: spec.pid_file.clone(),
+            binary: spec.binary.clone(),
+        };
+        let found = locate::find(&target, registry);
+        let running = matches!(found, Found::Running(_));
+        add(match &found {
+            Found::Running(id) => checks::result(
+                "observer.running",
+                CheckStatus::Pass,
+                format!("running pid {}", id.pid),
+                "info".into(),
+                String::new(),
+            ),
+            _ => checks::result(
+                "observer.running",
+                CheckStatus::Pass,
+                "not running".into(),
+                "info".into(),
+                String::new(),
+            ),
+        });
+        add(match found {
+            Found::Stale(pid) if !skip("pidfile.stale") => {
+                let what = pid
+                    .map(|p| format!("pid {p}"))
+                    .unwrap_or_else(|| "no pid".into());
+                match std::fs::remove_file(&spec.pid_file) {
+                    Ok(()) => checks::result(
+                        "pidfile.stale",
+                        CheckStatus::Pass,
+                        format!("removed stale {} ({what})", spec.pid_file.display()),
+                        "no stale pid file".into(),
+                        String::new(),
+                    ),
+                    Err(e) => checks::result(
+                        "pidfile.stale",
+                        CheckStatus::Fail,
+                        format!("cannot remove stale {}: {e}", spec.pid_file.display()),
+                        "no stale pid file".into(),
+                        format!("rm -f {}", spec.pid_file.display()),
+                    ),
+                }
+            }
+            _ => checks::result(
+                "pidfile.stale",
+                CheckStatus::Pass,
+                "no stale pid file".into(),
+                "no stale pid file".into(),
+                String::new(),
+            ),
+        });
+        let skipped_running = |name: &str| {
+            checks::result(
+                name,
+                CheckStatus::Skipped,
+                "observer already running".into(),
+                String::new(),
+                String::new(),
+            )
+        };
+        if running {
+            for name in [
+                "port.mysql",
+                "port.rpc",
+                "dir.home",
+                "dir.run",
+                "dir.log",
+                "dir.etc",
+                "dir.data",
+                "dir.redo",
+            ] {
+                add(skipped_running(name));
+            }
+        } else {
+            add(checks::port("port.mysql", spec.mysql_port));
+            add(checks::port("port.rpc", spec.rpc_port));
+        }
+        add(match spec.check_binary() {
+            Ok(()) => checks::result(
+                "binary",
+                CheckStatus::Pass,
+                format!("{} executable by {}", spec.binary.display(), user.name),
+                "present and executable".into(),
+                String::new(),
+            ),
+            Err(m) => checks::result(
+                "binary",
+                CheckStatus::Fail,
+                m,
+                "present and executable".into(),
+                format!(
+                    "install the observer at {} (chmod 755)",
+                    spec.binary.display()
+                ),
+            ),
+        });
+        if !running {
+            let home = &spec.home_path;
+            add(checks::dir("dir.home", home, user, p.create_dirs));
+            for sub in ["run", "log", "etc"] {
+                add(checks::dir(
+                    &format!("dir.{sub}"),
+                    &home.join(sub),
+                    user,
+                    p.create_dirs,
+                ));
+            }
+            let data = checks::dir("dir.data", &spec.data_dir, user, p.create_dirs);
+            let first_start_nonempty = !spec.is_restart()
+                && data.status == CheckStatus::Pass
+                && std::fs::read_dir(&spec.data_dir).is_ok_and(|mut d| d.next().is_some());
+            if first_start_nonempty {
+                add(checks::result(
+                    "dir.data",
+                    CheckStatus::Warn,
+                    format!("{} is not empty on a first start", spec.data_dir.display()),
+                    "empty on a first start".into(),
+                    format!(
+                        "check that {} holds no other observer's data",
+                        spec.data_dir.display()
+                    ),
+                ));
+            } else {
+                add(data);
+            }
+            match &spec.redo_dir {
+                Some(redo) => add(checks::dir("dir.redo", redo, user, p.create_dirs)),
+                None => add(checks::result(
+                    "dir.redo",
+                    CheckStatus::Skipped,
+                    "redo_dir not set".into(),
+                    String::new(),
+                    String::new(),
+                )),
+            }
+        }
+        add(checks::etc_owner(&spec.home_path.join("etc"), user));
+        add(checks::memory_available());
+        add(checks::memory_limit(&spec.parameters));
+        let size = |k: &str| {
+            spec.parameters
+                .get(k)
+                .and_then(|v| checks::parse_capacity(v))
+        };
+        // The slog reserve OBD adds to the data disk.
+        let data_need = size("datafile_size").map(|s| s + 4 * (1 << 30));
+        add(checks::disk(
+            "disk.data",
+            &spec.data_dir,
+            data_need,
+            spec.is_restart(),
+        ));
+        let redo = spec
+            .redo_dir
+            .clone()
+            .unwrap_or_else(|| spec.data_dir.clone());
+        add(checks::disk(
+            "disk.redo",
+            &redo,
+            size("log_disk_size"),
+            spec.is_restart(),
+        ));
+        add(checks::aio());
+        for r in checks::ulimits(&self.deps.policy.limits) {
+            add(r);
+        }
+        for r in checks::sysctls() {
+            add(r);
+        }
+        if spec.devname.is_empty() {
+            add(checks::result(
+                "net.devname",
+                CheckStatus::Skipped,
+                "devname not set".into(),
+                String::new(),
+                String::new(),
+            ));
+        } else {
+            add(checks::devname(&spec.devname));
+        }
+        add(checks::cpu_avx());
+        add(checks::clock());
+        out
+    }
+
+    async fn prepare(self, ctx: StepContext) -> StepResult {
+        let user = RunAs::lookup(&self.params.observer.user)
+            .map_err(|e| StepFailure::new("USER_NOT_FOUND", e.to_string()))?;
+        ctx.progress(format!("running {} checks", CHECKS.len()))
+            .await;
+        let this = Arc::new(self);
+        let worker = this.clone();
+        // The checks read /proc and statfs: blocking work, off the runtime.
+        let results = tokio::task::spawn_blocking(move || worker.run_checks(&user))
+            .await
+            .map_err(|e| StepFailure::new("INTERNAL", format!("the checks panicked: {e}")))?;
+        let strict = this.params.strict;
+        let failed = results
+            .iter()
+            .find(|r| r.status == CheckStatus::Fail || (strict && r.status == CheckStatus::Warn));
+        let warns = results
+            .iter()
+            .filter(|r| r.status == CheckStatus::Warn)
+            .count();
+        match failed {
+            Some(f) => {
+                let mut failure = StepFailure::new(
+                    code_for(&f.name),
+                    format!(
+                        "check {} failed: {} (expected {}); fix: {}",
+                        f.name, f.observed, f.expected, f.hint
+                    ),
+                );
+                failure.error.details.insert("check".into(), f.name.clone());
+                failure.checks = results;
+                Err(failure)
+            }
+            None => Ok(StepSuccess {
+                message: format!("all checks passed ({warns} warnings)"),
+                outputs: Default::default(),
+                checks: results,
+            }),
+        }
+    }
+}
+
+impl StepTask for Prepare {
+    fn run(self: Box<Self>, ctx: StepContext) -> BoxFuture<StepResult> {
+        Box::pin((*self).prepare(ctx))
+    }
+
+    fn lock_key(&self) -> Option<String> {
+        Some(super::observer_lock(&self.params.observer.home_path))
+    }
+
+    /// Checks only look (and create dirs idempotently): run them again.
+    fn on_restart(&self) -> OnRestart {
+        OnRestart::Resume
+    }
+}

@@ -1,15 +1,17 @@
 //! `obhostctl demo`: the whole job end to end on a machine with nothing
-//! installed. It starts its own obhostd (temp state dir, free loopback port),
-//! starts an observer through it (the project's stand-in observer), shows the
-//! steps live and the observer's status, stops it, and removes everything it made.
+//! installed. It starts its own obhostd (temp state dir, free loopback port), runs
+//! the four host steps of "Start OB server" through it against the project's
+//! stand-in observer (which also plays the OCP agent), shows the steps live, the
+//! DAG and the observer's status, stops it, and removes everything it made.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use super::CliError;
+use super::flow::{self, StartArgs};
 use super::output::{self, Format};
-use super::{CliError, Client};
 use crate::proto::v1 as pb;
 
 /// Everything the demo created; dropped last, it kills and removes all of it.
@@ -109,39 +111,6 @@ fn start_daemon(obhostd: &Path, scratch: &mut Scratch) -> Result<String, CliErro
         .map_err(|_| CliError::Other(anyhow::anyhow!("obhostd did not start within 30s")))
 }
 
-/// Follows one step until it ends, printing each change with the elapsed time.
-async fn follow(client: &mut Client, id: &str, format: Format) -> Result<pb::Step, CliError> {
-    let started = Instant::now();
-    let mut stream = client
-        .watch_steps(pb::WatchStepsRequest {
-            step_ids: vec![id.to_string()],
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut last = (0, String::new());
-    while let Some(item) = stream.message().await? {
-        let Some(step) = item.step else { continue };
-        let now = (step.state, step.message.clone());
-        if format == Format::Text && now != last {
-            println!(
-                "  [{:>5.1}s] {:<24} {:<10} {}",
-                started.elapsed().as_secs_f64(),
-                step.name,
-                step.state().as_str_name().trim_start_matches("STEP_STATE_"),
-                step.message
-            );
-        }
-        last = now;
-        if output::is_terminal(&step) {
-            return Ok(step);
-        }
-    }
-    Err(CliError::Other(anyhow::anyhow!(
-        "the watch on {id} ended early"
-    )))
-}
-
 pub async fn run(format: Format) -> Result<ExitCode, CliError> {
     let obhostd = sibling("obhostd")?;
     let observer = sibling("obhost-fake-observer")?;
@@ -167,31 +136,39 @@ pub async fn run(format: Format) -> Result<ExitCode, CliError> {
     ));
     let mut client = super::connect(&addr, None).await?;
 
-    let spec = pb::ObserverSpec {
-        home_path: home.display().to_string(),
+    let agent_port = free_port()?;
+    let agent_dir = scratch.dir.join("ocp_agent");
+    std::fs::create_dir_all(&agent_dir).map_err(|e| CliError::Other(e.into()))?;
+    let args = StartArgs {
+        home: home.display().to_string(),
         binary: observer.display().to_string(),
         mysql_port: u32::from(port),
         rpc_port: u32::from(port) + 1,
         zone: "zone1".into(),
         cluster_name: "demo".into(),
         cluster_id: 1,
-        ..Default::default()
+        params: vec!["memory_limit=1G".into()],
+        create_dirs: true,
+        dag_id: Some("demo".into()),
+        wait_user: "root".into(),
+        // The stand-in observer plays the OCP agent too: a foreground process
+        // with a port to health-check.
+        agent_cmd: vec![
+            observer.display().to_string(),
+            "-N".into(),
+            "-p".into(),
+            agent_port.to_string(),
+        ],
+        agent_cwd: agent_dir.display().to_string(),
+        agent_foreground: true,
+        agent_tcp_port: Some(u32::from(agent_port)),
+        ..StartArgs::default()
     };
     say(format!(
-        "\nStart observer process (home {}, mysql port {port}):",
+        "\nobhostctl start-observer --home {} --mysql-port {port} ... (the four host steps of 'Start OB server'):",
         home.display()
     ));
-    client
-        .start_observer(pb::StartObserverRequest {
-            meta: Some(pb::StepMeta {
-                step_id: "demo-start".into(),
-                dag_id: "demo".into(),
-                ..Default::default()
-            }),
-            observer: Some(spec),
-        })
-        .await?;
-    let start = follow(&mut client, "demo-start", format).await?;
+    let started = flow::start_observer(&mut client, &args, format).await?;
 
     let observer_status = client
         .get_observer(pb::GetObserverRequest {
@@ -223,7 +200,23 @@ pub async fn run(format: Format) -> Result<ExitCode, CliError> {
             force: false,
         })
         .await?;
-    let stop = follow(&mut client, "demo-stop", format).await?;
+    let stop = flow::follow(&mut client, "demo-stop", Instant::now(), format).await?;
+    // The stand-in agent is ours to clean up: obhostd leaves services running.
+    if let Ok(agent) = client
+        .get_step(pb::GetStepRequest {
+            step_id: "demo-agent".into(),
+        })
+        .await
+        && let Some(pid) = agent
+            .into_inner()
+            .step
+            .and_then(|s| s.outputs.get("pid").and_then(|p| p.parse::<i32>().ok()))
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
 
     let steps = client
         .list_steps(pb::ListStepsRequest {
@@ -239,17 +232,7 @@ pub async fn run(format: Format) -> Result<ExitCode, CliError> {
         println!();
         output::step_list(&steps, "", format)?;
     }
-    let ok = [&start, &stop]
-        .iter()
-        .all(|s| s.state() == pb::StepState::Succeeded);
-    for s in [&start, &stop] {
-        if let Some(e) = &s.error {
-            eprintln!("obhostctl: step '{}' {}: {}", s.id, e.code, e.message);
-            for line in &e.log_tail {
-                eprintln!("  | {line}");
-            }
-        }
-    }
+    let ok = started == ExitCode::SUCCESS && stop.state() == pb::StepState::Succeeded;
     drop(scratch);
     say(if ok {
         "\ndemo done: obhostd stopped, temp dir removed".into()

@@ -5,6 +5,7 @@
 //! badly, for commands that wait), 2 bad usage, 3 the daemon could not be reached.
 
 mod demo;
+pub mod flow;
 mod output;
 mod steps;
 
@@ -53,6 +54,28 @@ enum Command {
     Steps(steps::StepsCommand),
     /// Show this host's facts (GetHostInfo).
     Host,
+    /// Run the four host steps of "Start OB server": Prepare, StartObserver,
+    /// WaitObserverActive, StartAgentService, with live progress.
+    StartObserver(Box<flow::StartArgs>),
+    /// Stop the observer of a home (StopObserver) and follow it.
+    StopObserver {
+        #[arg(long)]
+        home: String,
+        /// Time between SIGTERM and SIGKILL.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        grace: std::time::Duration,
+        /// SIGKILL at once.
+        #[arg(long)]
+        force: bool,
+        /// Default: stop-<unix seconds>.
+        #[arg(long)]
+        step_id: Option<String>,
+    },
+    /// Show the observer of a home (GetObserver).
+    Observer {
+        #[arg(long)]
+        home: String,
+    },
     /// Run the job end to end on this machine, needing nothing installed: start a
     /// private obhostd, start and stop an observer through it, clean up.
     Demo,
@@ -201,6 +224,55 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
         Command::Demo => unreachable!("handled above"),
+        Command::StartObserver(args) => flow::start_observer(&mut client, &args, cli.output).await,
+        Command::StopObserver {
+            home,
+            grace,
+            force,
+            step_id,
+        } => {
+            let id = step_id.unwrap_or_else(|| {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                format!("stop-{secs}")
+            });
+            client
+                .stop_observer(pb::StopObserverRequest {
+                    meta: Some(pb::StepMeta {
+                        step_id: id.clone(),
+                        ..Default::default()
+                    }),
+                    home_path: home,
+                    grace: Some(grace.into()),
+                    force,
+                })
+                .await?;
+            let step =
+                flow::follow(&mut client, &id, std::time::Instant::now(), cli.output).await?;
+            if cli.output == Format::Json {
+                output::step(&step, cli.output)?;
+            }
+            Ok(if step.state() == pb::StepState::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                if let Some(e) = &step.error {
+                    eprintln!("obhostctl: {}: {}", e.code, e.message);
+                }
+                ExitCode::from(1)
+            })
+        }
+        Command::Observer { home } => {
+            let o = client
+                .get_observer(pb::GetObserverRequest { home_path: home })
+                .await?
+                .into_inner()
+                .observer
+                .unwrap_or_default();
+            output::observer(&o, cli.output)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Host => {
             let host = client
                 .get_host_info(pb::GetHostInfoRequest {})

@@ -205,3 +205,33 @@ pub fn host(h: &pb::HostInfo, format: Format) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub fn observer(o: &pb::ObserverStatus, format: Format) -> anyhow::Result<()> {
+    if format == Format::Json {
+        return print_json(o, true);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "home       {}", o.home_path)?;
+    writeln!(out, "running    {}", o.running)?;
+    if o.running {
+        writeln!(out, "pid        {}", o.pid)?;
+        writeln!(out, "started    {}", when(&o.process_start_time))?;
+        if let Some(u) = o.uptime.and_then(|u| Duration::try_from(u).ok()) {
+            writeln!(out, "uptime     {}", short(u))?;
+        }
+        writeln!(out, "rss        {} MiB", o.rss_bytes >> 20)?;
+        writeln!(out, "cpu        {:.1}%", o.cpu_percent)?;
+        writeln!(out, "threads    {}", o.threads)?;
+        writeln!(out, "ports      {:?}", o.listening_ports)?;
+        writeln!(out, "command    {}", o.command.join(" "))?;
+    }
+    if let Some(e) = &o.last_exit {
+        let how = match (e.code, e.signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (_, Some(s)) => format!("killed by signal {s}"),
+            _ => "ended (status unknown)".into(),
+        };
+        writeln!(out, "last exit  pid {} {how} at {}", e.pid, when(&e.at))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! `obhostctl start-observer`: the four host steps of OCP's "Start OB server", in
+//! the seed's order, each as a real step of obhostd:
+//!
+//! Prepare -> StartObserver -> WaitObserverActive -> StartAgentService
+//!
+//! Step ids derive from the DAG id (`<dag>-prepare`, ...), so running the same
+//! command again follows the same steps instead of starting new ones. It stops at
+//! the first step that does not succeed and says why; `-o json` prints the DAG in
+//! the shape of OCP's task info.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
+
+use clap::Args;
+use serde_json::json;
+
+use super::output::{self, Format};
+use super::{CliError, Client};
+use crate::api::convert;
+use crate::proto::v1 as pb;
+
+/// The four steps: id suffix, OCP task name, description.
+pub const STEPS: [(&str, &str, &str); 4] = [
+    (
+        "prepare",
+        "Prepare start observer",
+        "Pre-start checks on the host",
+    ),
+    (
+        "start",
+        "Start observer process",
+        "Start the observer process",
+    ),
+    (
+        "wait",
+        "Wait observer active",
+        "Wait until the observer answers SQL",
+    ),
+    (
+        "agent",
+        "Start ocp agent service",
+        "Start the OCP agent and wait for its health check",
+    ),
+];
+
+#[derive(Args, Clone, Default)]
+pub struct StartArgs {
+    /// The observer's home, e.g. /home/admin/oceanbase.
+    #[arg(long)]
+    pub home: String,
+    #[arg(long, default_value = "")]
+    pub binary: String,
+    #[arg(long, default_value = "")]
+    pub user: String,
+    #[arg(long, default_value_t = 0)]
+    pub mysql_port: u32,
+    #[arg(long, default_value_t = 0)]
+    pub rpc_port: u32,
+    #[arg(long, default_value = "")]
+    pub pid_file: String,
+    /// The binary stays in the foreground (-N).
+    #[arg(long)]
+    pub foreground: bool,
+    #[arg(long, default_value = "")]
+    pub zone: String,
+    #[arg(long, default_value = "")]
+    pub cluster_name: String,
+    #[arg(long, default_value_t = 0)]
+    pub cluster_id: u32,
+    #[arg(long, default_value = "")]
+    pub rootservice_list: String,
+    #[arg(long, default_value = "")]
+    pub data_dir: String,
+    #[arg(long, default_value = "")]
+    pub redo_dir: String,
+    #[arg(long, default_value = "")]
+    pub devname: String,
+    #[arg(long, default_value = "")]
+    pub ip: String,
+    /// An observer parameter, KEY=VALUE (repeatable): -o on its command line.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// An environment variable for the observer, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Prepare creates missing dirs, owned by the user.
+    #[arg(long)]
+    pub create_dirs: bool,
+    /// A Prepare check to skip (repeatable).
+    #[arg(long = "skip-check", value_name = "NAME")]
+    pub skip_checks: Vec<String>,
+    /// Prepare's warnings fail the start.
+    #[arg(long)]
+    pub strict: bool,
+    /// The orchestrator's DAG id; step ids are <dag-id>-prepare, -start, -wait, -agent.
+    #[arg(long)]
+    pub dag_id: Option<String>,
+    /// Explicit step ids: four, comma-separated, in step order.
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    pub step_ids: Vec<String>,
+    /// Log in as this user to decide "active" (default: handshake only).
+    #[arg(long, default_value = "")]
+    pub wait_user: String,
+    /// File whose first line is the password for --wait-user.
+    #[arg(long)]
+    pub wait_password_file: Option<std::path::PathBuf>,
+    /// The query that must return a row (default SELECT 1).
+    #[arg(long, default_value = "")]
+    pub wait_sql: String,
+    /// How long to wait for the observer to become active, e.g. 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait_timeout: Option<std::time::Duration>,
+    /// Start the agent as this systemd unit (default: obhostd's [agent_service]).
+    #[arg(long)]
+    pub agent_unit: Option<String>,
+    /// Start the agent with this command line (absolute program path first).
+    #[arg(long, num_args = 1.., value_name = "ARG", allow_hyphen_values = true)]
+    pub agent_cmd: Vec<String>,
+    /// The agent command's working dir (default: its program's dir).
+    #[arg(long, default_value = "")]
+    pub agent_cwd: String,
+    #[arg(long, default_value = "")]
+    pub agent_pid_file: String,
+    #[arg(long)]
+    pub agent_foreground: bool,
+    #[arg(long)]
+    pub agent_tcp_port: Option<u32>,
+    #[arg(long)]
+    pub agent_http_url: Option<String>,
+}
+
+fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| CliError::Usage(format!("{flag} '{kv}' is not KEY=VALUE")))
+        })
+        .collect()
+}
+
+impl StartArgs {
+    fn spec(&self) -> Result<pb::ObserverSpec, CliError> {
+        Ok(pb::ObserverSpec {
+            home_path: self.home.clone(),
+            binary: self.binary.clone(),
+            user: self.user.clone(),
+            mysql_port: self.mysql_port,
+            rpc_port: self.rpc_port,
+            pid_file: self.pid_file.clone(),
+            foreground: self.foreground,
+            zone: self.zone.clone(),
+            cluster_name: self.cluster_name.clone(),
+            cluster_id: self.cluster_id,
+            rootservice_list: self.rootservice_list.clone(),
+            data_dir: self.data_dir.clone(),
+            redo_dir: self.redo_dir.clone(),
+            devname: self.devname.clone(),
+            ip: self.ip.clone(),
+            parameters: pairs("--param", &self.params)?.into_iter().collect(),
+            env: pairs("--env", &self.env)?.into_iter().collect(),
+            extra_args: Vec::new(),
+        })
+    }
+}
+
+fn meta(id: &str, dag: &str, timeout: Option<std::time::Duration>) -> Option<pb::StepMeta> {
+    Some(pb::StepMeta {
+        step_id: id.to_string(),
+        dag_id: dag.to_string(),
+        timeout: timeout.map(Into::into),
+        ..Default::default()
+    })
+}
+
+/// Follows one step until it ends, printing each change (state or message) with
+/// the time since the flow began.
+pub async fn follow(
+    client: &mut Client,
+    id: &str,
+    began: Instant,
+    format: Format,
+) -> Result<pb::Step, CliError> {
+    let mut stream = client
+        .watch_steps(pb::WatchStepsRequest {
+            step_ids: vec![id.to_string()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut last = (0, String::new());
+    while let Some(item) = stream.message().await? {
+        let Some(step) = item.step else { continue };
+        let now = (step.state, step.message.clone());
+        if format == Format::Text && now != last {
+            println!(
+                "  [{:>5.1}s] {:<24} {:<10} {}",
+                began.elapsed().as_secs_f64(),
+                step.name,
+                step.state().as_str_name().trim_start_matches("STEP_STATE_"),
+                step.message
+            );
+        }
+        last = now;
+        if output::is_terminal(&step) {
+            return Ok(step);
+        }
+    }
+    Err(CliError::Other(anyhow::anyhow!(
+        "the watch on step {id} ended early"
+    )))
+}
+
+fn ms(t: &Option<pbjson_types::Timestamp>) -> serde_json::Value {
+    t.as_ref()
+        .and_then(convert::system_time)
+        .map(|t| json!(humantime::format_rfc3339_millis(t).to_string()))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The DAG as OCP's task info shows it.
+fn dag_json(dag: &str, ids: &[String], steps: &[Option<pb::Step>]) -> serde_json::Value {
+    let status = |s: &Option<pb::Step>| -> String {
+        match s.as_ref().map(|s| s.state()) {
+            None => "PENDING".into(),
+            Some(st) => st.as_str_name().trim_start_matches("STEP_STATE_").into(),
+        }
+    };
+    let tasks: Vec<serde_json::Value> = STEPS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, name, description))| {
+            let s = &steps[i];
+            json!({
+                "id": ids[i],
+                "name": name,
+                "description": description,
+                "status": status(s),
+                "operation": "EXECUTE",
+                "upstreams": if i == 0 { vec![] } else { vec![ids[i - 1].clone()] },
+                "downstreams": if i + 1 == STEPS.len() { vec![] } else { vec![ids[i + 1].clone()] },
+                "startTime": ms(&s.as_ref().and_then(|s| s.started_at)),
+                "endTime": ms(&s.as_ref().and_then(|s| s.finished_at)),
+                "message": s.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+                "error": s.as_ref().and_then(|s| s.error.as_ref()).map(|e| json!({"code": e.code, "message": e.message})),
+            })
+        })
+        .collect();
+    let overall = if steps.iter().all(|s| {
+        s.as_ref()
+            .is_some_and(|s| s.state() == pb::StepState::Succeeded)
+    }) {
+        "SUCCEEDED"
+    } else if steps
+        .iter()
+        .flatten()
+        .any(|s| output::is_terminal(s) && s.state() != pb::StepState::Succeeded)
+    {
+        "FAILED"
+    } else {
+        "RUNNING"
+    };
+    json!({
+        "id": dag,
+        "name": "Start OB server (host steps)",
+        "status": overall,
+        "operation": "EXECUTE",
+        "startTime": ms(&steps.iter().flatten().next().and_then(|s| s.started_at)),
+        "endTime": ms(&steps.iter().flatten().last().and_then(|s| s.finished_at)),
+        "tasks": tasks,
+    })
+}
+
+fn explain_failure(s: &pb::Step) {
+    let Some(e) = &s.error else { return };
+    eprintln!(
+        "obhostctl: step '{}' ({}) {}: {}",
+        s.id, s.name, e.code, e.message
+    );
+    for c in s
+        .checks
+        .iter()
+        .filter(|c| c.status() == pb::CheckStatus::Fail)
+    {
+        eprintln!(
+            "  failed check {}: {} (expected {})",
+            c.name, c.observed, c.expected
+        );
+        if !c.hint.is_empty() {
+            eprintln!("    fix: {}", c.hint);
+        }
+    }
+    if !e.log_tail.is_empty() {
+        eprintln!("  log tail:");
+        for line in &e.log_tail {
+            eprintln!("  | {line}");
+        }
+    }
+}
+
+/// Runs the four steps, stopping at the first that does not succeed.
+pub async fn start_observer(
+    client: &mut Client,
+    args: &StartArgs,
+    format: Format,
+) -> Result<ExitCode, CliError> {
+    let dag = args.dag_id.clone().unwrap_or_else(|| {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        format!("start-{secs}")
+    });
+    let ids: Vec<String> = if args.step_ids.is_empty() {
+        STEPS
+            .iter()
+            .map(|(suffix, _, _)| format!("{dag}-{suffix}"))
+            .collect()
+    } else {
+        args.step_ids.clone()
+    };
+    let password = match &args.wait_password_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot read --wait-password-file '{}': {e}",
+                    p.display()
+                ))
+            })?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        None => String::new(),
+    };
+    let spec = args.spec()?;
+    let began = Instant::now();
+    if format == Format::Text {
+        println!("Starting the observer of {} (DAG {dag}):", args.home);
+    }
+    let mut done: Vec<Option<pb::Step>> = vec![None, None, None, None];
+    for (i, id) in ids.iter().enumerate() {
+        match i {
+            0 => {
+                client
+                    .prepare(pb::PrepareRequest {
+                        meta: meta(id, &dag, None),
+                        observer: Some(spec.clone()),
+                        create_dirs: args.create_dirs,
+                        skip_checks: args.skip_checks.clone(),
+                        strict: args.strict,
+                    })
+                    .await?;
+            }
+            1 => {
+                client
+                    .start_observer(pb::StartObserverRequest {
+                        meta: meta(id, &dag, None),
+                        observer: Some(spec.clone()),
+                    })
+                    .await?;
+            }
+            2 => {
+                client
+                    .wait_observer_active(pb::WaitObserverActiveRequest {
+                        meta: meta(id, &dag, args.wait_timeout),
+                        home_path: args.home.clone(),
+                        mysql_port: args.mysql_port,
+                        user: args.wait_user.clone(),
+                        password: password.clone(),
+                        sql: args.wait_sql.clone(),
+                    })
+                    .await?;
+            }
+            _ => {
+                use pb::start_agent_service_request::Service;
+                let service = if let Some(unit) = &args.agent_unit {
+                    Some(Service::SystemdUnit(unit.clone()))
+                } else if !args.agent_cmd.is_empty() {
+                    Some(Service::Command(pb::ServiceCommand {
+                        argv: args.agent_cmd.clone(),
+                        cwd: args.agent_cwd.clone(),
+                        pid_file: args.agent_pid_file.clone(),
+                        foreground: args.agent_foreground,
+                        ..Default::default()
+                    }))
+                } else {
+                    None
+                };
+                let check = match (args.agent_tcp_port, &args.agent_http_url) {
+                    (Some(p), _) => Some(pb::health_check::Check::TcpPort(p)),
+                    (_, Some(u)) => Some(pb::health_check::Check::HttpUrl(u.clone())),
+                    _ => None,
+                };
+                client
+                    .start_agent_service(pb::StartAgentServiceRequest {
+                        meta: meta(id, &dag, None),
+                        service,
+                        health: check.map(|c| pb::HealthCheck { check: Some(c) }),
+                    })
+                    .await?;
+            }
+        }
+        let step = follow(client, id, began, format).await?;
+        let ok = step.state() == pb::StepState::Succeeded;
+        if !ok {
+            explain_failure(&step);
+        }
+        done[i] = Some(step);
+        if !ok {
+            break;
+        }
+    }
+    let ok = done.iter().all(|s| {
+        s.as_ref()
+            .is_some_and(|s| s.state() == pb::StepState::Succeeded)
+    });
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&dag_json(&dag, &ids, &done))
+                .map_err(|e| CliError::Other(e.into()))?
+        );
+    } else if ok {
+        println!(
+            "observer started and active in {:.1}s",
+            began.elapsed().as_secs_f64()
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -147,3 +147,37 @@ fn demo_runs_end_to_end_and_cleans_up() {
         "demo left {dir} behind"
     );
 }
+
+#[test]
+fn demo_runs_the_real_seekdb_kernel_through_the_wrapper() {
+    let Some(seekdb) = seekdb() else { return };
+    let wrapper =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/observer-seekdb.sh");
+    let env = format!("SEEKDB_BIN={}", seekdb.display());
+    let (code, out, err) = obhostctl(
+        None,
+        &[
+            "demo",
+            "--observer",
+            wrapper.to_str().unwrap(),
+            "--observer-env",
+            &env,
+            "--pid-file",
+            "run/seekdb.pid",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    for step in [
+        "demo-prepare",
+        "demo-start",
+        "demo-wait",
+        "demo-agent",
+        "demo-stop",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(step) && l.contains("SUCCEEDED")),
+            "{step} did not succeed:\n{out}"
+        );
+    }
+}

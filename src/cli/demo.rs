@@ -111,14 +111,42 @@ fn start_daemon(obhostd: &Path, scratch: &mut Scratch) -> Result<String, CliErro
         .map_err(|_| CliError::Other(anyhow::anyhow!("obhostd did not start within 30s")))
 }
 
-pub async fn run(format: Format) -> Result<ExitCode, CliError> {
+#[derive(clap::Args, Clone, Default)]
+pub struct DemoArgs {
+    /// A real observer binary (or a wrapper taking observer flags, like
+    /// tests/fixtures/observer-seekdb.sh) to run instead of the stand-in. It is
+    /// linked into the demo's home as bin/observer.
+    #[arg(long, value_name = "PATH")]
+    observer: Option<PathBuf>,
+    /// An environment variable for that observer, KEY=VALUE (repeatable), e.g.
+    /// SEEKDB_BIN=/path/to/seekdb.
+    #[arg(long = "observer-env", value_name = "KEY=VALUE")]
+    observer_env: Vec<String>,
+    /// Its pid file, relative to its home (seekdb: run/seekdb.pid).
+    #[arg(long, default_value = "run/observer.pid")]
+    pid_file: String,
+}
+
+pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
     let obhostd = sibling("obhostd")?;
-    let observer = sibling("obhost-fake-observer")?;
+    let stand_in = sibling("obhost-fake-observer")?;
     let dir = std::env::temp_dir().join(format!("obhost-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CliError::Other(e.into()))?;
     let mut scratch = Scratch { dir, daemon: None };
     let home = scratch.dir.join("observer");
     let port = free_port()?;
+    let observer = match &args.observer {
+        None => stand_in.clone(),
+        Some(real) => {
+            let real = std::fs::canonicalize(real)
+                .map_err(|e| CliError::Usage(format!("--observer '{}': {e}", real.display())))?;
+            let bin = home.join("bin");
+            std::fs::create_dir_all(&bin).map_err(|e| CliError::Other(e.into()))?;
+            std::os::unix::fs::symlink(&real, bin.join("observer"))
+                .map_err(|e| CliError::Other(e.into()))?;
+            bin.join("observer")
+        }
+    };
 
     let say = |s: String| {
         if format == Format::Text {
@@ -148,13 +176,16 @@ pub async fn run(format: Format) -> Result<ExitCode, CliError> {
         cluster_name: "demo".into(),
         cluster_id: 1,
         params: vec!["memory_limit=1G".into()],
+        env: args.observer_env.clone(),
+        pid_file: home.join(&args.pid_file).display().to_string(),
+        wait_timeout: Some(Duration::from_secs(120)),
         create_dirs: true,
         dag_id: Some("demo".into()),
         wait_user: "root".into(),
         // The stand-in observer plays the OCP agent too: a foreground process
         // with a port to health-check.
         agent_cmd: vec![
-            observer.display().to_string(),
+            stand_in.display().to_string(),
             "-N".into(),
             "-p".into(),
             agent_port.to_string(),

@@ -78,7 +78,7 @@ enum Command {
     },
     /// Run the job end to end on this machine, needing nothing installed: start a
     /// private obhostd, start and stop an observer through it, clean up.
-    Demo,
+    Demo(demo::DemoArgs),
 }
 
 /// What went wrong, sorted by what the exit status should say.
@@ -217,13 +217,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    if let Command::Demo = cli.command {
-        return demo::run(cli.output).await;
+    if let Command::Demo(args) = cli.command {
+        return demo::run(args, cli.output).await;
     }
     let mut client = connect(&cli.addr, cli.token_file.as_deref()).await?;
     match cli.command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
-        Command::Demo => unreachable!("handled above"),
+        Command::Demo(_) => unreachable!("handled above"),
         Command::StartObserver(args) => flow::start_observer(&mut client, &args, cli.output).await,
         Command::StopObserver {
             home,

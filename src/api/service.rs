@@ -46,6 +46,14 @@ impl HostAgentService {
         }
     }
 
+    /// The request's observer with defaults filled and the host's policy applied.
+    fn observer_spec(&self, observer: Option<pb::ObserverSpec>) -> Result<ObserverSpec, Status> {
+        let raw = convert::raw_spec(observer.ok_or_else(|| {
+            validate::invalid("observer is missing; give at least observer.home_path")
+        })?);
+        ObserverSpec::resolve(raw, &self.policy).map_err(status::from_spec)
+    }
+
     async fn submit(&self, spec: StepSpec, secrets: Secrets) -> Result<pb::Step, Status> {
         let record = self
             .engine
@@ -98,11 +106,8 @@ impl HostAgent for HostAgentService {
             StepKind::PrepareStartObserver,
             serde_json::Value::Null,
         )?;
-        let raw = convert::raw_spec(req.observer.ok_or_else(|| {
-            validate::invalid("observer is missing; give at least observer.home_path")
-        })?);
         // The binary and the dirs are checks here, not preconditions.
-        let spec = ObserverSpec::resolve(raw, &self.policy).map_err(status::from_spec)?;
+        let spec = self.observer_spec(req.observer)?;
         if let Some(bad) = req
             .skip_checks
             .iter()
@@ -137,10 +142,7 @@ impl HostAgent for HostAgentService {
             StepKind::StartObserverProcess,
             serde_json::Value::Null,
         )?;
-        let raw = convert::raw_spec(req.observer.ok_or_else(|| {
-            validate::invalid("observer is missing; give at least observer.home_path")
-        })?);
-        let spec = ObserverSpec::resolve(raw, &self.policy).map_err(status::from_spec)?;
+        let spec = self.observer_spec(req.observer)?;
         spec.check_first_start().map_err(status::from_spec)?;
         spec.check_binary()
             .map_err(|m| validate::invalid(format!("observer.binary {m}")))?;

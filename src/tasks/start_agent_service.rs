@@ -90,9 +90,12 @@ impl StartAgentService {
     }
 
     /// Runs a systemctl command through the process module and waits for it.
-    async fn systemctl(&self, args: &[&str]) -> Result<i32, StepFailure> {
+    async fn systemctl(&self, step: &str, args: &[&str]) -> Result<i32, StepFailure> {
         let me = RunAs::current().map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
-        let out = std::env::temp_dir().join(format!("obhost-systemctl-{}.out", std::process::id()));
+        let out = std::env::temp_dir().join(format!(
+            "obhost-systemctl-{}-{step}.out",
+            std::process::id()
+        ));
         let spec = SpawnSpec {
             program: PathBuf::from("/usr/bin/systemctl"),
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -119,11 +122,15 @@ impl StartAgentService {
                 ),
             ));
         }
-        if self.systemctl(&["is-active", "--quiet", unit]).await? == 0 {
+        if self
+            .systemctl(ctx.step_id(), &["is-active", "--quiet", unit])
+            .await?
+            == 0
+        {
             return Ok(true);
         }
         ctx.progress(format!("systemctl start {unit}")).await;
-        match self.systemctl(&["start", unit]).await? {
+        match self.systemctl(ctx.step_id(), &["start", unit]).await? {
             0 => Ok(false),
             code => Err(StepFailure::new(
                 "SERVICE_START_FAILED",

@@ -59,14 +59,15 @@ fn success(
     }
 }
 
-fn cmdline(pid: i32) -> String {
+/// The argv of a live process, as the kernel keeps it (NUL-separated), so that
+/// arguments containing spaces stay whole.
+fn argv(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
             b.split(|c| *c == 0)
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
+                .collect()
         })
         .unwrap_or_default()
 }
@@ -190,13 +191,10 @@ impl StartObserver {
             .and_then(|p| p.parse::<i32>().ok());
         match locate::find(&target, registry) {
             Found::Running(id) => {
-                let command = cmdline(id.pid);
+                let argv = argv(id.pid);
                 let ours = ctx.resumed() && earlier.is_some();
-                registry.started(self.record(
-                    id,
-                    command.split(' ').map(String::from).collect(),
-                    ctx.step_id(),
-                ));
+                let command = argv.join(" ");
+                registry.started(self.record(id, argv, ctx.step_id()));
                 return Ok(success(&id, &command, !ours, spec));
             }
             Found::Stale(pid) => {
@@ -298,12 +296,7 @@ impl StartObserver {
         if handle.exited_within(settle).await {
             return Err(self.died(server.pid, "right after it started").await);
         }
-        let argv = cmdline(server.pid);
-        registry.started(self.record(
-            server,
-            argv.split(' ').map(String::from).collect(),
-            ctx.step_id(),
-        ));
+        registry.started(self.record(server, argv(server.pid), ctx.step_id()));
         Ok(success(&server, &command, false, spec))
     }
 }

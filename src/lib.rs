@@ -5,8 +5,10 @@
 //! per step kind) → `host` (the only code that touches the OS).
 
 pub mod api;
+pub mod bounds;
 pub mod cli;
 pub mod config;
+pub mod confined;
 pub mod daemon;
 pub mod host;
 pub mod observer;

@@ -3,7 +3,6 @@
 //! [`CheckResult`] with what the host has, what the observer needs, and the exact
 //! command that fixes it. They read /proc, sysinfo and nix; nothing shells out.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::process::{Limits, RunAs, inspect};
@@ -63,14 +62,17 @@ pub fn port(name: &str, port: u16) -> CheckResult {
 
 /// Whether `user` may write into (and enter) `dir`, from its mode bits.
 pub fn writable_by(dir: &Path, user: &RunAs) -> Result<bool, std::io::Error> {
-    let m = std::fs::metadata(dir)?;
+    let m = crate::confined::metadata(dir)?;
+    if m.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Ok(false);
+    }
     if user.uid == 0 {
         return Ok(true);
     }
-    let mode = m.mode();
-    Ok(if m.uid() == user.uid {
+    let mode = m.st_mode;
+    Ok(if m.st_uid == user.uid {
         mode & 0o300 == 0o300
-    } else if m.gid() == user.gid || user.groups.contains(&m.gid()) {
+    } else if m.st_gid == user.gid || user.groups.contains(&m.st_gid) {
         mode & 0o030 == 0o030
     } else {
         mode & 0o003 == 0o003
@@ -85,7 +87,7 @@ pub fn dir(name: &str, dir: &Path, user: &RunAs, create: bool) -> CheckResult {
         dir.display(),
         user.name
     );
-    if !dir.exists() {
+    if !crate::confined::exists(dir) {
         if !create {
             return result(
                 name,
@@ -133,35 +135,17 @@ pub fn dir(name: &str, dir: &Path, user: &RunAs, create: bool) -> CheckResult {
     }
 }
 
+/// Each missing level is made owned by the user, without following links (a
+/// home reached through a link would otherwise put root-made dirs elsewhere).
 fn create_owned(dir: &Path, user: &RunAs) -> std::io::Result<()> {
-    // Create parents one by one so that each new level belongs to the user.
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        if d.exists() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        cur = d.parent();
-    }
-    for d in missing.iter().rev() {
-        std::fs::create_dir(d)?;
-        if nix::unistd::geteuid().is_root() {
-            nix::unistd::chown(
-                d,
-                Some(nix::unistd::Uid::from_raw(user.uid)),
-                Some(nix::unistd::Gid::from_raw(user.gid)),
-            )?;
-        }
-    }
-    Ok(())
+    crate::confined::create_dirs(dir, Some((user.uid, user.gid)), 0o750).map(drop)
 }
 
 /// `dir.etc.owner`: the observer refuses to start if etc/ belongs to another uid.
 pub fn etc_owner(etc: &Path, user: &RunAs) -> CheckResult {
     let name = "dir.etc.owner";
     let expected = format!("{} owned by {}", etc.display(), user.name);
-    match std::fs::metadata(etc) {
+    match crate::confined::metadata(etc) {
         Err(_) => pass(
             name,
             format!(
@@ -170,7 +154,7 @@ pub fn etc_owner(etc: &Path, user: &RunAs) -> CheckResult {
             ),
             &expected,
         ),
-        Ok(m) if m.uid() == user.uid => pass(
+        Ok(m) if m.st_uid == user.uid => pass(
             name,
             format!("{} owned by {}", etc.display(), user.name),
             &expected,
@@ -178,7 +162,7 @@ pub fn etc_owner(etc: &Path, user: &RunAs) -> CheckResult {
         Ok(m) => result(
             name,
             CheckStatus::Fail,
-            format!("{} owned by uid {}", etc.display(), m.uid()),
+            format!("{} owned by uid {}", etc.display(), m.st_uid),
             expected,
             format!("chown -R {0}:{0} {1}", user.name, etc.display()),
         ),

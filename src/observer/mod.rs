@@ -13,11 +13,17 @@ pub use registry::{ObserverRecord, Registry};
 pub use spec::{ObserverSpec, Policy, RawSpec, SpecError};
 
 /// The last lines of what an observer wrote: the output obhostd captured, then
-/// its own log. Used in every failure that involves the process.
+/// its own log. Used in every failure that involves the process. Only files
+/// that belong to the home's owner are read, never through a link: the user who
+/// owns the home could otherwise point `log/observer.log` at a root-only file
+/// and read it back in `log_tail`.
 pub fn log_tail(home: &std::path::Path) -> Vec<String> {
+    let Ok(owner) = crate::confined::metadata(home).map(|m| m.st_uid) else {
+        return Vec::new();
+    };
     let mut lines = Vec::new();
     for (name, count) in [("log/obhost_observer.out", 10), ("log/observer.log", 20)] {
-        let tail = crate::process::inspect::tail(&home.join(name), count);
+        let tail = crate::confined::tail(&home.join(name), Some(owner), count);
         if !tail.is_empty() {
             lines.push(format!("==> {} <==", home.join(name).display()));
             lines.extend(tail);

@@ -3,7 +3,6 @@
 //! anything.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,32 +56,120 @@ pub fn process_info(id: &Identity) -> Option<ProcessInfo> {
     })
 }
 
-/// Socket inode -> port, for TCP sockets in LISTEN, from /proc/net/tcp{,6}.
-fn listening_inodes() -> HashMap<u64, u16> {
-    let mut map = HashMap::new();
+/// One TCP socket of /proc/net/tcp{,6}. Addresses stay in the kernel's hex
+/// form: they are only ever compared with each other and with a few constants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TcpSocket {
+    local_addr: String,
+    local_port: u16,
+    remote_addr: String,
+    remote_port: u16,
+    listening: bool,
+    inode: u64,
+}
+
+/// Every TCP socket in this network namespace.
+fn tcp_sockets() -> Vec<TcpSocket> {
+    let mut all = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            if *state != "0A" {
-                continue;
-            }
-            let port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if let (Some(port), Ok(inode)) = (port, inode.parse::<u64>()) {
-                map.insert(inode, port);
-            }
-        }
+        all.extend(text.lines().skip(1).filter_map(parse_tcp_line));
     }
-    map
+    all
+}
+
+fn parse_tcp_line(line: &str) -> Option<TcpSocket> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+    let (local_addr, local_port) = f.get(1)?.rsplit_once(':')?;
+    let (remote_addr, remote_port) = f.get(2)?.rsplit_once(':')?;
+    Some(TcpSocket {
+        local_addr: local_addr.to_string(),
+        local_port: u16::from_str_radix(local_port, 16).ok()?,
+        remote_addr: remote_addr.to_string(),
+        remote_port: u16::from_str_radix(remote_port, 16).ok()?,
+        listening: *f.get(3)? == "0A",
+        inode: f.get(9)?.parse().ok()?,
+    })
+}
+
+/// Socket inode -> port, for TCP sockets in LISTEN.
+fn listening_inodes() -> HashMap<u64, u16> {
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.listening)
+        .map(|s| (s.inode, s.local_port))
+        .collect()
+}
+
+/// Addresses (kernel hex form) whose listening sockets take a connection to
+/// 127.0.0.1: 127.0.0.1 itself, 0.0.0.0, and IPv6 `::` and `::ffff:127.0.0.1`.
+const LOOPBACK_LISTEN: &[&str] = &[
+    "0100007F",
+    "00000000",
+    "00000000000000000000000000000000",
+    "0000000000000000FFFF00000100007F",
+];
+
+/// Who else holds what a connection to 127.0.0.1:`port` would reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortOwner {
+    /// Nothing listens there.
+    Nobody,
+    /// Every such listening socket is `pid`'s.
+    Only,
+    /// Some socket there is not `pid`'s (its holder, when visible).
+    Other(Option<(i32, String)>),
+}
+
+/// Whether every socket listening where a connection to 127.0.0.1:`port` would
+/// land belongs to `pid`: the check before obhostd hands a password to what
+/// answers there.
+pub fn loopback_port_owner(port: u16, pid: i32) -> PortOwner {
+    let inodes: Vec<u64> = tcp_sockets()
+        .into_iter()
+        .filter(|s| {
+            s.listening && s.local_port == port && LOOPBACK_LISTEN.contains(&s.local_addr.as_str())
+        })
+        .map(|s| s.inode)
+        .collect();
+    if inodes.is_empty() {
+        return PortOwner::Nobody;
+    }
+    let own = socket_inodes(pid);
+    if inodes.iter().all(|i| own.contains(i)) {
+        PortOwner::Only
+    } else {
+        PortOwner::Other(port_holder_other_than(port, pid))
+    }
+}
+
+/// Whether the server end of our connection `ours` (local address of our
+/// socket) to 127.0.0.1:`port` is held by `pid`: proof that the process on the
+/// other end of this very connection is that one, not a listener that took the
+/// port a moment after we looked.
+pub fn connection_served_by(port: u16, ours: std::net::SocketAddr, pid: i32) -> bool {
+    let own = socket_inodes(pid);
+    tcp_sockets().into_iter().any(|s| {
+        !s.listening
+            && s.local_port == port
+            && s.remote_port == ours.port()
+            && s.inode != 0
+            && own.contains(&s.inode)
+    })
+}
+
+fn port_holder_other_than(port: u16, pid: i32) -> Option<(i32, String)> {
+    let inodes: Vec<u64> = listening_inodes()
+        .into_iter()
+        .filter(|(_, p)| *p == port)
+        .map(|(i, _)| i)
+        .collect();
+    let own = socket_inodes(pid);
+    let foreign: Vec<u64> = inodes.into_iter().filter(|i| !own.contains(i)).collect();
+    holder_of(&foreign)
 }
 
 fn socket_inodes(pid: i32) -> Vec<u64> {
@@ -122,6 +209,10 @@ pub fn port_holder(port: u16) -> Option<(i32, String)> {
         .filter(|(_, p)| *p == port)
         .map(|(i, _)| i)
         .collect();
+    holder_of(&inodes)
+}
+
+fn holder_of(inodes: &[u64]) -> Option<(i32, String)> {
     if inodes.is_empty() {
         return None;
     }
@@ -142,31 +233,6 @@ pub fn port_holder(port: u16) -> Option<(i32, String)> {
         }
     }
     None
-}
-
-/// The last `lines` lines of a file, reading at most the last 64 KiB of it: a
-/// log can be gigabytes and we only want its end.
-pub fn tail(path: &Path, lines: usize) -> Vec<String> {
-    const WINDOW: u64 = 64 * 1024;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(WINDOW);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return Vec::new();
-    }
-    let mut buf = Vec::new();
-    if f.take(WINDOW).read_to_end(&mut buf).is_err() {
-        return Vec::new();
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut all: Vec<&str> = text.lines().collect();
-    if start > 0 && !all.is_empty() {
-        all.remove(0); // probably cut in the middle
-    }
-    let from = all.len().saturating_sub(lines);
-    all[from..].iter().map(|l| l.to_string()).collect()
 }
 
 /// Live processes whose executable is `exe` and whose working directory is
@@ -202,15 +268,5 @@ mod tests {
         assert_eq!(port_holder(port).map(|(pid, _)| pid), Some(me));
         drop(l);
         assert!(!port_listening(port));
-    }
-
-    #[test]
-    fn tail_reads_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("log");
-        let text: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(&p, text).unwrap();
-        assert_eq!(tail(&p, 2), vec!["line 9998", "line 9999"]);
-        assert!(tail(&dir.path().join("missing"), 5).is_empty());
     }
 }

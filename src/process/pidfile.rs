@@ -1,34 +1,27 @@
 //! Pid files: read leniently, written atomically, removed only by their owner.
 
-use std::io::Write;
 use std::path::Path;
+
+use crate::confined;
 
 use super::identity::Identity;
 
+/// Pid files are a few digits; anything longer is not one.
+const MAX_LEN: u64 = 64;
+
 /// The pid a pid file names, if it names one. Whitespace is tolerated; anything
-/// else (empty, garbage, a negative number) is "no pid", which makes the file
-/// stale rather than an error.
+/// else (empty, garbage, a negative number, a link, a directory) is "no pid",
+/// which makes the file stale rather than an error.
 pub fn read(path: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let bytes = confined::read_small(path, None, MAX_LEN).ok()?;
+    let text = std::str::from_utf8(&bytes).ok()?;
     text.trim().parse::<i32>().ok().filter(|pid| *pid > 0)
 }
 
 /// Writes `pid` so that readers see the old file or the new one, never half of
-/// one: a temp file in the same dir, fsync, rename.
+/// one, without following any link planted in its dir (see [`confined`]).
 pub fn write(path: &Path, pid: i32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("pid");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{pid}")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    confined::write_atomic(path, format!("{pid}\n").as_bytes(), None)
 }
 
 /// What a pid file says about its process.
@@ -42,7 +35,7 @@ pub enum PidFile {
 }
 
 pub fn inspect(path: &Path) -> PidFile {
-    if !path.exists() {
+    if !confined::exists(path) {
         return PidFile::Missing;
     }
     match read(path) {
@@ -68,11 +61,7 @@ pub fn remove_if_owned(path: &Path, owner: Option<&Identity>) -> std::io::Result
     if !ours {
         return Ok(false);
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    confined::remove_file(path)
 }
 
 #[cfg(test)]

@@ -13,9 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -34,6 +33,28 @@ const FORBIDDEN_ENV: &[&str] = &[
 
 pub fn is_forbidden_env(key: &str) -> bool {
     FORBIDDEN_ENV.contains(&key) || key.starts_with("WATCHDOG_")
+}
+
+/// Variables that change what the dynamic loader and libc load or where they
+/// read from (glibc's "unsecure" list, which it ignores for setuid programs for
+/// the same reason). obhostd sets `LD_LIBRARY_PATH` itself for the observer; a
+/// request may not.
+const LOADER_ENV: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+];
+
+pub fn is_loader_env(key: &str) -> bool {
+    key.starts_with("LD_") || LOADER_ENV.contains(&key)
 }
 
 /// An OS user resolved to ids.
@@ -59,6 +80,11 @@ pub enum SpawnError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error(
+        "working dir '{}' is missing or reached through a symbolic link; create it as a real dir",
+        .0.display()
+    )]
+    Cwd(PathBuf),
     #[error("cannot start '{program}': {cause}")]
     Exec {
         program: PathBuf,
@@ -169,16 +195,25 @@ fn has_cap_sys_resource() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
+/// Where a started program's stdout and stderr go.
+#[derive(Debug)]
+pub enum Output {
+    /// Appended to this file, created (with its dir) owned by the program's
+    /// user, never through a link (see [`crate::confined`]).
+    Append(PathBuf),
+    /// An already open file (e.g. an anonymous temp file the caller reads back).
+    File(std::fs::File),
+}
+
 /// Everything needed to start one program.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SpawnSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub cwd: PathBuf,
     pub user: RunAs,
     pub env: BTreeMap<String, String>,
-    /// stdout and stderr are appended here.
-    pub output: PathBuf,
+    pub output: Output,
     pub limits: Limits,
 }
 
@@ -200,29 +235,25 @@ impl SpawnSpec {
     }
 }
 
-fn open_output(path: &Path, user: &RunAs) -> Result<std::fs::File, SpawnError> {
+fn open_output(output: &Output, user: &RunAs) -> Result<std::fs::File, SpawnError> {
+    let path = match output {
+        Output::File(f) => {
+            return f.try_clone().map_err(|cause| SpawnError::Output {
+                path: PathBuf::from("(temp file)"),
+                cause,
+            });
+        }
+        Output::Append(path) => path,
+    };
     let err = |cause| SpawnError::Output {
         path: path.to_path_buf(),
         cause,
     };
+    let owner = Some((user.uid, user.gid));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        crate::confined::create_dirs(dir, owner, 0o750).map_err(err)?;
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-        .map_err(err)?;
-    if Uid::effective().is_root() {
-        nix::unistd::fchown(
-            &file,
-            Some(Uid::from_raw(user.uid)),
-            Some(Gid::from_raw(user.gid)),
-        )
-        .map_err(|e| err(e.into()))?;
-    }
-    Ok(file)
+    crate::confined::open_append(path, owner, 0o640).map_err(err)
 }
 
 /// Marks every descriptor above stderr close-on-exec, so that exec drops them.
@@ -258,15 +289,22 @@ fn close_inherited_fds() {
 /// the [`super::Reaper`] does.
 pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
     spec.user.check_permitted()?;
+    if !crate::confined::is_dir(&spec.cwd) {
+        return Err(SpawnError::Cwd(spec.cwd.clone()));
+    }
     let out = open_output(&spec.output, &spec.user)?;
     let err_out = out.try_clone().map_err(|cause| SpawnError::Output {
-        path: spec.output.clone(),
+        path: PathBuf::from("(stderr)"),
         cause,
     })?;
 
+    let cwd =
+        CString::new(spec.cwd.as_os_str().as_encoded_bytes()).map_err(|_| SpawnError::Exec {
+            program: spec.program.clone(),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "cwd contains a NUL byte"),
+        })?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
         .env_clear()
         .env(
             "PATH",
@@ -289,8 +327,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
     let (uid, gid) = (Uid::from_raw(spec.user.uid), Gid::from_raw(spec.user.gid));
     let groups: Vec<Gid> = spec.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     // SAFETY: between fork and exec only async-signal-safe calls are allowed.
-    // setsid, setrlimit, setgroups, setgid and setuid are plain syscalls, and
-    // every value they use was prepared above, so nothing here allocates.
+    // setsid, setrlimit, setgroups, setgid, setuid and chdir are plain syscalls,
+    // and every value they use was prepared above, so nothing here allocates.
     unsafe {
         cmd.pre_exec(move || {
             // Nothing of the daemon's beyond stdio: a descriptor someone opened
@@ -308,6 +346,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
                 nix::unistd::setgid(gid)?;
                 nix::unistd::setuid(uid)?;
             }
+            // Entered as the user, not as root: the dir belongs to the user, who
+            // could have swapped it for a link to somewhere only root may go.
+            nix::unistd::chdir(cwd.as_c_str())?;
             Ok(())
         });
     }

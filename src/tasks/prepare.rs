@@ -110,6 +110,7 @@ impl Prepare {
             home_path: spec.home_path.clone(),
             pid_file: spec.pid_file.clone(),
             binary: spec.binary.clone(),
+            uid: Some(user.uid),
         };
         let found = locate::find(&target, registry);
         let running = matches!(found, Found::Running(_));
@@ -134,8 +135,8 @@ impl Prepare {
                 let what = pid
                     .map(|p| format!("pid {p}"))
                     .unwrap_or_else(|| "no pid".into());
-                match std::fs::remove_file(&spec.pid_file) {
-                    Ok(()) => checks::result(
+                match crate::confined::remove_file(&spec.pid_file) {
+                    Ok(_) => checks::result(
                         "pidfile.stale",
                         CheckStatus::Pass,
                         format!("removed stale {} ({what})", spec.pid_file.display()),
@@ -218,7 +219,7 @@ impl Prepare {
             let data = checks::dir("dir.data", &spec.data_dir, user, p.create_dirs);
             let first_start_nonempty = !spec.is_restart()
                 && data.status == CheckStatus::Pass
-                && std::fs::read_dir(&spec.data_dir).is_ok_and(|mut d| d.next().is_some());
+                && crate::confined::dir_has_entries(&spec.data_dir);
             if first_start_nonempty {
                 add(checks::result(
                     "dir.data",

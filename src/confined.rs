@@ -1,0 +1,433 @@
+//! File operations that cannot be redirected by a symlink or a hard link.
+//!
+//! obhostd runs as root, but the directories it works in (an observer's home, its
+//! `run/` and `log/`, the agent's dir) belong to the observer's user. That user can
+//! plant a symlink (`log/obhost_observer.out -> /etc/shadow`) or swap a directory
+//! for a link between our check and our use, and every root `open`, `chown` or
+//! `unlink` that follows it would act on a file the user may not touch. So:
+//!
+//! - A path is made [`canonical`] (symlinks resolved) before it is checked against
+//!   `allowed_roots`; from then on it is only ever opened with `openat2(2)` and
+//!   `RESOLVE_NO_SYMLINKS`, so what is used is exactly what was checked: if any
+//!   component became a link since, the operation fails with ELOOP instead.
+//! - Files are created with `O_EXCL` and chowned through the open descriptor
+//!   (`fchown`), never by name. An existing file is only used when it is a regular
+//!   file with one link that belongs to the expected user: a hard link to a root
+//!   file (where `fs.protected_hardlinks` is off) is refused, not appended to,
+//!   chowned or read.
+//! - Removal is `unlinkat` on a directory descriptor: it removes the link itself,
+//!   never what a link points to.
+//!
+//! Everything here is blocking (it is plain syscalls on local files).
+
+use std::ffi::OsStr;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag, fstat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
+
+/// Who a created file or dir belongs to (uid, gid).
+pub type Owner = (u32, u32);
+
+/// Resolves every symlink in `path`, which must be absolute and free of `..`.
+/// The part that does not exist yet is appended as given: it contains no links,
+/// because it does not exist (and if a link appears there later, the operations
+/// below refuse to follow it).
+pub fn canonical(path: &Path) -> io::Result<PathBuf> {
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an absolute path without '..'",
+        ));
+    }
+    let mut existing = path;
+    let mut missing: Vec<&OsStr> = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(mut real) => {
+                real.extend(missing.iter().rev());
+                return Ok(real);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (Some(name), Some(parent)) = (existing.file_name(), existing.parent()) else {
+                    return Err(e);
+                };
+                missing.push(name);
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn how(flags: OFlag, mode: u32) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .mode(Mode::from_bits_truncate(mode))
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+/// Opens an absolute path with no symlink anywhere in it.
+fn open(path: &Path, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+    openat2(nix::fcntl::AT_FDCWD, path, how(flags, mode)).map_err(refusal)
+}
+
+/// Opens `name` (one component) inside the directory `dir`.
+fn open_in(dir: &OwnedFd, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+    let how = how(flags, mode).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
+    openat2(dir, name, how).map_err(refusal)
+}
+
+/// ELOOP from RESOLVE_NO_SYMLINKS means a link was met: say so in words.
+fn refusal(e: Errno) -> io::Error {
+    match e {
+        Errno::ELOOP | Errno::EXDEV => io::Error::other(
+            "a symbolic link is in the way (obhostd never follows links inside observer and agent dirs); remove the link",
+        ),
+        other => io::Error::from(other),
+    }
+}
+
+fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no parent dir",
+        )),
+    }
+}
+
+/// The directory `path`, opened for `*at` calls, refusing links.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+}
+
+/// `stat` without following links anywhere in the path.
+pub fn metadata(path: &Path) -> io::Result<nix::sys::stat::FileStat> {
+    let fd = open(path, OFlag::O_PATH, 0)?;
+    fstat(&fd).map_err(io::Error::from)
+}
+
+pub fn is_dir(path: &Path) -> bool {
+    metadata(path)
+        .is_ok_and(|m| SFlag::from_bits_truncate(m.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+}
+
+pub fn exists(path: &Path) -> bool {
+    metadata(path).is_ok()
+}
+
+/// Whether the dir holds anything (false when it is missing or unreadable).
+pub fn dir_has_entries(path: &Path) -> bool {
+    let Ok(fd) = open_dir(path) else {
+        return false;
+    };
+    nix::dir::Dir::from_fd(fd).is_ok_and(|mut d| {
+        d.iter()
+            .flatten()
+            .any(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+    })
+}
+
+fn chown_fd(fd: &impl AsFd, owner: Option<Owner>) -> io::Result<()> {
+    match owner {
+        Some((uid, gid)) if Uid::effective().is_root() => {
+            fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(io::Error::from)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates `dir` and its missing parents, each new one owned by `owner`, and
+/// returns the dirs it created. Existing components are never chowned.
+pub fn create_dirs(dir: &Path, owner: Option<Owner>, mode: u32) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    let mut base = loop {
+        match open_dir(cur) {
+            Ok(fd) => break fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (parent, name) = split(cur)?;
+                missing.push(name);
+                cur = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut made = Vec::new();
+    let mut path = cur.to_path_buf();
+    for name in missing.into_iter().rev() {
+        match mkdirat(&base, name, Mode::from_bits_truncate(mode)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        path.push(name);
+        let fd = open_in(&base, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+        let st = fstat(&fd)?;
+        // Chown only what we made: a dir that raced into existence (made by the
+        // dir's owner) keeps its owner.
+        if st.st_uid == Uid::effective().as_raw() {
+            chown_fd(&fd, owner)?;
+        }
+        made.push(path.clone());
+        base = fd;
+    }
+    Ok(made)
+}
+
+/// Checks that an existing file may be used for the observer's user: a regular
+/// file, one link, owned by `uid`.
+fn check_owned(fd: &OwnedFd, path: &Path, uid: Option<u32>) -> io::Result<()> {
+    let st = fstat(fd)?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    let problem = if kind != SFlag::S_IFREG {
+        Some("is not a regular file".to_string())
+    } else if st.st_nlink != 1 {
+        Some(format!("has {} hard links", st.st_nlink))
+    } else if let Some(uid) = uid.filter(|u| *u != st.st_uid) {
+        Some(format!("belongs to uid {}, not uid {uid}", st.st_uid))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to use '{}': it {p}; remove it and try again",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// Opens `path` for appending (stdout/stderr of a process we start): created
+/// new and owned by `owner`, or an existing file that already belongs to it.
+pub fn open_append(path: &Path, owner: Option<Owner>, mode: u32) -> io::Result<std::fs::File> {
+    let (parent, name) = split(path)?;
+    let dir = open_dir(parent)?;
+    // O_NONBLOCK: opening a FIFO planted in our place must not hang the step.
+    let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NONBLOCK;
+    let fd = match open_in(&dir, name, flags | OFlag::O_CREAT | OFlag::O_EXCL, mode) {
+        Ok(fd) => {
+            chown_fd(&fd, owner)?;
+            fd
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let fd = open_in(&dir, name, flags, 0)?;
+            check_owned(&fd, path, owner.map(|o| o.0))?;
+            fd
+        }
+        Err(e) => return Err(e),
+    };
+    clear_nonblock(&fd)?;
+    Ok(std::fs::File::from(fd))
+}
+
+fn clear_nonblock(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Opens an existing file for reading, if it is a regular file with one link
+/// owned by `uid` (when given).
+pub fn open_read(path: &Path, uid: Option<u32>) -> io::Result<std::fs::File> {
+    let fd = open(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)?;
+    check_owned(&fd, path, uid)?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Reads at most `max` bytes of a small file (a pid file).
+pub fn read_small(path: &Path, uid: Option<u32>, max: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    open_read(path, uid)?.take(max).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The last `lines` lines of a log, reading at most its last 64 KiB.
+pub fn tail(path: &Path, uid: Option<u32>, lines: usize) -> Vec<String> {
+    const WINDOW: u64 = 64 * 1024;
+    let Ok(mut f) = open_read(path, uid) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(WINDOW);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.take(WINDOW).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut all: Vec<&str> = text.lines().collect();
+    if start > 0 && !all.is_empty() {
+        all.remove(0); // probably cut in the middle
+    }
+    let from = all.len().saturating_sub(lines);
+    all[from..].iter().map(|l| l.to_string()).collect()
+}
+
+/// Replaces `path` with `contents` so that readers see the old file or the new
+/// one: a fresh temp file (O_EXCL, so a planted name is never reused) in the
+/// same dir, fsync, `renameat` over the name (which replaces a link, never its
+/// target).
+pub fn write_atomic(path: &Path, contents: &[u8], owner: Option<Owner>) -> io::Result<()> {
+    let (parent, name) = split(path)?;
+    let dir = open_dir(parent)?;
+    let tmp = loop {
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(".{:016x}.tmp", random()));
+        match open_in(
+            &dir,
+            &tmp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            0o644,
+        ) {
+            Ok(fd) => {
+                let mut f = std::fs::File::from(fd);
+                let written = f
+                    .write_all(contents)
+                    .and_then(|()| f.sync_all())
+                    .and_then(|()| chown_fd(&f, owner));
+                if let Err(e) = written {
+                    let _ = unlinkat(&dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                    return Err(e);
+                }
+                break tmp;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    if let Err(e) = nix::fcntl::renameat(&dir, tmp.as_os_str(), &dir, name) {
+        let _ = unlinkat(&dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        return Err(e.into());
+    }
+    let _ = nix::unistd::fsync(&dir);
+    Ok(())
+}
+
+/// Removes the file (or link) `path` itself; false when it was not there.
+pub fn remove_file(path: &Path) -> io::Result<bool> {
+    let (parent, name) = split(path)?;
+    let dir = match open_dir(parent) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Temp names need not be secret (O_EXCL makes them safe), only unlikely to
+/// collide: the clock and our pid are enough.
+fn random() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn canonical_resolves_links_and_keeps_the_missing_tail() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        symlink(&real, t.path().join("link")).unwrap();
+        let c = canonical(&t.path().join("link/a/b")).unwrap();
+        assert_eq!(c, std::fs::canonicalize(&real).unwrap().join("a/b"));
+        assert!(canonical(Path::new("rel")).is_err());
+        assert!(canonical(&t.path().join("x/../y")).is_err());
+    }
+
+    #[test]
+    fn links_anywhere_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(t.path()).unwrap();
+        let secret = base.join("secret");
+        std::fs::write(&secret, "root only\n").unwrap();
+        std::fs::create_dir(base.join("log")).unwrap();
+        symlink(&secret, base.join("log/out")).unwrap();
+        let e = open_append(&base.join("log/out"), None, 0o640).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(open_read(&base.join("log/out"), None).is_err());
+        assert!(tail(&base.join("log/out"), None, 5).is_empty());
+        // A link as a dir component.
+        symlink(base.join("log"), base.join("dirlink")).unwrap();
+        assert!(open_append(&base.join("dirlink/new"), None, 0o640).is_err());
+        assert!(!base.join("log/new").exists());
+        // write_atomic replaces the link, not its target.
+        write_atomic(&base.join("log/out"), b"42\n", None).unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root only\n");
+        assert_eq!(
+            std::fs::read_to_string(base.join("log/out")).unwrap(),
+            "42\n"
+        );
+        // remove_file removes a link itself.
+        symlink(&secret, base.join("log/pid")).unwrap();
+        assert!(remove_file(&base.join("log/pid")).unwrap());
+        assert!(secret.exists());
+        assert!(!remove_file(&base.join("log/pid")).unwrap());
+    }
+
+    #[test]
+    fn tail_reads_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let text: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(tail(&p, None, 2), vec!["line 9998", "line 9999"]);
+        assert!(tail(&dir.path().join("missing"), None, 5).is_empty());
+    }
+
+    #[test]
+    fn hard_links_and_strangers_files_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::write(base.join("a"), "x").unwrap();
+        std::fs::hard_link(base.join("a"), base.join("b")).unwrap();
+        let e = open_read(&base.join("b"), None).unwrap_err();
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+        std::fs::write(base.join("c"), "x").unwrap();
+        let me = Uid::effective().as_raw();
+        assert!(open_read(&base.join("c"), Some(me)).is_ok());
+        let e = open_read(&base.join("c"), Some(me + 1)).unwrap_err();
+        assert!(e.to_string().contains("belongs to uid"), "{e}");
+    }
+
+    #[test]
+    fn create_dirs_makes_each_missing_level() {
+        let t = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(t.path()).unwrap();
+        let made = create_dirs(&base.join("a/b/c"), None, 0o750).unwrap();
+        assert_eq!(made.len(), 3);
+        assert!(base.join("a/b/c").is_dir());
+        assert!(
+            create_dirs(&base.join("a/b/c"), None, 0o750)
+                .unwrap()
+                .is_empty()
+        );
+        symlink(base.join("a"), base.join("l")).unwrap();
+        assert!(create_dirs(&base.join("l/x"), None, 0o750).is_err());
+        assert!(!base.join("a/x").exists());
+    }
+}

@@ -201,6 +201,10 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct AgentServiceConfig {
     pub systemd_unit: Option<String>,
+    /// The only units StartAgentService may start (as root, through systemctl).
+    /// Empty: only `systemd_unit`, so a request can never name `poweroff.target`.
+    #[serde(default)]
+    pub allowed_units: Vec<String>,
     #[serde(default)]
     pub argv: Vec<String>,
     pub user: Option<String>,

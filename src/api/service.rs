@@ -177,6 +177,10 @@ impl HostAgent for HostAgentService {
                 )));
             }
         };
+        crate::bounds::check_len("user", &req.user, crate::bounds::MAX_NAME)
+            .map_err(validate::invalid)?;
+        crate::bounds::check_len("password", &req.password, crate::bounds::MAX_VALUE)
+            .map_err(|_| validate::invalid("password is longer than 4096 bytes"))?;
         if req.user.is_empty() && !req.password.is_empty() {
             return Err(validate::invalid(
                 "password is set but user is not; give the user to log in as",

@@ -6,12 +6,12 @@
 //! parameters: what a retry or a restart runs again.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::process::{Limits, RunAs};
+use crate::{bounds, confined};
 
 pub const DEFAULT_MYSQL_PORT: u16 = 2881;
 pub const DEFAULT_RPC_PORT: u16 = 2882;
@@ -86,41 +86,66 @@ fn invalid(m: String) -> SpecError {
     SpecError::Invalid(m)
 }
 
-/// An absolute path with no `..`, normalised (no `.`, no trailing `/`), inside
-/// an allowed root.
+/// An absolute path with no `..`, with every symlink resolved, inside an
+/// allowed root. Resolving first is what makes the roots mean something: a home
+/// that is a link to /root, or an argv[0] that is a link to /bin/sh, is judged by
+/// where it leads. What is returned is the resolved path, which the steps then
+/// only ever open without following links (see [`crate::confined`]), so the
+/// check holds where the path is used.
 pub fn checked_path(field: &str, value: &str, policy: &Policy) -> Result<PathBuf, SpecError> {
     if value.is_empty() {
         return Err(invalid(format!("{field} is empty; give an absolute path")));
     }
+    bounds::check_len(field, value, bounds::MAX_PATH).map_err(invalid)?;
     if value.contains('\0') {
         return Err(invalid(format!("{field} contains a NUL byte")));
     }
     let p = Path::new(value);
     if !p.is_absolute() {
         return Err(invalid(format!(
-            "{field} '{value}' is not absolute; give the full path, e.g. /home/admin/oceanbase"
+            "{field} '{}' is not absolute; give the full path, e.g. /home/admin/oceanbase",
+            bounds::quote(value)
         )));
     }
     if p.components().any(|c| c == Component::ParentDir) {
         return Err(invalid(format!(
-            "{field} '{value}' contains '..'; give the path without it"
+            "{field} '{}' contains '..'; give the path without it",
+            bounds::quote(value)
         )));
     }
     let clean: PathBuf = p.components().collect();
+    let real = confined::canonical(&clean).map_err(|e| {
+        invalid(format!(
+            "{field} '{}' cannot be resolved: {e}; give a path whose dirs can be read",
+            bounds::quote(value)
+        ))
+    })?;
     if !policy.allowed_roots.is_empty()
-        && !policy.allowed_roots.iter().any(|r| clean.starts_with(r))
+        && !policy
+            .allowed_roots
+            .iter()
+            .any(|r| real.starts_with(confined::canonical(r).unwrap_or_else(|_| r.clone())))
     {
         let roots: Vec<String> = policy
             .allowed_roots
             .iter()
             .map(|r| r.display().to_string())
             .collect();
+        let leads = if real == clean {
+            String::new()
+        } else {
+            format!(
+                " (it leads through a symbolic link to '{}')",
+                bounds::quote(&real.to_string_lossy())
+            )
+        };
         return Err(SpecError::Denied(format!(
-            "{field} '{value}' is outside allowed_roots [{}]; use a path under one of them or add its root to allowed_roots in obhostd's config",
+            "{field} '{}'{leads} is outside allowed_roots [{}]; use a path under one of them or add its root to allowed_roots in obhostd's config",
+            bounds::quote(value),
             roots.join(", ")
         )));
     }
-    Ok(clean)
+    Ok(real)
 }
 
 fn port(field: &str, value: u32, default: u16) -> Result<u16, SpecError> {
@@ -133,10 +158,16 @@ fn port(field: &str, value: u32, default: u16) -> Result<u16, SpecError> {
     }
 }
 
+/// Longest names and lists, named by field (see [`bounds`]).
+fn name(field: &str, value: &str) -> Result<(), SpecError> {
+    bounds::check_len(field, value, bounds::MAX_NAME).map_err(invalid)
+}
+
 /// Resolves the OS user a process runs as: given, else the config's
 /// default_user, else the daemon's own; it must exist, be allowed, and be one
 /// the daemon can switch to.
 pub fn resolve_user(field: &str, given: &str, policy: &Policy) -> Result<RunAs, SpecError> {
+    name(field, given)?;
     let user = if !given.is_empty() {
         RunAs::lookup(given)
     } else if let Some(d) = &policy.default_user {
@@ -178,9 +209,13 @@ fn env_key_ok(k: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Checks request environment: valid names, and none of the variables that
-/// would let the child speak for obhostd.
+/// Checks request environment: valid names, bounded, and none of the
+/// variables that would let the child speak for obhostd or load code from
+/// anywhere (`LD_PRELOAD`, `LD_LIBRARY_PATH`, the loader's other variables):
+/// the observer's libraries come from its home, which obhostd sets itself.
 pub fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    bounds::check_entries(field, env.keys().map(String::as_str)).map_err(invalid)?;
+    bounds::check_entries(field, env.values().map(String::as_str)).map_err(invalid)?;
     for (k, v) in env {
         if !env_key_ok(k) {
             return Err(invalid(format!(
@@ -191,6 +226,11 @@ pub fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), Spec
         if crate::process::spawn::is_forbidden_env(k) {
             return Err(invalid(format!(
                 "{field} key '{k}' is reserved for the service manager; remove it"
+            )));
+        }
+        if crate::process::spawn::is_loader_env(k) {
+            return Err(SpecError::Denied(format!(
+                "{field} key '{k}' would change which code the dynamic loader runs, so obhostd refuses it; remove it (the observer's libraries are found in <home_path>/lib)"
             )));
         }
         if v.contains('\0') {
@@ -243,8 +283,25 @@ impl ObserverSpec {
             ("observer.devname", &raw.devname),
             ("observer.ip", &raw.ip),
         ] {
+            name(field, value)?;
             token(field, value)?;
         }
+        bounds::check_len(
+            "observer.rootservice_list",
+            &raw.rootservice_list,
+            bounds::MAX_VALUE,
+        )
+        .map_err(invalid)?;
+        let params = &raw.parameters;
+        bounds::check_entries("observer.parameters", params.keys().map(String::as_str))
+            .map_err(invalid)?;
+        bounds::check_entries("observer.parameters", params.values().map(String::as_str))
+            .map_err(invalid)?;
+        bounds::check_entries(
+            "observer.extra_args",
+            raw.extra_args.iter().map(String::as_str),
+        )
+        .map_err(invalid)?;
         if !raw.ip.is_empty() && raw.ip.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid(format!(
                 "observer.ip '{}' is not an IP address, e.g. 10.0.0.1",
@@ -308,7 +365,7 @@ impl ObserverSpec {
     }
 
     pub fn is_restart(&self) -> bool {
-        self.config_bin().exists()
+        confined::exists(&self.config_bin())
     }
 
     /// A first start needs the cluster's identity; a restart reads it from
@@ -367,18 +424,18 @@ impl ObserverSpec {
 /// Whether `user` may execute `path`: regular file with an x bit for the user's
 /// uid, one of its groups, or others (root: any x bit).
 pub fn check_executable(path: &Path, user: &str) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("'{}' cannot be used: {e}", path.display()))?;
-    if !meta.is_file() {
+    let meta = confined::metadata(path)
+        .map_err(|e| format!("'{}' cannot be used: {e}", path.display()))?;
+    if meta.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(format!("'{}' is not a regular file", path.display()));
     }
-    let mode = meta.permissions().mode();
+    let mode = meta.st_mode;
     let who = RunAs::lookup(user).map_err(|e| e.to_string())?;
     let ok = if who.uid == 0 {
         mode & 0o111 != 0
-    } else if meta.uid() == who.uid {
+    } else if meta.st_uid == who.uid {
         mode & 0o100 != 0
-    } else if who.groups.contains(&meta.gid()) || meta.gid() == who.gid {
+    } else if who.groups.contains(&meta.st_gid) || meta.st_gid == who.gid {
         mode & 0o010 != 0
     } else {
         mode & 0o001 != 0

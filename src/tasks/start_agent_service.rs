@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::Deps;
 use crate::probe::health::{self, Health};
 use crate::process::pidfile::{self, PidFile};
-use crate::process::{Handle, Identity, RunAs, SpawnSpec, inspect, spawn};
+use crate::process::spawn::Output;
+use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned, inspect, spawn};
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
 
@@ -55,6 +56,15 @@ pub struct StartAgentService {
     pub deps: Arc<Deps>,
 }
 
+/// What systemctl wrote, at most 16 KiB of it.
+fn read_back(mut f: std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::new();
+    let _ = f.rewind();
+    let _ = f.take(16 * 1024).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// systemd runs as PID 1 exactly when this directory exists (sd_booted(3)).
 fn systemd_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
@@ -70,14 +80,19 @@ impl StartAgentService {
                 None
             }
             Service::Command(cmd) => {
-                let (id, already) = self.command(&ctx, cmd).await?;
+                let (id, spawned) = self.command(&ctx, cmd).await?;
                 outputs.insert("pid".to_string(), id.pid.to_string());
-                outputs.insert("already_running".to_string(), already.to_string());
-                Some((Handle::open(id).ok(), cmd.output_file()))
+                outputs.insert("already_running".to_string(), spawned.is_none().to_string());
+                Some((Handle::open(id).ok(), cmd.output_file(), spawned))
             }
         };
         if let Some(h) = &self.params.health {
-            self.healthy(&ctx, h, watched.as_ref()).await?;
+            let watch = watched.as_ref().map(|(h, o, _)| (h.as_ref(), o.as_path()));
+            self.healthy(&ctx, h, watch).await?;
+        }
+        // Healthy: what this step spawned now runs on its own.
+        if let Some((_, _, Some(spawned))) = watched {
+            spawned.keep();
         }
         Ok(StepSuccess {
             message: match &self.params.health {
@@ -90,25 +105,32 @@ impl StartAgentService {
     }
 
     /// Runs a systemctl command through the process module and waits for it.
-    async fn systemctl(&self, step: &str, args: &[&str]) -> Result<i32, StepFailure> {
-        let me = RunAs::current().map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
-        let out = std::env::temp_dir().join(format!(
-            "obhost-systemctl-{}-{step}.out",
-            std::process::id()
-        ));
+    /// Its output goes to an anonymous temp file: nothing at a guessable name in
+    /// /tmp that another user could plant a link at. The unit always comes after
+    /// `--`, so it can never be read as an option.
+    async fn systemctl(&self, args: &[&str], unit: &str) -> Result<(i32, String), StepFailure> {
+        let spawn_failed = |e: String| StepFailure::new("SPAWN_FAILED", e);
+        let me = RunAs::current().map_err(|e| spawn_failed(e.to_string()))?;
+        let out = tempfile::tempfile()
+            .map_err(|e| spawn_failed(format!("cannot make a temp file for systemctl: {e}")))?;
         let spec = SpawnSpec {
             program: PathBuf::from("/usr/bin/systemctl"),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args: args
+                .iter()
+                .copied()
+                .chain(["--", unit])
+                .map(str::to_string)
+                .collect(),
             cwd: PathBuf::from("/"),
             user: me,
             env: BTreeMap::new(),
-            output: out.clone(),
+            output: Output::File(out.try_clone().map_err(|e| spawn_failed(e.to_string()))?),
             limits: Default::default(),
         };
-        let id = spawn(&spec).map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
+        let id = spawn(&spec).map_err(|e| spawn_failed(e.to_string()))?;
         let exit = self.deps.registry.reaper().wait(id.pid).await;
-        let _ = std::fs::remove_file(out);
-        Ok(exit.code.unwrap_or(-1))
+        let text = read_back(out);
+        Ok((exit.code.unwrap_or(-1), text))
     }
 
     async fn systemd(&self, ctx: &StepContext, unit: &str) -> Result<bool, StepFailure> {
@@ -122,56 +144,69 @@ impl StartAgentService {
                 ),
             ));
         }
-        if self
-            .systemctl(ctx.step_id(), &["is-active", "--quiet", unit])
-            .await?
-            == 0
-        {
+        if self.systemctl(&["is-active", "--quiet"], unit).await?.0 == 0 {
             return Ok(true);
         }
         ctx.progress(format!("systemctl start {unit}")).await;
-        match self.systemctl(ctx.step_id(), &["start", unit]).await? {
-            0 => Ok(false),
-            code => Err(StepFailure::new(
-                "SERVICE_START_FAILED",
-                format!("systemctl start {unit} exited with {code}; see journalctl -u {unit}"),
-            )),
+        match self.systemctl(&["start"], unit).await? {
+            (0, _) => Ok(false),
+            (code, output) => {
+                let mut f = StepFailure::new(
+                    "SERVICE_START_FAILED",
+                    format!("systemctl start {unit} exited with {code}; see journalctl -u {unit}"),
+                );
+                f.error.log_tail = output.lines().take(20).map(str::to_string).collect();
+                Err(f)
+            }
         }
     }
 
-    fn running(cmd: &CommandSpec) -> Option<Identity> {
+    /// The service, if it runs: a process of the service's user running its
+    /// program, named by the pid file or found in its cwd. A pid file alone
+    /// proves nothing (its dir belongs to the user, who can write any pid in it).
+    fn running(cmd: &CommandSpec, uid: u32) -> Option<Identity> {
+        let program = PathBuf::from(cmd.argv.first()?);
+        let program = crate::confined::canonical(&program).unwrap_or(program);
+        let ours = |id: &Identity| {
+            !id.is_protected() && id.uid() == Some(uid) && id.exe().is_some_and(|e| e == program)
+        };
         if let Some(pf) = &cmd.pid_file
             && let PidFile::Live(id) = pidfile::inspect(pf)
+            && ours(&id)
         {
             return Some(id);
         }
-        let program = PathBuf::from(cmd.argv.first()?);
         inspect::find_by_exe_and_cwd(&program, &cmd.cwd)
-            .first()
-            .copied()
+            .into_iter()
+            .find(|id| ours(id))
     }
 
+    /// The service's process, and what this step spawned for it (None when it
+    /// was already running).
     async fn command(
         &self,
         ctx: &StepContext,
         cmd: &CommandSpec,
-    ) -> Result<(Identity, bool), StepFailure> {
-        if let Some(id) = Self::running(cmd) {
-            return Ok((id, true));
-        }
+    ) -> Result<(Identity, Option<Spawned>), StepFailure> {
         let user = RunAs::lookup(&cmd.user)
             .map_err(|e| StepFailure::new("USER_NOT_FOUND", e.to_string()))?;
+        if let Some(id) = Self::running(cmd, user.uid) {
+            return Ok((id, None));
+        }
+        let uid = user.uid;
         let spec = SpawnSpec {
             program: PathBuf::from(&cmd.argv[0]),
             args: cmd.argv[1..].to_vec(),
             cwd: cmd.cwd.clone(),
             user,
             env: cmd.env.clone(),
-            output: cmd.output_file(),
+            output: Output::Append(cmd.output_file()),
             limits: self.deps.policy.limits,
         };
         ctx.progress(format!("starting: {}", spec.display())).await;
         let launched = spawn(&spec).map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
+        let registry = self.deps.registry.clone();
+        let mut spawned = Spawned::new(launched, uid, move || registry.shutting_down());
         ctx.output("pid", launched.pid.to_string()).await;
         if cmd.foreground {
             if let Some(pf) = &cmd.pid_file {
@@ -182,7 +217,7 @@ impl StartAgentService {
                     )
                 })?;
             }
-            return Ok((launched, false));
+            return Ok((launched, Some(spawned)));
         }
         ctx.progress(format!(
             "waiting for the launcher (pid {}) to daemonize",
@@ -200,10 +235,20 @@ impl StartAgentService {
             ));
         };
         loop {
-            if let PidFile::Live(id) = pidfile::inspect(pf) {
-                return Ok((id, false));
+            if let PidFile::Live(id) = pidfile::inspect(pf)
+                && (id.daemonized_from(&launched, uid) || Self::running(cmd, uid) == Some(id))
+            {
+                spawned.server(id);
+                return Ok((id, Some(spawned)));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn command_user(&self) -> String {
+        match &self.params.service {
+            Service::Command(c) => c.user.clone(),
+            Service::SystemdUnit(_) => String::new(),
         }
     }
 
@@ -212,7 +257,8 @@ impl StartAgentService {
             "PROCESS_EXITED",
             format!("the agent service (pid {pid}) {how} before it became healthy"),
         );
-        f.error.log_tail = inspect::tail(output, 20);
+        let uid = RunAs::lookup(&self.command_user()).ok().map(|u| u.uid);
+        f.error.log_tail = crate::confined::tail(output, uid, 20);
         f.error.details.insert("pid".into(), pid.to_string());
         f
     }
@@ -221,7 +267,7 @@ impl StartAgentService {
         &self,
         ctx: &StepContext,
         h: &Health,
-        watched: Option<&(Option<Handle>, PathBuf)>,
+        watched: Option<(Option<&Handle>, &Path)>,
     ) -> Result<(), StepFailure> {
         let probing = async {
             let mut pause = Duration::from_millis(20);
@@ -243,7 +289,7 @@ impl StartAgentService {
         tokio::select! {
             () = probing => Ok(()),
             () = death => {
-                let (handle, output) = watched.map(|(h, o)| (h.as_ref(), o.clone())).unwrap_or((None, PathBuf::new()));
+                let (handle, output) = watched.map(|(h, o)| (h, o.to_path_buf())).unwrap_or((None, PathBuf::new()));
                 let pid = handle.map(|h| h.identity().pid).unwrap_or_default();
                 let exit = tokio::time::timeout(Duration::from_secs(1), self.deps.registry.reaper().wait(pid)).await.ok();
                 let how = exit.map(|e| e.describe()).unwrap_or_else(|| "exited".into());
@@ -318,16 +364,8 @@ pub fn resolve(
             }
         },
     };
-    if let Service::SystemdUnit(unit) = &service
-        && (unit.is_empty()
-            || !unit
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "@._:-".contains(c)))
-    {
-        return Err(invalid(format!(
-            "systemd_unit '{}' is not a unit name, e.g. ocp_agentd.service",
-            unit.escape_debug()
-        )));
+    if let Service::SystemdUnit(unit) = &service {
+        check_unit(unit, defaults)?;
     }
     let health = match (raw.tcp_port, raw.http_url) {
         (Some(p), _) => Some(Health::TcpPort(port(p)?)),
@@ -339,6 +377,37 @@ pub fn resolve(
         },
     };
     Ok(AgentParams { service, health })
+}
+
+/// A unit may be started only if the config allows it by name: systemctl runs as
+/// root, and `poweroff.target` is a unit name too. A name starting with `-`
+/// would be an option to systemctl (`-Hroot@host`, `--help`).
+fn check_unit(unit: &str, defaults: &AgentServiceConfig) -> Result<(), SpecError> {
+    crate::bounds::check_len("systemd_unit", unit, crate::bounds::MAX_NAME)
+        .map_err(SpecError::Invalid)?;
+    if unit.is_empty()
+        || unit.starts_with('-')
+        || !unit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@._:-".contains(c))
+    {
+        return Err(SpecError::Invalid(format!(
+            "systemd_unit '{}' is not a unit name, e.g. ocp_agentd.service",
+            crate::bounds::quote(unit)
+        )));
+    }
+    let allowed: Vec<&str> = if defaults.allowed_units.is_empty() {
+        defaults.systemd_unit.iter().map(String::as_str).collect()
+    } else {
+        defaults.allowed_units.iter().map(String::as_str).collect()
+    };
+    if !allowed.contains(&unit) {
+        return Err(SpecError::Denied(format!(
+            "systemd_unit '{unit}' is not allowed on this host (allowed: [{}]); add it to [agent_service] allowed_units in obhostd's config",
+            allowed.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 fn port(p: u32) -> Result<u16, SpecError> {
@@ -358,6 +427,13 @@ fn resolve_command(
     } else {
         raw.argv
     };
+    crate::bounds::check_entries("command.argv", argv.iter().map(String::as_str))
+        .map_err(SpecError::Invalid)?;
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(SpecError::Invalid(
+            "command.argv contains a NUL byte".into(),
+        ));
+    }
     let Some(program) = argv.first() else {
         return Err(SpecError::Invalid(
             "command.argv is empty; give the program's absolute path and its arguments".into(),

@@ -27,6 +27,10 @@ pub struct ObserverRecord {
     pub binary: PathBuf,
     pub mysql_port: u16,
     pub rpc_port: u16,
+    /// The uid the observer runs as (absent in records of older versions: then
+    /// the home's owner is assumed).
+    #[serde(default)]
+    pub uid: Option<u32>,
     /// The daemon wrote the pid file (foreground mode), so it removes it too.
     pub owns_pid_file: bool,
     /// Set while the observer runs.
@@ -98,6 +102,12 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, ObserverRecord>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once obhostd is stopping: what it started must then be left
+    /// running (see [`crate::process::Spawned`]).
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 
     pub fn reaper(&self) -> &Reaper {

@@ -20,6 +20,8 @@ pub enum ControlError {
         "process {pid} is no longer the one obhostd identified (it exited, or its pid was reused); nothing was signalled"
     )]
     NotThatProcess { pid: i32 },
+    #[error("refusing to signal process {pid}: it is obhostd itself or init")]
+    Protected { pid: i32 },
     #[error("cannot signal process {pid}: {cause}")]
     Signal { pid: i32, cause: nix::errno::Errno },
 }
@@ -63,6 +65,9 @@ impl Handle {
 
     pub fn signal(&self, sig: Signal) -> Result<(), ControlError> {
         let pid = self.identity.pid;
+        if self.identity.is_protected() {
+            return Err(ControlError::Protected { pid });
+        }
         match &self.pidfd {
             Some(fd) => {
                 // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
@@ -112,5 +117,38 @@ impl Handle {
     /// Waits for the exit, at most `within`; true if it exited.
     pub async fn exited_within(&self, within: Duration) -> bool {
         tokio::time::timeout(within, self.exited()).await.is_ok()
+    }
+}
+
+/// Sends SIGKILL to `identity` now, without a runtime (for `Drop`): through a
+/// pidfd opened and then verified, so a recycled pid is never hit.
+pub fn kill_now(identity: &Identity) -> Result<(), ControlError> {
+    let pid = identity.pid;
+    if identity.is_protected() {
+        return Err(ControlError::Protected { pid });
+    }
+    let Some(fd) = pidfd_open(pid) else {
+        return Err(ControlError::NotThatProcess { pid });
+    };
+    if !identity.is_alive() {
+        return Err(ControlError::NotThatProcess { pid });
+    }
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(ControlError::Signal {
+            pid,
+            cause: nix::errno::Errno::last(),
+        })
     }
 }

@@ -25,6 +25,7 @@ pub struct Identity {
 pub struct Stat {
     pub state: char,
     pub ppid: i32,
+    pub session: i32,
     pub start_ticks: u64,
     pub comm: String,
 }
@@ -40,6 +41,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat {
         state: rest.first()?.chars().next()?,
         ppid: rest.get(1)?.parse().ok()?,
+        session: rest.get(3)?.parse().ok()?,
         start_ticks: rest.get(19)?.parse().ok()?,
         comm,
     })
@@ -84,6 +86,46 @@ impl Identity {
         Identity::of(self.pid).is_some_and(|now| now == *self)
     }
 
+    /// The user the process runs as, when its real and effective uids agree (a
+    /// setuid program started by one user runs as another: it is neither's).
+    pub fn uid(&self) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let ids: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .take(2)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match ids[..] {
+            [real, effective] if real == effective => Some(real),
+            _ => None,
+        }
+    }
+
+    /// The executable the process runs (resolved by the kernel).
+    pub fn exe(&self) -> Option<std::path::PathBuf> {
+        std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok()
+    }
+
+    /// A process obhostd must never signal or vouch for, whatever a pid file
+    /// says: itself and init.
+    pub fn is_protected(&self) -> bool {
+        self.pid <= 1 || self.pid == std::process::id() as i32
+    }
+
+    /// Whether this process is what `launcher`, which obhostd spawned, left
+    /// running when it daemonized: it runs as `uid`, started no earlier than the
+    /// launcher, and was handed to obhostd (the subreaper) when its parent
+    /// exited. A process someone else started has another parent.
+    pub fn daemonized_from(&self, launcher: &Identity, uid: u32) -> bool {
+        !self.is_protected()
+            && self.boot == launcher.boot
+            && self.start_ticks >= launcher.start_ticks
+            && self.uid() == Some(uid)
+            && stat(self.pid).is_some_and(|s| s.ppid == std::process::id() as i32)
+    }
+
     /// Wall-clock start time, from the boot time in /proc/stat.
     pub fn start_time(&self) -> Option<SystemTime> {
         let ticks_per_sec = clock_ticks()?;
@@ -123,6 +165,7 @@ mod tests {
         assert_eq!(s.comm, "ob (srv) x");
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
+        assert_eq!(s.session, 4242);
         assert_eq!(s.start_ticks, 987654);
     }
 

@@ -13,8 +13,10 @@ pub mod inspect;
 pub mod pidfile;
 pub mod reaper;
 pub mod spawn;
+pub mod spawned;
 
 pub use control::{ControlError, Handle};
 pub use identity::Identity;
 pub use reaper::{Exit, Reaper};
 pub use spawn::{Limits, RunAs, SpawnError, SpawnSpec, spawn};
+pub use spawned::Spawned;

@@ -15,13 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::unistd::{Gid, Uid};
-
 use super::{Deps, fail_with_log};
 use crate::observer::locate::{self, Found, Target};
 use crate::observer::{ObserverRecord, ObserverSpec, command};
 use crate::process::pidfile::{self, PidFile};
-use crate::process::{Handle, Identity, RunAs, SpawnSpec, spawn};
+use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned, spawn};
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
 
@@ -74,18 +72,7 @@ fn argv(pid: i32) -> Vec<String> {
 
 /// Creates `dir` (and parents) if missing; new dirs belong to the observer's user.
 fn ensure_dir(dir: &std::path::Path, user: &RunAs) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    if Uid::effective().is_root() {
-        nix::unistd::chown(
-            dir,
-            Some(Uid::from_raw(user.uid)),
-            Some(Gid::from_raw(user.gid)),
-        )?;
-    }
-    Ok(())
+    crate::confined::create_dirs(dir, Some((user.uid, user.gid)), 0o750).map(drop)
 }
 
 impl StartObserver {
@@ -94,6 +81,7 @@ impl StartObserver {
             home_path: self.spec.home_path.clone(),
             pid_file: self.spec.pid_file.clone(),
             binary: self.spec.binary.clone(),
+            uid: RunAs::lookup(&self.spec.user).ok().map(|u| u.uid),
         }
     }
 
@@ -104,6 +92,7 @@ impl StartObserver {
             binary: self.spec.binary.clone(),
             mysql_port: self.spec.mysql_port,
             rpc_port: self.spec.rpc_port,
+            uid: self.target().uid,
             owns_pid_file: self.spec.foreground,
             identity: Some(id),
             command,
@@ -167,7 +156,14 @@ impl StartObserver {
         let target = self.target();
         loop {
             match pidfile::inspect(&self.spec.pid_file) {
-                PidFile::Live(id) if locate::belongs_to(&id, &target) => return Ok(id),
+                PidFile::Live(id)
+                    if locate::belongs_to(&id, &target, &self.deps.registry)
+                        || target
+                            .uid
+                            .is_some_and(|uid| id.daemonized_from(&launcher, uid)) =>
+                {
+                    return Ok(id);
+                }
                 PidFile::Live(_) => {}
                 PidFile::Stale(Some(pid)) if self.deps.registry.reaper().exit_of(pid).is_some() => {
                     return Err(self.died(pid, "right after it started").await);
@@ -201,9 +197,8 @@ impl StartObserver {
                 // locate found that it names no observer of this home (dead,
                 // or a recycled pid now used by something else): it must go,
                 // or the launcher's server could be mistaken for its old pid.
-                match std::fs::remove_file(&spec.pid_file) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                match crate::confined::remove_file(&spec.pid_file) {
+                    Ok(_) => {}
                     Err(e) => {
                         return Err(StepFailure::new(
                             "PIDFILE_NOT_REMOVABLE",
@@ -255,18 +250,21 @@ impl StartObserver {
                 )
             })?;
         }
+        let uid = user.uid;
         let run = SpawnSpec {
             program: spec.binary.clone(),
             args: command::args(spec),
             cwd: spec.home_path.clone(),
             user,
             env: spec.environment(),
-            output: spec.output_file(),
+            output: crate::process::spawn::Output::Append(spec.output_file()),
             limits: self.deps.policy.limits,
         };
         let command = run.display();
         ctx.progress(format!("starting: {command}")).await;
         let launcher = spawn(&run).map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
+        let registry_now = self.deps.registry.clone();
+        let mut spawned = Spawned::new(launcher, uid, move || registry_now.shutting_down());
         ctx.output("launcher_pid", launcher.pid.to_string()).await;
 
         let server = if spec.foreground {
@@ -281,6 +279,7 @@ impl StartObserver {
             self.follow_launcher(&ctx, launcher).await?
         };
 
+        spawned.server(server);
         // Settle: a bad flag or a missing library kills it within moments.
         let settle = self.deps.policy.start_settle;
         ctx.progress(format!(
@@ -297,6 +296,7 @@ impl StartObserver {
             return Err(self.died(server.pid, "right after it started").await);
         }
         registry.started(self.record(server, argv(server.pid), ctx.step_id()));
+        spawned.keep();
         Ok(success(&server, &command, false, spec))
     }
 }

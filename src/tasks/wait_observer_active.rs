@@ -93,7 +93,7 @@ impl WaitObserverActive {
                     password: password.as_deref().unwrap_or(""),
                     sql: &p.sql,
                 });
-                match mysql::probe(p.mysql_port, creds.as_ref()).await {
+                match mysql::probe(p.mysql_port, id.pid, creds.as_ref()).await {
                     Ok(()) => return,
                     Err(e) => ctx.progress(e.to_string()).await,
                 }

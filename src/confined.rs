@@ -20,9 +20,10 @@
 //!
 //! Everything here is blocking (it is plain syscalls on local files).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -33,10 +34,18 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 /// Who a created file or dir belongs to (uid, gid).
 pub type Owner = (u32, u32);
 
+/// Most links followed while resolving one path (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
 /// Resolves every symlink in `path`, which must be absolute and free of `..`.
 /// The part that does not exist yet is appended as given: it contains no links,
 /// because it does not exist (and if a link appears there later, the operations
 /// below refuse to follow it).
+///
+/// Only links owned by root are followed. A link that another user made (in a
+/// home it owns, say) would let that user point the orchestrator's request at
+/// any dir on the host, even with `allowed_roots` empty; links an administrator
+/// made (`/home/admin/oceanbase -> /data/ob`) keep working.
 pub fn canonical(path: &Path) -> io::Result<PathBuf> {
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
         return Err(io::Error::new(
@@ -44,24 +53,73 @@ pub fn canonical(path: &Path) -> io::Result<PathBuf> {
             "not an absolute path without '..'",
         ));
     }
-    let mut existing = path;
-    let mut missing: Vec<&OsStr> = Vec::new();
-    loop {
-        match std::fs::canonicalize(existing) {
-            Ok(mut real) => {
-                real.extend(missing.iter().rev());
-                return Ok(real);
+    let mut pending: std::collections::VecDeque<OsString> = normal_parts(path).collect();
+    let mut resolved = PathBuf::from("/");
+    let mut links = 0;
+    let mut missing = false;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let next = resolved.join(&part);
+        if missing {
+            resolved = next;
+            continue;
+        }
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if m.uid() != 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "'{}' is a symbolic link owned by uid {}; obhostd follows only links owned by root. Give the real path",
+                            next.display(),
+                            m.uid()
+                        ),
+                    ));
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(io::Error::from(Errno::ELOOP));
+                }
+                let target = std::fs::read_link(&next)?;
+                if target.is_absolute() {
+                    resolved = PathBuf::from("/");
+                }
+                for p in target_parts(&target).into_iter().rev() {
+                    pending.push_front(p);
+                }
             }
+            Ok(_) => resolved = next,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let (Some(name), Some(parent)) = (existing.file_name(), existing.parent()) else {
-                    return Err(e);
-                };
-                missing.push(name);
-                existing = parent;
+                missing = true;
+                resolved = next;
             }
             Err(e) => return Err(e),
         }
     }
+    Ok(resolved)
+}
+
+fn normal_parts(path: &Path) -> impl Iterator<Item = OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(n) => Some(n.to_os_string()),
+        _ => None,
+    })
+}
+
+/// A link target's parts, keeping `..` (which may legitimately climb out of the
+/// link's dir).
+fn target_parts(target: &Path) -> Vec<OsString> {
+    target
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
 }
 
 fn how(flags: OFlag, mode: u32) -> OpenHow {
@@ -356,6 +414,25 @@ mod tests {
         let c = canonical(&t.path().join("link/a/b")).unwrap();
         assert_eq!(c, std::fs::canonicalize(&real).unwrap().join("a/b"));
         assert!(canonical(Path::new("rel")).is_err());
+        // Relative targets and '..' inside them resolve like the kernel does.
+        symlink("../real/a", t.path().join("real/rel")).unwrap();
+        assert_eq!(
+            canonical(&t.path().join("real/rel")).unwrap(),
+            std::fs::canonicalize(&real).unwrap().join("a")
+        );
+        // A link another user owns is not followed.
+        symlink("/etc", t.path().join("users")).unwrap();
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &t.path().join("users"),
+            Some(Uid::from_raw(65534)),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        let e = canonical(&t.path().join("users/passwd")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
         assert!(canonical(&t.path().join("x/../y")).is_err());
     }
 

@@ -115,10 +115,14 @@ pub fn checked_path(field: &str, value: &str, policy: &Policy) -> Result<PathBuf
     }
     let clean: PathBuf = p.components().collect();
     let real = confined::canonical(&clean).map_err(|e| {
-        invalid(format!(
-            "{field} '{}' cannot be resolved: {e}; give a path whose dirs can be read",
-            bounds::quote(value)
-        ))
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            SpecError::Denied(format!("{field} '{}': {e}", bounds::quote(value)))
+        } else {
+            invalid(format!(
+                "{field} '{}' cannot be resolved: {e}; give a path whose dirs can be read",
+                bounds::quote(value)
+            ))
+        }
     })?;
     if !policy.allowed_roots.is_empty()
         && !policy

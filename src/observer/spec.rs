@@ -93,6 +93,22 @@ fn invalid(m: String) -> SpecError {
 /// only ever open without following links (see [`crate::confined`]), so the
 /// check holds where the path is used.
 pub fn checked_path(field: &str, value: &str, policy: &Policy) -> Result<PathBuf, SpecError> {
+    let clean = checked_path_text(field, value)?;
+    let real = confined::canonical(&clean).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            SpecError::Denied(format!("{field} '{}': {e}", bounds::quote(value)))
+        } else {
+            invalid(format!(
+                "{field} '{}' cannot be resolved: {e}; give a path whose dirs can be read",
+                bounds::quote(value)
+            ))
+        }
+    })?;
+    check_roots(field, value, &clean, real, policy)
+}
+
+/// The checks on the text alone: absolute, bounded, no NUL, no `..`.
+fn checked_path_text(field: &str, value: &str) -> Result<PathBuf, SpecError> {
     if value.is_empty() {
         return Err(invalid(format!("{field} is empty; give an absolute path")));
     }
@@ -113,17 +129,16 @@ pub fn checked_path(field: &str, value: &str, policy: &Policy) -> Result<PathBuf
             bounds::quote(value)
         )));
     }
-    let clean: PathBuf = p.components().collect();
-    let real = confined::canonical(&clean).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            SpecError::Denied(format!("{field} '{}': {e}", bounds::quote(value)))
-        } else {
-            invalid(format!(
-                "{field} '{}' cannot be resolved: {e}; give a path whose dirs can be read",
-                bounds::quote(value)
-            ))
-        }
-    })?;
+    Ok(p.components().collect())
+}
+
+fn check_roots(
+    field: &str,
+    value: &str,
+    clean: &Path,
+    real: PathBuf,
+    policy: &Policy,
+) -> Result<PathBuf, SpecError> {
     if !policy.allowed_roots.is_empty()
         && !policy
             .allowed_roots
@@ -160,6 +175,23 @@ fn port(field: &str, value: u32, default: u16) -> Result<u16, SpecError> {
             "{field} {value} is out of range; use a port from 1025 to 65535"
         ))),
     }
+}
+
+/// A file obhostd may replace or remove (a pid file): its dir is resolved and
+/// checked like any path, but a link in its own place is not followed. It is
+/// the file itself that gets replaced or removed, never what a link points to
+/// (see [`crate::confined`]), so a planted link there makes a stale pid file,
+/// not a refused request.
+pub fn checked_file(field: &str, value: &str, policy: &Policy) -> Result<PathBuf, SpecError> {
+    let clean = checked_path_text(field, value)?;
+    let (Some(dir), Some(name)) = (clean.parent(), clean.file_name()) else {
+        return Err(invalid(format!(
+            "{field} '{}' names no file; give the full path of a file",
+            bounds::quote(value)
+        )));
+    };
+    let dir = checked_path(field, &dir.to_string_lossy(), policy)?;
+    Ok(dir.join(name))
 }
 
 /// Longest names and lists, named by field (see [`bounds`]).
@@ -263,11 +295,10 @@ impl ObserverSpec {
                 }
             };
         let binary = or_default("observer.binary", &raw.binary, home.join("bin/observer"))?;
-        let pid_file = or_default(
-            "observer.pid_file",
-            &raw.pid_file,
-            home.join("run/observer.pid"),
-        )?;
+        let pid_file = match raw.pid_file.as_str() {
+            "" => home.join("run/observer.pid"),
+            given => checked_file("observer.pid_file", given, policy)?,
+        };
         let data_dir = or_default("observer.data_dir", &raw.data_dir, home.join("store"))?;
         let redo_dir = match raw.redo_dir.as_str() {
             "" => None,

@@ -331,7 +331,9 @@ pub struct RawCommand {
 
 use crate::config::AgentServiceConfig;
 use crate::observer::SpecError;
-use crate::observer::spec::{Policy, check_env, check_executable, checked_path, resolve_user};
+use crate::observer::spec::{
+    Policy, check_env, check_executable, checked_file, checked_path, resolve_user,
+};
 
 fn or_default(given: &str, default: Option<&Path>) -> String {
     if given.is_empty() {
@@ -453,7 +455,7 @@ fn resolve_command(
     let cwd = checked_path("command.cwd", &cwd, policy)?;
     let pid_file = match or_default(&raw.pid_file, d.pid_file.as_deref()).as_str() {
         "" => None,
-        p => Some(checked_path("command.pid_file", p, policy)?),
+        p => Some(checked_file("command.pid_file", p, policy)?),
     };
     let mut env = d.env.clone();
     env.extend(raw.env);

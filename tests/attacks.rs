@@ -1,0 +1,622 @@
+//! Issue 7's attacks, each mounted as an unprivileged local user would: the
+//! observer's user (created here) owns its home and plants links, pid files and
+//! listeners in it; the orchestrator then makes its ordinary call. Each test
+//! asserts that root's files keep their owner, mode and content, nothing outside
+//! the allowed places is created, no password reaches anyone but the observer,
+//! no foreign process is signalled, and the daemon stays up.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use obhost::proto::v1 as pb;
+use tonic::Code;
+
+const ATTACKER: &str = "obhost-attacker";
+
+/// The attacker: a plain user with no privileges, created once per machine.
+fn attacker() -> (u32, u32) {
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        if nix::unistd::User::from_name(ATTACKER).unwrap().is_none() {
+            let ok = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                ])
+                .arg(ATTACKER)
+                .status()
+                .expect("useradd (the tests run as root)");
+            assert!(ok.success(), "useradd {ATTACKER} failed");
+        }
+        let u = nix::unistd::User::from_name(ATTACKER).unwrap().unwrap();
+        (u.uid.as_raw(), u.gid.as_raw())
+    })
+}
+
+/// Runs a shell script as the attacker; it must succeed.
+fn as_attacker(script: &str) {
+    let (uid, gid) = attacker();
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "as {ATTACKER}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A home owned by the attacker, which runs the stand-in observer as itself.
+fn attacker_home() -> Home {
+    let (uid, gid) = attacker();
+    let home = Home::new();
+    std::os::unix::fs::chown(home.path(), Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    home
+}
+
+fn attacker_spec(home: &Home) -> pb::ObserverSpec {
+    pb::ObserverSpec {
+        user: ATTACKER.into(),
+        ..home.spec()
+    }
+}
+
+/// A root-only file in a root-only dir, and what it must stay.
+struct RootFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    content: &'static str,
+}
+
+impl RootFile {
+    fn new(content: &'static str) -> RootFile {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        RootFile {
+            _dir: dir,
+            path,
+            content,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap()
+    }
+
+    fn assert_untouched(&self) {
+        let m = std::fs::symlink_metadata(&self.path).expect("the root file still exists");
+        assert_eq!((m.uid(), m.gid()), (0, 0), "owner of {:?}", self.path);
+        assert_eq!(m.mode() & 0o7777, 0o600, "mode of {:?}", self.path);
+        assert_eq!(std::fs::read_to_string(&self.path).unwrap(), self.content);
+        let names: Vec<_> = std::fs::read_dir(self.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["secret"], "nothing new in the root-only dir");
+    }
+}
+
+async fn start_terminal(d: &Daemon, id: &str, spec: pb::ObserverSpec) -> pb::Step {
+    start_observer(d, id, spec).await.expect("accepted");
+    wait_for(d, id, Duration::from_secs(60), is_terminal).await
+}
+
+fn assert_daemon_alive(d: &Daemon) {
+    assert!(alive(d.pid()), "obhostd died");
+}
+
+#[tokio::test]
+async fn a_linked_output_file_gets_no_root_write_or_chown() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    let secret = RootFile::new("root's secret\n");
+    as_attacker(&format!(
+        "mkdir -p {h}/log && ln -s {s} {h}/log/obhost_observer.out",
+        h = home.path().display(),
+        s = secret.path.display()
+    ));
+    let s = start_terminal(&d, "link-out", attacker_spec(&home)).await;
+    assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
+    let e = s.error.unwrap();
+    assert_eq!(e.code, "SPAWN_FAILED");
+    assert!(e.message.contains("symbolic link"), "{}", e.message);
+    secret.assert_untouched();
+    assert!(home.processes().is_empty(), "nothing may have been started");
+    assert_daemon_alive(&d);
+}
+
+#[tokio::test]
+async fn a_linked_observer_log_is_not_read_into_log_tail() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    let secret = RootFile::new("ROOT-ONLY-LOG-LINE\n");
+    as_attacker(&format!(
+        "mkdir -p {h}/log && ln -s {s} {h}/log/observer.log",
+        h = home.path().display(),
+        s = secret.path.display()
+    ));
+    let mut spec = attacker_spec(&home);
+    spec.env
+        .insert("FAKE_OBSERVER_EXIT_AT_START".into(), "3".into());
+    let s = start_terminal(&d, "link-log", spec).await;
+    assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
+    let e = s.error.unwrap();
+    assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
+    assert!(
+        !e.log_tail.join("\n").contains("ROOT-ONLY"),
+        "{:?}",
+        e.log_tail
+    );
+    assert!(
+        files_containing(&d.state_dir, "ROOT-ONLY").is_empty(),
+        "the root file reached the state"
+    );
+    secret.assert_untouched();
+    assert_daemon_alive(&d);
+}
+
+#[tokio::test]
+async fn planted_pid_file_links_are_replaced_not_followed() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    let pid_target = RootFile::new("pid file target\n");
+    let tmp_target = RootFile::new("temp file target\n");
+    // The pid file itself, and the temp name the daemon used to write it under.
+    as_attacker(&format!(
+        "mkdir -p {h}/run && ln -s {a} {h}/run/observer.pid && ln -s {b} {h}/run/.observer.pid.{pid}.tmp",
+        h = home.path().display(),
+        a = pid_target.path.display(),
+        b = tmp_target.path.display(),
+        pid = d.pid(),
+    ));
+    let mut spec = attacker_spec(&home);
+    spec.foreground = true;
+    let s = start_terminal(&d, "link-pid", spec).await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    let pid: i32 = s.outputs["pid"].parse().unwrap();
+    let m = std::fs::symlink_metadata(home.pid_file()).unwrap();
+    assert!(m.file_type().is_file(), "the link was replaced by a file");
+    assert_eq!(
+        std::fs::read_to_string(home.pid_file()).unwrap().trim(),
+        pid.to_string()
+    );
+    pid_target.assert_untouched();
+    tmp_target.assert_untouched();
+    let stop = stop_observer(&d, "link-pid-stop", home.path(), 5.0, false).await;
+    let stop = wait_terminal(&d, &stop.id).await;
+    assert_eq!(stop.state(), pb::StepState::Succeeded, "{stop:#?}");
+    assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn prepare_does_not_create_dirs_through_the_users_links() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    let target = RootFile::new("x\n");
+    // data_dir defaults to <home>/store: the user points it at a root-only dir.
+    as_attacker(&format!(
+        "ln -s {t} {h}/store",
+        h = home.path().display(),
+        t = target.dir().display()
+    ));
+    let err = d
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            meta: Some(meta("prep-link")),
+            observer: Some(attacker_spec(&home)),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("owned by uid"), "{}", err.message());
+    // And a home that is itself the user's link.
+    let base = attacker_home();
+    as_attacker(&format!(
+        "ln -s {t} {b}/home",
+        b = base.path().display(),
+        t = target.dir().display()
+    ));
+    let mut spec = attacker_spec(&home);
+    spec.home_path = base.path().join("home").display().to_string();
+    let err = d
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            meta: Some(meta("prep-link-home")),
+            observer: Some(spec),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    target.assert_untouched();
+    assert_daemon_alive(&d);
+}
+
+#[tokio::test]
+async fn a_stale_pid_file_link_is_removed_not_its_target() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    let target = RootFile::new("outside the roots\n");
+    as_attacker(&format!(
+        "mkdir -p {h}/run && ln -s {t} {h}/run/observer.pid",
+        h = home.path().display(),
+        t = target.path.display()
+    ));
+    let step = d
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            meta: Some(meta("prep-stale")),
+            observer: Some(attacker_spec(&home)),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .step
+        .unwrap();
+    let s = wait_terminal(&d, &step.id).await;
+    let stale = s.checks.iter().find(|c| c.name == "pidfile.stale").unwrap();
+    assert!(stale.observed.contains("removed stale"), "{stale:?}");
+    assert!(std::fs::symlink_metadata(home.pid_file()).is_err());
+    target.assert_untouched();
+}
+
+#[tokio::test]
+async fn links_do_not_get_paths_past_allowed_roots() {
+    let roots = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(roots.path()).unwrap();
+    let d = Daemon::start_with(Options {
+        config: format!("allowed_roots = [\"{}\"]\n", root.display()),
+        ..Options::default()
+    });
+    // Root's own link out of the root: judged by where it leads.
+    std::os::unix::fs::symlink("/bin/sh", root.join("agent")).unwrap();
+    let err = d
+        .client()
+        .await
+        .start_agent_service(pb::StartAgentServiceRequest {
+            meta: Some(meta("agent-sh")),
+            service: Some(pb::start_agent_service_request::Service::Command(
+                pb::ServiceCommand {
+                    argv: vec![root.join("agent").display().to_string()],
+                    cwd: root.display().to_string(),
+                    foreground: true,
+                    ..Default::default()
+                },
+            )),
+            health: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("outside allowed_roots") && err.message().contains("/bin"),
+        "{}",
+        err.message()
+    );
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("home")).unwrap();
+    let home = Home::new();
+    let mut spec = home.spec();
+    spec.home_path = root.join("home").display().to_string();
+    spec.binary = String::new();
+    let err = start_observer(&d, "home-link", spec).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing created outside the roots"
+    );
+}
+
+#[tokio::test]
+async fn loader_variables_and_foreign_units_are_refused() {
+    let d = Daemon::start_with(Options {
+        config: "[agent_service]\nsystemd_unit = \"ocp_agentd.service\"\n".into(),
+        ..Options::default()
+    });
+    let home = Home::new();
+    for var in ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GCONV_PATH"] {
+        let err = start_observer(&d, "ld", home.spec_with_env(var, "/tmp/evil.so"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{var}: {err:?}");
+        assert!(err.message().contains(var), "{}", err.message());
+    }
+    for unit in ["poweroff.target", "--help", "-Hroot@host", "sshd.service"] {
+        let err = d
+            .client()
+            .await
+            .start_agent_service(pb::StartAgentServiceRequest {
+                meta: Some(meta("unit")),
+                service: Some(pb::start_agent_service_request::Service::SystemdUnit(
+                    unit.into(),
+                )),
+                health: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.code(), Code::PermissionDenied | Code::InvalidArgument),
+            "{unit}: {err:?}"
+        );
+    }
+    // No step was created by any of them.
+    let err = d
+        .client()
+        .await
+        .get_step(pb::GetStepRequest {
+            step_id: "unit".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+/// A MySQL server that logs every byte it gets, as its own user: it greets
+/// with caching_sha2_password and asks for full authentication, then for the
+/// password in whatever form the client sends it.
+const ROGUE: &str = r#"
+import socket, struct, sys
+port, log = int(sys.argv[1]), sys.argv[2]
+def pkt(seq, payload): return struct.pack('<I', len(payload))[:3] + bytes([seq]) + payload
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', port)); s.listen(8)
+open(log, 'a').write('listening\n')
+while True:
+    c, _ = s.accept()
+    with open(log, 'ab') as f:
+        f.write(b'connection\n')
+        caps = 0x000AA20F
+        greet = bytes([10]) + b'8.0.35\0' + b'\1\0\0\0' + b'abcdefgh' + b'\0' + struct.pack('<H', caps & 0xffff) + b'\x21' + b'\2\0' + struct.pack('<H', caps >> 16) + bytes([21]) + b'\0' * 10 + b'ijklmnopqrst\0' + b'caching_sha2_password\0'
+        c.sendall(pkt(0, greet))
+        c.settimeout(2)
+        try:
+            f.write(b'got: ' + c.recv(4096) + b'\n')
+            c.sendall(pkt(2, b'\x01\x04'))
+            while True:
+                data = c.recv(4096)
+                if not data: break
+                f.write(b'got: ' + data + b'\n')
+                if data[4:5] == b'\x02': c.sendall(pkt(data[3] + 1, b'\x01-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n'))
+        except Exception as e:
+            f.write(b'end: ' + str(e).encode() + b'\n')
+        c.close()
+"#;
+
+async fn wait_with_password(d: &Daemon, id: &str, home: &Home, password: &str) -> pb::Step {
+    d.client()
+        .await
+        .wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: Some(pb::StepMeta {
+                step_id: id.into(),
+                timeout: Some(secs(3.0)),
+                ..Default::default()
+            }),
+            home_path: home.path().display().to_string(),
+            mysql_port: home.mysql_port as u32,
+            user: "root".into(),
+            password: password.into(),
+            sql: String::new(),
+        })
+        .await
+        .expect("accepted");
+    wait_for(d, id, Duration::from_secs(30), is_terminal).await
+}
+
+fn wait_for_line(log: &Path, line: &str) {
+    for _ in 0..200 {
+        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(line)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{log:?} never said {line:?}");
+}
+
+#[tokio::test]
+async fn a_rogue_listener_on_the_mysql_port_gets_no_password() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    // The observer runs but has not bound its port yet; the attacker takes it.
+    let mut spec = attacker_spec(&home);
+    spec.env
+        .insert("FAKE_OBSERVER_NEVER_LISTEN".into(), "1".into());
+    let (_, pid) = start_ok(&d, "rogue-start", spec).await;
+    let log = home.path().join("rogue.log");
+    let script = home.path().join("rogue.py");
+    std::fs::write(&script, ROGUE).unwrap();
+    let (uid, gid) = attacker();
+    let mut rogue = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(&script)
+        .arg(home.mysql_port.to_string())
+        .arg(&log)
+        .spawn()
+        .unwrap();
+    wait_for_line(&log, "listening");
+    let password = "pw-never-to-the-rogue-7f3a";
+    let s = wait_with_password(&d, "rogue-wait", &home, password).await;
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    assert!(
+        s.message.contains("not by the observer") && s.message.contains(&format!("pid {pid}")),
+        "{}",
+        s.message
+    );
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(!seen.contains(password), "{seen}");
+    assert!(
+        !seen.contains("connection"),
+        "not even a connection: {seen}"
+    );
+    assert!(alive(pid), "the observer is left alone");
+}
+
+#[tokio::test]
+async fn an_observer_asking_for_full_authentication_gets_no_password_or_key_request() {
+    let d = Daemon::start();
+    let home = Home::new();
+    // The "observer" itself speaks caching_sha2 and asks for full auth: obhostd
+    // must neither fetch its key nor send the password in any form.
+    let bin = home.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = home.path().join("rogue.log");
+    std::fs::write(bin.join("rogue.py"), ROGUE).unwrap();
+    std::fs::write(
+        bin.join("observer"),
+        format!(
+            "#!/bin/sh\nexec /usr/bin/python3 {} {} {}\n",
+            bin.join("rogue.py").display(),
+            home.mysql_port,
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("observer"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = pb::ObserverSpec {
+        binary: String::new(),
+        foreground: true,
+        ..home.spec()
+    };
+    let (_, pid) = start_ok(&d, "full-start", spec).await;
+    let _ = pid;
+    wait_for_line(&log, "listening");
+    let password = "pw-not-for-a-forged-key-91c2";
+    let s = wait_with_password(&d, "full-wait", &home, password).await;
+    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    assert!(s.message.contains("full authentication"), "{}", s.message);
+    let seen = std::fs::read(&log).unwrap();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("connection"), "{seen}");
+    assert!(!seen.contains(password), "{seen}");
+    // No public-key request (a packet whose payload is 0x02) after full auth.
+    assert!(
+        !seen
+            .lines()
+            .any(|l| l.as_bytes().get(9) == Some(&2) && l.len() <= 10),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    // A root process whose command line contains the home path.
+    let mut bystander = Command::new("sh")
+        .arg("-c")
+        .arg(format!("sleep 300; : {}", home.path().display()))
+        .spawn()
+        .unwrap();
+    let bystander_pid = bystander.id() as i32;
+    as_attacker(&format!(
+        "mkdir -p {h}/run && echo {p} > {h}/run/observer.pid",
+        h = home.path().display(),
+        p = bystander_pid
+    ));
+    let (s, pid) = start_ok(&d, "foreign-start", attacker_spec(&home)).await;
+    assert_eq!(s.outputs["already_running"], "false", "{s:#?}");
+    assert_ne!(pid, bystander_pid);
+    let stop = stop_observer(&d, "foreign-stop", home.path(), 5.0, false).await;
+    let stop = wait_terminal(&d, &stop.id).await;
+    assert_eq!(stop.outputs["pid"], pid.to_string());
+    assert!(alive(bystander_pid), "the bystander was signalled");
+
+    // The pid file names obhostd itself, then init: a stop finds nothing.
+    for victim in [d.pid(), 1] {
+        as_attacker(&format!("echo {victim} > {}", home.pid_file().display()));
+        let stop = stop_observer(&d, &format!("stop-{victim}"), home.path(), 1.0, true).await;
+        let stop = wait_terminal(&d, &stop.id).await;
+        assert_eq!(stop.state(), pb::StepState::Succeeded, "{stop:#?}");
+        assert_eq!(stop.outputs["already_stopped"], "true", "{stop:#?}");
+    }
+    assert_daemon_alive(&d);
+    assert!(alive(bystander_pid));
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+#[tokio::test]
+async fn oversized_fields_are_refused_with_short_messages() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let huge = format!("/{}", "a".repeat(1_000_000));
+    let mut cases: Vec<(&str, pb::ObserverSpec)> = Vec::new();
+    cases.push((
+        "home_path",
+        pb::ObserverSpec {
+            home_path: huge.clone(),
+            ..home.spec()
+        },
+    ));
+    let mut many_env = home.spec();
+    for i in 0..300 {
+        many_env.env.insert(format!("V{i}"), "x".into());
+    }
+    cases.push(("300 entries", many_env));
+    cases.push((
+        "zone",
+        pb::ObserverSpec {
+            zone: "z".repeat(300),
+            ..home.spec()
+        },
+    ));
+    cases.push((
+        "extra_args",
+        pb::ObserverSpec {
+            extra_args: vec!["x".repeat(5000)],
+            ..home.spec()
+        },
+    ));
+    for (what, spec) in cases {
+        let err = start_observer(&d, "big", spec).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().len() < 1024,
+            "{what}: a message of {} bytes",
+            err.message().len()
+        );
+    }
+    assert_daemon_alive(&d);
+    assert!(
+        !d.state_dir.join("obhostd.redb").exists() || {
+            let size = std::fs::metadata(d.state_dir.join("obhostd.redb"))
+                .unwrap()
+                .len();
+            size < 10 << 20
+        }
+    );
+}

@@ -982,3 +982,199 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         "(a panic without a message)".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::model::StepKind;
+    use crate::steps::store::Store;
+    use crate::steps::task::{BoxFuture, StepSuccess};
+
+    struct Quick;
+    impl StepTask for Quick {
+        fn run(self: Box<Self>, _ctx: StepContext) -> BoxFuture<StepResult> {
+            Box::pin(async { Ok(StepSuccess::default()) })
+        }
+    }
+    struct QuickFactory;
+    impl TaskFactory for QuickFactory {
+        fn build(
+            &self,
+            _: StepKind,
+            _: &serde_json::Value,
+            _: &Secrets,
+        ) -> Result<Box<dyn StepTask>, String> {
+            Ok(Box::new(Quick))
+        }
+    }
+
+    fn spec(id: &str) -> StepSpec {
+        StepSpec {
+            id: id.into(),
+            dag_id: String::new(),
+            kind: StepKind::Test,
+            name: "t".into(),
+            timeout: Duration::from_secs(30),
+            params: serde_json::Value::Null,
+        }
+    }
+
+    /// `n` FAILED records with revisions 1..=n, written in one transaction.
+    fn seed(dir: &Path, n: u64) {
+        let now = SystemTime::now();
+        let records: Vec<StepRecord> = (1..=n)
+            .map(|i| StepRecord {
+                spec: spec(&format!("seed-{i:05}")),
+                state: StepState::Failed,
+                attempt: 1,
+                revision: i,
+                created_at: now,
+                started_at: None,
+                finished_at: Some(now),
+                deadline: now,
+                message: "seeded".into(),
+                error: None,
+                outputs: BTreeMap::new(),
+                checks: Vec::new(),
+            })
+            .collect();
+        let (store, _) = Store::open(dir).unwrap();
+        store.put_all(&records).unwrap();
+    }
+
+    async fn open(dir: &Path) -> Engine {
+        Engine::open(
+            dir,
+            Arc::new(QuickFactory),
+            EngineConfig::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn next(w: &mut Watch) -> StepRecord {
+        tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("watch went quiet")
+            .expect("watch failed")
+    }
+
+    /// Changes committed while the backlog is paged come exactly once, in
+    /// revision order: a record changed after it was paged comes again at its
+    /// new revision, one changed before it was reached comes only at its new
+    /// one, and the switch to the live feed loses and repeats nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backlog_pages_meet_the_live_feed_without_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        seed(dir.path(), 300);
+        let engine = open(dir.path()).await;
+        let mut w = engine.watch(Filter::default(), 0).unwrap();
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        for _ in 0..100 {
+            let r = next(&mut w).await;
+            seen.push((r.id().to_string(), r.revision));
+        }
+        assert_eq!(
+            w.page.len() + seen.len(),
+            2 * WATCH_PAGE,
+            "holds one page at a time, not the store"
+        );
+        // One already delivered, one not reached yet, and a new step.
+        engine.retry("seed-00010").await.unwrap();
+        engine.retry("seed-00250").await.unwrap();
+        engine
+            .submit(spec("new-1"), Secrets::default())
+            .await
+            .unwrap();
+        let done = |e: &Engine| {
+            let e = e.clone();
+            async move {
+                let s = e.shared.state.lock().await;
+                ["seed-00010", "seed-00250", "new-1"]
+                    .iter()
+                    .all(|id| s.steps[*id].state == StepState::Succeeded)
+            }
+        };
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(&engine).await {
+            assert!(tokio::time::Instant::now() < until, "steps did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let last = engine.revision().await;
+        while seen.last().is_none_or(|(_, rev)| *rev < last) {
+            let r = next(&mut w).await;
+            seen.push((r.id().to_string(), r.revision));
+        }
+        assert!(
+            seen.windows(2).all(|p| p[0].1 < p[1].1),
+            "revisions must strictly grow"
+        );
+        let count = |id: &str| seen.iter().filter(|(i, _)| i == id).count();
+        assert_eq!(count("seed-00001"), 1);
+        assert_eq!(count("seed-00300"), 1);
+        // Delivered at 10, then once more at its latest revision: the backlog
+        // is the current records, so versions it moved past are not replayed.
+        assert_eq!(count("seed-00010"), 2, "{seen:?}");
+        // Its seeded revision was never delivered: it had moved on before the
+        // backlog reached it.
+        assert!(!seen.contains(&("seed-00250".to_string(), 250)), "{seen:?}");
+        assert!(count("seed-00250") >= 1);
+        assert!(count("new-1") >= 1);
+        // And the latest revision of every record was delivered.
+        {
+            let state = engine.shared.state.lock().await;
+            for r in state.steps.values() {
+                assert!(
+                    seen.contains(&(r.id().to_string(), r.revision)),
+                    "{} at {} missing",
+                    r.id(),
+                    r.revision
+                );
+            }
+        }
+        // Now live: every change of a new step arrives, in order.
+        assert!(w.live.is_some(), "the backlog is exhausted");
+        engine
+            .submit(spec("new-2"), Secrets::default())
+            .await
+            .unwrap();
+        let mut states = Vec::new();
+        while states.last() != Some(&StepState::Succeeded) {
+            let r = next(&mut w).await;
+            assert_eq!(r.id(), "new-2");
+            assert!(r.revision > seen.last().unwrap().1);
+            seen.push((r.id().to_string(), r.revision));
+            states.push(r.state);
+        }
+        assert_eq!(
+            states,
+            [StepState::Pending, StepState::Running, StepState::Succeeded]
+        );
+    }
+
+    #[tokio::test]
+    async fn watches_are_capped_and_give_back_their_slot_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            Arc::new(QuickFactory),
+            EngineConfig {
+                max_watchers: 2,
+                ..EngineConfig::default()
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let a = engine.watch(Filter::default(), 0).unwrap();
+        let _b = engine.watch(Filter::default(), 0).unwrap();
+        let e = engine
+            .watch(Filter::default(), 0)
+            .err()
+            .expect("third watch refused");
+        assert!(e.to_string().contains("max_watchers = 2"), "{e}");
+        drop(a);
+        engine.watch(Filter::default(), 0).expect("slot given back");
+    }
+}

@@ -256,8 +256,9 @@ async fn watches_are_capped_and_gone_clients_give_back_their_slots() {
     }
 }
 
-/// `n` SUCCEEDED records of about `pad` bytes each (in outputs, within the
-/// caps), written straight into a fresh store in one transaction.
+/// `n` records of about `pad` bytes each (in outputs, within the caps), written
+/// straight into a fresh store in one transaction; every 500th is FAILED, so a
+/// test can retry it.
 fn seed_store(dir: &Path, n: usize, pad: usize) {
     let now = SystemTime::now();
     let value = "v".repeat(1000);
@@ -273,7 +274,11 @@ fn seed_store(dir: &Path, n: usize, pad: usize) {
                     "run_for": "0s", "fail_code": "", "resumable": false, "progress_updates": 0
                 }),
             },
-            state: StepState::Succeeded,
+            state: if i % 500 == 0 {
+                StepState::Failed
+            } else {
+                StepState::Succeeded
+            },
             attempt: 1,
             revision: i as u64,
             created_at: now,
@@ -349,36 +354,45 @@ async fn watch_backlogs_are_paged_not_copied() {
     }
 }
 
-/// Steps committed while a watch pages through its backlog: every change comes
-/// exactly once, in revision order, and the latest version of every record is
-/// among them.
+/// Steps committed while a watch pages through its backlog, and while it
+/// switches to the live feed: every change comes at most once, in revision
+/// order, and the latest version of every record is among them.
 #[tokio::test]
 async fn a_watch_meets_the_live_feed_without_gap_or_duplicate() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    seed_store(&state, 2000, 0);
+    // Big enough records that flow control keeps the daemon from paging far
+    // ahead of what the client has read (the records are ~7 KB).
+    seed_store(&state, 2000, 7000);
     let d = Daemon::start_with(Options {
         state_dir: Some(state),
         ..Options::default()
     });
-    let mut w = open_watch(&d).await.unwrap();
-    let writer = {
+    let writer = |ids: Vec<String>, retry: Vec<&'static str>| {
         let url = d.url();
         tokio::spawn(async move {
             let mut t =
-                obhost::proto::testing::v1::step_testing_client::StepTestingClient::connect(url)
-                    .await
-                    .unwrap();
-            for i in 0..30 {
-                t.run_test_step(test_step(&format!("live-{i:02}"), 0.0))
+                obhost::proto::testing::v1::step_testing_client::StepTestingClient::connect(
+                    url.clone(),
+                )
+                .await
+                .unwrap();
+            let mut c = pb::host_agent_client::HostAgentClient::connect(url)
+                .await
+                .unwrap();
+            for id in retry {
+                c.retry_step(pb::RetryStepRequest { step_id: id.into() })
                     .await
                     .unwrap();
             }
+            for id in ids {
+                t.run_test_step(test_step(&id, 0.0)).await.unwrap();
+            }
         })
     };
+    let mut w = open_watch(&d).await.unwrap();
     let mut seen: Vec<(String, u64)> = Vec::new();
-    let mut done = 0;
-    while done < 30 {
+    let mut receive = async |seen: &mut Vec<(String, u64)>| {
         let s = tokio::time::timeout(Duration::from_secs(10), w.message())
             .await
             .expect("watch went quiet")
@@ -394,16 +408,40 @@ async fn a_watch_meets_the_live_feed_without_gap_or_duplicate() {
                 s.revision
             );
         }
-        if s.id.starts_with("live-") && s.state() == pb::StepState::Succeeded {
-            done += 1;
-        }
         seen.push((s.id, s.revision));
-        // Read the backlog slowly, so the writer commits while it is paged.
-        if seen.len() < 1000 && seen.len() % 50 == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    while seen.len() < 600 {
+        receive(&mut seen).await;
+    }
+    // Mid-backlog: a record already delivered and one not reached yet change,
+    // and new steps run to the end.
+    let first: Vec<String> = (0..20).map(|i| format!("mid-{i:02}")).collect();
+    writer(first.clone(), vec!["seed-00500", "seed-02000"])
+        .await
+        .unwrap();
+    for id in first
+        .iter()
+        .map(String::as_str)
+        .chain(["seed-00500", "seed-02000"])
+    {
+        wait_terminal(&d, id).await;
+    }
+    // Around the switch to the live feed: more steps while the tail is read.
+    let mut second = None;
+    let late: Vec<String> = (0..20).map(|i| format!("late-{i:02}")).collect();
+    let last_id = late.last().unwrap().clone();
+    let mut last_done = false;
+    while !last_done {
+        if seen.len() == 1950 {
+            second = Some(writer(late.clone(), Vec::new()));
+        }
+        receive(&mut seen).await;
+        if seen.last().unwrap().0 == last_id {
+            last_done = get_step(&d, &last_id).await.revision == seen.last().unwrap().1
+                && is_terminal(&get_step(&d, &last_id).await);
         }
     }
-    writer.await.unwrap();
+    second.expect("second writer").await.unwrap();
     let mut current: HashMap<String, u64> = HashMap::new();
     let mut c = d.client().await;
     let mut token = String::new();
@@ -423,22 +461,24 @@ async fn a_watch_meets_the_live_feed_without_gap_or_duplicate() {
         }
         token = page.next_page_token;
     }
-    assert_eq!(current.len(), 2030);
+    assert_eq!(current.len(), 2040);
+    // Anything still committing after the last one was read may be missing.
+    let last_rev = seen.last().unwrap().1;
     for (id, rev) in &current {
         assert!(
-            seen.contains(&(id.clone(), *rev)),
+            *rev > last_rev || seen.contains(&(id.clone(), *rev)),
             "{id} at revision {rev} was never delivered"
         );
     }
-    let first_live = seen
-        .iter()
-        .position(|(id, _)| id.starts_with("live-"))
-        .unwrap();
-    let last_seed = seen
-        .iter()
-        .rposition(|(id, _)| id.starts_with("seed-"))
-        .unwrap();
-    eprintln!("first live change at {first_live}, last seeded record at {last_seed}");
+    let count = |id: &str| seen.iter().filter(|(i, _)| i == id).count();
+    assert_eq!(
+        count("seed-00500"),
+        2,
+        "delivered, then at its new revision"
+    );
+    assert_eq!(count("seed-02000"), 1, "only its latest version");
+    assert!(!seen.contains(&("seed-02000".into(), 2000)));
+    assert_eq!(count("seed-01999"), 1);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -27,6 +28,8 @@ const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Default and largest ListSteps page.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// Encoded bytes of a ListSteps page, well under the 4 MiB clients accept by default.
+const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Responses a WatchSteps stream buffers before the subscriber counts as slow.
 const WATCH_STREAM_BUFFER: usize = 64;
 /// step_ids one WatchSteps may name: each record is compared against all of them.
@@ -324,9 +327,22 @@ impl HostAgent for HostAgentService {
             step_ids: Vec::new(),
             state: convert::state_filter(state),
         };
-        let (records, next) = self.engine.list(&filter, page_size, after.as_deref()).await;
+        let (records, mut next) = self.engine.list(&filter, page_size, after.as_deref()).await;
+        // A page also ends at MAX_PAGE_BYTES, so that it fits a client's default
+        // 4 MiB message limit whatever the records hold (each is capped).
+        let mut steps = Vec::with_capacity(records.len());
+        let mut bytes = 0;
+        for r in &records {
+            let step = convert::step(r);
+            bytes += step.encoded_len();
+            if !steps.is_empty() && bytes > MAX_PAGE_BYTES {
+                next = Some(records[steps.len() - 1].id().to_string());
+                break;
+            }
+            steps.push(step);
+        }
         Ok(Response::new(pb::ListStepsResponse {
-            steps: records.iter().map(convert::step).collect(),
+            steps,
             next_page_token: next.as_deref().map(encode_token).unwrap_or_default(),
         }))
     }

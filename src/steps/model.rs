@@ -231,7 +231,7 @@ pub mod caps {
     pub const LOG_TOTAL: usize = 8 * 1024;
     /// Each CheckResult's observed, expected and hint, and how many checks are kept.
     pub const CHECK_TEXT: usize = 1024;
-    pub const CHECKS: usize = 128;
+    pub const CHECKS: usize = 64;
     /// Each `outputs` value, and how many outputs are kept.
     pub const OUTPUT_VALUE: usize = 1024;
     pub const OUTPUTS: usize = 64;

@@ -948,17 +948,16 @@ impl Watch {
     async fn next_page(&mut self) {
         use std::ops::Bound;
         let state = self.engine.shared.state.lock().await;
-        let mut scanned = 0;
         let mut exhausted = true;
-        for (&revision, id) in state
+        for (scanned, (&revision, id)) in state
             .by_revision
             .range((Bound::Excluded(self.cursor), Bound::Unbounded))
+            .enumerate()
         {
             if scanned == WATCH_SCAN || self.page.len() == WATCH_PAGE {
                 exhausted = false;
                 break;
             }
-            scanned += 1;
             self.cursor = revision;
             if let Some(r) = state.steps.get(id)
                 && self.filter.matches(r)

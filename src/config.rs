@@ -82,6 +82,12 @@ pub struct LimitsConfig {
     pub core: LimitValue,
     #[serde(default = "unlimited")]
     pub stack: LimitValue,
+    /// Steps PENDING or RUNNING at once; more is RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_active_steps")]
+    pub max_active_steps: usize,
+    /// Open WatchSteps streams at once; more is RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_watchers")]
+    pub max_watchers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -91,6 +97,8 @@ impl Default for LimitsConfig {
             nproc: default_nproc(),
             core: unlimited(),
             stack: unlimited(),
+            max_active_steps: default_max_active_steps(),
+            max_watchers: default_max_watchers(),
         }
     }
 }
@@ -106,6 +114,12 @@ impl LimitsConfig {
     }
 }
 
+fn default_max_active_steps() -> usize {
+    64
+}
+fn default_max_watchers() -> usize {
+    256
+}
 fn default_nofile() -> LimitValue {
     LimitValue::Number(655_350)
 }
@@ -340,6 +354,12 @@ impl Config {
         }
         if self.retention.max_steps == 0 {
             return invalid("retention.max_steps must be at least 1".into());
+        }
+        if self.limits.max_active_steps == 0 {
+            return invalid("limits.max_active_steps must be at least 1".into());
+        }
+        if self.limits.max_watchers == 0 {
+            return invalid("limits.max_watchers must be at least 1".into());
         }
         Ok(())
     }

@@ -37,6 +37,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             max_age: config.retention.max_age,
             interval: config.retention.prune_interval,
         },
+        max_active_steps: config.limits.max_active_steps,
+        max_watchers: config.limits.max_watchers,
     };
     std::fs::create_dir_all(&state_dir).with_context(|| {
         format!(

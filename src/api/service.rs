@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use crate::observer::spec::checked_path;
 use crate::observer::{ObserverSpec, Policy, Registry};
+use crate::steps::model::{quote, validate_id};
 use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
 use crate::tasks::prepare::{self, PrepareParams};
 use crate::tasks::start_agent_service;
@@ -26,8 +28,12 @@ const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Default and largest ListSteps page.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// Encoded bytes of a ListSteps page, well under the 4 MiB clients accept by default.
+const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Responses a WatchSteps stream buffers before the subscriber counts as slow.
 const WATCH_STREAM_BUFFER: usize = 64;
+/// step_ids one WatchSteps may name: each record is compared against all of them.
+const MAX_WATCH_IDS: usize = 256;
 
 pub struct HostAgentService {
     engine: Engine,
@@ -77,21 +83,42 @@ fn encode_token(id: &str) -> String {
     id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Decodes a page token; anything this daemon did not issue is INVALID_ARGUMENT.
+/// Works on bytes, never on `str` slices, so no token (e.g. non-ASCII) can make
+/// it index inside a character and panic.
 fn decode_token(token: &str) -> Result<String, Status> {
     let bad = || {
         validate::invalid(format!(
-            "page_token '{token}' was not issued by this daemon; pass next_page_token from the previous ListSteps response, or none for the first page"
+            "page_token '{}' was not issued by this daemon; pass next_page_token from the previous ListSteps response, or none for the first page",
+            quote(token)
         ))
     };
-    if !token.len().is_multiple_of(2) {
+    let hex = token.as_bytes();
+    if !hex.len().is_multiple_of(2) {
         return Err(bad());
     }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad())?;
-    String::from_utf8(bytes).map_err(|_| bad())
+    let digit = |b: u8| (b as char).to_digit(16);
+    let bytes = hex
+        .chunks_exact(2)
+        .map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    let id = String::from_utf8(bytes).map_err(|_| bad())?;
+    validate_id("page_token", &id).map_err(|_| bad())?;
+    Ok(id)
+}
+
+/// A dag_id filter must be an id; the message quotes a capped value.
+fn dag_filter(dag_id: &str) -> Result<(), Status> {
+    if dag_id.is_empty() {
+        return Ok(());
+    }
+    validate_id("dag_id", dag_id).map_err(|_| {
+        validate::invalid(format!(
+            "dag_id '{}' is not a valid id; give 1-128 of letters, digits and . _ : -",
+            quote(dag_id)
+        ))
+    })
 }
 
 #[tonic::async_trait]
@@ -288,14 +315,7 @@ impl HostAgent for HostAgentService {
         request: Request<pb::ListStepsRequest>,
     ) -> Result<Response<pb::ListStepsResponse>, Status> {
         let req = request.into_inner();
-        if !req.dag_id.is_empty() {
-            validate::step_id(&req.dag_id).map_err(|_| {
-                validate::invalid(format!(
-                    "dag_id '{}' is not a valid id",
-                    req.dag_id.escape_debug()
-                ))
-            })?;
-        }
+        dag_filter(&req.dag_id)?;
         let state = pb::StepState::try_from(req.state)
             .map_err(|_| validate::invalid(format!("state {} is not a StepState", req.state)))?;
         let page_size = match req.page_size as usize {
@@ -311,9 +331,22 @@ impl HostAgent for HostAgentService {
             step_ids: Vec::new(),
             state: convert::state_filter(state),
         };
-        let (records, next) = self.engine.list(&filter, page_size, after.as_deref()).await;
+        let (records, mut next) = self.engine.list(&filter, page_size, after.as_deref()).await;
+        // A page also ends at MAX_PAGE_BYTES, so that it fits a client's default
+        // 4 MiB message limit whatever the records hold (each is capped).
+        let mut steps = Vec::with_capacity(records.len());
+        let mut bytes = 0;
+        for r in &records {
+            let step = convert::step(r);
+            bytes += step.encoded_len();
+            if !steps.is_empty() && bytes > MAX_PAGE_BYTES {
+                next = Some(records[steps.len() - 1].id().to_string());
+                break;
+            }
+            steps.push(step);
+        }
         Ok(Response::new(pb::ListStepsResponse {
-            steps: records.iter().map(convert::step).collect(),
+            steps,
             next_page_token: next.as_deref().map(encode_token).unwrap_or_default(),
         }))
     }
@@ -326,6 +359,13 @@ impl HostAgent for HostAgentService {
         request: Request<pb::WatchStepsRequest>,
     ) -> Result<Response<Self::WatchStepsStream>, Status> {
         let req = request.into_inner();
+        dag_filter(&req.dag_id)?;
+        if req.step_ids.len() > MAX_WATCH_IDS {
+            return Err(validate::invalid(format!(
+                "step_ids names {} steps; at most {MAX_WATCH_IDS} are allowed: watch by dag_id, or open fewer, narrower watches",
+                req.step_ids.len()
+            )));
+        }
         for id in &req.step_ids {
             validate::step_id(id)?;
         }
@@ -334,11 +374,23 @@ impl HostAgent for HostAgentService {
             step_ids: req.step_ids,
             state: None,
         };
-        let mut watch = self.engine.watch(filter, req.after_revision).await;
+        let mut watch = self
+            .engine
+            .watch(filter, req.after_revision)
+            .map_err(status::from_engine)?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_STREAM_BUFFER);
         tokio::spawn(async move {
             loop {
-                let item = match watch.next().await {
+                // A client that went away ends the watch at once, even when no
+                // step changes, so its max_watchers slot is given back.
+                let next = tokio::select! {
+                    () = tx.closed() => {
+                        debug!("watcher went away");
+                        return;
+                    }
+                    next = watch.next() => next,
+                };
+                let item = match next {
                     Ok(record) => Ok(pb::WatchStepsResponse {
                         step: Some(convert::step(&record)),
                     }),
@@ -424,5 +476,12 @@ mod tests {
         assert_eq!(decode_token(&encode_token(id)).unwrap(), id);
         assert!(decode_token("zz").is_err());
         assert!(decode_token("abc").is_err());
+        // Non-ASCII used to slice inside a character and panic the handler.
+        for junk in ["aéb", "éé", "ab\u{1F600}", "+1", "0g", "2f2e2e"] {
+            let e = decode_token(junk).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{junk}");
+        }
+        let e = decode_token(&"é".repeat(10_000)).unwrap_err();
+        assert!(e.message().len() < 600, "{}", e.message().len());
     }
 }

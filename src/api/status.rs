@@ -13,6 +13,9 @@ pub fn from_engine(e: EngineError) -> Status {
         EngineError::Conflict { .. } => Status::already_exists(e.to_string()),
         EngineError::NotRetryable { .. } => Status::failed_precondition(e.to_string()),
         EngineError::InvalidParams(_) => Status::invalid_argument(e.to_string()),
+        EngineError::TooManyActive { .. } | EngineError::TooManyWatchers { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         EngineError::Store(source) => {
             error!(error = ?anyhow::Error::from(source), "state store failure");
             Status::internal(

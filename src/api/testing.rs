@@ -30,11 +30,21 @@ impl StepTesting for StepTestingService {
             Some(d) => std::time::Duration::try_from(d)
                 .map_err(|_| validate::invalid("run_for must not be negative"))?,
         };
+        let block_thread = match req.block_thread {
+            None => std::time::Duration::ZERO,
+            Some(d) => std::time::Duration::try_from(d)
+                .map_err(|_| validate::invalid("block_thread must not be negative"))?,
+        };
         let params = TestStep {
             run_for,
             fail_code: req.fail_code,
             resumable: req.resumable,
             progress_updates: req.progress_updates,
+            panic_message: req.panic_message,
+            ignore_cancel: req.ignore_cancel,
+            block_thread,
+            lock_key: req.lock_key,
+            report_bytes: req.report_bytes,
         };
         let params = serde_json::to_value(params)
             .map_err(|e| Status::internal(format!("cannot encode test step: {e}")))?;

@@ -12,6 +12,13 @@
 //! token; a driver never overwrites a terminal state or another attempt's record,
 //! which is what makes cancel, retry and a late-finishing task race safely.
 //!
+//! The task itself runs in a tokio task of its own, which the driver awaits under
+//! the deadline and the cancel token and aborts when either fires. So a task that
+//! never completes, ignores its token or blocks its thread cannot keep its step
+//! past the deadline, and a task that panics ends its step FAILED with code
+//! INTERNAL instead of taking the driver down with it (which left the step
+//! RUNNING for ever).
+//!
 //! On shutdown drivers return without committing: the steps stay RUNNING in the
 //! store and are resolved on the next start like after a crash, so a graceful
 //! restart and `kill -9` follow one code path.
@@ -19,14 +26,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{error, info, warn};
 
-use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, codes};
+use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
 use super::store::{Store, StoreError};
 use super::task::{OnRestart, StepContext, StepFailure, StepResult, StepTask, TaskFactory};
 
@@ -35,7 +43,20 @@ pub struct EngineConfig {
     /// Changes a watcher may lag behind before it is cut off (ABORTED).
     pub watch_buffer: usize,
     pub retention: Retention,
+    /// Steps PENDING or RUNNING at once; beyond it new steps and retries are
+    /// refused (RESOURCE_EXHAUSTED), so a caller cannot queue unbounded work.
+    pub max_active_steps: usize,
+    /// Open WatchSteps streams; each holds a task and buffers.
+    pub max_watchers: usize,
 }
+
+/// Records a watch reads from the state per page of its backlog, so a watch
+/// from revision 0 holds at most this many copies and the state lock for only
+/// one page at a time.
+const WATCH_PAGE: usize = 64;
+/// Index entries one page may look at before it lets go of the lock, for filters
+/// that match little of a large store.
+const WATCH_SCAN: usize = 4096;
 
 /// Bounds the store: terminal steps older than `max_age` are forgotten, and beyond
 /// `max_steps` the oldest terminal ones are. Steps still running are never pruned.
@@ -55,6 +76,8 @@ impl Default for EngineConfig {
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 interval: Duration::from_secs(60),
             },
+            max_active_steps: 64,
+            max_watchers: 256,
         }
     }
 }
@@ -71,6 +94,16 @@ pub enum EngineError {
     NotRetryable { id: String, state: StepState },
     #[error("{0}")]
     InvalidParams(String),
+    #[error(
+        "{active} steps are already PENDING or RUNNING, the limit set by [limits] max_active_steps = {limit}; \
+         wait for some to finish (or CancelStep them), or raise max_active_steps in obhostd's config"
+    )]
+    TooManyActive { active: usize, limit: usize },
+    #[error(
+        "{limit} WatchSteps streams are already open, the limit set by [limits] max_watchers = {limit}; \
+         close streams you no longer read, or raise max_watchers in obhostd's config"
+    )]
+    TooManyWatchers { limit: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -109,6 +142,8 @@ struct Run {
 enum Outcome {
     Done(StepResult),
     TimedOut,
+    /// The task panicked (or was torn down some other way): a bug of obhostd.
+    Crashed(String),
 }
 
 #[derive(Clone)]
@@ -124,12 +159,16 @@ struct Shared {
     shutdown: CancellationToken,
     drivers: TaskTracker,
     key_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Open watches, against `config.max_watchers`.
+    watchers: Arc<AtomicUsize>,
     config: EngineConfig,
 }
 
 struct State {
     revision: u64,
     steps: BTreeMap<String, StepRecord>,
+    /// Each step's current revision → its id: the order watches page through.
+    by_revision: BTreeMap<u64, String>,
     /// Token of the driver of each step's current attempt.
     runs: HashMap<String, CancellationToken>,
     secrets: HashMap<String, Secrets>,
@@ -141,6 +180,19 @@ impl State {
             .get(id)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    /// Refuses another unfinished step when the limit is reached.
+    fn check_active(&self, limit: usize) -> Result<(), EngineError> {
+        let active = self
+            .steps
+            .values()
+            .filter(|r| !r.state.is_terminal())
+            .count();
+        if active >= limit {
+            return Err(EngineError::TooManyActive { active, limit });
+        }
+        Ok(())
     }
 }
 
@@ -166,6 +218,10 @@ impl Engine {
             .into_iter()
             .map(|r| (r.id().to_string(), r))
             .collect::<BTreeMap<_, _>>();
+        let by_revision = steps
+            .values()
+            .map(|r| (r.revision, r.id().to_string()))
+            .collect();
         info!(
             state_file = %store.path().display(),
             steps = steps.len(),
@@ -179,6 +235,7 @@ impl Engine {
                 state: Mutex::new(State {
                     revision: loaded.revision,
                     steps,
+                    by_revision,
                     runs: HashMap::new(),
                     secrets: HashMap::new(),
                 }),
@@ -186,6 +243,7 @@ impl Engine {
                 shutdown,
                 drivers: TaskTracker::new(),
                 key_locks: std::sync::Mutex::new(HashMap::new()),
+                watchers: Arc::new(AtomicUsize::new(0)),
                 config,
             }),
         };
@@ -219,6 +277,7 @@ impl Engine {
             }
             return Ok(existing);
         }
+        state.check_active(self.shared.config.max_active_steps)?;
         let task = self
             .shared
             .factory
@@ -313,6 +372,7 @@ impl Engine {
                 state: record.state,
             });
         }
+        state.check_active(self.shared.config.max_active_steps)?;
         let secrets = state.secrets.get(id).cloned().unwrap_or_default();
         let task = self
             .shared
@@ -339,26 +399,29 @@ impl Engine {
     }
 
     /// Starts a watch: the records matching `filter` changed after `after_revision`
-    /// (oldest first), then every matching change as it is committed.
-    pub async fn watch(&self, filter: Filter, after_revision: u64) -> Watch {
-        let state = self.shared.state.lock().await;
-        // Subscribing under the state lock makes the snapshot and the live feed
-        // meet exactly: every change after the snapshot arrives on `live`.
-        let live = self.shared.changes.subscribe();
-        let mut backlog: Vec<StepRecord> = state
-            .steps
-            .values()
-            .filter(|r| r.revision > after_revision && filter.matches(r))
-            .cloned()
-            .collect();
-        backlog.sort_by_key(|r| r.revision);
-        Watch {
-            backlog: backlog.into(),
-            live,
+    /// (oldest first), then every matching change as it is committed. The backlog
+    /// is read from the state a page at a time as the watcher consumes it, never
+    /// copied whole. Refused beyond `max_watchers` open watches.
+    pub fn watch(&self, filter: Filter, after_revision: u64) -> Result<Watch, EngineError> {
+        let limit = self.shared.config.max_watchers;
+        let slot = self
+            .shared
+            .watchers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| EngineError::TooManyWatchers { limit })?;
+        debug_assert!(slot < limit);
+        Ok(Watch {
+            engine: self.clone(),
+            page: VecDeque::new(),
+            cursor: after_revision,
+            live: None,
             filter,
             delivered: after_revision,
             shutdown: self.shared.shutdown.clone(),
-        }
+            _slot: WatchSlot(self.shared.watchers.clone()),
+        })
     }
 
     /// Waits (bounded) for drivers to drop their tasks after shutdown fired.
@@ -388,6 +451,7 @@ impl Engine {
         state: &mut State,
         mut record: StepRecord,
     ) -> Result<StepRecord, StoreError> {
+        cap_record(&mut record);
         record.revision = state.revision + 1;
         let store = self.shared.store.clone();
         let to_store = record.clone();
@@ -395,7 +459,12 @@ impl Engine {
             .await
             .map_err(|e| StoreError::Encode(serde_json::Error::io(std::io::Error::other(e))))??;
         state.revision = record.revision;
-        state.steps.insert(record.id().to_string(), record.clone());
+        if let Some(old) = state.steps.insert(record.id().to_string(), record.clone()) {
+            state.by_revision.remove(&old.revision);
+        }
+        state
+            .by_revision
+            .insert(record.revision, record.id().to_string());
         // No receivers is fine; a lagging one finds out on its next receive.
         let _ = self.shared.changes.send(Arc::new(record.clone()));
         Ok(record)
@@ -484,15 +553,32 @@ impl Engine {
             earlier_outputs,
         };
         let engine = self.clone();
+        let tasks = self.shared.drivers.clone();
         let work = async move {
-            let _turn = match task.lock_key() {
+            let turn = match task.lock_key() {
                 Some(key) => Some(engine.take_turn(&key, &ctx).await),
                 None => None,
             };
             if !engine.mark_running(&ctx).await {
                 return None;
             }
-            Some(task.run(ctx).await)
+            // The task gets a tokio task of its own: the deadline below is then
+            // enforced here, outside it, whatever the task does, and its panic
+            // comes back as a JoinError instead of unwinding through the driver.
+            // The key's turn goes with it, so the next step on the key starts
+            // only once this task is really gone. Dropping the handle (deadline,
+            // cancel, shutdown) aborts the task.
+            let handle = AbortOnDropHandle::new(tasks.spawn(async move {
+                let _turn = turn;
+                task.run(ctx).await
+            }));
+            Some(match handle.await {
+                Ok(result) => Outcome::Done(result),
+                Err(e) => Outcome::Crashed(match e.try_into_panic() {
+                    Ok(payload) => panic_text(payload.as_ref()),
+                    Err(e) => e.to_string(),
+                }),
+            })
         };
         let outcome = tokio::select! {
             biased;
@@ -500,9 +586,13 @@ impl Engine {
             // the next start resolves this step: either way, nothing to commit.
             () = token.cancelled() => return,
             r = tokio::time::timeout_at(at, work) => match r {
-                Ok(Some(result)) => Outcome::Done(result),
+                Ok(Some(outcome)) => outcome,
                 Ok(None) => return,
-                Err(_) => Outcome::TimedOut,
+                Err(_) => {
+                    // Tasks that hold something get told; the abort follows.
+                    token.cancel();
+                    Outcome::TimedOut
+                }
             },
         };
         self.finish(&id, attempt, outcome).await;
@@ -578,6 +668,18 @@ impl Engine {
                         r.error = Some(error);
                         r.outputs.extend(outputs);
                         r.checks = checks;
+                    }
+                    Outcome::Crashed(panic) => {
+                        let panic = super::model::truncated(&panic, 1024);
+                        error!(step = id, attempt, panic = %panic, "step task panicked: a bug in obhostd");
+                        let message = format!(
+                            "obhostd hit a bug while running this step (its task panicked); \
+                             the daemon's log has the details (journalctl -u obhostd). \
+                             Check the host, then RetryStep '{id}'"
+                        );
+                        r.state = StepState::Failed;
+                        r.error = Some(StepError::new(codes::INTERNAL, message.clone()));
+                        r.message = message;
                     }
                     Outcome::TimedOut => {
                         let timeout = humantime::format_duration(r.spec.timeout);
@@ -715,7 +817,9 @@ impl Engine {
         match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
             Ok(Ok(())) => {
                 for id in &doomed {
-                    state.steps.remove(id);
+                    if let Some(r) = state.steps.remove(id) {
+                        state.by_revision.remove(&r.revision);
+                    }
                     state.secrets.remove(id);
                 }
                 info!(
@@ -766,28 +870,54 @@ pub enum WatchError {
     ShuttingDown { resume_after: u64 },
 }
 
-/// One subscriber's view of the change feed.
+/// Gives back a watch's place under `max_watchers` when the watch is dropped.
+struct WatchSlot(Arc<AtomicUsize>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One subscriber's view of the change feed: first its backlog, paged out of the
+/// state in revision order, then the live broadcast.
 pub struct Watch {
-    backlog: VecDeque<StepRecord>,
-    live: broadcast::Receiver<Arc<StepRecord>>,
+    engine: Engine,
+    /// The current page of the backlog.
+    page: VecDeque<StepRecord>,
+    /// Last revision of the index the backlog has looked at.
+    cursor: u64,
+    /// Subscribed once the backlog is exhausted, under the state lock, so the
+    /// last page and the live feed meet exactly: no gap, no duplicate.
+    live: Option<broadcast::Receiver<Arc<StepRecord>>>,
     filter: Filter,
     /// Revision of the last record handed out (or the caller's after_revision).
     delivered: u64,
     shutdown: CancellationToken,
+    _slot: WatchSlot,
 }
 
 impl Watch {
     pub async fn next(&mut self) -> Result<StepRecord, WatchError> {
-        if let Some(r) = self.backlog.pop_front() {
-            self.delivered = r.revision;
-            return Ok(r);
-        }
         loop {
+            if let Some(r) = self.page.pop_front() {
+                self.delivered = r.revision;
+                return Ok(r);
+            }
+            if self.shutdown.is_cancelled() {
+                return Err(WatchError::ShuttingDown {
+                    resume_after: self.delivered,
+                });
+            }
+            let Some(live) = &mut self.live else {
+                self.next_page().await;
+                continue;
+            };
             let received = tokio::select! {
                 () = self.shutdown.cancelled() => {
                     return Err(WatchError::ShuttingDown { resume_after: self.delivered });
                 }
-                r = self.live.recv() => r,
+                r = live.recv() => r,
             };
             match received {
                 Ok(r) if r.revision > self.delivered && self.filter.matches(&r) => {
@@ -808,5 +938,242 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// Reads the next page of the backlog: records whose current revision is past
+    /// the cursor. A record changed after it was paged has a new revision past
+    /// the cursor, so it comes again, later and in order; one changed before it
+    /// was reached comes once, at its new revision. When the index is exhausted,
+    /// switches to the live feed while still holding the lock.
+    async fn next_page(&mut self) {
+        use std::ops::Bound;
+        let state = self.engine.shared.state.lock().await;
+        let mut exhausted = true;
+        for (scanned, (&revision, id)) in state
+            .by_revision
+            .range((Bound::Excluded(self.cursor), Bound::Unbounded))
+            .enumerate()
+        {
+            if scanned == WATCH_SCAN || self.page.len() == WATCH_PAGE {
+                exhausted = false;
+                break;
+            }
+            self.cursor = revision;
+            if let Some(r) = state.steps.get(id)
+                && self.filter.matches(r)
+            {
+                self.page.push_back(r.clone());
+            }
+        }
+        if exhausted {
+            self.live = Some(self.engine.shared.changes.subscribe());
+        }
+    }
+}
+
+/// A panic's message, as far as it is text.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic without a message)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::model::StepKind;
+    use crate::steps::store::Store;
+    use crate::steps::task::{BoxFuture, StepSuccess};
+
+    struct Quick;
+    impl StepTask for Quick {
+        fn run(self: Box<Self>, _ctx: StepContext) -> BoxFuture<StepResult> {
+            Box::pin(async { Ok(StepSuccess::default()) })
+        }
+    }
+    struct QuickFactory;
+    impl TaskFactory for QuickFactory {
+        fn build(
+            &self,
+            _: StepKind,
+            _: &serde_json::Value,
+            _: &Secrets,
+        ) -> Result<Box<dyn StepTask>, String> {
+            Ok(Box::new(Quick))
+        }
+    }
+
+    fn spec(id: &str) -> StepSpec {
+        StepSpec {
+            id: id.into(),
+            dag_id: String::new(),
+            kind: StepKind::Test,
+            name: "t".into(),
+            timeout: Duration::from_secs(30),
+            params: serde_json::Value::Null,
+        }
+    }
+
+    /// `n` FAILED records with revisions 1..=n, written in one transaction.
+    fn seed(dir: &Path, n: u64) {
+        let now = SystemTime::now();
+        let records: Vec<StepRecord> = (1..=n)
+            .map(|i| StepRecord {
+                spec: spec(&format!("seed-{i:05}")),
+                state: StepState::Failed,
+                attempt: 1,
+                revision: i,
+                created_at: now,
+                started_at: None,
+                finished_at: Some(now),
+                deadline: now,
+                message: "seeded".into(),
+                error: None,
+                outputs: BTreeMap::new(),
+                checks: Vec::new(),
+            })
+            .collect();
+        let (store, _) = Store::open(dir).unwrap();
+        store.put_all(&records).unwrap();
+    }
+
+    async fn open(dir: &Path) -> Engine {
+        Engine::open(
+            dir,
+            Arc::new(QuickFactory),
+            EngineConfig::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn next(w: &mut Watch) -> StepRecord {
+        tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("watch went quiet")
+            .expect("watch failed")
+    }
+
+    /// Changes committed while the backlog is paged come exactly once, in
+    /// revision order: a record changed after it was paged comes again at its
+    /// new revision, one changed before it was reached comes only at its new
+    /// one, and the switch to the live feed loses and repeats nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backlog_pages_meet_the_live_feed_without_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        seed(dir.path(), 300);
+        let engine = open(dir.path()).await;
+        let mut w = engine.watch(Filter::default(), 0).unwrap();
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        for _ in 0..100 {
+            let r = next(&mut w).await;
+            seen.push((r.id().to_string(), r.revision));
+        }
+        assert_eq!(
+            w.page.len() + seen.len(),
+            2 * WATCH_PAGE,
+            "holds one page at a time, not the store"
+        );
+        // One already delivered, one not reached yet, and a new step.
+        engine.retry("seed-00010").await.unwrap();
+        engine.retry("seed-00250").await.unwrap();
+        engine
+            .submit(spec("new-1"), Secrets::default())
+            .await
+            .unwrap();
+        let done = |e: &Engine| {
+            let e = e.clone();
+            async move {
+                let s = e.shared.state.lock().await;
+                ["seed-00010", "seed-00250", "new-1"]
+                    .iter()
+                    .all(|id| s.steps[*id].state == StepState::Succeeded)
+            }
+        };
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(&engine).await {
+            assert!(tokio::time::Instant::now() < until, "steps did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let last = engine.revision().await;
+        while seen.last().is_none_or(|(_, rev)| *rev < last) {
+            let r = next(&mut w).await;
+            seen.push((r.id().to_string(), r.revision));
+        }
+        assert!(
+            seen.windows(2).all(|p| p[0].1 < p[1].1),
+            "revisions must strictly grow"
+        );
+        let count = |id: &str| seen.iter().filter(|(i, _)| i == id).count();
+        assert_eq!(count("seed-00001"), 1);
+        assert_eq!(count("seed-00300"), 1);
+        // Delivered at 10, then once more at its latest revision: the backlog
+        // is the current records, so versions it moved past are not replayed.
+        assert_eq!(count("seed-00010"), 2, "{seen:?}");
+        // Its seeded revision was never delivered: it had moved on before the
+        // backlog reached it.
+        assert!(!seen.contains(&("seed-00250".to_string(), 250)), "{seen:?}");
+        assert!(count("seed-00250") >= 1);
+        assert!(count("new-1") >= 1);
+        // And the latest revision of every record was delivered.
+        {
+            let state = engine.shared.state.lock().await;
+            for r in state.steps.values() {
+                assert!(
+                    seen.contains(&(r.id().to_string(), r.revision)),
+                    "{} at {} missing",
+                    r.id(),
+                    r.revision
+                );
+            }
+        }
+        // Now live: every change of a new step arrives, in order.
+        assert!(w.live.is_some(), "the backlog is exhausted");
+        engine
+            .submit(spec("new-2"), Secrets::default())
+            .await
+            .unwrap();
+        let mut states = Vec::new();
+        while states.last() != Some(&StepState::Succeeded) {
+            let r = next(&mut w).await;
+            assert_eq!(r.id(), "new-2");
+            assert!(r.revision > seen.last().unwrap().1);
+            seen.push((r.id().to_string(), r.revision));
+            states.push(r.state);
+        }
+        assert_eq!(
+            states,
+            [StepState::Pending, StepState::Running, StepState::Succeeded]
+        );
+    }
+
+    #[tokio::test]
+    async fn watches_are_capped_and_give_back_their_slot_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            Arc::new(QuickFactory),
+            EngineConfig {
+                max_watchers: 2,
+                ..EngineConfig::default()
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let a = engine.watch(Filter::default(), 0).unwrap();
+        let _b = engine.watch(Filter::default(), 0).unwrap();
+        let e = engine
+            .watch(Filter::default(), 0)
+            .err()
+            .expect("third watch refused");
+        assert!(e.to_string().contains("max_watchers = 2"), "{e}");
+        drop(a);
+        engine.watch(Filter::default(), 0).expect("slot given back");
     }
 }

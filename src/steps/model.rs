@@ -214,6 +214,140 @@ impl fmt::Debug for Secrets {
     }
 }
 
+/// Bounds on what a record may hold. A task's output and a request's values are
+/// outside input (an observer's log, a path a caller chose); without a cap one
+/// record could grow the state file, every ListSteps page and every watcher's
+/// buffer without limit. The engine applies [`cap_record`] in its one commit
+/// path, so nothing uncapped is ever stored or sent.
+pub mod caps {
+    /// `message`, `error.message`: one line.
+    pub const MESSAGE: usize = 1024;
+    /// Each `error.details` value, and how many details are kept.
+    pub const DETAIL_VALUE: usize = 1024;
+    pub const DETAILS: usize = 32;
+    /// `error.log_tail`: the last lines, each capped, and their total.
+    pub const LOG_LINES: usize = 40;
+    pub const LOG_LINE: usize = 512;
+    pub const LOG_TOTAL: usize = 8 * 1024;
+    /// Each CheckResult's observed, expected and hint, and how many checks are kept.
+    pub const CHECK_TEXT: usize = 1024;
+    pub const CHECKS: usize = 64;
+    /// Each `outputs` value, and how many outputs are kept.
+    pub const OUTPUT_VALUE: usize = 1024;
+    pub const OUTPUTS: usize = 64;
+    /// Keys of details and outputs, error codes and check names.
+    pub const KEY: usize = 128;
+    /// What an error message quotes of a value it rejects.
+    pub const QUOTE: usize = 200;
+}
+
+/// `s` cut to at most `max` bytes on a char boundary, marked when cut so a reader
+/// knows there was more ("…[truncated 12345 bytes]"). The mark counts towards
+/// `max` where `max` leaves room for it.
+pub fn truncated(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mark_len = "…[truncated  bytes]".len() + s.len().to_string().len();
+    let keep = floor_char_boundary(s, max.saturating_sub(mark_len));
+    format!("{}…[truncated {} bytes]", &s[..keep], s.len() - keep).into()
+}
+
+/// A value for an error message: at most [`caps::QUOTE`] bytes, with control
+/// characters escaped so a quoted value cannot forge log lines.
+pub fn quote(s: &str) -> String {
+    let cut = floor_char_boundary(s, caps::QUOTE);
+    let mut out: String = s[..cut].escape_debug().collect();
+    if cut < s.len() {
+        out.push_str(&format!("…[{} more bytes]", s.len() - cut));
+    }
+    out
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if max >= s.len() {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// One line of at most `max` bytes: line breaks become spaces.
+fn one_line(s: &mut String, max: usize) {
+    if s.contains(['\n', '\r']) {
+        *s = s.replace(['\n', '\r'], " ");
+    }
+    cap_in_place(s, max);
+}
+
+fn cap_in_place(s: &mut String, max: usize) {
+    if s.len() > max {
+        *s = truncated(s, max).into_owned();
+    }
+}
+
+/// Caps a map's size and each key and value; the entries dropped are named in a
+/// marker entry so the cut is visible.
+fn cap_map(m: &mut BTreeMap<String, String>, entries: usize, value: usize) {
+    if m.len() > entries {
+        let dropped = m.len() - (entries - 1);
+        let keep: BTreeMap<String, String> =
+            std::mem::take(m).into_iter().take(entries - 1).collect();
+        *m = keep;
+        m.insert("…truncated".into(), format!("{dropped} more entries"));
+    }
+    if m.iter()
+        .any(|(k, v)| k.len() > caps::KEY || v.len() > value)
+    {
+        *m = std::mem::take(m)
+            .into_iter()
+            .map(|(mut k, mut v)| {
+                cap_in_place(&mut k, caps::KEY);
+                cap_in_place(&mut v, value);
+                (k, v)
+            })
+            .collect();
+    }
+}
+
+/// The last lines of a log, within the line, count and total caps.
+fn cap_log_tail(lines: &mut Vec<String>) {
+    if lines.len() > caps::LOG_LINES {
+        lines.drain(..lines.len() - caps::LOG_LINES);
+    }
+    for line in lines.iter_mut() {
+        one_line(line, caps::LOG_LINE);
+    }
+    let mut total: usize = lines.iter().map(String::len).sum();
+    while total > caps::LOG_TOTAL && !lines.is_empty() {
+        total -= lines.remove(0).len();
+    }
+}
+
+/// Applies every cap in [`caps`] to what a task or a request put into a record.
+/// The spec (id, name, parameters) is bounded by request validation instead.
+pub fn cap_record(r: &mut StepRecord) {
+    one_line(&mut r.message, caps::MESSAGE);
+    cap_map(&mut r.outputs, caps::OUTPUTS, caps::OUTPUT_VALUE);
+    if r.checks.len() > caps::CHECKS {
+        r.checks.truncate(caps::CHECKS);
+    }
+    for c in &mut r.checks {
+        one_line(&mut c.name, caps::KEY);
+        cap_in_place(&mut c.observed, caps::CHECK_TEXT);
+        cap_in_place(&mut c.expected, caps::CHECK_TEXT);
+        cap_in_place(&mut c.hint, caps::CHECK_TEXT);
+    }
+    if let Some(e) = &mut r.error {
+        one_line(&mut e.code, caps::KEY);
+        one_line(&mut e.message, caps::MESSAGE);
+        cap_map(&mut e.details, caps::DETAILS, caps::DETAIL_VALUE);
+        cap_log_tail(&mut e.log_tail);
+    }
+}
+
 /// Validates a step or DAG id: 1-128 of `[A-Za-z0-9._:-]` (the contract), and not
 /// "." or "..", so that an id can never be read as a path.
 pub fn validate_id(field: &str, id: &str) -> Result<(), String> {
@@ -248,6 +382,124 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record() -> StepRecord {
+        let now = SystemTime::now();
+        StepRecord {
+            spec: StepSpec {
+                id: "s".into(),
+                dag_id: String::new(),
+                kind: StepKind::Test,
+                name: "t".into(),
+                timeout: Duration::from_secs(1),
+                params: serde_json::Value::Null,
+            },
+            state: StepState::Failed,
+            attempt: 1,
+            revision: 1,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            deadline: now,
+            message: String::new(),
+            error: None,
+            outputs: BTreeMap::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_char_boundaries_and_says_how_much_was_cut() {
+        assert_eq!(truncated("short", 10), "short");
+        let s = "é".repeat(1000); // 2000 bytes
+        let t = truncated(&s, 101);
+        assert!(t.len() <= 101, "{}", t.len());
+        assert!(t.starts_with("éé"));
+        let cut = s.len() - t.split('…').next().unwrap().len();
+        assert!(t.ends_with(&format!("…[truncated {cut} bytes]")), "{t}");
+        // A cap smaller than the mark still yields something valid.
+        assert!(truncated(&s, 3).is_char_boundary(0));
+    }
+
+    #[test]
+    fn quotes_are_short_and_escaped() {
+        let q = quote(&format!("a\nb{}", "x".repeat(5000)));
+        assert!(q.starts_with("a\\nb"), "{q}");
+        assert!(q.len() < caps::QUOTE + 40, "{}", q.len());
+        assert!(q.ends_with("more bytes]"), "{q}");
+        assert_eq!(quote("aéb"), "aéb");
+    }
+
+    #[test]
+    fn records_are_capped_before_they_are_stored() {
+        let mut r = record();
+        r.message = format!("line one\nline two {}", "m".repeat(100_000));
+        r.outputs = (0..100)
+            .map(|i| (format!("k{i:03}"), "v".repeat(10_000)))
+            .collect();
+        r.outputs.insert("k".repeat(1000), "x".into());
+        r.checks = (0..200)
+            .map(|i| CheckResult {
+                name: format!("c{i}"),
+                status: CheckStatus::Fail,
+                observed: "o".repeat(5000),
+                expected: "e".repeat(5000),
+                hint: "h".repeat(5000),
+            })
+            .collect();
+        let mut e = StepError::new("CODE", "x\n".repeat(50_000));
+        e.details = (0..100)
+            .map(|i| (format!("d{i:03}"), "d".repeat(9999)))
+            .collect();
+        e.log_tail = (0..1000)
+            .map(|i| format!("{i:04} {}", "l".repeat(2000)))
+            .collect();
+        r.error = Some(e);
+        cap_record(&mut r);
+
+        assert!(r.message.len() <= caps::MESSAGE && !r.message.contains('\n'));
+        assert!(r.message.starts_with("line one line two"), "{}", r.message);
+        assert!(r.message.contains("[truncated"));
+        assert_eq!(r.outputs.len(), caps::OUTPUTS);
+        assert!(
+            r.outputs
+                .iter()
+                .all(|(k, v)| k.len() <= caps::KEY && v.len() <= caps::OUTPUT_VALUE)
+        );
+        assert_eq!(r.outputs["…truncated"], "38 more entries");
+        assert_eq!(r.checks.len(), caps::CHECKS);
+        assert!(r.checks.iter().all(|c| c.observed.len() <= caps::CHECK_TEXT
+            && c.expected.len() <= caps::CHECK_TEXT
+            && c.hint.len() <= caps::CHECK_TEXT));
+        let e = r.error.unwrap();
+        assert!(e.message.len() <= caps::MESSAGE && !e.message.contains('\n'));
+        assert_eq!(e.details.len(), caps::DETAILS);
+        assert!(e.details.values().all(|v| v.len() <= caps::DETAIL_VALUE));
+        assert!(e.log_tail.len() <= caps::LOG_LINES);
+        assert!(e.log_tail.iter().all(|l| l.len() <= caps::LOG_LINE));
+        assert!(e.log_tail.iter().map(String::len).sum::<usize>() <= caps::LOG_TOTAL);
+        // It is the tail: the newest line is kept.
+        assert!(
+            e.log_tail.last().unwrap().starts_with("0999 "),
+            "{:?}",
+            e.log_tail.last()
+        );
+        let stored = serde_json::to_vec(&r.outputs).unwrap().len();
+        assert!(stored < 80 * 1024, "{stored}");
+    }
+
+    #[test]
+    fn small_records_are_left_alone() {
+        let mut r = record();
+        r.message = "running".into();
+        r.outputs.insert("pid".into(), "42".into());
+        let mut e = StepError::new("PORT_IN_USE", "port 2881 is in use");
+        e.log_tail = vec!["a".into(), "b".into()];
+        r.error = Some(e);
+        let before = r.clone();
+        cap_record(&mut r);
+        assert_eq!(r, before);
+    }
 
     #[test]
     fn ids_follow_the_contract() {

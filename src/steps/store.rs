@@ -169,6 +169,27 @@ impl Store {
         })
     }
 
+    /// Writes many records in one transaction (one fsync), and the highest of
+    /// their revisions as the global one. For tools and tests that seed or
+    /// import a store while no daemon has it open; the engine commits one by one.
+    pub fn put_all(&self, records: &[StepRecord]) -> Result<(), StoreError> {
+        let encoded = records
+            .iter()
+            .map(|r| Ok((r.id(), serde_json::to_vec(r)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let revision = records.iter().map(|r| r.revision).max().unwrap_or(0);
+        self.write(|txn| {
+            let mut steps = txn.open_table(STEPS)?;
+            for (id, bytes) in &encoded {
+                steps.insert(*id, bytes.as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            let current = meta.get(REVISION_KEY)?.map(|v| v.value()).unwrap_or(0);
+            meta.insert(REVISION_KEY, current.max(revision))?;
+            Ok(())
+        })
+    }
+
     /// Forgets records (retention). Deleting is not a change clients watch for.
     pub fn delete(&self, ids: &[String]) -> Result<(), StoreError> {
         self.write(|txn| {

@@ -251,10 +251,9 @@ fn check_owned(fd: &OwnedFd, path: &Path, uid: Option<u32>) -> io::Result<()> {
         Some("is not a regular file".to_string())
     } else if st.st_nlink != 1 {
         Some(format!("has {} hard links", st.st_nlink))
-    } else if let Some(uid) = uid.filter(|u| *u != st.st_uid) {
-        Some(format!("belongs to uid {}, not uid {uid}", st.st_uid))
     } else {
-        None
+        uid.filter(|u| *u != st.st_uid)
+            .map(|uid| format!("belongs to uid {}, not uid {uid}", st.st_uid))
     };
     match problem {
         None => Ok(()),

@@ -27,7 +27,7 @@ async fn wait_greeting(home: &Home, within: Duration) -> String {
                 .collect();
             let log = &log[log.len().saturating_sub(12)..];
             let out =
-                obhost::process::inspect::tail(&home.path().join("log/obhost_observer.out"), 30);
+                obhost::confined::tail(&home.path().join("log/obhost_observer.out"), None, 30);
             panic!(
                 "seekdb did not answer on {port} within {within:?}; processes {:?}\n{}\n{}",
                 home.processes(),

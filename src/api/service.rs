@@ -13,9 +13,10 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::host_agent_server::HostAgent;
 use std::sync::Arc;
 
+use crate::bounds::quote;
 use crate::observer::spec::checked_path;
 use crate::observer::{ObserverSpec, Policy, Registry};
-use crate::steps::model::{quote, validate_id};
+use crate::steps::model::validate_id;
 use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
 use crate::tasks::prepare::{self, PrepareParams};
 use crate::tasks::start_agent_service;

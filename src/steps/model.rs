@@ -237,8 +237,6 @@ pub mod caps {
     pub const OUTPUTS: usize = 64;
     /// Keys of details and outputs, error codes and check names.
     pub const KEY: usize = 128;
-    /// What an error message quotes of a value it rejects.
-    pub const QUOTE: usize = 200;
 }
 
 /// `s` cut to at most `max` bytes on a char boundary, marked when cut so a reader
@@ -251,17 +249,6 @@ pub fn truncated(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     let mark_len = "…[truncated  bytes]".len() + s.len().to_string().len();
     let keep = floor_char_boundary(s, max.saturating_sub(mark_len));
     format!("{}…[truncated {} bytes]", &s[..keep], s.len() - keep).into()
-}
-
-/// A value for an error message: at most [`caps::QUOTE`] bytes, with control
-/// characters escaped so a quoted value cannot forge log lines.
-pub fn quote(s: &str) -> String {
-    let cut = floor_char_boundary(s, caps::QUOTE);
-    let mut out: String = s[..cut].escape_debug().collect();
-    if cut < s.len() {
-        out.push_str(&format!("…[{} more bytes]", s.len() - cut));
-    }
-    out
 }
 
 fn floor_char_boundary(s: &str, max: usize) -> usize {
@@ -419,15 +406,6 @@ mod tests {
         assert!(t.ends_with(&format!("…[truncated {cut} bytes]")), "{t}");
         // A cap smaller than the mark still yields something valid.
         assert!(truncated(&s, 3).is_char_boundary(0));
-    }
-
-    #[test]
-    fn quotes_are_short_and_escaped() {
-        let q = quote(&format!("a\nb{}", "x".repeat(5000)));
-        assert!(q.starts_with("a\\nb"), "{q}");
-        assert!(q.len() < caps::QUOTE + 40, "{}", q.len());
-        assert!(q.ends_with("more bytes]"), "{q}");
-        assert_eq!(quote("aéb"), "aéb");
     }
 
     #[test]

@@ -129,6 +129,16 @@ async fn never_healthy_times_out_and_a_dying_service_is_process_exited() {
     )
     .await;
     assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    // What the failed start spawned does not outlive it.
+    let pid: i32 = s.outputs["pid"].parse().unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !alive(pid),
+        "the never-healthy service {pid} was left running"
+    );
     assert!(
         s.error
             .unwrap()
@@ -203,7 +213,10 @@ async fn a_systemd_unit_without_systemd_fails_at_once() {
         eprintln!("SKIPPED: systemd runs here; this test is for hosts without it");
         return;
     }
-    let d = Daemon::start();
+    let d = Daemon::start_with(Options {
+        config: "[agent_service]\nallowed_units = [\"ocp_agentd.service\"]\n".into(),
+        ..Options::default()
+    });
     let started = Instant::now();
     let s = run(
         &d,
@@ -284,4 +297,37 @@ async fn bad_agent_requests_are_invalid_argument() {
             err.message()
         );
     }
+}
+
+#[tokio::test]
+async fn a_daemon_stopping_mid_start_leaves_the_service_running() {
+    let mut d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sleeper = pb::ServiceCommand {
+        argv: vec!["/bin/sleep".into(), "30".into()],
+        cwd: dir.path().display().to_string(),
+        foreground: true,
+        ..Default::default()
+    };
+    let r = req(
+        "agent-restart",
+        Some(Service::Command(sleeper)),
+        Some(Check::TcpPort(free_port() as u32)),
+        60.0,
+    );
+    d.client().await.start_agent_service(r).await.unwrap();
+    let s = wait_for(&d, "agent-restart", Duration::from_secs(10), |s| {
+        s.outputs.contains_key("pid")
+    })
+    .await;
+    let pid: i32 = s.outputs["pid"].parse().unwrap();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(15)).is_some());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(pid), "a restart of obhostd killed what it started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }

@@ -555,6 +555,18 @@ async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
     assert_eq!(stop.outputs["pid"], pid.to_string());
     assert!(alive(bystander_pid), "the bystander was signalled");
 
+    // obhostd never signals itself, even when everything else points at it: a
+    // root home whose binary is (a root link to) obhostd's own executable.
+    let root_home = Home::new();
+    std::fs::create_dir_all(root_home.path().join("bin")).unwrap();
+    std::fs::create_dir_all(root_home.path().join("run")).unwrap();
+    std::os::unix::fs::symlink(OBHOSTD, root_home.path().join("bin/observer")).unwrap();
+    std::fs::write(root_home.pid_file(), format!("{}\n", d.pid())).unwrap();
+    let stop = stop_observer(&d, "stop-self", root_home.path(), 1.0, true).await;
+    let stop = wait_terminal(&d, &stop.id).await;
+    assert_eq!(stop.outputs["already_stopped"], "true", "{stop:#?}");
+    assert_daemon_alive(&d);
+
     // The pid file names obhostd itself, then init: a stop finds nothing.
     for victim in [d.pid(), 1] {
         as_attacker(&format!("echo {victim} > {}", home.pid_file().display()));

@@ -177,6 +177,15 @@ fn port(field: &str, value: u32, default: u16) -> Result<u16, SpecError> {
     }
 }
 
+/// A program to run: judged like any path by where it leads, but kept as
+/// given, because launchers find their home from their own name (`$0/..`, as
+/// OceanBase's do) and a resolved name would move it. The program is executed
+/// by the target user, so nothing a link there could redirect runs as root.
+pub fn checked_program(field: &str, value: &str, policy: &Policy) -> Result<PathBuf, SpecError> {
+    checked_path(field, value, policy)?;
+    checked_path_text(field, value)
+}
+
 /// A file obhostd may replace or remove (a pid file): its dir is resolved and
 /// checked like any path, but a link in its own place is not followed. It is
 /// the file itself that gets replaced or removed, never what a link points to
@@ -294,7 +303,11 @@ impl ObserverSpec {
                     checked_path(field, value, policy)
                 }
             };
-        let binary = or_default("observer.binary", &raw.binary, home.join("bin/observer"))?;
+        let binary = match raw.binary.as_str() {
+            "" => home.join("bin/observer"),
+            given => checked_program("observer.binary", given, policy)?,
+        };
+        checked_path("observer.binary", &binary.to_string_lossy(), policy)?;
         let pid_file = match raw.pid_file.as_str() {
             "" => home.join("run/observer.pid"),
             given => checked_file("observer.pid_file", given, policy)?,
@@ -459,7 +472,8 @@ impl ObserverSpec {
 /// Whether `user` may execute `path`: regular file with an x bit for the user's
 /// uid, one of its groups, or others (root: any x bit).
 pub fn check_executable(path: &Path, user: &str) -> Result<(), String> {
-    let meta = confined::metadata(path)
+    let meta = confined::canonical(path)
+        .and_then(|real| confined::metadata(&real))
         .map_err(|e| format!("'{}' cannot be used: {e}", path.display()))?;
     if meta.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(format!("'{}' is not a regular file", path.display()));

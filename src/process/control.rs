@@ -152,3 +152,25 @@ pub fn kill_now(identity: &Identity) -> Result<(), ControlError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn obhostd_never_signals_itself_or_init() {
+        let me = Identity::of(std::process::id() as i32).unwrap();
+        let handle = Handle::open(me).unwrap();
+        assert!(matches!(
+            handle.signal(Signal::SIGTERM),
+            Err(ControlError::Protected { .. })
+        ));
+        assert!(matches!(kill_now(&me), Err(ControlError::Protected { .. })));
+        if let Some(init) = Identity::of(1) {
+            assert!(matches!(
+                kill_now(&init),
+                Err(ControlError::Protected { .. })
+            ));
+        }
+    }
+}

@@ -332,7 +332,7 @@ pub struct RawCommand {
 use crate::config::AgentServiceConfig;
 use crate::observer::SpecError;
 use crate::observer::spec::{
-    Policy, check_env, check_executable, checked_file, checked_path, resolve_user,
+    Policy, check_env, check_executable, checked_file, checked_path, checked_program, resolve_user,
 };
 
 fn or_default(given: &str, default: Option<&Path>) -> String {
@@ -441,7 +441,7 @@ fn resolve_command(
             "command.argv is empty; give the program's absolute path and its arguments".into(),
         ));
     };
-    let program = checked_path("command.argv[0]", program, policy)?;
+    let program = checked_program("command.argv[0]", program, policy)?;
     let user_name = if raw.user.is_empty() {
         d.user.clone().unwrap_or_default()
     } else {

@@ -65,16 +65,21 @@ impl<'de> Deserialize<'de> for ListenAddr {
 /// `listen` takes a list; a single string is read as a list of one, so a config
 /// written for an older obhostd still means what it said.
 fn listen_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ListenAddr>, D::Error> {
+    // Strings first, parsed after: an untagged enum of addresses would hide the
+    // parse error behind "did not match any variant".
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
-        One(ListenAddr),
-        Many(Vec<ListenAddr>),
+        One(String),
+        Many(Vec<String>),
     }
-    Ok(match OneOrMany::deserialize(d)? {
+    let list = match OneOrMany::deserialize(d)? {
         OneOrMany::One(a) => vec![a],
         OneOrMany::Many(v) => v,
-    })
+    };
+    list.iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// The socket a daemon of this user listens on by default, and obhostctl's

@@ -11,13 +11,108 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:62900";
+/// The root daemon's socket (the unit's RuntimeDirectory=obhost makes its dir).
+pub const DEFAULT_SOCKET: &str = "/run/obhost/obhostd.sock";
+
+/// Where obhostd listens: a Unix socket (`unix:/abs/path`, peers known by their
+/// uid) or TCP (`host:port`, peers known only by what they present: a token or a
+/// client certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "listen address '{}' names a relative socket path; give the full path, e.g. unix:{DEFAULT_SOCKET}",
+                    crate::config::quote(s)
+                ));
+            }
+            return Ok(ListenAddr::Unix(path));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+            format!(
+                "listen address '{}' is neither unix:/path nor ip:port; e.g. unix:{DEFAULT_SOCKET} or 127.0.0.1:62900",
+                crate::config::quote(s)
+            )
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `listen` takes a list; a single string is read as a list of one, so a config
+/// written for an older obhostd still means what it said.
+fn listen_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ListenAddr>, D::Error> {
+    // Strings first, parsed after: an untagged enum of addresses would hide the
+    // parse error behind "did not match any variant".
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(v) => v,
+    };
+    list.iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// The socket a daemon of this user listens on by default, and obhostctl's
+/// default address: `/run/obhost/obhostd.sock` for root,
+/// `$XDG_RUNTIME_DIR/obhost/obhostd.sock` otherwise (a per-user 0700 dir), none
+/// when that is unset.
+pub fn default_socket() -> Option<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Some(PathBuf::from(DEFAULT_SOCKET));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|d| PathBuf::from(d).join("obhost/obhostd.sock"))
+}
+
+/// At most ~200 bytes of a rejected value, so an error quoting it stays readable.
+pub fn quote(s: &str) -> String {
+    if s.len() <= 200 {
+        return s.to_string();
+    }
+    let mut end = 200;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
+    /// Empty means the default socket (see [`Config::listeners`]).
+    #[serde(default, deserialize_with = "listen_list")]
+    pub listen: Vec<ListenAddr>,
     pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub allowed_roots: Vec<PathBuf>,
@@ -182,19 +277,42 @@ impl Default for RetentionConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Who may call. On a Unix socket the kernel tells the peer's uid (SO_PEERCRED):
+/// the daemon's own uid and `local_users` are admitted. On TCP nobody is known,
+/// so a TCP listener needs `token_file` (or mTLS, see [`TlsConfig`]).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// A file holding the bearer token (one line); readable by root only.
-    pub token_file: PathBuf,
+    /// A file holding the bearer token (one line), owned by the daemon's user and
+    /// not readable by group or others. Required of TCP clients.
+    pub token_file: Option<PathBuf>,
+    /// Users besides the daemon's own who may call over the Unix socket.
+    #[serde(default)]
+    pub local_users: Vec<String>,
+    /// The group the socket is given (mode 0660), so `local_users` can open it.
+    pub socket_group: Option<String>,
 }
 
+/// TLS for every TCP listener (rustls). With `client_ca_file` each client must
+/// present a certificate signed by that CA (mTLS), and `allowed_clients` narrows
+/// it to certificates whose DNS SANs or CN are listed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+}
+
+/// What `[auth]` names, resolved to ids once at start.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAccess {
+    /// uids admitted on the Unix socket besides the daemon's own.
+    pub uids: Vec<u32>,
+    /// The socket's group (mode 0660) or none (mode 0600).
+    pub socket_gid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,9 +350,6 @@ pub struct AgentServiceConfig {
     pub http_url: Option<String>,
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 62900))
-}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -287,38 +402,147 @@ impl Config {
     /// The state dir in force: configured, or /var/lib/obhostd for root (what the
     /// systemd unit's StateDirectory= gives), or a per-user dir otherwise so that
     /// a developer can run the daemon without privileges.
-    pub fn state_dir(&self) -> PathBuf {
+    ///
+    /// There is no shared fallback (such as /tmp): another user could create it
+    /// first and own the daemon's state.
+    pub fn state_dir(&self) -> Result<PathBuf, ConfigError> {
         if let Some(dir) = &self.state_dir {
-            return dir.clone();
+            return Ok(dir.clone());
         }
         if nix::unistd::geteuid().is_root() {
-            return PathBuf::from("/var/lib/obhostd");
+            return Ok(PathBuf::from("/var/lib/obhostd"));
         }
-        let base = std::env::var_os("XDG_STATE_HOME")
+        std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("obhostd")
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".local/state"))
+            })
+            .map(|base| base.join("obhostd"))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "no state dir: neither HOME nor XDG_STATE_HOME is set and obhostd is not root; \
+                     pass --state-dir DIR (a directory only this user can write)"
+                        .into(),
+                )
+            })
+    }
+
+    /// The listeners in force: `listen`, or the default socket: the root daemon's
+    /// `/run/obhost/obhostd.sock`, else `$XDG_RUNTIME_DIR/obhost/obhostd.sock`.
+    pub fn listeners(&self) -> Result<Vec<ListenAddr>, ConfigError> {
+        if !self.listen.is_empty() {
+            return Ok(self.listen.clone());
+        }
+        default_socket()
+            .map(|p| vec![ListenAddr::Unix(p)])
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "no default socket: obhostd is not root and XDG_RUNTIME_DIR is not set; \
+                     pass --listen unix:/path/to/obhostd.sock (in a directory only this user can write)"
+                        .into(),
+                )
+            })
+    }
+
+    /// Resolves `[auth] local_users` and `socket_group` to ids: an unknown name
+    /// is an error now rather than a refused caller later.
+    pub fn local_access(&self) -> Result<LocalAccess, ConfigError> {
+        let Some(auth) = &self.auth else {
+            return Ok(LocalAccess::default());
+        };
+        let mut access = LocalAccess::default();
+        for name in &auth.local_users {
+            match nix::unistd::User::from_name(name) {
+                Ok(Some(u)) => access.uids.push(u.uid.as_raw()),
+                Ok(None) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[auth] local_users names '{}', which is not a user on this host; \
+                         create it or remove it from the list",
+                        quote(name)
+                    )));
+                }
+                Err(e) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "cannot look up [auth] local_users entry '{}': {e}",
+                        quote(name)
+                    )));
+                }
+            }
+        }
+        if let Some(group) = &auth.socket_group {
+            match nix::unistd::Group::from_name(group) {
+                Ok(Some(g)) => access.socket_gid = Some(g.gid.as_raw()),
+                Ok(None) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[auth] socket_group '{}' is not a group on this host; create it \
+                         (groupadd {}) or remove the key",
+                        quote(group),
+                        quote(group)
+                    )));
+                }
+                Err(e) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "cannot look up [auth] socket_group '{}': {e}",
+                        quote(group)
+                    )));
+                }
+            }
+        }
+        Ok(access)
     }
 
     /// Checks what serde cannot: combinations, absolute paths, features this
     /// build does not have yet.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if !self.listen.ip().is_loopback() && self.auth.is_none() && self.tls.is_none() {
-            return invalid(format!(
-                "refusing to listen on '{}': with neither [auth] nor [tls] configured, anyone who can reach \
-                 that address could start and stop processes on this host. Listen on loopback \
-                 (e.g. --listen {DEFAULT_LISTEN}), or configure [auth] token_file",
-                self.listen
-            ));
+        let has_token = self.auth.as_ref().is_some_and(|a| a.token_file.is_some());
+        let has_mtls = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        for addr in &self.listen {
+            let ListenAddr::Tcp(tcp) = addr else { continue };
+            // Loopback included: every local user can reach 127.0.0.1.
+            if !has_token && !has_mtls {
+                return invalid(format!(
+                    "refusing to listen on '{tcp}' over TCP without authentication: anyone who can \
+                     connect could start processes as root on this host; set [auth] token_file or \
+                     [tls] client_ca_file, or listen on a Unix socket (unix:{DEFAULT_SOCKET})"
+                ));
+            }
+            if !tcp.ip().is_loopback() && self.tls.is_none() {
+                return invalid(format!(
+                    "refusing to listen on '{tcp}' without TLS: the token and every password would \
+                     cross the network in clear; set [tls] cert_file and key_file (and client_ca_file \
+                     for mTLS), or listen on loopback"
+                ));
+            }
         }
-        if self.tls.is_some() {
-            return invalid(
-                "[tls] is not supported by this version of obhostd yet; remove the section and use \
-                 [auth] token_file, or reach the daemon over loopback / an SSH tunnel"
-                    .into(),
-            );
+        if let Some(tls) = &self.tls {
+            if !tls.allowed_clients.is_empty() && tls.client_ca_file.is_none() {
+                return invalid(
+                    "[tls] allowed_clients needs [tls] client_ca_file: without a CA to verify them, \
+                     certificate names prove nothing; set client_ca_file"
+                        .into(),
+                );
+            }
+            for (key, path) in [
+                ("cert_file", Some(&tls.cert_file)),
+                ("key_file", Some(&tls.key_file)),
+                ("client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && !path.is_absolute()
+                {
+                    return invalid(format!(
+                        "[tls] {key} '{}' is not absolute; give the full path, e.g. /etc/obhost/{key}.pem",
+                        path.display()
+                    ));
+                }
+            }
         }
         if self.report.is_some() {
             return invalid(
@@ -370,23 +594,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_config_means_loopback_defaults() {
+    fn no_config_means_the_default_socket() {
         let c = Config::default();
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.listen.is_empty());
         assert!(c.validate().is_ok());
         assert_eq!(c.retention.max_steps, 10_000);
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(
+                c.listeners().unwrap(),
+                vec![ListenAddr::Unix(DEFAULT_SOCKET.into())]
+            );
+        }
     }
 
     #[test]
-    fn non_loopback_needs_auth() {
-        let c: Config = toml::from_str("listen = \"0.0.0.0:62900\"").unwrap();
+    fn listen_takes_a_list_or_one_string() {
+        let c: Config = toml::from_str("listen = [\"unix:/run/x.sock\", \"127.0.0.1:1\"]").unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                ListenAddr::Unix("/run/x.sock".into()),
+                ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())
+            ]
+        );
+        let c: Config = toml::from_str("listen = \"unix:/run/x.sock\"").unwrap();
+        assert_eq!(c.listen.len(), 1);
+        let err = toml::from_str::<Config>("listen = [\"unix:x.sock\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relative socket path"), "{err}");
+    }
+
+    #[test]
+    fn tcp_needs_auth_even_on_loopback() {
+        let c: Config = toml::from_str("listen = \"127.0.0.1:62900\"").unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(
-            err.contains("refusing to listen on '0.0.0.0:62900'"),
+            err.contains("refusing to listen on '127.0.0.1:62900'"),
+            "{err}"
+        );
+        assert!(
+            err.contains("[auth] token_file or [tls] client_ca_file"),
             "{err}"
         );
         let c: Config =
+            toml::from_str("listen = \"127.0.0.1:62900\"\n[auth]\ntoken_file = \"/etc/t\"")
+                .unwrap();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn non_loopback_needs_tls() {
+        let c: Config =
             toml::from_str("listen = \"0.0.0.0:62900\"\n[auth]\ntoken_file = \"/etc/t\"").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("set [tls] cert_file and key_file"), "{err}");
+        let c: Config = toml::from_str(
+            "listen = \"0.0.0.0:62900\"\n[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nclient_ca_file = \"/ca\"",
+        )
+        .unwrap();
         assert!(c.validate().is_ok());
     }
 

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{self, Token};
+use crate::api::{self, Access};
 use crate::config::Config;
 use crate::observer::{Policy, Registry};
 use crate::process::Reaper;
@@ -24,12 +23,13 @@ use crate::tasks::{Deps, Tasks};
 /// name the file or address at fault and what to do.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
-    let token = config
-        .auth
-        .as_ref()
-        .map(|a| Token::load(&a.token_file))
-        .transpose()?;
-    let state_dir = config.state_dir();
+    // Files the daemon creates (store, registry, temp files) are its own: 0600
+    // and dirs 0700, whatever umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listen = config.listeners()?;
+    let access = Arc::new(Access::load(&config)?);
+    let local = config.local_access()?;
+    let state_dir = config.state_dir()?;
     let engine_config = EngineConfig {
         watch_buffer: config.watch_buffer,
         retention: Retention {
@@ -40,12 +40,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_active_steps: config.limits.max_active_steps,
         max_watchers: config.limits.max_watchers,
     };
-    std::fs::create_dir_all(&state_dir).with_context(|| {
-        format!(
-            "cannot create state dir '{}'; create it or point state_dir elsewhere",
-            state_dir.display()
-        )
-    })?;
+    prepare_state_dir(&state_dir)?;
     // Reaping and re-adoption come first: steps resumed by the engine below may
     // look for the processes they started.
     let reaper = Reaper::start();
@@ -68,16 +63,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     )
     .await?;
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on '{}'; is another obhostd running? Pick another address with --listen",
-            config.listen
-        )
-    })?;
-    let addr = listener.local_addr()?;
-    info!(%addr, "listening");
+    restrict_state_files(&state_dir);
+    let listeners = api::listen::bind(&listen, &local, access.tls().is_some()).await?;
     notify(&[sd_notify::NotifyState::Ready]);
     spawn_watchdog(shutdown.clone());
+    spawn_reload_on_hup(access.clone(), shutdown.clone())?;
 
     let services = api::Services {
         engine,
@@ -86,15 +76,79 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         agent: config.agent_service.clone(),
     };
     let served = api::serve(
-        listener,
+        listeners,
         services,
-        token,
+        access,
         shutdown.clone(),
         config.shutdown_timeout,
     )
     .await;
     notify(&[sd_notify::NotifyState::Stopping]);
     served
+}
+
+/// Creates the state dir 0700 (its files hold what every step did and the
+/// observers' command lines); narrows an existing one that is wider.
+fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "cannot create state dir '{}'; create it (mode 0700) or point state_dir elsewhere",
+                dir.display()
+            )
+        })?;
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        warn!(dir = %dir.display(), mode = %format!("{mode:04o}"), "state dir was open to group/others; setting it to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "cannot chmod state dir '{}' to 0700; run `chmod 700 {}`",
+                    dir.display(),
+                    dir.display()
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The store and registry files may predate the umask above: make them 0600.
+fn restrict_state_files(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["obhostd.redb", "observers.json"] {
+        let path = dir.join(name);
+        if let Ok(m) = std::fs::symlink_metadata(&path)
+            && m.is_file()
+            && m.permissions().mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        {
+            warn!(file = %path.display(), error = %e, "cannot chmod state file to 0600");
+        }
+    }
+}
+
+/// SIGHUP re-reads the token and TLS files; the daemon, its connections and its
+/// steps carry on.
+fn spawn_reload_on_hup(access: Arc<Access>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = hup.recv() => if r.is_none() { return },
+            }
+            info!("SIGHUP: reloading the token and TLS files");
+            access.reload();
+        }
+    });
+    Ok(())
 }
 
 /// Errors from the notify socket are logged, never fatal: outside systemd

@@ -12,7 +12,7 @@ use obhost::proto::v1 as pb;
 use tonic::Code;
 
 #[test]
-fn non_loopback_listen_is_refused_without_auth() {
+fn tcp_listen_is_refused_without_auth() {
     let out = std::process::Command::new(OBHOSTD)
         .args(["--listen", "0.0.0.0:0", "--state-dir"])
         .arg(tempfile::tempdir().unwrap().path())
@@ -21,7 +21,10 @@ fn non_loopback_listen_is_refused_without_auth() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to listen on '0.0.0.0:0'"), "{err}");
-    assert!(err.contains("[auth]"), "says what to do: {err}");
+    assert!(
+        err.contains("set [auth] token_file or [tls] client_ca_file"),
+        "says what to do: {err}"
+    );
 }
 
 #[test]
@@ -244,12 +247,15 @@ async fn sigterm_ends_open_watches_and_exits_within_the_bound() {
 }
 
 #[tokio::test]
-async fn auth_token_is_required_when_configured() {
+async fn auth_token_is_required_over_tcp() {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = Daemon::start_with(Options {
         config: format!("[auth]\ntoken_file = \"{}\"\n", token_file.display()),
+        listen: Some(vec!["127.0.0.1:0".into()]),
         ..Options::default()
     });
     let err = d

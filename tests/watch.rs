@@ -139,13 +139,11 @@ async fn a_slow_subscriber_is_cut_off_and_blocks_nobody() {
     });
     // Subscribed, but never reads until the end; a small HTTP/2 window keeps the
     // client from quietly buffering everything on its side.
-    let channel = tonic::transport::Endpoint::from_shared(d.url())
+    let endpoint = tonic::transport::Endpoint::from_shared(d.url())
         .unwrap()
         .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
-        .connect()
-        .await
-        .unwrap();
+        .initial_connection_window_size(Some(1024));
+    let channel = d.connect_with(endpoint).await.unwrap();
     let mut slow = obhost::proto::v1::host_agent_client::HostAgentClient::new(channel)
         .watch_steps(pb::WatchStepsRequest::default())
         .await

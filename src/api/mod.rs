@@ -5,20 +5,26 @@
 
 mod auth;
 pub mod convert;
+pub mod listen;
+mod peer;
 mod service;
 mod status;
 #[cfg(feature = "test-kinds")]
 mod testing;
+mod tls;
 pub mod validate;
 
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-pub use auth::Token;
+pub use auth::{Access, Token};
+pub use listen::Listeners;
 
 use crate::proto;
 use crate::proto::v1::host_agent_server::HostAgentServer;
@@ -36,14 +42,18 @@ pub struct Services {
 /// The health service name orchestrators probe.
 pub const SERVICE_NAME: &str = "obhost.v1.HostAgent";
 
+/// The largest request any service decodes: far above any legitimate request,
+/// far below what would let one caller balloon the daemon's memory or store.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
 /// Serves until `shutdown` fires, then drains for at most `drain`: in-flight
 /// unary calls finish, WatchSteps streams end with UNAVAILABLE (the engine's
 /// watches see the same token), and whatever is still open after the bound is
 /// dropped so a stop never hangs.
 pub async fn serve(
-    listener: TcpListener,
+    mut listeners: Listeners,
     services: Services,
-    token: Option<Token>,
+    access: Arc<Access>,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> anyhow::Result<()> {
@@ -59,29 +69,37 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(descriptor)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
 
-    let interceptor = auth::Interceptor::new(token);
+    let interceptor = auth::Interceptor(access.clone());
     let engine = services.engine.clone();
-    let agent = HostAgentServer::with_interceptor(
-        service::HostAgentService::new(services),
+    let agent = InterceptedService::new(
+        HostAgentServer::new(service::HostAgentService::new(services))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor.clone(),
     );
+    // The peer check wraps every service, health and reflection included.
     let router = Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(auth::PeerCheck(
+            access.clone(),
+        )))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(agent);
     #[cfg(feature = "test-kinds")]
-    let router = router.add_service(
-        proto::testing::v1::step_testing_server::StepTestingServer::with_interceptor(
+    let router = router.add_service(InterceptedService::new(
+        proto::testing::v1::step_testing_server::StepTestingServer::new(
             testing::StepTestingService::new(engine.clone()),
-            interceptor,
-        ),
-    );
+        )
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        interceptor,
+    ));
     #[cfg(not(feature = "test-kinds"))]
     drop(interceptor);
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = listen::incoming(&mut listeners, access, shutdown.clone());
     let signal = shutdown.clone();
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         signal.cancelled().await;
@@ -99,6 +117,7 @@ pub async fn serve(
             warn!(bound = ?drain, "connections still open after the shutdown bound; closing them");
         }
     }
+    listeners.remove_sockets();
     if !engine.drain(Duration::from_secs(2)).await {
         warn!("some steps did not stop within 2s of shutdown");
     }

@@ -16,9 +16,10 @@ struct Args {
     /// TOML config file (see systemd/obhostd.toml). Without it, built-in defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to serve gRPC on (overrides `listen`), e.g. 127.0.0.1:62900.
+    /// Address to serve gRPC on (repeatable; overrides `listen`): unix:/path or
+    /// ip:port. TCP needs [auth] token_file or [tls] client_ca_file.
     #[arg(long, value_name = "ADDR")]
-    listen: Option<std::net::SocketAddr>,
+    listen: Vec<obhost::config::ListenAddr>,
     /// Where the step store lives (overrides `state_dir`).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -39,8 +40,8 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
     }
     if let Some(dir) = args.state_dir {
         config.state_dir = Some(dir);
@@ -56,8 +57,14 @@ fn main() -> ExitCode {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "none (built-in defaults)".into()),
-        listen = %config.listen,
-        state_dir = %config.state_dir().display(),
+        listen = %config
+            .listeners()
+            .map(|l| l.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|e| e.to_string()),
+        state_dir = %config
+            .state_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|e| e.to_string()),
         "obhostd starting"
     );
 

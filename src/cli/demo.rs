@@ -1,5 +1,5 @@
 //! `obhostctl demo`: the whole job end to end on a machine with nothing
-//! installed. It starts its own obhostd (temp state dir, free loopback port), runs
+//! installed. It starts its own obhostd (temp state dir, a Unix socket in it), runs
 //! the four host steps of "Start OB server" through it against the project's
 //! stand-in observer (which also plays the OCP agent), shows the steps live, the
 //! DAG and the observer's status, stops it, and removes everything it made.
@@ -73,13 +73,14 @@ fn free_port() -> Result<u16, CliError> {
 /// Starts obhostd and returns its address, from its "listening" log line.
 fn start_daemon(obhostd: &Path, scratch: &mut Scratch) -> Result<String, CliError> {
     let mut child = Command::new(obhostd)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--state-dir",
-        ])
+        // A socket in the scratch dir: only this user may call the demo's daemon
+        // (TCP would need a token).
+        .arg("--listen")
+        .arg(format!(
+            "unix:{}",
+            scratch.dir.join("obhostd.sock").display()
+        ))
+        .args(["--log-format", "json", "--state-dir"])
         .arg(scratch.dir.join("state"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

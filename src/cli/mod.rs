@@ -29,17 +29,24 @@ pub use output::Format;
     about = "Client for obhostd, the OceanBase on-host agent"
 )]
 pub struct Cli {
-    /// obhostd's address.
-    #[arg(
-        long,
-        global = true,
-        env = "OBHOST_ADDR",
-        default_value = "http://127.0.0.1:62900"
-    )]
-    addr: String,
-    /// File with the bearer token, when obhostd has [auth] token_file.
+    /// obhostd's address: unix:/path, host:port, http://host:port or
+    /// https://host:port. Default: the daemon's default socket
+    /// (unix:/run/obhost/obhostd.sock as root, $XDG_RUNTIME_DIR/obhost/obhostd.sock
+    /// otherwise).
+    #[arg(long, global = true, env = "OBHOST_ADDR")]
+    addr: Option<String>,
+    /// File with the bearer token, when obhostd has [auth] token_file (TCP).
     #[arg(long, global = true, env = "OBHOST_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed obhostd's certificate, for https:// addresses.
+    #[arg(long, global = true, env = "OBHOST_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), when obhostd requires mTLS.
+    #[arg(long, global = true, env = "OBHOST_CERT_FILE", value_name = "FILE")]
+    cert_file: Option<PathBuf>,
+    /// The key (PEM) of --cert-file.
+    #[arg(long, global = true, env = "OBHOST_KEY_FILE", value_name = "FILE")]
+    key_file: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
@@ -85,9 +92,13 @@ enum Command {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
-        "cannot reach obhostd at {addr}: {cause}. Is it running (systemctl status obhostd)? Use --addr for another address"
+        "cannot reach obhostd at {addr}: {cause}. Is it running (systemctl status obhostd)? Use --addr for another address{hint}"
     )]
-    Unreachable { addr: String, cause: String },
+    Unreachable {
+        addr: String,
+        cause: String,
+        hint: &'static str,
+    },
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rpc(#[from] tonic::Status),
     #[error("{0}")]
@@ -137,30 +148,140 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Client = HostAgentClient<InterceptedService<Channel, Bearer>>;
 
+/// Where and how to reach obhostd: the global flags.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// As given; `None` means the default socket.
+    pub addr: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// obhostctl's default address: the socket a daemon of this user listens on.
+fn default_addr() -> Result<String, CliError> {
+    crate::config::default_socket()
+        .map(|p| format!("unix:{}", p.display()))
+        .ok_or_else(|| {
+            CliError::Usage(
+                "no default address: not root and XDG_RUNTIME_DIR is not set; pass --addr \
+                 unix:/path/to/obhostd.sock or --addr https://host:port"
+                    .into(),
+            )
+        })
+}
+
+fn read_file(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path)
+        .map_err(|e| CliError::Usage(format!("cannot read {flag} '{}': {e}", path.display())))
+}
+
 /// Connects to obhostd, turning every way that can fail into a message that says
 /// where we tried and what to check.
 pub async fn connect(addr: &str, token_file: Option<&std::path::Path>) -> Result<Client, CliError> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    connect_to(&Target {
+        addr: Some(addr.to_string()),
+        token_file: token_file.map(PathBuf::from),
+        ..Target::default()
+    })
+    .await
+}
+
+/// [`connect`] with TLS files: `unix:/path` opens the socket, `https://` speaks
+/// TLS (with `--ca-file`, and `--cert-file`/`--key-file` for mTLS), anything
+/// else is plain HTTP/2 over TCP.
+pub async fn connect_to(target: &Target) -> Result<Client, CliError> {
+    let addr = match &target.addr {
+        Some(a) => a.clone(),
+        None => default_addr()?,
     };
-    let unreachable = |cause: String| CliError::Unreachable {
-        addr: url.clone(),
+    let unreachable = |shown: &str, cause: String, hint: &'static str| CliError::Unreachable {
+        addr: shown.to_string(),
         cause,
+        hint,
     };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| {
-            CliError::Usage(format!(
-                "--addr '{addr}' is not an address: {e}; e.g. 127.0.0.1:62900"
-            ))
-        })?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| unreachable(error_chain(&e)))?;
-    let bearer = match token_file {
+    let channel = if let Some(path) = addr.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(CliError::Usage(format!(
+                "--addr '{addr}' names a relative socket path; give the full path, e.g. unix:/run/obhost/obhostd.sock"
+            )));
+        }
+        // The URI is only a placeholder: the connector below ignores it.
+        let endpoint =
+            Endpoint::from_static("http://obhostd.sock").connect_timeout(Duration::from_secs(5));
+        endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .map_err(|e| {
+                let cause = error_chain(&e);
+                let hint = if cause.contains("ermission denied") {
+                    "; only root and the users in obhostd's [auth] local_users (with [auth] socket_group) may open its socket"
+                } else {
+                    ""
+                };
+                unreachable(&addr, cause, hint)
+            })?
+    } else {
+        let url = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "--addr '{addr}' is not an address: {e}; e.g. unix:/run/obhost/obhostd.sock or https://host:62900"
+                ))
+            })?
+            .connect_timeout(Duration::from_secs(5));
+        if url.starts_with("https://") {
+            let Some(ca) = &target.ca_file else {
+                return Err(CliError::Usage(format!(
+                    "--addr '{addr}' is https: pass --ca-file with the CA that signed obhostd's certificate"
+                )));
+            };
+            let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(read_file(ca, "--ca-file")?),
+            );
+            match (&target.cert_file, &target.key_file) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(tonic::transport::Identity::from_pem(
+                        read_file(cert, "--cert-file")?,
+                        read_file(key, "--key-file")?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(CliError::Usage(
+                        "--cert-file and --key-file go together; give both or neither".into(),
+                    ));
+                }
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot use the TLS files for '{addr}': {}",
+                    error_chain(&e)
+                ))
+            })?;
+        } else if target.ca_file.is_some() || target.cert_file.is_some() {
+            return Err(CliError::Usage(format!(
+                "--ca-file/--cert-file are for https:// addresses, and --addr '{addr}' is not one; use --addr https://host:port"
+            )));
+        }
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| unreachable(&url, error_chain(&e), ""))?
+    };
+    let bearer = match &target.token_file {
         None => Bearer(None),
         Some(path) => {
             let token = std::fs::read_to_string(path).map_err(|e| {
@@ -220,7 +341,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if let Command::Demo(args) = cli.command {
         return demo::run(args, cli.output).await;
     }
-    let mut client = connect(&cli.addr, cli.token_file.as_deref()).await?;
+    let mut client = connect_to(&Target {
+        addr: cli.addr.clone(),
+        token_file: cli.token_file.clone(),
+        ca_file: cli.ca_file.clone(),
+        cert_file: cli.cert_file.clone(),
+        key_file: cli.key_file.clone(),
+    })
+    .await?;
     match cli.command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
         Command::Demo(_) => unreachable!("handled above"),

@@ -1,6 +1,6 @@
-//! Fixtures for the integration tests: the real `obhostd` binary on a free
-//! loopback port with a temporary state dir, clients for it, and waits that poll
-//! the real API. Every test module includes this file; not all use all of it.
+//! Fixtures for the integration tests: the real `obhostd` binary on a Unix
+//! socket in a temporary dir (its default kind of listener) with a temporary
+//! state dir, clients for it, and waits that poll the real API. Every test module includes this file; not all use all of it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -37,6 +37,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Reuse this state dir (restart tests).
     pub state_dir: Option<PathBuf>,
+    /// `--listen` arguments instead of the default (a socket in the temp dir);
+    /// `Some(vec![])` passes none, so the config's `listen` decides.
+    pub listen: Option<Vec<String>>,
 }
 
 impl Daemon {
@@ -61,18 +64,24 @@ impl Daemon {
         tmp: Option<Arc<tempfile::TempDir>>,
     ) -> Result<Daemon, String> {
         let mut cmd = Command::new(OBHOSTD);
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--state-dir",
-        ])
-        .arg(&state_dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let sock_dir = tmp
+            .as_ref()
+            .map(|t| t.path().to_path_buf())
+            .or_else(|| state_dir.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| state_dir.clone());
+        let listen = opts
+            .listen
+            .clone()
+            .unwrap_or_else(|| vec![format!("unix:{}", sock_dir.join("obhostd.sock").display())]);
+        for l in &listen {
+            cmd.args(["--listen", l]);
+        }
+        cmd.args(["--log-format", "json", "--state-dir"])
+            .arg(&state_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut config = None;
         if !opts.config.is_empty() {
             let dir = tmp
@@ -131,26 +140,36 @@ impl Daemon {
         }
     }
 
+    /// An http:// URL for a TCP daemon; a placeholder for a Unix-socket one
+    /// (use [`Daemon::connect_with`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.addr.starts_with("unix:") {
+            "http://obhostd.sock".into()
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// Connects `endpoint`'s settings to this daemon, over its socket when it
+    /// listens on one.
+    pub async fn connect_with(
+        &self,
+        endpoint: tonic::transport::Endpoint,
+    ) -> Result<Channel, tonic::transport::Error> {
+        connect_addr(&self.addr, endpoint).await
     }
 
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url()).unwrap();
+        self.connect_with(endpoint).await.expect("connect")
     }
 
     pub async fn client(&self) -> HostAgentClient<Channel> {
-        HostAgentClient::connect(self.url()).await.expect("connect")
+        HostAgentClient::new(self.channel().await)
     }
 
     pub async fn testing(&self) -> StepTestingClient<Channel> {
-        StepTestingClient::connect(self.url())
-            .await
-            .expect("connect")
+        StepTestingClient::new(self.channel().await)
     }
 
     pub fn pid(&self) -> i32 {
@@ -231,6 +250,27 @@ impl Stopped {
         };
         Daemon::spawn(opts, self.state_dir, self.tmp).expect("restart")
     }
+}
+
+/// Connects to `addr` as obhostd logs it: `unix:/path` through the socket,
+/// anything else as the endpoint's own URL says.
+pub async fn connect_addr(
+    addr: &str,
+    endpoint: tonic::transport::Endpoint,
+) -> Result<Channel, tonic::transport::Error> {
+    let Some(path) = addr.strip_prefix("unix:") else {
+        return endpoint.connect().await;
+    };
+    let path = PathBuf::from(path);
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
 }
 
 fn listening_addr(line: &str) -> Option<String> {

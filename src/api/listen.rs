@@ -1,0 +1,300 @@
+//! Binding and accepting. Every listener (Unix sockets, TCP, TLS over TCP) feeds
+//! one stream of [`Conn`]s that a single tonic server serves, so the same
+//! services and the same checks apply whatever way a caller came in.
+//!
+//! A Unix socket is created where nobody else can reach it (a fresh 0700 dir
+//! beside its final path), given its mode and group there, and only then renamed
+//! into place: there is no moment when it is wider than configured. A file
+//! already at the path is replaced only if it is a socket nobody answers on; a
+//! regular file or a symlink (perhaps planted) is never unlinked.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::auth::Access;
+use super::peer::{Conn, Peer};
+use crate::config::{ListenAddr, LocalAccess};
+
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at once; more are dropped rather than queued.
+const MAX_HANDSHAKES: usize = 256;
+
+enum Listener {
+    Unix(UnixListener, String),
+    Tcp(TcpListener, String),
+}
+
+/// The bound listeners, and the socket files to remove when the daemon stops.
+pub struct Listeners {
+    list: Vec<Listener>,
+    sockets: Vec<(PathBuf, u64)>,
+}
+
+impl Listeners {
+    /// The addresses bound, as logged ("listening" lines carry the same text).
+    pub fn addrs(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .map(|l| match l {
+                Listener::Unix(_, a) | Listener::Tcp(_, a) => a.clone(),
+            })
+            .collect()
+    }
+
+    /// Removes our socket files, each only if it is still the one we bound (a
+    /// newer daemon may have replaced it).
+    pub fn remove_sockets(&self) {
+        for (path, ino) in &self.sockets {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *ino) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Binds every address; logs one "listening" line per listener with its `addr`.
+pub async fn bind(
+    addrs: &[ListenAddr],
+    local: &LocalAccess,
+    tls: bool,
+) -> anyhow::Result<Listeners> {
+    let mut out = Listeners {
+        list: Vec::new(),
+        sockets: Vec::new(),
+    };
+    for addr in addrs {
+        match addr {
+            ListenAddr::Unix(path) => {
+                let (listener, ino) = bind_unix(path, local.socket_gid)?;
+                let shown = format!("unix:{}", path.display());
+                let mode = if local.socket_gid.is_some() {
+                    "0660"
+                } else {
+                    "0600"
+                };
+                info!(addr = %shown, mode, "listening");
+                out.sockets.push((path.clone(), ino));
+                out.list.push(Listener::Unix(listener, shown));
+            }
+            ListenAddr::Tcp(sa) => {
+                let listener = TcpListener::bind(sa).await.with_context(|| {
+                    format!(
+                        "cannot listen on '{sa}'; is another obhostd running? Pick another address \
+                         with --listen"
+                    )
+                })?;
+                let local_addr: SocketAddr = listener.local_addr()?;
+                let shown = local_addr.to_string();
+                info!(addr = %shown, tls, "listening");
+                out.list.push(Listener::Tcp(listener, shown));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bind_unix(path: &Path, gid: Option<u32>) -> anyhow::Result<(UnixListener, u64)> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "socket path '{}' has no directory; give e.g. unix:/run/obhost/obhostd.sock",
+                path.display()
+            )
+        })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .with_context(|| {
+            format!(
+                "cannot create the socket's directory '{}'; create it or listen elsewhere (--listen unix:/path)",
+                parent.display()
+            )
+        })?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "cannot listen on 'unix:{}': something answers there; is another obhostd running? \
+                     Stop it or pick another path with --listen",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove the stale socket '{}'", path.display()))?;
+        }
+        Ok(m) => anyhow::bail!(
+            "refusing to listen on 'unix:{}': a {} is there, not a socket, and obhostd never \
+             replaces one; remove it if it is yours, or pick another path with --listen",
+            path.display(),
+            if m.file_type().is_symlink() {
+                "symlink"
+            } else {
+                "file or directory"
+            }
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot inspect '{}'", path.display()));
+        }
+    }
+    // Bind inside a private dir, set mode and group, then rename into place.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let private = parent.join(format!(".{name}.{}.new", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("cannot create '{}'", private.display()))?;
+    let result = (|| -> anyhow::Result<(std::os::unix::net::UnixListener, u64)> {
+        let staged = private.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&staged).with_context(|| {
+            format!(
+                "cannot listen on 'unix:{}' (bound first as '{}'); socket paths are limited to 107 bytes",
+                path.display(),
+                staged.display()
+            )
+        })?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(&staged, None, Some(nix::unistd::Gid::from_raw(gid))).with_context(
+                || format!("cannot give the socket '{}' group {gid}", path.display()),
+            )?;
+        }
+        let mode = if gid.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path).with_context(|| {
+            format!("cannot move the socket into place at '{}'", path.display())
+        })?;
+        let ino = std::fs::symlink_metadata(path)?.ino();
+        Ok((listener, ino))
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let (listener, ino) = result?;
+    listener.set_nonblocking(true)?;
+    Ok((UnixListener::from_std(listener)?, ino))
+}
+
+/// One task per listener accepts until `shutdown`; TLS handshakes each run in a
+/// task of their own, bounded in time and number, so a client that never
+/// finishes one holds up nobody else.
+pub fn incoming(
+    listeners: &mut Listeners,
+    access: Arc<Access>,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    for listener in listeners.list.drain(..) {
+        let tx = tx.clone();
+        let shutdown = shutdown.clone();
+        match listener {
+            Listener::Unix(l, _) => {
+                tokio::spawn(async move {
+                    loop {
+                        let accepted = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            a = l.accept() => a,
+                        };
+                        match accepted {
+                            Ok((stream, _)) => {
+                                let Ok(cred) = stream.peer_cred() else {
+                                    warn!("dropped a Unix-socket connection: no peer credentials");
+                                    continue;
+                                };
+                                let peer = Peer::Unix {
+                                    uid: cred.uid(),
+                                    pid: cred.pid(),
+                                };
+                                if tx.send(Ok(Conn::new(stream, peer))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => accept_failed(e).await,
+                        }
+                    }
+                });
+            }
+            Listener::Tcp(l, _) => {
+                let access = access.clone();
+                let handshakes = handshakes.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let accepted = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            a = l.accept() => a,
+                        };
+                        let (stream, addr) = match accepted {
+                            Ok(a) => a,
+                            Err(e) => {
+                                accept_failed(e).await;
+                                continue;
+                            }
+                        };
+                        // gRPC's small frames must not wait for Nagle.
+                        let _ = stream.set_nodelay(true);
+                        let Some(tls) = access.tls() else {
+                            let peer = Peer::Tcp { addr };
+                            if tx.send(Ok(Conn::new(stream, peer))).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        };
+                        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                            warn!(%addr, "dropped a TLS connection: {MAX_HANDSHAKES} handshakes already in flight");
+                            continue;
+                        };
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                            let stream = match tokio::time::timeout(
+                                HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    debug!(%addr, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    debug!(%addr, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let client_names = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| super::tls::client_names(c).into());
+                            let peer = Peer::Tls { addr, client_names };
+                            let _ = tx.send(Ok(Conn::new(stream, peer))).await;
+                        });
+                    }
+                });
+            }
+        }
+    }
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Out of fds and the like: say so and back off, never end the listener.
+async fn accept_failed(e: io::Error) {
+    warn!(error = %e, "accept failed; retrying in 100ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

@@ -54,6 +54,9 @@ async fn daemonizing_start_get_and_stop() {
         !environ.contains("RUST_LOG"),
         "daemon env leaked: {environ}"
     );
+    // The usual umask, not obhostd's private 077.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("Umask:\t0022"), "{status}");
 
     let o = get_observer(&d, home.path()).await;
     assert!(o.running);

@@ -327,7 +327,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
     let (uid, gid) = (Uid::from_raw(spec.user.uid), Gid::from_raw(spec.user.gid));
     let groups: Vec<Gid> = spec.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     // SAFETY: between fork and exec only async-signal-safe calls are allowed.
-    // setsid, setrlimit, setgroups, setgid, setuid and chdir are plain syscalls,
+    // umask, setsid, setrlimit, setgroups, setgid, setuid and chdir are plain syscalls,
     // and every value they use was prepared above, so nothing here allocates.
     unsafe {
         cmd.pre_exec(move || {
@@ -335,6 +335,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
             // without O_CLOEXEC (ours, a library's, or one obhostd inherited)
             // would otherwise live on in the observer for its whole life.
             close_inherited_fds();
+            // obhostd runs with umask 077 for its own state; the observer and
+            // agent get the usual 022, as when their user starts them.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
             nix::unistd::setsid()?;
             for (res, value) in limits {
                 if let Some(v) = value {

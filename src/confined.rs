@@ -447,10 +447,15 @@ mod tests {
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert!(open_read(&base.join("log/out"), None).is_err());
         assert!(tail(&base.join("log/out"), None, 5).is_empty());
-        // A link as a dir component.
+        // A link as a dir component, last or in the middle.
         symlink(base.join("log"), base.join("dirlink")).unwrap();
         assert!(open_append(&base.join("dirlink/new"), None, 0o640).is_err());
         assert!(!base.join("log/new").exists());
+        std::fs::create_dir(base.join("log/sub")).unwrap();
+        assert!(open_append(&base.join("dirlink/sub/new"), None, 0o640).is_err());
+        assert!(!base.join("log/sub/new").exists());
+        assert!(open_dir(&base.join("dirlink/sub")).is_err());
+        assert!(metadata(&base.join("dirlink/sub")).is_err());
         // write_atomic replaces the link, not its target.
         write_atomic(&base.join("log/out"), b"42\n", None).unwrap();
         assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root only\n");

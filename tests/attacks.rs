@@ -555,6 +555,20 @@ async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
     assert_eq!(stop.outputs["pid"], pid.to_string());
     assert!(alive(bystander_pid), "the bystander was signalled");
 
+    // Another home's observer runs the same binary, as root: the attacker's pid
+    // file names it. Same executable, other user: never this home's.
+    let root_home = Home::new();
+    let (_, root_pid) = start_ok(&d, "root-start", root_home.spec()).await;
+    as_attacker(&format!("echo {root_pid} > {}", home.pid_file().display()));
+    let stop = stop_observer(&d, "stop-roots", home.path(), 1.0, true).await;
+    let stop = wait_terminal(&d, &stop.id).await;
+    assert_eq!(stop.outputs["already_stopped"], "true", "{stop:#?}");
+    assert!(
+        alive(root_pid),
+        "root's observer of another home was killed"
+    );
+    drop(root_home);
+
     // obhostd never signals itself, even when everything else points at it: a
     // root home whose binary is (a root link to) obhostd's own executable.
     let root_home = Home::new();

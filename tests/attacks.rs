@@ -531,6 +531,20 @@ async fn an_observer_asking_for_full_authentication_gets_no_password_or_key_requ
     );
 }
 
+async fn prepare_step(d: &Daemon, id: &str, home: &Home) -> pb::Step {
+    d.client()
+        .await
+        .prepare(pb::PrepareRequest {
+            meta: Some(meta(id)),
+            observer: Some(attacker_spec(home)),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Prepare accepted");
+    wait_terminal(d, id).await
+}
+
 #[tokio::test]
 async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
     let d = Daemon::start();
@@ -546,6 +560,35 @@ async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
         "mkdir -p {h}/run && echo {p} > {h}/run/observer.pid",
         h = home.path().display(),
         p = bystander_pid
+    ));
+    // And one of the attacker's own processes that is not the observer.
+    let (uid, gid) = attacker();
+    let mut own = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "sleep",
+            "300",
+        ])
+        .spawn()
+        .unwrap();
+    let own_pid = own.id() as i32;
+    for named in [bystander_pid, own_pid] {
+        as_attacker(&format!("echo {named} > {}", home.pid_file().display()));
+        let s = prepare_step(&d, &format!("foreign-prep-{named}"), &home).await;
+        let running = s
+            .checks
+            .iter()
+            .find(|c| c.name == "observer.running")
+            .unwrap();
+        assert_eq!(running.observed, "not running", "pid {named}: {running:?}");
+    }
+    let _ = own.kill();
+    let _ = own.wait();
+    as_attacker(&format!(
+        "echo {bystander_pid} > {}",
+        home.pid_file().display()
     ));
     let (s, pid) = start_ok(&d, "foreign-start", attacker_spec(&home)).await;
     assert_eq!(s.outputs["already_running"], "false", "{s:#?}");

@@ -496,6 +496,22 @@ mod tests {
     }
 
     #[test]
+    fn an_existing_file_of_someone_else_is_neither_used_nor_chowned() {
+        let t = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(t.path()).unwrap();
+        let theirs = base.join("out");
+        std::fs::write(&theirs, "root's\n").unwrap();
+        let e = open_append(&theirs, Some((65534, 65534)), 0o640).unwrap_err();
+        assert!(e.to_string().contains("belongs to uid 0"), "{e}");
+        assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 0);
+        // A new file is made and given to the user.
+        let f = open_append(&base.join("new"), Some((65534, 65534)), 0o640).unwrap();
+        assert_eq!(f.metadata().unwrap().uid(), 65534);
+        // And the user's own existing file is used.
+        assert!(open_append(&base.join("new"), Some((65534, 65534)), 0o640).is_ok());
+    }
+
+    #[test]
     fn create_dirs_makes_each_missing_level() {
         let t = tempfile::tempdir().unwrap();
         let base = std::fs::canonicalize(t.path()).unwrap();

@@ -286,6 +286,24 @@ async fn a_stale_pid_file_link_is_removed_not_its_target() {
     assert!(stale.observed.contains("removed stale"), "{stale:?}");
     assert!(std::fs::symlink_metadata(home.pid_file()).is_err());
     target.assert_untouched();
+
+    // run/ itself a link to a root dir holding an observer.pid: a stop that
+    // cleans up the pid file must not reach through it.
+    let root_dir = tempfile::tempdir().unwrap();
+    let root_pid_file = root_dir.path().join("observer.pid");
+    std::fs::write(&root_pid_file, "1\n").unwrap();
+    as_attacker(&format!(
+        "rm -rf {h}/run && ln -s {r} {h}/run",
+        h = home.path().display(),
+        r = root_dir.path().display()
+    ));
+    let stop = stop_observer(&d, "stale-stop", home.path(), 1.0, true).await;
+    let stop = wait_terminal(&d, &stop.id).await;
+    assert_eq!(stop.outputs["already_stopped"], "true", "{stop:#?}");
+    assert!(
+        root_pid_file.exists(),
+        "root's file was removed through the link"
+    );
 }
 
 #[tokio::test]
@@ -673,6 +691,11 @@ async fn oversized_fields_are_refused_with_short_messages() {
     for (what, spec) in cases {
         let err = start_observer(&d, "big", spec).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains("over the limit"),
+            "{what}: {}",
+            err.message()
+        );
         assert!(
             err.message().len() < 1024,
             "{what}: a message of {} bytes",

@@ -368,18 +368,14 @@ async fn a_watch_meets_the_live_feed_without_gap_or_duplicate() {
         state_dir: Some(state),
         ..Options::default()
     });
+    let channel = d.channel().await;
     let writer = |ids: Vec<String>, retry: Vec<&'static str>| {
-        let url = d.url();
+        let channel = channel.clone();
         tokio::spawn(async move {
-            let mut t =
-                obhost::proto::testing::v1::step_testing_client::StepTestingClient::connect(
-                    url.clone(),
-                )
-                .await
-                .unwrap();
-            let mut c = pb::host_agent_client::HostAgentClient::connect(url)
-                .await
-                .unwrap();
+            let mut t = obhost::proto::testing::v1::step_testing_client::StepTestingClient::new(
+                channel.clone(),
+            );
+            let mut c = pb::host_agent_client::HostAgentClient::new(channel);
             for id in retry {
                 c.retry_step(pb::RetryStepRequest { step_id: id.into() })
                     .await

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         config.log_format = format;
     }
     init_logging(config.log_format);
+    log_panics();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %args
@@ -108,4 +109,26 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// Panics go to the log like every other error, capped: the default hook would
+/// print the whole message to stderr, and a panic's message can quote any input.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(not text)".into());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            %location,
+            panic = %obhost::bounds::quote(&text),
+            "a thread of obhostd panicked: a bug; please report it with this line"
+        );
+    }));
 }

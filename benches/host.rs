@@ -1,0 +1,835 @@
+//! obhost's benchmark: every figure of issue 8, each beside a baseline measured
+//! in the same run on the same machine, as a ratio, with its target.
+//!
+//!     cargo bench --bench host            # the full run (a few minutes)
+//!     cargo bench --bench host -- --quick # smaller sizes, for a smoke run
+//!
+//! It drives the real release `obhostd` (built with the test-only step kind,
+//! as the integration tests are: benches share their dev-dependencies) over the
+//! transport a remote orchestrator uses (TCP on loopback with a bearer token),
+//! and the stand-in observer for the host flow. Machines here are noisy and have
+//! two cores: compare ratios, not absolute numbers, and rerun before believing a
+//! change of less than ~20 %.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use obhost::proto::testing::v1 as tpb;
+use obhost::proto::v1 as pb;
+use obhost::proto::v1::host_agent_client::HostAgentClient;
+use obhost::proto::v1::host_agent_server::{HostAgent, HostAgentServer};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Sizes of one run: `--quick` shrinks them so that the run takes seconds.
+struct Sizes {
+    calls: Duration,
+    watch_steps: usize,
+    readiness_delays: Vec<u64>,
+    flows: usize,
+    stored: usize,
+    record_bytes: usize,
+    create_for: Duration,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                calls: Duration::from_millis(300),
+                watch_steps: 20,
+                readiness_delays: vec![1300, 1400],
+                flows: 1,
+                stored: 2_000,
+                record_bytes: 6_000,
+                create_for: Duration::from_millis(500),
+            }
+        } else {
+            Sizes {
+                calls: Duration::from_secs(2),
+                watch_steps: 200,
+                readiness_delays: (0..10).map(|i| 1300 + i * 50).collect(),
+                flows: 5,
+                stored: 100_000,
+                record_bytes: 6_000,
+                create_for: Duration::from_secs(3),
+            }
+        }
+    }
+}
+
+/// One line of the report.
+struct Row {
+    figure: String,
+    value: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: String,
+    pass: bool,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = Sizes::new(quick);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        rows.extend(rpc_latency(&sizes).await);
+        rows.extend(watch_latency(&sizes).await);
+        rows.extend(readiness(&sizes).await);
+        rows.extend(host_flow(&sizes).await);
+        rows.extend(stored_history(&sizes).await);
+        rows.extend(step_creation(&sizes).await);
+    });
+    print(&rows, quick);
+}
+
+fn print(rows: &[Row], quick: bool) {
+    println!(
+        "\nobhost benchmark{} ({} cores)\n",
+        if quick { " --quick" } else { "" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "| {:<52} | {:>16} | {:>22} | {:>8} | {:<18} | {:<4} |",
+        "figure", "value", "baseline", "ratio", "target", ""
+    );
+    println!(
+        "|{:-<54}|{:-<18}|{:-<24}|{:-<10}|{:-<20}|{:-<6}|",
+        "", "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "| {:<52} | {:>16} | {:>22} | {:>8} | {:<18} | {:<4} |",
+            r.figure,
+            r.value,
+            r.baseline,
+            r.ratio
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            r.target,
+            if r.pass { "PASS" } else { "FAIL" }
+        );
+    }
+    let failed = rows.iter().filter(|r| !r.pass).count();
+    println!("\n{} figures, {} below target", rows.len(), failed);
+}
+
+// ---- fixtures -------------------------------------------------------------
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// obhostd on loopback TCP with a token, as an orchestrator reaches it.
+fn tcp_daemon(extra: &str, state_dir: Option<std::path::PathBuf>) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).expect("token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let d = Daemon::start_with(Options {
+        config: format!(
+            "listen = [\"127.0.0.1:0\"]\n{extra}\n[auth]\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+        listen: Some(vec![]),
+        state_dir,
+        ..Options::default()
+    });
+    (d, dir)
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+#[derive(Clone)]
+struct Bearer;
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        let v: MetadataValue<_> = format!("Bearer {TOKEN}").parse().expect("header");
+        r.metadata_mut().insert("authorization", v);
+        Ok(r)
+    }
+}
+
+async fn tcp_channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn client(addr: &str) -> HostAgentClient<Authed> {
+    HostAgentClient::with_interceptor(tcp_channel(addr).await, Bearer)
+}
+
+async fn testing(
+    addr: &str,
+) -> obhost::proto::testing::v1::step_testing_client::StepTestingClient<Authed> {
+    obhost::proto::testing::v1::step_testing_client::StepTestingClient::with_interceptor(
+        tcp_channel(addr).await,
+        Bearer,
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn terminal(c: &mut HostAgentClient<Authed>, id: &str) -> pb::Step {
+    loop {
+        let s = c
+            .get_step(pb::GetStepRequest { step_id: id.into() })
+            .await
+            .expect("GetStep")
+            .into_inner()
+            .step
+            .expect("step");
+        if is_terminal(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn since(t: Option<&pbjson_types::Timestamp>, later: SystemTime) -> Duration {
+    let Some(t) = t else {
+        return Duration::ZERO;
+    };
+    let at = SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32);
+    later.duration_since(at).unwrap_or_default()
+}
+
+// ---- a. unary RPCs: GetStep of a real record vs bare tonic ----------------
+
+/// The baseline: tonic serving the same Step from memory, nothing else.
+struct Echo(pb::Step);
+
+type Stream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchStepsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HostAgent for Echo {
+    async fn get_step(
+        &self,
+        _r: Request<pb::GetStepRequest>,
+    ) -> Result<Response<pb::GetStepResponse>, Status> {
+        Ok(Response::new(pb::GetStepResponse {
+            step: Some(self.0.clone()),
+        }))
+    }
+    async fn prepare(
+        &self,
+        _r: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn start_observer(
+        &self,
+        _r: Request<pb::StartObserverRequest>,
+    ) -> Result<Response<pb::StartObserverResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn wait_observer_active(
+        &self,
+        _r: Request<pb::WaitObserverActiveRequest>,
+    ) -> Result<Response<pb::WaitObserverActiveResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn start_agent_service(
+        &self,
+        _r: Request<pb::StartAgentServiceRequest>,
+    ) -> Result<Response<pb::StartAgentServiceResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn stop_observer(
+        &self,
+        _r: Request<pb::StopObserverRequest>,
+    ) -> Result<Response<pb::StopObserverResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn list_steps(
+        &self,
+        _r: Request<pb::ListStepsRequest>,
+    ) -> Result<Response<pb::ListStepsResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    type WatchStepsStream = Stream;
+    async fn watch_steps(
+        &self,
+        _r: Request<pb::WatchStepsRequest>,
+    ) -> Result<Response<Stream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn cancel_step(
+        &self,
+        _r: Request<pb::CancelStepRequest>,
+    ) -> Result<Response<pb::CancelStepResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn retry_step(
+        &self,
+        _r: Request<pb::RetryStepRequest>,
+    ) -> Result<Response<pb::RetryStepResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn get_observer(
+        &self,
+        _r: Request<pb::GetObserverRequest>,
+    ) -> Result<Response<pb::GetObserverResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+    async fn get_host_info(
+        &self,
+        _r: Request<pb::GetHostInfoRequest>,
+    ) -> Result<Response<pb::GetHostInfoResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+}
+
+async fn echo_server(step: pb::Step) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    // TCP_NODELAY, as a well-configured server has it: the baseline must not
+    // carry the very 44 ms stall the daemon is measured for.
+    let incoming =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(l), |s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HostAgentServer::new(Echo(step)))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+/// GetStep on `conns` connections for `dur`: (calls/s, p50 latency).
+async fn get_steps(addr: &str, id: &str, conns: usize, dur: Duration) -> (f64, Duration) {
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut c = client(addr).await;
+        let id = id.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let end = Instant::now() + dur;
+            while Instant::now() < end {
+                let t = Instant::now();
+                c.get_step(pb::GetStepRequest {
+                    step_id: id.clone(),
+                })
+                .await
+                .expect("GetStep");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    all.sort();
+    (all.len() as f64 / dur.as_secs_f64(), percentile(&all, 0.5))
+}
+
+async fn rpc_latency(sizes: &Sizes) -> Vec<Row> {
+    let (d, _dir) = tcp_daemon("", None);
+    let mut c = client(&d.addr).await;
+    let home = Home::new();
+    c.prepare(pb::PrepareRequest {
+        meta: Some(meta("rpc-prepare")),
+        observer: Some(home.spec()),
+        create_dirs: true,
+        ..Default::default()
+    })
+    .await
+    .expect("Prepare");
+    let step = terminal(&mut c, "rpc-prepare").await;
+    let size = prost::Message::encoded_len(&step);
+    let echo = echo_server(step).await;
+    let mut rows = Vec::new();
+    for conns in [1, 16] {
+        let (echo_rate, echo_p50) = get_steps(&echo, "rpc-prepare", conns, sizes.calls).await;
+        let (rate, p50) = get_steps(&d.addr, "rpc-prepare", conns, sizes.calls).await;
+        let ratio = rate / echo_rate;
+        rows.push(Row {
+            figure: format!("GetStep {size} B record, {conns} conn: calls/s (p50)"),
+            value: format!("{rate:.0} ({})", ms(p50)),
+            baseline: format!("tonic {echo_rate:.0} ({})", ms(echo_p50)),
+            ratio: Some(ratio),
+            target: ">= 0.5".into(),
+            pass: ratio >= 0.5,
+        });
+    }
+    rows
+}
+
+// ---- b. WatchSteps delivery to a lone watcher ----------------------------
+
+async fn watch_latency(sizes: &Sizes) -> Vec<Row> {
+    let (d, _dir) = tcp_daemon("[limits]\nmax_active_steps = 100000\n", None);
+    let mut watch = client(&d.addr)
+        .await
+        .watch_steps(pb::WatchStepsRequest {
+            dag_id: "watched".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchSteps")
+        .into_inner();
+    let mut t = testing(&d.addr).await;
+    let mut lat = Vec::new();
+    for i in 0..sizes.watch_steps {
+        let mut req = tpb::RunTestStepRequest {
+            meta: Some(pb::StepMeta {
+                step_id: format!("w-{i}"),
+                dag_id: "watched".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        req.run_for = Some(secs(0.0));
+        t.run_test_step(req).await.expect("RunTestStep");
+        loop {
+            let s = watch
+                .message()
+                .await
+                .expect("watch")
+                .expect("open")
+                .step
+                .expect("step");
+            if s.id == format!("w-{i}") && is_terminal(&s) {
+                lat.push(since(s.finished_at.as_ref(), SystemTime::now()));
+                break;
+            }
+        }
+    }
+    lat.sort();
+    // Baseline: a bare tonic unary round trip with the same client stack.
+    let echo = echo_server(pb::Step::default()).await;
+    let (_, echo_p50) = get_steps(&echo, "x", 1, Duration::from_millis(300)).await;
+    let p50 = percentile(&lat, 0.5);
+    vec![Row {
+        figure: "WatchSteps: finished -> watcher has it, p50 (p99)".into(),
+        value: format!("{} ({})", ms(p50), ms(percentile(&lat, 0.99))),
+        baseline: format!("tonic rtt {}", ms(echo_p50)),
+        ratio: Some(p50.as_secs_f64() / echo_p50.as_secs_f64().max(1e-9)),
+        target: "<= 5 ms".into(),
+        pass: p50 <= Duration::from_millis(5),
+    }]
+}
+
+// ---- c. readiness: port answers -> WaitObserverActive SUCCEEDED -----------
+
+/// When the port first accepts, polled every 200 µs from the bench itself.
+async fn port_up(port: u16, within: Duration) -> Option<SystemTime> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Some(SystemTime::now());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    None
+}
+
+async fn readiness(sizes: &Sizes) -> Vec<Row> {
+    let (d, _dir) = tcp_daemon("", None);
+    let mut c = client(&d.addr).await;
+    let mut lags = Vec::new();
+    for (i, delay) in sizes.readiness_delays.iter().enumerate() {
+        let home = Home::new();
+        let mut spec = home.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", &delay.to_string());
+        spec.foreground = true;
+        let start = format!("ready-start-{i}");
+        c.start_observer(pb::StartObserverRequest {
+            meta: Some(meta(&start)),
+            observer: Some(spec),
+        })
+        .await
+        .expect("StartObserver");
+        let up = tokio::spawn(port_up(home.mysql_port, Duration::from_secs(30)));
+        // As the orchestrator does: the wait follows the start's success. The
+        // listen delays are longer than the default start_settle (1 s), so the
+        // wait begins while the port is still down.
+        let wait = format!("ready-wait-{i}");
+        let started = terminal(&mut c, &start).await;
+        assert_eq!(started.state(), pb::StepState::Succeeded, "{started:?}");
+        c.wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: Some(meta(&wait)),
+            home_path: home.path().display().to_string(),
+            mysql_port: home.mysql_port as u32,
+            ..Default::default()
+        })
+        .await
+        .expect("WaitObserverActive");
+        let s = terminal(&mut c, &wait).await;
+        let Some(up_at) = up.await.expect("task") else {
+            continue;
+        };
+        if s.state() != pb::StepState::Succeeded {
+            eprintln!("readiness: {wait} ended {:?}: {}", s.state(), s.message);
+        }
+        if s.state() == pb::StepState::Succeeded {
+            let done = s
+                .finished_at
+                .as_ref()
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32));
+            if let Some(done) = done {
+                lags.push(done.duration_since(up_at).unwrap_or_default());
+            }
+        }
+    }
+    lags.sort();
+    let p50 = percentile(&lags, 0.5);
+    vec![Row {
+        figure: format!(
+            "readiness: port answers -> SUCCEEDED, p50 of {}",
+            lags.len()
+        ),
+        value: ms(p50),
+        baseline: "-".into(),
+        ratio: None,
+        target: "<= 10 ms".into(),
+        pass: !lags.is_empty() && p50 <= Duration::from_millis(10),
+    }]
+}
+
+// ---- d. the host flow: Prepare -> StartAgentService SUCCEEDED -------------
+
+/// The stand-in's own time from exec to answering on its port.
+async fn standin_ready() -> Duration {
+    let home = Home::new();
+    let t = Instant::now();
+    let mut child = std::process::Command::new(FAKE_OBSERVER)
+        .current_dir(home.path())
+        .args(["-N", "-p", &home.mysql_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("stand-in");
+    port_up(home.mysql_port, Duration::from_secs(10)).await;
+    let took = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    took
+}
+
+async fn host_flow(sizes: &Sizes) -> Vec<Row> {
+    let (d, _dir) = tcp_daemon("", None);
+    let mut c = client(&d.addr).await;
+    let mut overheads = Vec::new();
+    let mut baselines = Vec::new();
+    for i in 0..sizes.flows {
+        baselines.push(standin_ready().await);
+        let home = Home::new();
+        let agent_port = free_port();
+        let t = Instant::now();
+        let id = |s: &str| format!("flow{i}-{s}");
+        c.prepare(pb::PrepareRequest {
+            meta: Some(meta(&id("prepare"))),
+            observer: Some(home.spec()),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Prepare");
+        let p = terminal(&mut c, &id("prepare")).await;
+        assert_eq!(p.state(), pb::StepState::Succeeded, "{p:?}");
+        c.start_observer(pb::StartObserverRequest {
+            meta: Some(meta(&id("start"))),
+            observer: Some(home.spec()),
+        })
+        .await
+        .expect("StartObserver");
+        let s = terminal(&mut c, &id("start")).await;
+        assert_eq!(s.state(), pb::StepState::Succeeded, "{s:?}");
+        c.wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: Some(meta(&id("wait"))),
+            home_path: home.path().display().to_string(),
+            mysql_port: home.mysql_port as u32,
+            ..Default::default()
+        })
+        .await
+        .expect("Wait");
+        let w = terminal(&mut c, &id("wait")).await;
+        assert_eq!(w.state(), pb::StepState::Succeeded, "{w:?}");
+        let agent_dir = home.path().join("agent");
+        std::fs::create_dir_all(&agent_dir).expect("agent dir");
+        c.start_agent_service(pb::StartAgentServiceRequest {
+            meta: Some(meta(&id("agent"))),
+            service: Some(pb::start_agent_service_request::Service::Command(
+                pb::ServiceCommand {
+                    argv: vec![
+                        FAKE_OBSERVER.into(),
+                        "-N".into(),
+                        "-p".into(),
+                        agent_port.to_string(),
+                    ],
+                    cwd: agent_dir.display().to_string(),
+                    pid_file: agent_dir.join("agent.pid").display().to_string(),
+                    foreground: true,
+                    ..Default::default()
+                },
+            )),
+            health: Some(pb::HealthCheck {
+                check: Some(pb::health_check::Check::TcpPort(agent_port as u32)),
+            }),
+        })
+        .await
+        .expect("StartAgentService");
+        let a = terminal(&mut c, &id("agent")).await;
+        assert_eq!(a.state(), pb::StepState::Succeeded, "{a:?}");
+        let total = t.elapsed();
+        // The stand-in is started twice (observer and agent), its time counted once
+        // each: what is left is obhostd's.
+        let own = baselines[i] * 2;
+        overheads.push(total.saturating_sub(own));
+    }
+    overheads.sort();
+    baselines.sort();
+    let p50 = percentile(&overheads, 0.5);
+    let base = percentile(&baselines, 0.5);
+    vec![Row {
+        figure: format!("host flow overhead (4 steps), p50 of {}", overheads.len()),
+        value: ms(p50),
+        baseline: format!("stand-in ready {}", ms(base)),
+        ratio: Some(p50.as_secs_f64() / base.as_secs_f64().max(1e-9)),
+        target: "<= 20 ms".into(),
+        pass: p50 <= Duration::from_millis(20),
+    }]
+}
+
+// ---- e. a long history: memory, restart, listing ---------------------------
+
+fn seed(state: &Path, n: usize, bytes: usize) {
+    use obhost::steps::{StepKind, StepRecord, StepSpec, StepState};
+    let (store, _) = obhost::steps::store::Store::open(state).expect("store");
+    let now = SystemTime::now();
+    let value = "v".repeat(1000);
+    for chunk in (1..=n).collect::<Vec<_>>().chunks(5_000) {
+        let records: Vec<StepRecord> = chunk
+            .iter()
+            .map(|&i| StepRecord {
+                spec: StepSpec {
+                    id: format!("h-{i:06}"),
+                    dag_id: "history".into(),
+                    kind: StepKind::Test,
+                    name: "Test step".into(),
+                    timeout: Duration::from_secs(60),
+                    params: serde_json::json!({"run_for": "0s"}),
+                },
+                state: StepState::Succeeded,
+                attempt: 1,
+                revision: i as u64,
+                created_at: now,
+                started_at: Some(now),
+                finished_at: Some(now),
+                deadline: now + Duration::from_secs(60),
+                message: "seeded".into(),
+                error: None,
+                outputs: (0..bytes / 1000)
+                    .map(|k| (format!("pad{k}"), value.clone()))
+                    .collect(),
+                checks: Vec::new(),
+            })
+            .collect();
+        store.put_all(&records).expect("seed");
+    }
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Spawn to first answered GetStep.
+async fn to_serving(
+    state: std::path::PathBuf,
+    extra: &str,
+) -> (Duration, Daemon, tempfile::TempDir) {
+    let t = Instant::now();
+    let (d, dir) = tcp_daemon(extra, Some(state));
+    let mut c = client(&d.addr).await;
+    loop {
+        match c
+            .get_step(pb::GetStepRequest {
+                step_id: "h-000001".into(),
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::NotFound => break,
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    (t.elapsed(), d, dir)
+}
+
+async fn stored_history(sizes: &Sizes) -> Vec<Row> {
+    let retention = format!("[retention]\nmax_steps = {}\n", sizes.stored * 2);
+    let empty = tempfile::tempdir().expect("tempdir");
+    let (empty_start, empty_d, _e) = to_serving(empty.path().join("state"), &retention).await;
+    let empty_rss = rss_kib(empty_d.pid());
+    drop(empty_d);
+
+    let full = tempfile::tempdir().expect("tempdir");
+    let state = full.path().join("state");
+    seed(&state, sizes.stored, sizes.record_bytes);
+    let (full_start, d, _f) = to_serving(state, &retention).await;
+    let rss = rss_kib(d.pid());
+
+    let mut c = client(&d.addr).await;
+    let t = Instant::now();
+    let mut token = String::new();
+    let mut listed = 0;
+    loop {
+        let r = c
+            .list_steps(pb::ListStepsRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListSteps")
+            .into_inner();
+        listed += r.steps.len();
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    let list = t.elapsed();
+    let n = sizes.stored;
+    vec![
+        Row {
+            figure: format!("RSS with {n} stored records of {} B", sizes.record_bytes),
+            value: format!("{:.1} MiB", rss as f64 / 1024.0),
+            baseline: format!("empty {:.1} MiB", empty_rss as f64 / 1024.0),
+            ratio: Some(rss as f64 / empty_rss.max(1) as f64),
+            target: "<= 32 MiB".into(),
+            pass: rss <= 32 * 1024,
+        },
+        Row {
+            figure: format!("restart to SERVING with {n} records"),
+            value: ms(full_start),
+            baseline: format!("empty {}", ms(empty_start)),
+            ratio: Some(full_start.as_secs_f64() / empty_start.as_secs_f64().max(1e-9)),
+            target: "<= 200 ms".into(),
+            pass: full_start <= Duration::from_millis(200),
+        },
+        Row {
+            figure: format!("ListSteps of all {listed} records (pages of 1000)"),
+            value: ms(list),
+            baseline: "-".into(),
+            ratio: None,
+            target: "<= 2 s".into(),
+            pass: listed >= n && list <= Duration::from_secs(2),
+        },
+    ]
+}
+
+// ---- step creation vs the disk's own fsync rate ----------------------------
+
+/// The disk's bare rate: write a small record and fdatasync it, in a loop.
+fn fsync_rate(dir: &Path, dur: Duration) -> f64 {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).expect("probe file");
+    let mut n = 0u64;
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        f.write_all(&[0u8; 512]).expect("write");
+        // SAFETY: a valid open fd.
+        unsafe { libc::fdatasync(f.as_raw_fd()) };
+        n += 1;
+    }
+    n as f64 / dur.as_secs_f64()
+}
+
+async fn create_steps(addr: &str, clients: usize, dur: Duration, tag: &str) -> f64 {
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let mut t = testing(addr).await;
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let end = Instant::now() + dur;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let mut req = tpb::RunTestStepRequest {
+                    meta: Some(meta(&format!("{tag}-{k}-{n}"))),
+                    ..Default::default()
+                };
+                req.run_for = Some(secs(0.0));
+                t.run_test_step(req).await.expect("RunTestStep");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    total as f64 / dur.as_secs_f64()
+}
+
+async fn step_creation(sizes: &Sizes) -> Vec<Row> {
+    let (d, _dir) = tcp_daemon(
+        "[limits]\nmax_active_steps = 1000000\n[retention]\nmax_steps = 1000000\n",
+        None,
+    );
+    let disk = fsync_rate(&d.state_dir, sizes.create_for);
+    let one = create_steps(&d.addr, 1, sizes.create_for, "c1").await;
+    let many = create_steps(&d.addr, 64, sizes.create_for, "c64").await;
+    vec![
+        Row {
+            figure: "step creation, 1 client: steps/s".into(),
+            value: format!("{one:.0}"),
+            baseline: format!("write+fdatasync {disk:.0}/s"),
+            ratio: Some(one / disk),
+            target: ">= 0.5".into(),
+            pass: one / disk >= 0.5,
+        },
+        Row {
+            figure: "step creation, 64 clients: steps/s".into(),
+            value: format!("{many:.0}"),
+            baseline: format!("write+fdatasync {disk:.0}/s"),
+            ratio: Some(many / disk),
+            target: ">= 5000/s".into(),
+            pass: many >= 5000.0,
+        },
+    ]
+}

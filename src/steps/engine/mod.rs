@@ -598,9 +598,15 @@ impl Engine {
     ) -> Option<StepRecord> {
         let (record, pending) = {
             let mut state = self.lock();
-            let current = match state.inflight.get(id) {
-                Some(f) => (*f.latest).clone(),
-                None => state.active.get(id)?.clone(),
+            // Unfinished steps are in memory; the store is read only for a
+            // late result of a step that already ended.
+            let current = match state.latest(&self.shared.store, id) {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::error!(step = id, error = %e, "cannot read step");
+                    return None;
+                }
             };
             // The "already terminal" guard: CANCELLED (or any end) is final.
             if current.attempt != attempt || current.state.is_terminal() {

@@ -238,6 +238,13 @@ async fn a_late_result_never_overwrites_cancelled() {
     assert_eq!(cancelled.state, StepState::Cancelled);
     // The task blocks its thread for 300 ms and then returns success.
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // A driver whose outcome raced the cancel commits it like this:
+    for outcome in [
+        drivers::Outcome::Done(Ok(StepSuccess::default())),
+        drivers::Outcome::TimedOut,
+    ] {
+        engine.finish("late", 1, outcome).await;
+    }
     let r = engine.get("late").await.unwrap();
     assert_eq!(r.state, StepState::Cancelled, "{r:?}");
     assert_eq!(

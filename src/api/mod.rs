@@ -159,6 +159,7 @@ pub async fn serve(
     if !engine.drain(Duration::from_secs(2)).await {
         warn!("some steps did not stop within 2s of shutdown");
     }
+    engine.close().await;
     info!("gRPC server stopped");
     Ok(())
 }

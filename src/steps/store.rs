@@ -157,6 +157,8 @@ struct Inner {
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     cache_bytes: usize,
+    /// Set by [`Store::close`]: the daemon is stopping, never reopen.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// What a start needs from the store: never the finished records.
@@ -207,6 +209,7 @@ impl Store {
                 db: RwLock::new(Some(Arc::new(db))),
                 path,
                 cache_bytes,
+                closed: Default::default(),
             }),
         };
         store.upgrade()?;
@@ -260,6 +263,9 @@ impl Store {
         let path = self.inner.path.clone();
         let bad = unreadable(&path);
         let db = self.db()?;
+        if self.current_schema(&db).map_err(&bad)? {
+            return Ok(());
+        }
         let txn = db.begin_write().map_err(|e| bad(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| bad(e.into()))?;
@@ -304,6 +310,29 @@ impl Store {
             }
         }
         txn.commit().map_err(|e| bad(e.into()))
+    }
+
+    /// True when the file already has this version's tables: then opening
+    /// writes nothing. (A write transaction on every open also left redb's
+    /// close unrecorded, so the next open rebuilt its allocator state: seconds
+    /// for a large file.)
+    fn current_schema(&self, db: &Database) -> Result<bool, redb::Error> {
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if meta.get(SCHEMA_KEY)?.map(|v| v.value()) != Some(SCHEMA_VERSION) {
+            return Ok(false);
+        }
+        let exists = |r: Result<(), redb::TableError>| {
+            !matches!(r, Err(redb::TableError::TableDoesNotExist(_)))
+        };
+        Ok(exists(txn.open_table(STEPS).map(|_| ()))
+            && exists(txn.open_table(OBSERVERS).map(|_| ()))
+            && exists(txn.open_table(BY_REVISION).map(|_| ()))
+            && exists(txn.open_table(ACTIVE).map(|_| ())))
     }
 
     /// The unfinished records, the revision and the count: what a start needs.
@@ -513,37 +542,56 @@ impl Store {
         result.map_err(|e| self.classify(e))
     }
 
-    /// Drops the poisoned database and opens the file again, then proves a
-    /// write succeeds (a small commit). Called by the committer while the store
-    /// refuses writes.
-    pub fn reopen(&self) -> Result<(), StoreError> {
+    /// Closes the file cleanly (redb records its allocator state), so the
+    /// next start need not rebuild it by walking every page. Later reads and
+    /// writes fail with `Reopening`.
+    pub fn close(&self) -> bool {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.release()
+    }
+
+    /// Takes the database out and drops it once no reader holds it (readers
+    /// hold it for one read); false if one still did after 2 s.
+    fn release(&self) -> bool {
         let old = self
             .inner
             .db
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(mut old) = old {
-            // Readers hold a clone only for the length of one read.
-            let until = std::time::Instant::now() + Duration::from_secs(2);
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => {
-                        drop(db);
-                        break;
-                    }
-                    Err(still) if std::time::Instant::now() < until => {
-                        old = still;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(still) => {
-                        *self.inner.db.write().unwrap_or_else(|p| p.into_inner()) = Some(still);
-                        return Err(StoreError::Reopening {
-                            path: self.inner.path.clone(),
-                        });
-                    }
+        let Some(mut old) = old else {
+            return true;
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    return true;
+                }
+                Err(still) if std::time::Instant::now() < until => {
+                    old = still;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(still) => {
+                    *self.inner.db.write().unwrap_or_else(|p| p.into_inner()) = Some(still);
+                    return false;
                 }
             }
+        }
+    }
+
+    /// Drops the poisoned database and opens the file again, then proves a
+    /// write succeeds (a small commit). Called by the committer while the store
+    /// refuses writes.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let closed = self.inner.closed.load(std::sync::atomic::Ordering::Acquire);
+        if closed || !self.release() {
+            return Err(StoreError::Reopening {
+                path: self.inner.path.clone(),
+            });
         }
         let db =
             create_db(&self.inner.path, self.inner.cache_bytes).map_err(|e| self.classify(e))?;

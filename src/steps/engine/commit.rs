@@ -113,6 +113,11 @@ impl Committer {
         Pending(rx)
     }
 
+    /// Waits until everything queued before is committed (or refused).
+    pub async fn flush(&self) {
+        let _ = self.queue(Vec::new(), Vec::new()).wait().await;
+    }
+
     /// Queues writes nobody waits for (the observer registry's).
     pub fn queue_detached(&self, writes: Vec<Write>) {
         let _ = self.tx.send(Job {

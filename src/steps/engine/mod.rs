@@ -520,6 +520,18 @@ impl Engine {
             .is_ok()
     }
 
+    /// After shutdown and [`Engine::drain`]: commits what is queued, then closes
+    /// the store cleanly so the next start opens it at once (an unclean close
+    /// makes redb walk the whole file). Nothing can change a step afterwards.
+    pub async fn close(&self) {
+        self.shared.committer.flush().await;
+        let store = self.shared.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        if !matches!(closed, Ok(true)) {
+            tracing::warn!("state store still in use at shutdown; the next start checks it");
+        }
+    }
+
     /// A secret of a step, from memory (never stored). A repeated request for the
     /// same step can supply it after a restart, so tasks ask each time.
     fn secret(&self, id: &str, key: &str) -> Option<String> {

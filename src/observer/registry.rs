@@ -274,3 +274,60 @@ fn upgrade_json(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(home: &str) -> ObserverRecord {
+        ObserverRecord {
+            home_path: PathBuf::from(home),
+            pid_file: PathBuf::from(home).join("run/observer.pid"),
+            binary: PathBuf::from(home).join("bin/observer"),
+            mysql_port: 2881,
+            rpc_port: 2882,
+            uid: Some(1000),
+            owns_pid_file: false,
+            identity: None,
+            command: vec!["observer".into()],
+            started_by: "s1".into(),
+            last_exit: None,
+        }
+    }
+
+    /// An older obhostd's observers.json moves into the store's table once,
+    /// and the file goes once that is durable; saves land in the table.
+    #[tokio::test]
+    async fn observers_json_is_moved_into_the_store_and_saves_go_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join(REGISTRY_FILE);
+        let old = BTreeMap::from([(PathBuf::from("/h/a"), record("/h/a"))]);
+        std::fs::write(&json, serde_json::to_vec(&old).unwrap()).unwrap();
+
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let committer = Committer::start(store.clone(), 16, 0);
+        let mut records = load_table(&store).unwrap();
+        assert!(records.is_empty());
+        upgrade_json(dir.path(), &committer, &mut records).unwrap();
+        assert_eq!(records, old);
+        committer.flush().await;
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while json.exists() {
+            assert!(
+                std::time::Instant::now() < until,
+                "observers.json left behind"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(load_table(&store).unwrap(), old, "moved into the table");
+
+        committer.queue_detached(vec![Write::Observer {
+            home: "/h/b".into(),
+            bytes: Some(serde_json::to_vec(&record("/h/b")).unwrap()),
+        }]);
+        committer.flush().await;
+        let table = load_table(&store).unwrap();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table[Path::new("/h/b")], record("/h/b"));
+    }
+}

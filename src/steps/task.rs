@@ -196,3 +196,52 @@ impl StepContext {
         self.sink.update(&self.id, self.attempt, update).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A fake sink: what a task reports, in order.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Update>>);
+
+    impl StepSink for Recorded {
+        fn update(&self, _: &str, _: u32, update: Update) -> BoxFuture<()> {
+            self.0.lock().unwrap().push(update);
+            Box::pin(async {})
+        }
+
+        fn secret(&self, _: &str, key: &str) -> Option<String> {
+            (key == "password").then(|| "s3cret".to_string())
+        }
+    }
+
+    /// A task is tested without an engine or a store: its context writes to
+    /// the fake sink.
+    #[tokio::test]
+    async fn a_context_reports_to_its_sink() {
+        let sink = Arc::new(Recorded::default());
+        let ctx = StepContext::for_test(
+            "s1",
+            sink.clone(),
+            std::time::Duration::from_secs(5),
+            true,
+            BTreeMap::from([("pid".to_string(), "42".to_string())]),
+        );
+        ctx.progress("probing").await;
+        ctx.output("pid", "43").await;
+        assert_eq!(ctx.secret("password").await.as_deref(), Some("s3cret"));
+        assert_eq!(ctx.secret("other").await, None);
+        assert!(ctx.resumed());
+        assert_eq!(ctx.earlier_outputs()["pid"], "42");
+        assert!(ctx.deadline() > SystemTime::now());
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [
+                Update::Message("probing".into()),
+                Update::Output("pid".into(), "43".into())
+            ]
+        );
+    }
+}

@@ -127,6 +127,8 @@ pub struct Config {
     pub watch_buffer: usize,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     pub auth: Option<AuthConfig>,
     pub tls: Option<TlsConfig>,
     pub report: Option<ReportConfig>,
@@ -275,6 +277,28 @@ impl Default for RetentionConfig {
             prune_interval: default_prune_interval(),
         }
     }
+}
+
+/// `[store]`: the state store's share of memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// redb's page cache in MiB. Finished records are read from disk on demand,
+    /// so this bounds what history costs in memory; the OS page cache does the rest.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_mib: default_cache_mib(),
+        }
+    }
+}
+
+fn default_cache_mib() -> usize {
+    4
 }
 
 /// Who may call. On a Unix socket the kernel tells the peer's uid (SO_PEERCRED):
@@ -575,6 +599,12 @@ impl Config {
         }
         if self.watch_buffer == 0 {
             return invalid("watch_buffer must be at least 1".into());
+        }
+        if self.store.cache_mib == 0 || self.store.cache_mib > 4096 {
+            return invalid(format!(
+                "store.cache_mib = {} is out of range; give 1..=4096 (MiB), e.g. 4",
+                self.store.cache_mib
+            ));
         }
         if self.retention.max_steps == 0 {
             return invalid("retention.max_steps must be at least 1".into());

@@ -16,7 +16,7 @@ use crate::api::{self, Access};
 use crate::config::Config;
 use crate::observer::{Policy, Registry};
 use crate::process::Reaper;
-use crate::steps::{Engine, EngineConfig, Retention};
+use crate::steps::{EngineConfig, Opened, Retention};
 use crate::tasks::{Deps, Tasks};
 
 /// Runs the daemon until `shutdown` fires. Errors are for the operator: they
@@ -39,12 +39,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         },
         max_active_steps: config.limits.max_active_steps,
         max_watchers: config.limits.max_watchers,
+        cache_bytes: config.store.cache_mib << 20,
     };
     prepare_state_dir(&state_dir)?;
-    // Reaping and re-adoption come first: steps resumed by the engine below may
-    // look for the processes they started.
+    // The store first (the registry keeps its table there), then reaping and
+    // re-adoption: steps resumed when the engine starts below may look for the
+    // processes they started.
+    let opened = Opened::open(&state_dir, engine_config).await?;
     let reaper = Reaper::start();
-    let registry = Registry::open(&state_dir, reaper, shutdown.clone())?;
+    let registry = Registry::open(&state_dir, opened.store(), reaper, shutdown.clone())?;
     let policy = Policy {
         allowed_roots: config.allowed_roots.clone(),
         allowed_users: config.allowed_users.clone(),
@@ -56,13 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         registry: registry.clone(),
         policy: policy.clone(),
     });
-    let engine = Engine::open(
-        &state_dir,
-        Tasks::new(deps),
-        engine_config,
-        shutdown.clone(),
-    )
-    .await?;
+    let engine = opened.start(Tasks::new(deps), shutdown.clone()).await?;
     restrict_state_files(&state_dir);
     let listeners = api::listen::bind(&listen, &local, access.tls().is_some()).await?;
     notify(&[sd_notify::NotifyState::Ready]);

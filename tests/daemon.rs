@@ -285,3 +285,99 @@ async fn auth_token_is_required_over_tcp() {
         "the token reached the log"
     );
 }
+
+/// READY means "answers with correct state": at the moment systemd gets it,
+/// the socket answers, a step stored before answers GetStep, and a step left
+/// RUNNING by the previous run is already resolved. Acting on the READY
+/// datagram itself (not on the "listening" log line) is what catches a READY
+/// sent too early.
+#[tokio::test]
+async fn ready_is_sent_only_once_state_is_loaded_and_resolved() {
+    use obhost::steps::store::Store;
+    use obhost::steps::{StepKind, StepRecord, StepSpec, StepState};
+    let tmp = tempfile::tempdir().unwrap();
+    let state_dir = tmp.path().join("state");
+    let now = std::time::SystemTime::now();
+    let record = |id: &str, state: StepState, revision: u64| StepRecord {
+        spec: StepSpec {
+            id: id.into(),
+            dag_id: String::new(),
+            kind: StepKind::Test,
+            name: "seeded".into(),
+            timeout: Duration::from_secs(600),
+            params: serde_json::json!({
+                "run_for": "30s", "fail_code": "", "resumable": false, "progress_updates": 0
+            }),
+        },
+        state,
+        attempt: 1,
+        revision,
+        created_at: now,
+        started_at: Some(now),
+        finished_at: state.is_terminal().then_some(now),
+        deadline: now + Duration::from_secs(600),
+        message: "seeded".into(),
+        error: None,
+        outputs: Default::default(),
+        checks: Vec::new(),
+    };
+    {
+        let (store, _) = Store::open(&state_dir).unwrap();
+        store
+            .put_all(&[
+                record("stored-done", StepState::Succeeded, 1),
+                record("stored-running", StepState::Running, 2),
+            ])
+            .unwrap();
+    }
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let api = format!("unix:{}", tmp.path().join("api.sock").display());
+    let opts = Options {
+        env: vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string())],
+        state_dir: Some(state_dir.clone()),
+        listen: Some(vec![api.clone()]),
+        ..Options::default()
+    };
+    let starter = std::thread::spawn(move || Daemon::start_with(opts));
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 within 30s");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "READY=1");
+    // Right now, no retry: the socket must answer and the state be resolved.
+    let channel = connect_addr(
+        &api,
+        tonic::transport::Endpoint::from_static("http://localhost"),
+    )
+    .await
+    .expect("the socket answers when READY is sent");
+    let mut client = pb::host_agent_client::HostAgentClient::new(channel);
+    let done = client
+        .get_step(pb::GetStepRequest {
+            step_id: "stored-done".into(),
+        })
+        .await
+        .expect("a stored step answers at READY")
+        .into_inner()
+        .step
+        .unwrap();
+    assert_eq!(done.state(), pb::StepState::Succeeded);
+    let running = client
+        .get_step(pb::GetStepRequest {
+            step_id: "stored-running".into(),
+        })
+        .await
+        .expect("GetStep at READY")
+        .into_inner()
+        .step
+        .unwrap();
+    assert_eq!(
+        running.state(),
+        pb::StepState::Failed,
+        "resolved before READY: {running:?}"
+    );
+    assert_eq!(running.error.unwrap().code, "INTERRUPTED");
+    drop(starter.join().unwrap());
+}

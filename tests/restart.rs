@@ -88,15 +88,20 @@ async fn kill9_keeps_every_record_and_resolves_running_steps() {
         .steps;
     assert_eq!(all.len(), 5);
 
-    // An interrupted step can be retried on the new daemon.
+    // The interrupted step can be retried on the new daemon.
     d.client()
         .await
         .retry_step(pb::RetryStepRequest {
-            step_id: "done-failed".into(),
+            step_id: "run-plain".into(),
         })
         .await
         .unwrap();
-    assert_eq!(wait_terminal(&d, "done-failed").await.attempt, 2);
+    let retried = wait_for(&d, "run-plain", Duration::from_secs(5), |s| {
+        s.state() == pb::StepState::Running
+    })
+    .await;
+    assert_eq!(retried.attempt, 2);
+    assert!(retried.error.is_none(), "{retried:?}");
 }
 
 #[tokio::test]
@@ -150,4 +155,35 @@ async fn two_daemons_cannot_share_a_state_dir() {
         Err(e) => e,
     };
     assert!(err.contains("in use by another process"), "{err}");
+}
+
+/// A step resumed after `kill -9` ends at its original deadline in fact (not
+/// only in the displayed `deadline`): TIMED_OUT within moments of it, not a
+/// whole fresh timeout later.
+#[tokio::test]
+async fn a_resumed_step_times_out_at_its_original_deadline() {
+    let d = Daemon::start();
+    let mut req = test_step("resume-deadline", 60.0);
+    req.resumable = true;
+    req.meta.as_mut().unwrap().timeout = Some(secs(4.0));
+    let accepted = run_test_step(&d, req).await;
+    let deadline = accepted.deadline.unwrap();
+    wait_for(&d, "resume-deadline", Duration::from_secs(5), |s| {
+        s.state() == pb::StepState::Running
+    })
+    .await;
+    // Down for 2 s: a fresh timeout would end 2 s after the original deadline.
+    let stopped = d.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    let d = stopped.start();
+    let ended = wait_for(&d, "resume-deadline", Duration::from_secs(15), is_terminal).await;
+    assert_eq!(ended.state(), pb::StepState::TimedOut, "{ended:?}");
+    assert_eq!(ended.deadline.as_ref(), Some(&deadline));
+    let finished = ended.finished_at.unwrap();
+    let at = |t: &pbjson_types::Timestamp| t.seconds as f64 + t.nanos as f64 / 1e9;
+    let late = at(&finished) - at(&deadline);
+    assert!(
+        (-0.05..0.8).contains(&late),
+        "ended {late:.3}s after its original deadline"
+    );
 }

@@ -46,6 +46,39 @@ pub const SERVICE_NAME: &str = "obhost.v1.HostAgent";
 /// far below what would let one caller balloon the daemon's memory or store.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
+/// Health is NOT_SERVING while the state store refuses writes (a full disk,
+/// an I/O error) and SERVING again once the engine has reopened it, so an
+/// orchestrator's probe sees what a step RPC would.
+fn follow_store_health(
+    mut healthy: tokio::sync::watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = healthy.changed() => if changed.is_err() { return },
+            }
+            let ok = *healthy.borrow_and_update();
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if ok {
+                info!("state store healthy again: health SERVING");
+                reporter
+                    .set_serving::<HostAgentServer<service::HostAgentService>>()
+                    .await;
+            } else {
+                warn!("state store refuses writes: health NOT_SERVING");
+                reporter
+                    .set_not_serving::<HostAgentServer<service::HostAgentService>>()
+                    .await;
+            }
+        }
+    });
+}
+
 /// Serves until `shutdown` fires, then drains for at most `drain`: in-flight
 /// unary calls finish, WatchSteps streams end with UNAVAILABLE (the engine's
 /// watches see the same token), and whatever is still open after the bound is
@@ -61,6 +94,11 @@ pub async fn serve(
     health_reporter
         .set_serving::<HostAgentServer<service::HostAgentService>>()
         .await;
+    follow_store_health(
+        services.engine.healthy(),
+        health_reporter.clone(),
+        shutdown.clone(),
+    );
 
     #[cfg(feature = "test-kinds")]
     let descriptor = proto::ALL_DESCRIPTOR;
@@ -121,6 +159,7 @@ pub async fn serve(
     if !engine.drain(Duration::from_secs(2)).await {
         warn!("some steps did not stop within 2s of shutdown");
     }
+    engine.close().await;
     info!("gRPC server stopped");
     Ok(())
 }

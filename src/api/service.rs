@@ -332,7 +332,11 @@ impl HostAgent for HostAgentService {
             step_ids: Vec::new(),
             state: convert::state_filter(state),
         };
-        let (records, mut next) = self.engine.list(&filter, page_size, after.as_deref()).await;
+        let (records, mut next) = self
+            .engine
+            .list(&filter, page_size, after.as_deref())
+            .await
+            .map_err(status::from_engine)?;
         // A page also ends at MAX_PAGE_BYTES, so that it fits a client's default
         // 4 MiB message limit whatever the records hold (each is capped).
         let mut steps = Vec::with_capacity(records.len());
@@ -396,7 +400,7 @@ impl HostAgent for HostAgentService {
                         step: Some(convert::step(&record)),
                     }),
                     Err(e @ WatchError::FellBehind { .. }) => Err(Status::aborted(e.to_string())),
-                    Err(e @ WatchError::ShuttingDown { .. }) => {
+                    Err(e @ (WatchError::ShuttingDown { .. } | WatchError::Store { .. })) => {
                         Err(Status::unavailable(e.to_string()))
                     }
                 };

@@ -6,6 +6,7 @@ use tonic::Status;
 use tracing::error;
 
 use crate::steps::EngineError;
+use crate::steps::store::StoreError;
 
 pub fn from_engine(e: EngineError) -> Status {
     match e {
@@ -15,6 +16,14 @@ pub fn from_engine(e: EngineError) -> Status {
         EngineError::InvalidParams(_) => Status::invalid_argument(e.to_string()),
         EngineError::TooManyActive { .. } | EngineError::TooManyWatchers { .. } => {
             Status::resource_exhausted(e.to_string())
+        }
+        // A full disk or a failed write is the daemon's condition, not a bug:
+        // the caller may retry once it has healed (health says when).
+        EngineError::Store(source @ StoreError::NoSpace { .. }) => {
+            Status::resource_exhausted(source.to_string())
+        }
+        EngineError::Store(source) if source.is_write_failure() => {
+            Status::unavailable(source.to_string())
         }
         EngineError::Store(source) => {
             error!(error = ?anyhow::Error::from(source), "state store failure");

@@ -1,6 +1,9 @@
 //! What obhostd remembers of the observers it started, across its own restarts:
 //! for each home_path, the pid file, the process identity, the command line and
-//! the last exit it saw. `<state_dir>/observers.json`, written atomically.
+//! the last exit it saw. Kept in the `observers` table of the step store
+//! (`obhostd.redb`), written through the engine's committer: a save is queued,
+//! never an fsync on the caller's thread. An `observers.json` left by an older
+//! obhostd is read once, moved into the table and then deleted.
 //!
 //! Each live observer has a watcher task that waits on its pidfd and records the
 //! exit the moment it happens (with the exit status when the observer is our
@@ -17,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::process::{Exit, Handle, Identity, Reaper, pidfile};
+use crate::steps::Committer;
+use crate::steps::store::{Store, Write};
 
 pub const REGISTRY_FILE: &str = "observers.json";
 
@@ -49,7 +54,7 @@ pub enum RegistryError {
 }
 
 pub struct Registry {
-    path: PathBuf,
+    committer: Committer,
     records: Mutex<BTreeMap<PathBuf, ObserverRecord>>,
     reaper: Reaper,
     shutdown: CancellationToken,
@@ -60,25 +65,14 @@ impl Registry {
     /// inside the runtime (it starts watcher tasks).
     pub fn open(
         state_dir: &Path,
+        (store, committer): (Store, Committer),
         reaper: Reaper,
         shutdown: CancellationToken,
     ) -> Result<Arc<Registry>, RegistryError> {
-        let path = state_dir.join(REGISTRY_FILE);
-        let records: BTreeMap<PathBuf, ObserverRecord> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RegistryError::Unreadable {
-                path: path.clone(),
-                cause: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                return Err(RegistryError::Unreadable {
-                    path,
-                    cause: e.to_string(),
-                });
-            }
-        };
+        let mut records = load_table(&store)?;
+        upgrade_json(state_dir, &committer, &mut records)?;
         let registry = Arc::new(Registry {
-            path,
+            committer,
             records: Mutex::new(records),
             reaper,
             shutdown,
@@ -126,14 +120,12 @@ impl Registry {
             let mut records = self.lock();
             let last_exit = records.get(&home).and_then(|r| r.last_exit);
             let already_watched = records.get(&home).and_then(|r| r.identity) == id && id.is_some();
-            records.insert(
-                home.clone(),
-                ObserverRecord {
-                    last_exit: record.last_exit.or(last_exit),
-                    ..record
-                },
-            );
-            self.save(&records);
+            let record = ObserverRecord {
+                last_exit: record.last_exit.or(last_exit),
+                ..record
+            };
+            self.save(&record);
+            records.insert(home.clone(), record);
             if already_watched {
                 return;
             }
@@ -188,22 +180,154 @@ impl Registry {
         {
             warn!(file = %r.pid_file.display(), error = %e, "cannot remove pid file");
         }
-        self.save(&records);
+        self.save(r);
     }
 
-    /// Atomic replace; a failure is logged, not fatal: the registry only speeds up
-    /// finding observers, which pid files and /proc can always do.
-    fn save(&self, records: &BTreeMap<PathBuf, ObserverRecord>) {
-        let result = serde_json::to_vec_pretty(records)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let tmp = self.path.with_extension("json.tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &self.path)
-            });
-        if let Err(e) = result {
-            warn!(file = %self.path.display(), error = %e, "cannot save observer registry");
+    /// Queues the record to the store; a failure is logged by the committer,
+    /// not fatal: the registry only speeds up finding observers, which pid
+    /// files and /proc can always do.
+    fn save(&self, record: &ObserverRecord) {
+        match serde_json::to_vec(record) {
+            Ok(bytes) => self.committer.queue_detached(vec![Write::Observer {
+                home: record.home_path.to_string_lossy().into_owned(),
+                bytes: Some(bytes),
+            }]),
+            Err(e) => {
+                warn!(home = %record.home_path.display(), error = %e, "cannot encode observer record")
+            }
         }
+    }
+}
+
+/// The registry's table. A record this version cannot decode is dropped with
+/// a warning: pid files and /proc find that observer again.
+fn load_table(store: &Store) -> Result<BTreeMap<PathBuf, ObserverRecord>, RegistryError> {
+    let rows = store.observers().map_err(|e| RegistryError::Unreadable {
+        path: store.path().to_path_buf(),
+        cause: e.to_string(),
+    })?;
+    let mut records = BTreeMap::new();
+    for (home, bytes) in rows {
+        match serde_json::from_slice::<ObserverRecord>(&bytes) {
+            Ok(r) => {
+                records.insert(PathBuf::from(home), r);
+            }
+            Err(e) => {
+                warn!(home = %home, error = %e, "dropping an observer record that cannot be decoded")
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Moves an older obhostd's `observers.json` into the table (entries the table
+/// lacks) and deletes the file once that is durable.
+fn upgrade_json(
+    state_dir: &Path,
+    committer: &Committer,
+    records: &mut BTreeMap<PathBuf, ObserverRecord>,
+) -> Result<(), RegistryError> {
+    let path = state_dir.join(REGISTRY_FILE);
+    let old: BTreeMap<PathBuf, ObserverRecord> = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RegistryError::Unreadable {
+            path: path.clone(),
+            cause: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(RegistryError::Unreadable {
+                path,
+                cause: e.to_string(),
+            });
+        }
+    };
+    let mut writes = Vec::new();
+    for (home, record) in old {
+        if records.contains_key(&home) {
+            continue;
+        }
+        let bytes = serde_json::to_vec(&record).map_err(|e| RegistryError::Unreadable {
+            path: path.clone(),
+            cause: e.to_string(),
+        })?;
+        writes.push(Write::Observer {
+            home: home.to_string_lossy().into_owned(),
+            bytes: Some(bytes),
+        });
+        records.insert(home, record);
+    }
+    let pending = committer.queue(writes, Vec::new());
+    tokio::spawn(async move {
+        match pending.wait().await {
+            Ok(()) => match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    info!(file = %path.display(), "observer registry moved into the state store")
+                }
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot remove the old observer registry")
+                }
+            },
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot move the old observer registry into the state store; it stays")
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(home: &str) -> ObserverRecord {
+        ObserverRecord {
+            home_path: PathBuf::from(home),
+            pid_file: PathBuf::from(home).join("run/observer.pid"),
+            binary: PathBuf::from(home).join("bin/observer"),
+            mysql_port: 2881,
+            rpc_port: 2882,
+            uid: Some(1000),
+            owns_pid_file: false,
+            identity: None,
+            command: vec!["observer".into()],
+            started_by: "s1".into(),
+            last_exit: None,
+        }
+    }
+
+    /// An older obhostd's observers.json moves into the store's table once,
+    /// and the file goes once that is durable; saves land in the table.
+    #[tokio::test]
+    async fn observers_json_is_moved_into_the_store_and_saves_go_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join(REGISTRY_FILE);
+        let old = BTreeMap::from([(PathBuf::from("/h/a"), record("/h/a"))]);
+        std::fs::write(&json, serde_json::to_vec(&old).unwrap()).unwrap();
+
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let committer = Committer::start(store.clone(), 16, 0);
+        let mut records = load_table(&store).unwrap();
+        assert!(records.is_empty());
+        upgrade_json(dir.path(), &committer, &mut records).unwrap();
+        assert_eq!(records, old);
+        committer.flush().await;
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while json.exists() {
+            assert!(
+                std::time::Instant::now() < until,
+                "observers.json left behind"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(load_table(&store).unwrap(), old, "moved into the table");
+
+        committer.queue_detached(vec![Write::Observer {
+            home: "/h/b".into(),
+            bytes: Some(serde_json::to_vec(&record("/h/b")).unwrap()),
+        }]);
+        committer.flush().await;
+        let table = load_table(&store).unwrap();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table[Path::new("/h/b")], record("/h/b"));
     }
 }

@@ -1,4 +1,5 @@
-//! Steps: the model, the durable store and the engine that runs them.
+//! Steps: the model, the durable store, the engine that runs them and the
+//! watch that follows them.
 //!
 //! The engine knows nothing of observers. A step kind is a [`task::StepTask`] built
 //! by a [`task::TaskFactory`] from parameters the engine stores; the engine gives
@@ -9,16 +10,23 @@
 //!    └──────────┴──────> CANCELLED            (CancelStep)
 //! FAILED | TIMED_OUT | CANCELLED ──> PENDING  (RetryStep, attempt + 1)
 //! ```
+//!
+//! Dependencies point one way: `task` knows only `model` (a task reports
+//! through the [`task::StepSink`] trait); `engine` and `watch` know `task`,
+//! `model` and `store`.
 
 pub mod engine;
 pub mod model;
 pub mod store;
 pub mod task;
+pub mod watch;
 
-pub use engine::{Engine, EngineConfig, EngineError, Filter, Retention, Watch, WatchError};
+pub use engine::{Committer, Engine, EngineConfig, EngineError, Filter, Opened, Retention};
 pub use model::{
     CheckResult, CheckStatus, Secrets, StepError, StepKind, StepRecord, StepSpec, StepState,
 };
 pub use task::{
-    OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask, TaskFactory,
+    OnRestart, StepContext, StepFailure, StepResult, StepSink, StepSuccess, StepTask, TaskFactory,
+    Update,
 };
+pub use watch::{Watch, WatchError};

@@ -1,28 +1,48 @@
 //! The durable half of the engine: one redb file, `<state_dir>/obhostd.redb`.
 //!
 //! redb gives us ACID transactions with an fsync per commit, a crash-safe file
-//! format (a `kill -9` mid-commit leaves the previous commit intact) and a file
-//! lock, so two daemons can never share a state dir. Records are JSON: small, and
+//! format (a `kill -9` mid-commit leaves the previous commit intact), MVCC read
+//! transactions (a reader never waits for a writer's fsync) and a file lock, so
+//! two daemons can never share a state dir. Records are JSON: small, and
 //! readable with any redb tool when an operator needs to look inside.
 //!
-//! Only the engine calls this module (through `Engine::commit`), which is how "a
-//! transition is committed before any client can see it" holds.
+//! The daemon's memory holds only unfinished steps; everything else is read from
+//! here on demand, which is why the store keeps its own indexes: `by_revision`
+//! (the order watches page through and retention prunes in) and `active` (the
+//! unfinished steps a restart must resolve, found without reading every record).
+//!
+//! Writes come only from the engine's committer ([`super::engine`]), which
+//! groups every change ready at one moment into one transaction (one fsync).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
 use super::model::StepRecord;
 
 const STEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("steps");
+/// A record's current revision → its id.
+const BY_REVISION: TableDefinition<u64, &str> = TableDefinition::new("by_revision");
+/// Ids of PENDING/RUNNING steps → their revision.
+const ACTIVE: TableDefinition<&str, u64> = TableDefinition::new("active");
+/// home_path → the observer registry's JSON record.
+const OBSERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("observers");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
 const SCHEMA_KEY: &str = "schema_version";
-/// Bumped when the stored record format changes incompatibly.
-const SCHEMA_VERSION: u64 = 1;
+/// Bumped when the stored format changes incompatibly. 2 added the
+/// `by_revision`, `active` and `observers` tables; a version-1 file is upgraded
+/// in place on open (one scan).
+const SCHEMA_VERSION: u64 = 2;
 
 pub const STATE_FILE: &str = "obhostd.redb";
+/// redb's page cache by default; `[store] cache_mib` overrides it.
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 /// Each message carries its cause inline (the operator reads one line), so no
@@ -56,161 +76,628 @@ pub enum StoreError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("writing state file '{path}' failed: {cause}")]
-    Write { path: PathBuf, cause: redb::Error },
+    #[error(
+        "the filesystem of state file '{path}' is full ({cause}); nothing was changed. \
+         Free space there: obhostd retries by itself and accepts changes again once a write succeeds"
+    )]
+    NoSpace { path: PathBuf, cause: String },
+    #[error(
+        "writing state file '{path}' failed: {cause}; nothing was changed. \
+         obhostd reopens the file by itself and accepts changes again once a write succeeds; \
+         check the disk (dmesg) if this lasts"
+    )]
+    Write { path: PathBuf, cause: String },
+    #[error(
+        "state file '{path}' is being reopened after a failed write; nothing was changed. Try again in a moment"
+    )]
+    Reopening { path: PathBuf },
     #[error("cannot encode step record: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
-/// A cheap, cloneable handle; all methods block (redb fsyncs), so async callers
-/// run them on the blocking pool.
-#[derive(Clone)]
-pub struct Store {
-    db: Arc<Database>,
-    path: PathBuf,
+impl StoreError {
+    /// True for the errors that leave the store refusing writes until it is
+    /// reopened (redb poisons a database after a failed commit).
+    pub fn is_write_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSpace { .. } | StoreError::Write { .. } | StoreError::Reopening { .. }
+        )
+    }
+
+    /// Same error, for another waiter of the same failed commit.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::NoSpace { path, cause } => StoreError::NoSpace {
+                path: path.clone(),
+                cause: cause.clone(),
+            },
+            StoreError::Reopening { path } => StoreError::Reopening { path: path.clone() },
+            StoreError::Write { path, cause } => StoreError::Write {
+                path: path.clone(),
+                cause: cause.clone(),
+            },
+            other => StoreError::Write {
+                path: PathBuf::new(),
+                cause: other.to_string(),
+            },
+        }
+    }
 }
 
-/// Everything the store holds, as loaded at start.
+/// One change the committer applies; many go into one transaction.
+pub enum Write {
+    /// A step's new version. `previous` is the revision the engine based it on,
+    /// whose index entry it replaces.
+    Put {
+        id: String,
+        revision: u64,
+        previous: Option<u64>,
+        active: bool,
+        bytes: Vec<u8>,
+    },
+    /// Retention: forgets a record if it is still at `revision` and finished.
+    Delete { id: String, revision: u64 },
+    /// The observer registry's record of a home (None removes it).
+    Observer {
+        home: String,
+        bytes: Option<Vec<u8>>,
+    },
+}
+
+/// A cheap, cloneable handle. Reads take an MVCC snapshot and never wait for a
+/// commit; writes block (fsync), so only the committer's thread makes them.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// None while the file is being reopened after a failed write.
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    cache_bytes: usize,
+    /// Set by [`Store::close`]: the daemon is stopping, never reopen.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// What a start needs from the store: never the finished records.
 pub struct Loaded {
-    pub records: Vec<StepRecord>,
+    pub active: Vec<StepRecord>,
     pub revision: u64,
+    pub count: u64,
+}
+
+/// A page of finished-or-not records in index order.
+pub struct Page {
+    pub records: Vec<StepRecord>,
+    /// The last key the scan looked at.
+    pub cursor: Option<String>,
+    /// The scan reached the end of the table.
+    pub exhausted: bool,
+}
+
+fn unreadable(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
+    move |cause| match cause {
+        redb::Error::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_path_buf(),
+        },
+        cause => StoreError::Unreadable {
+            path: path.to_path_buf(),
+            cause,
+        },
+    }
 }
 
 impl Store {
     pub fn open(state_dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        Store::open_with_cache(state_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    pub fn open_with_cache(
+        state_dir: &Path,
+        cache_bytes: usize,
+    ) -> Result<(Store, Loaded), StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::CreateDir {
             path: state_dir.to_path_buf(),
             cause,
         })?;
         let path = state_dir.join(STATE_FILE);
-        let unreadable = |cause: redb::Error| match cause {
-            redb::Error::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            cause => StoreError::Unreadable {
-                path: path.clone(),
-                cause,
-            },
-        };
-        let db = Database::create(&path).map_err(|e| unreadable(e.into()))?;
+        let db = create_db(&path, cache_bytes).map_err(unreadable(&path))?;
         let store = Store {
-            db: Arc::new(db),
-            path: path.clone(),
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(Arc::new(db))),
+                path,
+                cache_bytes,
+                closed: Default::default(),
+            }),
         };
-        store.init_schema().map_err(unreadable)?;
+        store.upgrade()?;
         let loaded = store.load()?;
         Ok((store, loaded))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    fn init_schema(&self) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
-        {
-            txn.open_table(STEPS)?;
-            let mut meta = txn.open_table(META)?;
-            if meta.get(SCHEMA_KEY)?.is_none() {
-                meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Reopening {
+                path: self.inner.path.clone(),
+            })
+    }
+
+    fn read_err(&self) -> impl Fn(redb::Error) -> StoreError + '_ {
+        move |e| self.classify(e)
+    }
+
+    /// Writes: no space is its own error (RESOURCE_EXHAUSTED to callers);
+    /// anything else is a failed write (UNAVAILABLE).
+    fn classify(&self, e: redb::Error) -> StoreError {
+        let path = self.inner.path.clone();
+        let no_space = match &e {
+            redb::Error::Io(io) => matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+            _ => false,
+        };
+        if no_space {
+            StoreError::NoSpace {
+                path,
+                cause: e.to_string(),
+            }
+        } else {
+            StoreError::Write {
+                path,
+                cause: e.to_string(),
             }
         }
-        txn.commit()?;
-        Ok(())
     }
 
+    /// Creates the tables and upgrades a version-1 file (steps only) by
+    /// building its indexes in one transaction.
+    fn upgrade(&self) -> Result<(), StoreError> {
+        let path = self.inner.path.clone();
+        let bad = unreadable(&path);
+        let db = self.db()?;
+        if self.current_schema(&db).map_err(&bad)? {
+            return Ok(());
+        }
+        let txn = db.begin_write().map_err(|e| bad(e.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| bad(e.into()))?;
+            let schema = meta
+                .get(SCHEMA_KEY)
+                .map_err(|e| bad(e.into()))?
+                .map(|v| v.value());
+            if let Some(found) = schema.filter(|s| *s > SCHEMA_VERSION) {
+                return Err(StoreError::NewerSchema {
+                    path: self.inner.path.clone(),
+                    found,
+                });
+            }
+            if schema != Some(SCHEMA_VERSION) {
+                meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
+                    .map_err(|e| bad(e.into()))?;
+            }
+            let steps = txn.open_table(STEPS).map_err(|e| bad(e.into()))?;
+            let mut by_revision = txn.open_table(BY_REVISION).map_err(|e| bad(e.into()))?;
+            let mut active = txn.open_table(ACTIVE).map_err(|e| bad(e.into()))?;
+            txn.open_table(OBSERVERS).map_err(|e| bad(e.into()))?;
+            if schema.is_some_and(|s| s < 2) {
+                let mut revision = meta
+                    .get(REVISION_KEY)
+                    .map_err(|e| bad(e.into()))?
+                    .map_or(0, |v| v.value());
+                for entry in steps.iter().map_err(|e| bad(e.into()))? {
+                    let (key, value) = entry.map_err(|e| bad(e.into()))?;
+                    let r = decode(&path, key.value(), value.value())?;
+                    by_revision
+                        .insert(r.revision, r.id())
+                        .map_err(|e| bad(e.into()))?;
+                    if !r.state.is_terminal() {
+                        active
+                            .insert(r.id(), r.revision)
+                            .map_err(|e| bad(e.into()))?;
+                    }
+                    revision = revision.max(r.revision);
+                }
+                meta.insert(REVISION_KEY, revision)
+                    .map_err(|e| bad(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| bad(e.into()))
+    }
+
+    /// True when the file already has this version's tables: then opening
+    /// writes nothing. (A write transaction on every open also left redb's
+    /// close unrecorded, so the next open rebuilt its allocator state: seconds
+    /// for a large file.)
+    fn current_schema(&self, db: &Database) -> Result<bool, redb::Error> {
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if meta.get(SCHEMA_KEY)?.map(|v| v.value()) != Some(SCHEMA_VERSION) {
+            return Ok(false);
+        }
+        let exists = |r: Result<(), redb::TableError>| {
+            !matches!(r, Err(redb::TableError::TableDoesNotExist(_)))
+        };
+        Ok(exists(txn.open_table(STEPS).map(|_| ()))
+            && exists(txn.open_table(OBSERVERS).map(|_| ()))
+            && exists(txn.open_table(BY_REVISION).map(|_| ()))
+            && exists(txn.open_table(ACTIVE).map(|_| ())))
+    }
+
+    /// The unfinished records, the revision and the count: what a start needs.
     fn load(&self) -> Result<Loaded, StoreError> {
-        let unreadable = |cause: redb::Error| StoreError::Unreadable {
-            path: self.path.clone(),
-            cause,
+        let path = self.inner.path.clone();
+        let bad = unreadable(&path);
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| bad(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| bad(e.into()))?;
+        let revision = meta
+            .get(REVISION_KEY)
+            .map_err(|e| bad(e.into()))?
+            .map_or(0, |v| v.value());
+        let steps = txn.open_table(STEPS).map_err(|e| bad(e.into()))?;
+        let active_ids = txn.open_table(ACTIVE).map_err(|e| bad(e.into()))?;
+        let mut active = Vec::new();
+        for entry in active_ids.iter().map_err(|e| bad(e.into()))? {
+            let (key, _) = entry.map_err(|e| bad(e.into()))?;
+            if let Some(value) = steps.get(key.value()).map_err(|e| bad(e.into()))? {
+                active.push(decode(&path, key.value(), value.value())?);
+            }
+        }
+        let count = steps.len().map_err(|e| bad(e.into()))?;
+        Ok(Loaded {
+            active,
+            revision,
+            count,
+        })
+    }
+
+    /// One record, from a read snapshot (committed state only).
+    pub fn get(&self, id: &str) -> Result<Option<StepRecord>, StoreError> {
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let steps = txn.open_table(STEPS).map_err(|e| err(e.into()))?;
+        let Some(value) = steps.get(id).map_err(|e| err(e.into()))? else {
+            return Ok(None);
         };
-        let txn = self.db.begin_read().map_err(|e| unreadable(e.into()))?;
-        let meta = txn.open_table(META).map_err(|e| unreadable(e.into()))?;
-        let get = |key| -> Result<Option<u64>, StoreError> {
-            Ok(meta
-                .get(key)
-                .map_err(|e| unreadable(e.into()))?
-                .map(|v| v.value()))
+        decode(&self.inner.path, id, value.value()).map(Some)
+    }
+
+    /// The highest revision committed.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        Ok(meta
+            .get(REVISION_KEY)
+            .map_err(|e| err(e.into()))?
+            .map_or(0, |v| v.value()))
+    }
+
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let steps = txn.open_table(STEPS).map_err(|e| err(e.into()))?;
+        steps.len().map_err(|e| err(e.into()))
+    }
+
+    /// Records in id order after `after`, at most `take` matching `keep`,
+    /// looking at no more than `scan` records.
+    pub fn page_by_id(
+        &self,
+        after: Option<&str>,
+        take: usize,
+        scan: usize,
+        keep: impl Fn(&StepRecord) -> bool,
+    ) -> Result<Page, StoreError> {
+        use std::ops::Bound;
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let steps = txn.open_table(STEPS).map_err(|e| err(e.into()))?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Page {
+            records: Vec::new(),
+            cursor: after.map(str::to_string),
+            exhausted: true,
         };
-        let schema = get(SCHEMA_KEY)?.unwrap_or(SCHEMA_VERSION);
-        if schema > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: self.path.clone(),
-                found: schema,
+        let range = steps
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(|e| err(e.into()))?;
+        for (scanned, entry) in range.enumerate() {
+            if scanned == scan || page.records.len() == take {
+                page.exhausted = false;
+                break;
+            }
+            let (key, value) = entry.map_err(|e| err(e.into()))?;
+            let r = decode(&self.inner.path, key.value(), value.value())?;
+            page.cursor = Some(key.value().to_string());
+            if keep(&r) {
+                page.records.push(r);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Records whose current revision is past `after`, in revision order, at
+    /// most `take` matching `keep`, looking at no more than `scan` index entries.
+    /// Returns them and the last revision looked at.
+    pub fn page_by_revision(
+        &self,
+        after: u64,
+        take: usize,
+        scan: usize,
+        keep: impl Fn(&StepRecord) -> bool,
+    ) -> Result<(Vec<StepRecord>, u64, bool), StoreError> {
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let index = txn.open_table(BY_REVISION).map_err(|e| err(e.into()))?;
+        let steps = txn.open_table(STEPS).map_err(|e| err(e.into()))?;
+        let mut records = Vec::new();
+        let mut cursor = after;
+        let mut exhausted = true;
+        for (scanned, entry) in index
+            .range((after.saturating_add(1))..)
+            .map_err(|e| err(e.into()))?
+            .enumerate()
+        {
+            if scanned == scan || records.len() == take {
+                exhausted = false;
+                break;
+            }
+            let (revision, id) = entry.map_err(|e| err(e.into()))?;
+            cursor = revision.value();
+            if let Some(value) = steps.get(id.value()).map_err(|e| err(e.into()))? {
+                let r = decode(&self.inner.path, id.value(), value.value())?;
+                // A stale entry (the record moved on) is skipped: the record
+                // comes at its current revision.
+                if r.revision == cursor && keep(&r) {
+                    records.push(r);
+                }
+            }
+        }
+        Ok((records, cursor, exhausted))
+    }
+
+    /// Finished records retention may forget, oldest first (a finished record
+    /// no longer changes, so revision order is finishing order): the first
+    /// `excess`, then any finished before `max_age` ago; at most `batch`.
+    pub fn prune_candidates(
+        &self,
+        excess: u64,
+        max_age: Duration,
+        batch: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let index = txn.open_table(BY_REVISION).map_err(|e| err(e.into()))?;
+        let active = txn.open_table(ACTIVE).map_err(|e| err(e.into()))?;
+        let steps = txn.open_table(STEPS).map_err(|e| err(e.into()))?;
+        let now = SystemTime::now();
+        let mut doomed = Vec::new();
+        for entry in index.iter().map_err(|e| err(e.into()))? {
+            if doomed.len() == batch {
+                break;
+            }
+            let (revision, id) = entry.map_err(|e| err(e.into()))?;
+            if active.get(id.value()).map_err(|e| err(e.into()))?.is_some() {
+                continue;
+            }
+            if (doomed.len() as u64) < excess {
+                doomed.push((id.value().to_string(), revision.value()));
+                continue;
+            }
+            let Some(value) = steps.get(id.value()).map_err(|e| err(e.into()))? else {
+                continue;
+            };
+            let r = decode(&self.inner.path, id.value(), value.value())?;
+            let finished = r.finished_at.unwrap_or(r.created_at);
+            if now.duration_since(finished).unwrap_or_default() <= max_age {
+                break;
+            }
+            doomed.push((id.value().to_string(), revision.value()));
+        }
+        Ok(doomed)
+    }
+
+    /// Every observer registry record (home → JSON).
+    pub fn observers(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(OBSERVERS).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = entry.map_err(|e| err(e.into()))?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Applies many changes in one transaction: one fsync for all of them.
+    pub fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            apply_writes(&txn, writes)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        result.map_err(|e| self.classify(e))
+    }
+
+    /// Closes the file cleanly (redb records its allocator state), so the
+    /// next start need not rebuild it by walking every page. Later reads and
+    /// writes fail with `Reopening`.
+    pub fn close(&self) -> bool {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.release()
+    }
+
+    /// Takes the database out and drops it once no reader holds it (readers
+    /// hold it for one read); false if one still did after 2 s.
+    fn release(&self) -> bool {
+        let old = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut old) = old else {
+            return true;
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    return true;
+                }
+                Err(still) if std::time::Instant::now() < until => {
+                    old = still;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(still) => {
+                    *self.inner.db.write().unwrap_or_else(|p| p.into_inner()) = Some(still);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Drops the poisoned database and opens the file again, then proves a
+    /// write succeeds (a small commit). Called by the committer while the store
+    /// refuses writes.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let closed = self.inner.closed.load(std::sync::atomic::Ordering::Acquire);
+        if closed || !self.release() {
+            return Err(StoreError::Reopening {
+                path: self.inner.path.clone(),
             });
         }
-        let mut revision = get(REVISION_KEY)?.unwrap_or(0);
-        let steps = txn.open_table(STEPS).map_err(|e| unreadable(e.into()))?;
-        let mut records = Vec::new();
-        for entry in steps.iter().map_err(|e| unreadable(e.into()))? {
-            let (key, value) = entry.map_err(|e| unreadable(e.into()))?;
-            let record: StepRecord = serde_json::from_slice(value.value()).map_err(|cause| {
-                StoreError::CorruptRecord {
-                    path: self.path.clone(),
-                    key: key.value().to_string(),
-                    cause,
-                }
-            })?;
-            // The counter is written in the same transaction as every record, so
-            // this never moves it; it guards against a hand-edited file.
-            revision = revision.max(record.revision);
-            records.push(record);
+        let db =
+            create_db(&self.inner.path, self.inner.cache_bytes).map_err(|e| self.classify(e))?;
+        let db = Arc::new(db);
+        *self.inner.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+        // A write that needs no new space proves little on a full disk, so the
+        // probe also wants some room on the filesystem.
+        if let Ok(fs) = nix::sys::statvfs::statvfs(&self.inner.path)
+            && fs.blocks_available().saturating_mul(fs.fragment_size()) < 256 * 1024
+        {
+            return Err(StoreError::NoSpace {
+                path: self.inner.path.clone(),
+                cause: "less than 256 KiB free".into(),
+            });
         }
-        Ok(Loaded { records, revision })
+        self.apply(&[])
     }
 
-    /// Writes one record and the global revision in one transaction.
-    pub fn put(&self, record: &StepRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record)?;
-        self.write(|txn| {
-            txn.open_table(STEPS)?
-                .insert(record.id(), bytes.as_slice())?;
-            txn.open_table(META)?
-                .insert(REVISION_KEY, record.revision)?;
-            Ok(())
-        })
-    }
-
-    /// Writes many records in one transaction (one fsync), and the highest of
-    /// their revisions as the global one. For tools and tests that seed or
-    /// import a store while no daemon has it open; the engine commits one by one.
+    /// Writes many records in one transaction (one fsync), with their indexes,
+    /// and the highest of their revisions as the global one. For tools and
+    /// tests that seed or import a store while no daemon has it open.
     pub fn put_all(&self, records: &[StepRecord]) -> Result<(), StoreError> {
-        let encoded = records
+        let writes = records
             .iter()
-            .map(|r| Ok((r.id(), serde_json::to_vec(r)?)))
+            .map(|r| {
+                Ok(Write::Put {
+                    id: r.id().to_string(),
+                    revision: r.revision,
+                    previous: None,
+                    active: !r.state.is_terminal(),
+                    bytes: serde_json::to_vec(r)?,
+                })
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let revision = records.iter().map(|r| r.revision).max().unwrap_or(0);
-        self.write(|txn| {
-            let mut steps = txn.open_table(STEPS)?;
-            for (id, bytes) in &encoded {
-                steps.insert(*id, bytes.as_slice())?;
-            }
-            let mut meta = txn.open_table(META)?;
-            let current = meta.get(REVISION_KEY)?.map(|v| v.value()).unwrap_or(0);
-            meta.insert(REVISION_KEY, current.max(revision))?;
-            Ok(())
-        })
+        self.apply(&writes)
     }
+}
 
-    /// Forgets records (retention). Deleting is not a change clients watch for.
-    pub fn delete(&self, ids: &[String]) -> Result<(), StoreError> {
-        self.write(|txn| {
-            let mut steps = txn.open_table(STEPS)?;
-            for id in ids {
-                steps.remove(id.as_str())?;
-            }
-            Ok(())
-        })
-    }
+fn create_db(path: &Path, cache_bytes: usize) -> Result<Database, redb::Error> {
+    Ok(redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)?)
+}
 
-    fn write(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
-    ) -> Result<(), StoreError> {
-        let wrap = |cause: redb::Error| StoreError::Write {
-            path: self.path.clone(),
-            cause,
-        };
-        let txn = self.db.begin_write().map_err(|e| wrap(e.into()))?;
-        f(&txn).map_err(wrap)?;
-        txn.commit().map_err(|e| wrap(e.into()))
+fn decode(path: &Path, key: &str, bytes: &[u8]) -> Result<StepRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|cause| StoreError::CorruptRecord {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        cause,
+    })
+}
+
+fn apply_writes(txn: &WriteTransaction, writes: &[Write]) -> Result<(), redb::Error> {
+    let mut steps = txn.open_table(STEPS)?;
+    let mut index = txn.open_table(BY_REVISION)?;
+    let mut active = txn.open_table(ACTIVE)?;
+    let mut observers = txn.open_table(OBSERVERS)?;
+    let mut meta = txn.open_table(META)?;
+    let mut top = meta.get(REVISION_KEY)?.map_or(0, |v| v.value());
+    for write in writes {
+        match write {
+            Write::Put {
+                id,
+                revision,
+                previous,
+                active: is_active,
+                bytes,
+            } => {
+                // The engine's idea of the previous revision, and the stored
+                // one of an unfinished step: both entries go, so the index
+                // holds each record once.
+                let stored = active.get(id.as_str())?.map(|v| v.value());
+                for prev in [*previous, stored].into_iter().flatten() {
+                    let same = index.get(prev)?.is_some_and(|v| v.value() == id.as_str());
+                    if same && prev != *revision {
+                        index.remove(prev)?;
+                    }
+                }
+                steps.insert(id.as_str(), bytes.as_slice())?;
+                index.insert(revision, id.as_str())?;
+                if *is_active {
+                    active.insert(id.as_str(), revision)?;
+                } else {
+                    active.remove(id.as_str())?;
+                }
+                top = top.max(*revision);
+            }
+            Write::Delete { id, revision } => {
+                let current = index
+                    .get(revision)?
+                    .is_some_and(|v| v.value() == id.as_str());
+                if current && active.get(id.as_str())?.is_none() {
+                    index.remove(revision)?;
+                    steps.remove(id.as_str())?;
+                }
+            }
+            Write::Observer { home, bytes } => match bytes {
+                Some(b) => {
+                    observers.insert(home.as_str(), b.as_slice())?;
+                }
+                None => {
+                    observers.remove(home.as_str())?;
+                }
+            },
+        }
     }
+    meta.insert(REVISION_KEY, top)?;
+    Ok(())
 }

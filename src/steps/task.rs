@@ -10,9 +10,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Engine, Update};
 use super::model::{CheckResult, Secrets, StepError, StepKind};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -92,9 +93,28 @@ pub trait TaskFactory: Send + Sync + 'static {
     ) -> Result<Box<dyn StepTask>, String>;
 }
 
+/// A change a running task makes to its own record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    Message(String),
+    Output(String, String),
+}
+
+/// Where a task's progress goes: the engine in the daemon, a fake in unit
+/// tests. Tasks see only this (through [`StepContext`]), so a task module never
+/// depends on the engine and can be tested without a store.
+pub trait StepSink: Send + Sync + 'static {
+    /// Commits `update` to step `id` if `attempt` is still its live attempt;
+    /// returns once it is durable (or refused).
+    fn update(&self, id: &str, attempt: u32, update: Update) -> BoxFuture<()>;
+
+    /// A secret the request carried, from memory.
+    fn secret(&self, id: &str, key: &str) -> Option<String>;
+}
+
 /// A task's view of its own step.
 pub struct StepContext {
-    pub(super) engine: Engine,
+    pub(super) sink: Arc<dyn StepSink>,
     pub(super) id: String,
     pub(super) attempt: u32,
     pub(super) deadline: SystemTime,
@@ -104,6 +124,27 @@ pub struct StepContext {
 }
 
 impl StepContext {
+    /// A context for a task's unit test: `sink` records what the task reports;
+    /// a deadline `timeout` from now, attempt 1, not resumed.
+    #[cfg(any(test, feature = "test-kinds"))]
+    pub fn for_test(
+        id: &str,
+        sink: Arc<dyn StepSink>,
+        timeout: std::time::Duration,
+        resumed: bool,
+        earlier_outputs: BTreeMap<String, String>,
+    ) -> StepContext {
+        StepContext {
+            sink,
+            id: id.to_string(),
+            attempt: 1,
+            deadline: SystemTime::now() + timeout,
+            resumed,
+            cancel: CancellationToken::new(),
+            earlier_outputs,
+        }
+    }
+
     pub fn step_id(&self) -> &str {
         &self.id
     }
@@ -131,7 +172,7 @@ impl StepContext {
     /// A secret the request carried (e.g. a password). Kept in memory only, so
     /// after a restart of obhostd it is None until the caller repeats its request.
     pub async fn secret(&self, key: &str) -> Option<String> {
-        self.engine.secret(&self.id, key).await
+        self.sink.secret(&self.id, key)
     }
 
     /// Fires on CancelStep, at the deadline and on shutdown, for tasks that hold
@@ -143,8 +184,8 @@ impl StepContext {
     /// Sets the one-line `message` clients see while the step runs. Unchanged
     /// messages are not committed, so tasks may call this on every poll.
     pub async fn progress(&self, message: impl Into<String>) {
-        self.engine
-            .update_running(&self.id, self.attempt, Update::Message(message.into()))
+        self.sink
+            .update(&self.id, self.attempt, Update::Message(message.into()))
             .await;
     }
 
@@ -152,8 +193,55 @@ impl StepContext {
     /// so that a restart mid-step can find the process).
     pub async fn output(&self, key: &str, value: impl Into<String>) {
         let update = Update::Output(key.to_string(), value.into());
-        self.engine
-            .update_running(&self.id, self.attempt, update)
-            .await;
+        self.sink.update(&self.id, self.attempt, update).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A fake sink: what a task reports, in order.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Update>>);
+
+    impl StepSink for Recorded {
+        fn update(&self, _: &str, _: u32, update: Update) -> BoxFuture<()> {
+            self.0.lock().unwrap().push(update);
+            Box::pin(async {})
+        }
+
+        fn secret(&self, _: &str, key: &str) -> Option<String> {
+            (key == "password").then(|| "s3cret".to_string())
+        }
+    }
+
+    /// A task is tested without an engine or a store: its context writes to
+    /// the fake sink.
+    #[tokio::test]
+    async fn a_context_reports_to_its_sink() {
+        let sink = Arc::new(Recorded::default());
+        let ctx = StepContext::for_test(
+            "s1",
+            sink.clone(),
+            std::time::Duration::from_secs(5),
+            true,
+            BTreeMap::from([("pid".to_string(), "42".to_string())]),
+        );
+        ctx.progress("probing").await;
+        ctx.output("pid", "43").await;
+        assert_eq!(ctx.secret("password").await.as_deref(), Some("s3cret"));
+        assert_eq!(ctx.secret("other").await, None);
+        assert!(ctx.resumed());
+        assert_eq!(ctx.earlier_outputs()["pid"], "42");
+        assert!(ctx.deadline() > SystemTime::now());
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [
+                Update::Message("probing".into()),
+                Update::Output("pid".into(), "43".into())
+            ]
+        );
     }
 }

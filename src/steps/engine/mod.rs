@@ -1,0 +1,729 @@
+//! The step engine: the one owner of step state.
+//!
+//! Split by job: this module is the API and the staging half of the commit
+//! path; [`commit`] writes and publishes, [`drivers`] run steps, [`recovery`]
+//! resolves what a previous run left unfinished, [`retention`] prunes, and
+//! [`crate::steps::watch`] follows changes.
+//!
+//! Every change goes through [`Engine::stage`]: under the state lock (a std
+//! mutex, never held across an await or an fsync) it gets the next global
+//! revision and is queued to the committer; the caller then waits for the
+//! commit. Memory holds only unfinished steps, changes not yet durable and
+//! secrets; finished records are read from the store's snapshots on demand,
+//! so memory is bounded by what runs, not by history, and reads never wait for
+//! a commit.
+
+mod commit;
+mod drivers;
+mod recovery;
+mod retention;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use commit::Committer;
+
+use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
+use super::store::{DEFAULT_CACHE_BYTES, Loaded, Store, StoreError, Write};
+use super::task::{BoxFuture, StepSink, TaskFactory, Update};
+use super::watch::{Watch, WatchSlot};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Changes a watcher may lag behind before it is cut off (ABORTED).
+    pub watch_buffer: usize,
+    pub retention: Retention,
+    /// Steps PENDING or RUNNING at once; beyond it new steps and retries are
+    /// refused (RESOURCE_EXHAUSTED), so a caller cannot queue unbounded work.
+    pub max_active_steps: usize,
+    /// Open WatchSteps streams; each holds a task and buffers.
+    pub max_watchers: usize,
+    /// redb's page cache: the store's share of the daemon's memory.
+    pub cache_bytes: usize,
+}
+
+/// Bounds the store: terminal steps older than `max_age` are forgotten, and beyond
+/// `max_steps` the oldest terminal ones are. Steps still running are never pruned.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub max_steps: usize,
+    pub max_age: Duration,
+    pub interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            watch_buffer: 1024,
+            retention: Retention {
+                max_steps: 10_000,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                interval: Duration::from_secs(60),
+            },
+            max_active_steps: 64,
+            max_watchers: 256,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("step '{0}' not found")]
+    NotFound(String),
+    #[error(
+        "step '{id}' already exists with different {differs}; repeat the original request to follow it, or use a new step_id"
+    )]
+    Conflict { id: String, differs: String },
+    #[error("step '{id}' is {state}; only FAILED, TIMED_OUT or CANCELLED steps can be retried")]
+    NotRetryable { id: String, state: StepState },
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error(
+        "{active} steps are already PENDING or RUNNING, the limit set by [limits] max_active_steps = {limit}; \
+         wait for some to finish (or CancelStep them), or raise max_active_steps in obhostd's config"
+    )]
+    TooManyActive { active: usize, limit: usize },
+    #[error(
+        "{limit} WatchSteps streams are already open, the limit set by [limits] max_watchers = {limit}; \
+         close streams you no longer read, or raise max_watchers in obhostd's config"
+    )]
+    TooManyWatchers { limit: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which steps a list or watch wants. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub dag_id: String,
+    pub step_ids: Vec<String>,
+    pub state: Option<StepState>,
+}
+
+impl Filter {
+    pub(crate) fn matches(&self, r: &StepRecord) -> bool {
+        (self.dag_id.is_empty() || r.spec.dag_id == self.dag_id)
+            && (self.step_ids.is_empty() || self.step_ids.iter().any(|id| id == r.id()))
+            && self.state.is_none_or(|s| s == r.state)
+    }
+}
+
+/// Records a list page may look at before it returns a short page (with a
+/// token to go on), for filters that match little of a large store.
+const LIST_SCAN: usize = 8192;
+
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    committer: Committer,
+    factory: Arc<dyn TaskFactory>,
+    state: Mutex<State>,
+    shutdown: CancellationToken,
+    drivers: TaskTracker,
+    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Open watches, against `config.max_watchers`.
+    watchers: Arc<AtomicUsize>,
+    /// Wakes the pruner early when a step ends with the store over its bound.
+    prune: Notify,
+    config: EngineConfig,
+}
+
+/// A new step staged: its commit to wait for, its record, its task.
+type Staged = (
+    commit::Pending,
+    Arc<StepRecord>,
+    Box<dyn super::task::StepTask>,
+);
+
+/// A change queued but not yet durable.
+struct Inflight {
+    /// The newest version queued.
+    latest: Arc<StepRecord>,
+    /// The newest durable version while unfinished (what memory goes back to
+    /// if the queued ones fail); None when it was finished or did not exist.
+    durable: Option<StepRecord>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last revision handed out.
+    revision: u64,
+    /// Unfinished steps, newest version (durable or queued).
+    active: HashMap<String, StepRecord>,
+    inflight: HashMap<String, Inflight>,
+    /// The driver of each step's current attempt.
+    runs: HashMap<String, (u32, CancellationToken)>,
+    secrets: HashMap<String, Secrets>,
+}
+
+impl State {
+    /// The newest version of a record: queued, unfinished, or from the store.
+    fn latest(&self, store: &Store, id: &str) -> Result<Option<StepRecord>, StoreError> {
+        if let Some(f) = self.inflight.get(id) {
+            return Ok(Some((*f.latest).clone()));
+        }
+        if let Some(r) = self.active.get(id) {
+            return Ok(Some(r.clone()));
+        }
+        // A point read of a finished record from a snapshot: microseconds, and
+        // it never waits for a commit.
+        store.get(id)
+    }
+
+    /// Refuses another unfinished step when the limit is reached.
+    fn check_active(&self, limit: usize) -> Result<(), EngineError> {
+        let active = self.active.len();
+        if active >= limit {
+            return Err(EngineError::TooManyActive { active, limit });
+        }
+        Ok(())
+    }
+}
+
+/// The store opened and its unfinished steps loaded, before anything runs:
+/// the observer registry shares the store (its table) before the engine
+/// starts resuming steps that may look for observers.
+pub struct Opened {
+    store: Store,
+    committer: Committer,
+    loaded: Loaded,
+    config: EngineConfig,
+}
+
+impl Opened {
+    pub async fn open(state_dir: &Path, config: EngineConfig) -> Result<Opened, StoreError> {
+        let dir = state_dir.to_path_buf();
+        let cache = config.cache_bytes;
+        let (store, loaded) =
+            tokio::task::spawn_blocking(move || Store::open_with_cache(&dir, cache))
+                .await
+                .map_err(|e| StoreError::CreateDir {
+                    path: state_dir.to_path_buf(),
+                    cause: std::io::Error::other(e),
+                })??;
+        let committer = Committer::start(store.clone(), config.watch_buffer, loaded.revision);
+        info!(
+            state_file = %store.path().display(),
+            steps = loaded.count,
+            unfinished = loaded.active.len(),
+            revision = loaded.revision,
+            "state loaded"
+        );
+        Ok(Opened {
+            store,
+            committer,
+            loaded,
+            config,
+        })
+    }
+
+    /// The store and its committer, for the observer registry's table.
+    pub fn store(&self) -> (Store, Committer) {
+        (self.store.clone(), self.committer.clone())
+    }
+
+    /// Resolves every step a previous run left unfinished, then serves.
+    /// Drivers stop when `shutdown` fires.
+    pub async fn start(
+        self,
+        factory: Arc<dyn TaskFactory>,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, StoreError> {
+        let Opened {
+            store,
+            committer,
+            loaded,
+            config,
+        } = self;
+        let active: HashMap<String, StepRecord> = loaded
+            .active
+            .iter()
+            .map(|r| (r.id().to_string(), r.clone()))
+            .collect();
+        let engine = Engine {
+            shared: Arc::new(Shared {
+                store,
+                committer,
+                factory,
+                state: Mutex::new(State {
+                    revision: loaded.revision,
+                    active,
+                    ..State::default()
+                }),
+                shutdown,
+                drivers: TaskTracker::new(),
+                key_locks: Mutex::new(HashMap::new()),
+                watchers: Arc::new(AtomicUsize::new(0)),
+                prune: Notify::new(),
+                config,
+            }),
+        };
+        let settle: Arc<dyn commit::Settle> = Arc::new(SettleHook(Arc::downgrade(&engine.shared)));
+        engine.shared.committer.set_settle(settle);
+        engine.resolve_unfinished(loaded.active).await?;
+        engine.spawn_pruner();
+        Ok(engine)
+    }
+}
+
+impl Engine {
+    /// Opens the store and starts: [`Opened::open`] then [`Opened::start`].
+    pub async fn open(
+        state_dir: &Path,
+        factory: Arc<dyn TaskFactory>,
+        config: EngineConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, StoreError> {
+        Opened::open(state_dir, config)
+            .await?
+            .start(factory, shutdown)
+            .await
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Accepts a step, or returns the existing record of the same request.
+    pub async fn submit(
+        &self,
+        spec: StepSpec,
+        secrets: Secrets,
+    ) -> Result<StepRecord, EngineError> {
+        let id = spec.id.clone();
+        let staged = {
+            let mut state = self.lock();
+            if let Some(existing) = state.latest(&self.shared.store, &spec.id)? {
+                let differs = differences(&existing.spec, &spec);
+                if !differs.is_empty() {
+                    return Err(EngineError::Conflict {
+                        id: spec.id,
+                        differs: differs.join(", "),
+                    });
+                }
+                // A repeated request after a restart brings back secrets the
+                // daemon could not keep; a different secret for a known step is
+                // not ours to compare (we never stored it), so the first wins.
+                if !secrets.is_empty() {
+                    state.secrets.entry(spec.id.clone()).or_insert(secrets);
+                }
+                Err(existing)
+            } else {
+                Ok(self.stage_new(&mut state, spec, secrets)?)
+            }
+        };
+        let (pending, record, task) = match staged {
+            Ok(staged) => staged,
+            // What the caller sees should be durable: the committed version,
+            // unless a concurrent identical request has not committed yet.
+            Err(existing) => {
+                return match self.get(&id).await {
+                    Err(EngineError::NotFound(_)) => Ok(existing),
+                    other => other,
+                };
+            }
+        };
+        if let Err(e) = pending.wait().await {
+            self.lock().secrets.remove(record.id());
+            return Err(e.into());
+        }
+        self.start_driver(&record, task, false);
+        Ok((*record).clone())
+    }
+
+    /// Builds the task and stages the PENDING record of a new step.
+    fn stage_new(
+        &self,
+        state: &mut State,
+        spec: StepSpec,
+        secrets: Secrets,
+    ) -> Result<Staged, EngineError> {
+        state.check_active(self.shared.config.max_active_steps)?;
+        let task = self
+            .shared
+            .factory
+            .build(spec.kind, &spec.params, &secrets)
+            .map_err(EngineError::InvalidParams)?;
+        let now = SystemTime::now();
+        let record = StepRecord {
+            deadline: now + spec.timeout,
+            spec,
+            state: StepState::Pending,
+            attempt: 1,
+            revision: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            message: "accepted".into(),
+            error: None,
+            outputs: BTreeMap::new(),
+            checks: Vec::new(),
+        };
+        let (record, pending) = self.stage(state, record, None)?;
+        if !secrets.is_empty() {
+            state.secrets.insert(record.id().to_string(), secrets);
+        }
+        Ok((pending, record, task))
+    }
+
+    /// The committed record: a snapshot read, never behind a commit.
+    pub async fn get(&self, id: &str) -> Result<StepRecord, EngineError> {
+        self.shared
+            .store
+            .get(id)?
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    /// One page of matching steps in id order, starting after `after_id`, and the
+    /// id to continue from when there may be more. Read from a snapshot; a
+    /// filter that matches little may give a short page with a token.
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        page_size: usize,
+        after_id: Option<&str>,
+    ) -> Result<(Vec<StepRecord>, Option<String>), EngineError> {
+        let store = self.shared.store.clone();
+        let filter = filter.clone();
+        let after = after_id.map(str::to_string);
+        let page = tokio::task::spawn_blocking(move || {
+            store.page_by_id(after.as_deref(), page_size, LIST_SCAN, |r| {
+                filter.matches(r)
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Write {
+            path: Default::default(),
+            cause: e.to_string(),
+        })??;
+        let next = if page.exhausted { None } else { page.cursor };
+        Ok((page.records, next))
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<StepRecord, EngineError> {
+        // Decided and staged under one lock: nothing can end the step between.
+        let staged = {
+            let mut state = self.lock();
+            let record = state
+                .latest(&self.shared.store, id)?
+                .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+            if record.state.is_terminal() {
+                None
+            } else {
+                let previous = record.revision;
+                let mut next = record;
+                next.state = StepState::Cancelled;
+                next.finished_at = Some(SystemTime::now());
+                next.message = "cancelled by CancelStep".into();
+                next.error = Some(StepError::new(
+                    codes::CANCELLED,
+                    format!(
+                        "step '{id}' was cancelled by CancelStep; RetryStep '{id}' runs it again"
+                    ),
+                ));
+                Some(self.stage(&mut state, next, Some(previous))?)
+            }
+        };
+        let Some((record, pending)) = staged else {
+            return self.get(id).await;
+        };
+        pending.wait().await?;
+        let run = self.lock().runs.remove(id);
+        if let Some((_, token)) = run {
+            token.cancel();
+        }
+        info!(step = id, "step cancelled");
+        Ok((*record).clone())
+    }
+
+    pub async fn retry(&self, id: &str) -> Result<StepRecord, EngineError> {
+        let (record, pending, task) = {
+            let mut state = self.lock();
+            let record = state
+                .latest(&self.shared.store, id)?
+                .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+            if !record.state.is_retryable() {
+                return Err(EngineError::NotRetryable {
+                    id: id.to_string(),
+                    state: record.state,
+                });
+            }
+            state.check_active(self.shared.config.max_active_steps)?;
+            let secrets = state.secrets.get(id).cloned().unwrap_or_default();
+            let task = self
+                .shared
+                .factory
+                .build(record.spec.kind, &record.spec.params, &secrets)
+                .map_err(EngineError::InvalidParams)?;
+            let now = SystemTime::now();
+            let previous = record.revision;
+            let next = StepRecord {
+                state: StepState::Pending,
+                attempt: record.attempt + 1,
+                started_at: None,
+                finished_at: None,
+                deadline: now + record.spec.timeout,
+                message: format!("retrying (attempt {})", record.attempt + 1),
+                error: None,
+                outputs: BTreeMap::new(),
+                checks: Vec::new(),
+                ..record
+            };
+            let (record, pending) = self.stage(&mut state, next, Some(previous))?;
+            (record, pending, task)
+        };
+        pending.wait().await?;
+        info!(step = id, attempt = record.attempt, "step retried");
+        self.start_driver(&record, task, false);
+        Ok((*record).clone())
+    }
+
+    /// Starts a watch: the records matching `filter` changed after `after_revision`
+    /// (oldest first), then every matching change as it is committed. Refused
+    /// beyond `max_watchers` open watches.
+    pub fn watch(&self, filter: Filter, after_revision: u64) -> Result<Watch, EngineError> {
+        let limit = self.shared.config.max_watchers;
+        self.shared
+            .watchers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| EngineError::TooManyWatchers { limit })?;
+        Ok(Watch::new(
+            self.shared.store.clone(),
+            self.shared.committer.clone(),
+            filter,
+            after_revision,
+            self.shared.shutdown.clone(),
+            WatchSlot::new(self.shared.watchers.clone()),
+        ))
+    }
+
+    /// Waits (bounded) for drivers to drop their tasks after shutdown fired.
+    pub async fn drain(&self, bound: Duration) -> bool {
+        self.shared.drivers.close();
+        tokio::time::timeout(bound, self.shared.drivers.wait())
+            .await
+            .is_ok()
+    }
+
+    /// After shutdown and [`Engine::drain`]: commits what is queued, then closes
+    /// the store cleanly so the next start opens it at once (an unclean close
+    /// makes redb walk the whole file). Nothing can change a step afterwards.
+    pub async fn close(&self) {
+        self.shared.committer.flush().await;
+        let store = self.shared.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        if !matches!(closed, Ok(true)) {
+            tracing::warn!("state store still in use at shutdown; the next start checks it");
+        }
+    }
+
+    /// A secret of a step, from memory (never stored). A repeated request for the
+    /// same step can supply it after a restart, so tasks ask each time.
+    fn secret(&self, id: &str, key: &str) -> Option<String> {
+        let state = self.lock();
+        state.secrets.get(id)?.get(key).map(str::to_string)
+    }
+
+    /// The highest committed revision, as a reader of the store sees it.
+    pub async fn revision(&self) -> u64 {
+        self.shared
+            .store
+            .revision()
+            .unwrap_or_else(|_| self.shared.committer.durable_revision())
+    }
+
+    /// True while the store accepts writes; the health service follows it.
+    pub fn healthy(&self) -> watch::Receiver<bool> {
+        self.shared.committer.healthy()
+    }
+
+    // ---- the commit path -------------------------------------------------------
+
+    /// The only way a record changes: next revision, queued to the committer,
+    /// memory updated to the newest version. The caller waits on the returned
+    /// [`commit::Pending`] outside the lock; watchers and readers see the change
+    /// only once it is durable.
+    fn stage(
+        &self,
+        state: &mut State,
+        mut record: StepRecord,
+        previous: Option<u64>,
+    ) -> Result<(Arc<StepRecord>, commit::Pending), StoreError> {
+        cap_record(&mut record);
+        record.revision = state.revision + 1;
+        let bytes = serde_json::to_vec(&record)?;
+        state.revision = record.revision;
+        let id = record.id().to_string();
+        let active = !record.state.is_terminal();
+        let record = Arc::new(record);
+        let durable = state.active.get(&id).cloned();
+        state
+            .inflight
+            .entry(id.clone())
+            .or_insert(Inflight {
+                latest: record.clone(),
+                durable,
+            })
+            .latest = record.clone();
+        if active {
+            state.active.insert(id.clone(), (*record).clone());
+        } else {
+            state.active.remove(&id);
+        }
+        let write = Write::Put {
+            id,
+            revision: record.revision,
+            previous,
+            active,
+            bytes,
+        };
+        let pending = self
+            .shared
+            .committer
+            .queue(vec![write], vec![record.clone()]);
+        Ok((record, pending))
+    }
+
+    /// Applies `f` to the current attempt of a step while it is not terminal
+    /// and commits the result. A late result of a cancelled, timed-out or
+    /// retried attempt is dropped here.
+    async fn update_if_live(
+        &self,
+        id: &str,
+        attempt: u32,
+        f: impl FnOnce(&mut StepRecord) -> bool,
+    ) -> Option<StepRecord> {
+        let (record, pending) = {
+            let mut state = self.lock();
+            // Unfinished steps are in memory; the store is read only for a
+            // late result of a step that already ended.
+            let current = match state.latest(&self.shared.store, id) {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::error!(step = id, error = %e, "cannot read step");
+                    return None;
+                }
+            };
+            // The "already terminal" guard: CANCELLED (or any end) is final.
+            if current.attempt != attempt || current.state.is_terminal() {
+                return None;
+            }
+            let previous = current.revision;
+            let mut next = current;
+            if !f(&mut next) {
+                return Some(next);
+            }
+            match self.stage(&mut state, next, Some(previous)) {
+                Ok(staged) => staged,
+                Err(e) => {
+                    tracing::error!(step = id, error = %e, "cannot commit step change");
+                    return None;
+                }
+            }
+        };
+        match pending.wait().await {
+            Ok(()) => Some((*record).clone()),
+            Err(e) => {
+                tracing::error!(step = id, error = %e, "cannot commit step change");
+                None
+            }
+        }
+    }
+
+    async fn update_running(&self, id: &str, attempt: u32, update: Update) {
+        self.update_if_live(id, attempt, |r| match update {
+            Update::Message(m) => {
+                let changed = r.message != m;
+                r.message = m;
+                changed
+            }
+            Update::Output(k, v) => r.outputs.insert(k, v.clone()).as_ref() != Some(&v),
+        })
+        .await;
+    }
+}
+
+impl StepSink for Engine {
+    fn update(&self, id: &str, attempt: u32, update: Update) -> BoxFuture<()> {
+        let engine = self.clone();
+        let id = id.to_string();
+        Box::pin(async move { engine.update_running(&id, attempt, update).await })
+    }
+
+    fn secret(&self, id: &str, key: &str) -> Option<String> {
+        Engine::secret(self, id, key)
+    }
+}
+
+/// Settles the engine's memory in commit order: a durable change leaves the
+/// in-flight set; a refused one puts the durable version back.
+struct SettleHook(std::sync::Weak<Shared>);
+
+impl commit::Settle for SettleHook {
+    fn settled(&self, records: &[Arc<StepRecord>], ok: bool) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        for r in records {
+            let id = r.id();
+            let Some(f) = state.inflight.get_mut(id) else {
+                continue;
+            };
+            let newest = f.latest.revision == r.revision;
+            if ok && newest {
+                state.inflight.remove(id);
+            } else if ok {
+                f.durable = (!r.state.is_terminal()).then(|| (**r).clone());
+            } else if newest && let Some(f) = state.inflight.remove(id) {
+                match f.durable {
+                    Some(d) => state.active.insert(id.to_string(), d),
+                    None => state.active.remove(id),
+                };
+            }
+        }
+    }
+}
+
+/// Names the fields in which a repeated request differs from the stored one.
+fn differences(stored: &StepSpec, new: &StepSpec) -> Vec<String> {
+    let mut d = Vec::new();
+    if stored.kind != new.kind {
+        d.push(format!("kind (stored {:?})", stored.kind));
+    }
+    if stored.dag_id != new.dag_id {
+        d.push(format!("dag_id (stored '{}')", stored.dag_id));
+    }
+    if stored.name != new.name {
+        d.push(format!("name (stored '{}')", stored.name));
+    }
+    if stored.timeout != new.timeout {
+        d.push(format!(
+            "timeout (stored {})",
+            humantime::format_duration(stored.timeout)
+        ));
+    }
+    if stored.params != new.params {
+        d.push("parameters".into());
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests;

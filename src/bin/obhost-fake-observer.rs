@@ -384,6 +384,9 @@ async fn listen(mysql_port: u16, rpc_port: Option<u16>, faults: Faults, tx: mpsc
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // Nagle off, as on a real server: small replies must not wait ~40 ms
+        // for a delayed ACK (that would show up as probe latency in obhostd).
+        let _ = conn.set_nodelay(true);
         let backend = Backend {
             salt: new_salt(),
             creds: faults.creds.clone(),

@@ -167,12 +167,27 @@ fn check_roots(
     Ok(real)
 }
 
-fn port(field: &str, value: u32, default: u16) -> Result<u16, SpecError> {
-    match value {
-        0 => Ok(default),
-        1025..=65535 => Ok(value as u16),
-        _ => Err(invalid(format!(
-            "{field} {value} is out of range; use a port from 1025 to 65535"
+/// What a port in a request is for, which decides what it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortUse {
+    /// The observer binds it, as its (unprivileged) user: 1025..=65535,
+    /// `default` when 0.
+    Listen { default: u16 },
+    /// obhostd only connects to it (a health check): 1..=65535, required.
+    Connect,
+}
+
+/// The one check of every port a request names.
+pub fn port(field: &str, value: u32, usage: PortUse) -> Result<u16, SpecError> {
+    let (low, default) = match usage {
+        PortUse::Listen { default } => (1025, Some(default)),
+        PortUse::Connect => (1, None),
+    };
+    match (value, default) {
+        (0, Some(d)) => Ok(d),
+        (v, _) if (low..=65535).contains(&v) => Ok(v as u16),
+        (v, _) => Err(invalid(format!(
+            "{field} {v} is out of range; use a port from {low} to 65535"
         ))),
     }
 }
@@ -318,8 +333,20 @@ impl ObserverSpec {
             v => Some(checked_path("observer.redo_dir", v, policy)?),
         };
         let user = resolve_user("observer.user", &raw.user, policy)?;
-        let mysql_port = port("observer.mysql_port", raw.mysql_port, DEFAULT_MYSQL_PORT)?;
-        let rpc_port = port("observer.rpc_port", raw.rpc_port, DEFAULT_RPC_PORT)?;
+        let mysql_port = port(
+            "observer.mysql_port",
+            raw.mysql_port,
+            PortUse::Listen {
+                default: DEFAULT_MYSQL_PORT,
+            },
+        )?;
+        let rpc_port = port(
+            "observer.rpc_port",
+            raw.rpc_port,
+            PortUse::Listen {
+                default: DEFAULT_RPC_PORT,
+            },
+        )?;
         if mysql_port == rpc_port {
             return Err(invalid(format!(
                 "observer.mysql_port and observer.rpc_port are both {mysql_port}; give them different ports"

@@ -195,21 +195,49 @@ pub fn listening_ports(pid: i32) -> Vec<u16> {
     ports.into_iter().collect()
 }
 
-/// Whether anything on this host listens on `port` (any address).
-pub fn port_listening(port: u16) -> bool {
-    listening_inodes().values().any(|p| *p == port)
+/// The host's listening TCP sockets, read once. Reading /proc/net/tcp{,6}
+/// costs milliseconds on a host with many sockets, so a check run that looks at
+/// several ports reads the table once and asks this snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Listening {
+    /// Socket inode -> port.
+    inodes: HashMap<u64, u16>,
 }
 
-/// Who listens on `port`: (pid, command name), when /proc lets us see it. None
-/// with a listener present means the holder is hidden from us (another user's
-/// process without root, another pid namespace).
+impl Listening {
+    pub fn read() -> Listening {
+        Listening {
+            inodes: listening_inodes(),
+        }
+    }
+
+    /// Whether anything listens on `port` (any address).
+    pub fn has(&self, port: u16) -> bool {
+        self.inodes.values().any(|p| *p == port)
+    }
+
+    /// Who listens on `port`: (pid, command name), when /proc lets us see it.
+    /// None with a listener present means the holder is hidden from us
+    /// (another user's process without root, another pid namespace).
+    pub fn holder(&self, port: u16) -> Option<(i32, String)> {
+        let inodes: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|(_, p)| **p == port)
+            .map(|(i, _)| *i)
+            .collect();
+        holder_of(&inodes)
+    }
+}
+
+/// Whether anything on this host listens on `port` (any address).
+pub fn port_listening(port: u16) -> bool {
+    Listening::read().has(port)
+}
+
+/// Who listens on `port` (see [`Listening::holder`]).
 pub fn port_holder(port: u16) -> Option<(i32, String)> {
-    let inodes: Vec<u64> = listening_inodes()
-        .into_iter()
-        .filter(|(_, p)| *p == port)
-        .map(|(i, _)| i)
-        .collect();
-    holder_of(&inodes)
+    Listening::read().holder(port)
 }
 
 fn holder_of(inodes: &[u64]) -> Option<(i32, String)> {

@@ -10,6 +10,7 @@
 pub mod control;
 pub mod identity;
 pub mod inspect;
+pub mod launch;
 pub mod pidfile;
 pub mod reaper;
 pub mod spawn;

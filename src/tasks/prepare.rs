@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Deps;
 use crate::host::checks;
-use crate::observer::ObserverSpec;
 use crate::observer::locate::{self, Found, Target};
-use crate::process::RunAs;
+use crate::observer::{ObserverSpec, SpecError};
+use crate::process::{RunAs, inspect};
+use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{
     CheckResult, CheckStatus, OnRestart, StepContext, StepFailure, StepResult, StepSuccess,
@@ -62,27 +63,57 @@ pub struct PrepareParams {
     pub strict: bool,
 }
 
+/// A Prepare request's parameters, checked before any step exists: the binary
+/// and the dirs are checks of the step, not preconditions, but every
+/// `skip_checks` name must be a check.
+pub fn resolve(
+    observer: ObserverSpec,
+    create_dirs: bool,
+    skip_checks: Vec<String>,
+    strict: bool,
+) -> Result<PrepareParams, SpecError> {
+    if let Some(bad) = skip_checks.iter().find(|n| !CHECKS.contains(&n.as_str())) {
+        return Err(SpecError::Invalid(format!(
+            "skip_checks names '{}', which is not a check; the checks are: {}",
+            crate::bounds::quote(bad),
+            CHECKS.join(", ")
+        )));
+    }
+    Ok(PrepareParams {
+        observer,
+        create_dirs,
+        skip_checks,
+        strict,
+    })
+}
+
 pub struct Prepare {
     pub params: PrepareParams,
     pub deps: Arc<Deps>,
 }
 
+/// The checks that would only find the observer itself when it runs (its
+/// ports, its dirs): skipped then, as OBD does.
+fn skipped_when_running(name: &str) -> bool {
+    name.starts_with("port.") || (name.starts_with("dir.") && name != "dir.etc.owner")
+}
+
 /// The StepError code a failed check stands for.
-fn code_for(check: &str) -> &'static str {
+fn code_for(check: &str) -> Code {
     match check.split('.').next().unwrap_or("") {
-        "port" => "PORT_IN_USE",
-        "binary" => "BINARY_NOT_FOUND",
-        "dir" if check == "dir.etc.owner" => "DIR_WRONG_OWNER",
-        "dir" => "DIR_NOT_WRITABLE",
-        "memory" => "INSUFFICIENT_MEMORY",
-        "disk" => "INSUFFICIENT_DISK",
-        "aio" => "AIO_INSUFFICIENT",
-        "ulimit" => "ULIMIT_TOO_LOW",
-        "sysctl" => "SYSCTL_OUT_OF_RANGE",
-        "net" => "NETWORK_DEVICE_NOT_FOUND",
-        "cpu" => "CPU_UNSUPPORTED",
-        "clock" => "CLOCK_NOT_SYNCHRONISED",
-        _ => "CHECK_FAILED",
+        "port" => Code::PortInUse,
+        "binary" => Code::BinaryNotFound,
+        "dir" if check == "dir.etc.owner" => Code::DirWrongOwner,
+        "dir" => Code::DirNotWritable,
+        "memory" => Code::InsufficientMemory,
+        "disk" => Code::InsufficientDisk,
+        "aio" => Code::AioInsufficient,
+        "ulimit" => Code::UlimitTooLow,
+        "sysctl" => Code::SysctlOutOfRange,
+        "net" => Code::NetworkDeviceNotFound,
+        "cpu" => Code::CpuUnsupported,
+        "clock" => Code::ClockNotSynchronised,
+        _ => Code::CheckFailed,
     }
 }
 
@@ -170,21 +201,14 @@ impl Prepare {
             )
         };
         if running {
-            for name in [
-                "port.mysql",
-                "port.rpc",
-                "dir.home",
-                "dir.run",
-                "dir.log",
-                "dir.etc",
-                "dir.data",
-                "dir.redo",
-            ] {
+            for name in CHECKS.iter().filter(|n| skipped_when_running(n)) {
                 add(skipped_running(name));
             }
         } else {
-            add(checks::port("port.mysql", spec.mysql_port));
-            add(checks::port("port.rpc", spec.rpc_port));
+            // One read of the socket table for both ports.
+            let listening = inspect::Listening::read();
+            add(checks::port("port.mysql", spec.mysql_port, &listening));
+            add(checks::port("port.rpc", spec.rpc_port, &listening));
         }
         add(match spec.check_binary() {
             Ok(()) => checks::result(
@@ -246,8 +270,9 @@ impl Prepare {
             }
         }
         add(checks::etc_owner(&spec.home_path.join("etc"), user));
-        add(checks::memory_available());
-        add(checks::memory_limit(&spec.parameters));
+        let mem = checks::Memory::read();
+        add(checks::memory_available(&mem));
+        add(checks::memory_limit(&spec.parameters, &mem));
         let size = |k: &str| {
             spec.parameters
                 .get(k)
@@ -296,7 +321,7 @@ impl Prepare {
 
     async fn prepare(self, ctx: StepContext) -> StepResult {
         let user = RunAs::lookup(&self.params.observer.user)
-            .map_err(|e| StepFailure::new("USER_NOT_FOUND", e.to_string()))?;
+            .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
         ctx.progress(format!("running {} checks", CHECKS.len()))
             .await;
         let this = Arc::new(self);
@@ -304,7 +329,7 @@ impl Prepare {
         // The checks read /proc and statfs: blocking work, off the runtime.
         let results = tokio::task::spawn_blocking(move || worker.run_checks(&user))
             .await
-            .map_err(|e| StepFailure::new("INTERNAL", format!("the checks panicked: {e}")))?;
+            .map_err(|e| StepFailure::new(Code::Internal, format!("the checks panicked: {e}")))?;
         let strict = this.params.strict;
         let failed = results
             .iter()
@@ -347,5 +372,55 @@ impl StepTask for Prepare {
     /// Checks only look (and create dirs idempotently): run them again.
     fn on_restart(&self) -> OnRestart {
         OnRestart::Resume
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_has_its_code() {
+        let cases = [
+            ("port.mysql", Code::PortInUse),
+            ("binary", Code::BinaryNotFound),
+            ("dir.data", Code::DirNotWritable),
+            ("dir.etc.owner", Code::DirWrongOwner),
+            ("memory.limit", Code::InsufficientMemory),
+            ("disk.redo", Code::InsufficientDisk),
+            ("aio", Code::AioInsufficient),
+            ("ulimit.stack", Code::UlimitTooLow),
+            ("sysctl.fs.file-max", Code::SysctlOutOfRange),
+            ("net.devname", Code::NetworkDeviceNotFound),
+            ("cpu.avx", Code::CpuUnsupported),
+            ("clock", Code::ClockNotSynchronised),
+            ("observer.running", Code::CheckFailed),
+        ];
+        for (check, code) in cases {
+            assert!(CHECKS.contains(&check), "{check}");
+            assert_eq!(code_for(check), code, "{check}");
+        }
+    }
+
+    #[test]
+    fn a_running_observer_skips_its_ports_and_dirs_only() {
+        let skipped: Vec<&str> = CHECKS
+            .iter()
+            .copied()
+            .filter(|n| skipped_when_running(n))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                "port.mysql",
+                "port.rpc",
+                "dir.home",
+                "dir.run",
+                "dir.log",
+                "dir.etc",
+                "dir.data",
+                "dir.redo"
+            ]
+        );
     }
 }

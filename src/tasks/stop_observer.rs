@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Deps;
 use crate::observer::locate::{self, Found, Target};
+use crate::observer::spec::{Policy, SpecError, checked_path};
 use crate::process::{Handle, inspect, pidfile};
+use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
 
@@ -28,9 +30,45 @@ pub struct StopParams {
     pub force: bool,
 }
 
+/// SIGTERM's grace when the request gives none.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Checks a StopObserver request, before any step exists. `timeout` is the
+/// step's: a grace as long would leave no time to SIGKILL and wait.
+pub fn resolve(
+    home_path: &str,
+    grace: Option<Duration>,
+    force: bool,
+    timeout: Duration,
+    policy: &Policy,
+) -> Result<StopParams, SpecError> {
+    let home_path = checked_path("home_path", home_path, policy)?;
+    let grace = grace.unwrap_or(DEFAULT_GRACE);
+    if grace >= timeout {
+        return Err(SpecError::Invalid(format!(
+            "grace {} is not shorter than the step's timeout {}; give a shorter grace or a longer meta.timeout",
+            humantime::format_duration(grace),
+            humantime::format_duration(timeout)
+        )));
+    }
+    Ok(StopParams {
+        home_path,
+        grace,
+        force,
+    })
+}
+
 pub struct StopObserver {
     pub params: StopParams,
     pub deps: Arc<Deps>,
+}
+
+/// A /proc read (the socket table takes milliseconds on a busy host) on the
+/// blocking pool, so the runtime's threads never wait on it.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 impl StopObserver {
@@ -38,7 +76,7 @@ impl StopObserver {
         let registry = &self.deps.registry;
         let target = Target::for_home(&self.params.home_path, registry);
         let mut outputs = BTreeMap::new();
-        let id = match locate::find(&target, registry) {
+        let id = match locate::find_async(target.clone(), registry.clone()).await {
             Found::Running(id) => id,
             Found::Stale(_) | Found::NotRunning => {
                 let _ = pidfile::remove_if_owned(&target.pid_file, None);
@@ -54,7 +92,8 @@ impl StopObserver {
         outputs.insert("already_stopped".to_string(), "false".to_string());
         // Only what this process holds: a port someone else listens on is not
         // ours to wait for.
-        let ports = inspect::listening_ports(id.pid);
+        let pid = id.pid;
+        let ports = blocking(move || inspect::listening_ports(pid)).await;
 
         let handle = match Handle::open(id) {
             Ok(h) => h,
@@ -68,7 +107,7 @@ impl StopObserver {
             }
         };
         let signal_failed =
-            |e: crate::process::ControlError| StepFailure::new("SIGNAL_FAILED", e.to_string());
+            |e: crate::process::ControlError| StepFailure::new(Code::SignalFailed, e.to_string());
         let mut killed = self.params.force;
         if self.params.force {
             ctx.progress(format!("sent SIGKILL to pid {}", id.pid))
@@ -102,15 +141,16 @@ impl StopObserver {
             outputs.insert("exit".to_string(), e.describe());
         }
 
-        for port in &ports {
-            if inspect::port_listening(*port) {
+        for port in ports {
+            let listening = move || blocking(move || inspect::port_listening(port));
+            if listening().await {
                 ctx.progress(format!(
                     "pid {} is gone; waiting for port {port} to be released",
                     id.pid
                 ))
                 .await;
-                while inspect::port_listening(*port) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                while listening().await {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }

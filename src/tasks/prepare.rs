@@ -117,72 +117,95 @@ fn code_for(check: &str) -> Code {
     }
 }
 
+/// The results of one run, in order; a check named in `skip_checks` is
+/// recorded as SKIPPED with what it would have expected.
+struct Results<'a> {
+    skip: &'a [String],
+    out: Vec<CheckResult>,
+}
+
+impl Results<'_> {
+    fn skipped(&self, name: &str) -> bool {
+        self.skip.iter().any(|s| s == name)
+    }
+
+    fn add(&mut self, r: CheckResult) {
+        if self.skipped(&r.name) {
+            let why = "skipped as asked (skip_checks)".to_string();
+            let r = checks::result(
+                &r.name,
+                CheckStatus::Skipped,
+                why,
+                r.expected,
+                String::new(),
+            );
+            self.out.push(r);
+        } else {
+            self.out.push(r);
+        }
+    }
+}
+
+fn info(name: &str, observed: String) -> CheckResult {
+    checks::result(
+        name,
+        CheckStatus::Pass,
+        observed,
+        "info".into(),
+        String::new(),
+    )
+}
+
+fn not_applicable(name: &str, why: &str) -> CheckResult {
+    checks::result(
+        name,
+        CheckStatus::Skipped,
+        why.into(),
+        String::new(),
+        String::new(),
+    )
+}
+
 impl Prepare {
+    /// Every check, in the order of [`CHECKS`]. Blocking (reads /proc, statfs).
     fn run_checks(&self, user: &RunAs) -> Vec<CheckResult> {
-        let p = &self.params;
-        let spec = &p.observer;
-        let registry = &self.deps.registry;
-        let skip = |name: &str| p.skip_checks.iter().any(|s| s == name);
-        let mut out: Vec<CheckResult> = Vec::new();
-        let mut add = |r: CheckResult| {
-            if skip(&r.name) {
-                out.push(checks::result(
-                    &r.name,
-                    CheckStatus::Skipped,
-                    "skipped as asked (skip_checks)".into(),
-                    r.expected,
-                    String::new(),
-                ));
-            } else {
-                out.push(r);
-            }
+        let mut results = Results {
+            skip: &self.params.skip_checks,
+            out: Vec::new(),
         };
+        let running = self.identity_checks(user, &mut results);
+        if running {
+            for name in CHECKS.iter().filter(|n| skipped_when_running(n)) {
+                results.add(not_applicable(name, "observer already running"));
+            }
+        } else {
+            self.port_checks(&mut results);
+        }
+        results.add(self.binary_check(user));
+        if !running {
+            self.dir_checks(user, &mut results);
+        }
+        self.host_checks(user, &mut results);
+        results.out
+    }
+
+    /// `observer.running`, `pidfile.stale` (removing a stale pid file); true
+    /// when the observer runs.
+    fn identity_checks(&self, user: &RunAs, results: &mut Results) -> bool {
+        let spec = &self.params.observer;
         let target = Target {
             home_path: spec.home_path.clone(),
             pid_file: spec.pid_file.clone(),
             binary: spec.binary.clone(),
             uid: Some(user.uid),
         };
-        let found = locate::find(&target, registry);
-        let running = matches!(found, Found::Running(_));
-        add(match &found {
-            Found::Running(id) => checks::result(
-                "observer.running",
-                CheckStatus::Pass,
-                format!("running pid {}", id.pid),
-                "info".into(),
-                String::new(),
-            ),
-            _ => checks::result(
-                "observer.running",
-                CheckStatus::Pass,
-                "not running".into(),
-                "info".into(),
-                String::new(),
-            ),
+        let found = locate::find(&target, &self.deps.registry);
+        results.add(match &found {
+            Found::Running(id) => info("observer.running", format!("running pid {}", id.pid)),
+            _ => info("observer.running", "not running".into()),
         });
-        add(match found {
-            Found::Stale(pid) if !skip("pidfile.stale") => {
-                let what = pid
-                    .map(|p| format!("pid {p}"))
-                    .unwrap_or_else(|| "no pid".into());
-                match crate::confined::remove_file(&spec.pid_file) {
-                    Ok(_) => checks::result(
-                        "pidfile.stale",
-                        CheckStatus::Pass,
-                        format!("removed stale {} ({what})", spec.pid_file.display()),
-                        "no stale pid file".into(),
-                        String::new(),
-                    ),
-                    Err(e) => checks::result(
-                        "pidfile.stale",
-                        CheckStatus::Fail,
-                        format!("cannot remove stale {}: {e}", spec.pid_file.display()),
-                        "no stale pid file".into(),
-                        format!("rm -f {}", spec.pid_file.display()),
-                    ),
-                }
-            }
+        let stale = match found {
+            Found::Stale(pid) if !results.skipped("pidfile.stale") => self.remove_stale(pid),
             _ => checks::result(
                 "pidfile.stale",
                 CheckStatus::Pass,
@@ -190,89 +213,138 @@ impl Prepare {
                 "no stale pid file".into(),
                 String::new(),
             ),
-        });
-        let skipped_running = |name: &str| {
-            checks::result(
-                name,
-                CheckStatus::Skipped,
-                "observer already running".into(),
-                String::new(),
-                String::new(),
-            )
         };
-        if running {
-            for name in CHECKS.iter().filter(|n| skipped_when_running(n)) {
-                add(skipped_running(name));
-            }
-        } else {
-            // One read of the socket table for both ports.
-            let listening = inspect::Listening::read();
-            add(checks::port("port.mysql", spec.mysql_port, &listening));
-            add(checks::port("port.rpc", spec.rpc_port, &listening));
-        }
-        add(match spec.check_binary() {
+        results.add(stale);
+        matches!(found, Found::Running(_))
+    }
+
+    fn remove_stale(&self, pid: Option<i32>) -> CheckResult {
+        let pid_file = &self.params.observer.pid_file;
+        let what = pid
+            .map(|p| format!("pid {p}"))
+            .unwrap_or_else(|| "no pid".into());
+        let (status, observed, hint) = match crate::confined::remove_file(pid_file) {
+            Ok(_) => (
+                CheckStatus::Pass,
+                format!("removed stale {} ({what})", pid_file.display()),
+                String::new(),
+            ),
+            Err(e) => (
+                CheckStatus::Fail,
+                format!("cannot remove stale {}: {e}", pid_file.display()),
+                format!("rm -f {}", pid_file.display()),
+            ),
+        };
+        checks::result(
+            "pidfile.stale",
+            status,
+            observed,
+            "no stale pid file".into(),
+            hint,
+        )
+    }
+
+    /// `port.mysql`, `port.rpc`, from one read of the socket table.
+    fn port_checks(&self, results: &mut Results) {
+        let spec = &self.params.observer;
+        let listening = inspect::Listening::read();
+        results.add(checks::port("port.mysql", spec.mysql_port, &listening));
+        results.add(checks::port("port.rpc", spec.rpc_port, &listening));
+    }
+
+    fn binary_check(&self, user: &RunAs) -> CheckResult {
+        let spec = &self.params.observer;
+        let expected = "present and executable".to_string();
+        match spec.check_binary() {
             Ok(()) => checks::result(
                 "binary",
                 CheckStatus::Pass,
                 format!("{} executable by {}", spec.binary.display(), user.name),
-                "present and executable".into(),
+                expected,
                 String::new(),
             ),
             Err(m) => checks::result(
                 "binary",
                 CheckStatus::Fail,
                 m,
-                "present and executable".into(),
+                expected,
                 format!(
                     "install the observer at {} (chmod 755)",
                     spec.binary.display()
                 ),
             ),
-        });
-        if !running {
-            let home = &spec.home_path;
-            add(checks::dir("dir.home", home, user, p.create_dirs));
-            for sub in ["run", "log", "etc"] {
-                add(checks::dir(
-                    &format!("dir.{sub}"),
-                    &home.join(sub),
-                    user,
-                    p.create_dirs,
-                ));
-            }
-            let data = checks::dir("dir.data", &spec.data_dir, user, p.create_dirs);
-            let first_start_nonempty = !spec.is_restart()
-                && data.status == CheckStatus::Pass
-                && crate::confined::dir_has_entries(&spec.data_dir);
-            if first_start_nonempty {
-                add(checks::result(
-                    "dir.data",
-                    CheckStatus::Warn,
-                    format!("{} is not empty on a first start", spec.data_dir.display()),
-                    "empty on a first start".into(),
-                    format!(
-                        "check that {} holds no other observer's data",
-                        spec.data_dir.display()
-                    ),
-                ));
-            } else {
-                add(data);
-            }
-            match &spec.redo_dir {
-                Some(redo) => add(checks::dir("dir.redo", redo, user, p.create_dirs)),
-                None => add(checks::result(
-                    "dir.redo",
-                    CheckStatus::Skipped,
-                    "redo_dir not set".into(),
-                    String::new(),
-                    String::new(),
-                )),
-            }
         }
-        add(checks::etc_owner(&spec.home_path.join("etc"), user));
+    }
+
+    /// `dir.*`: home, run, log, etc, data and redo exist (created with
+    /// `create_dirs`) and are writable by the user.
+    fn dir_checks(&self, user: &RunAs, results: &mut Results) {
+        let p = &self.params;
+        let spec = &p.observer;
+        let home = &spec.home_path;
+        results.add(checks::dir("dir.home", home, user, p.create_dirs));
+        for sub in ["run", "log", "etc"] {
+            let name = format!("dir.{sub}");
+            results.add(checks::dir(&name, &home.join(sub), user, p.create_dirs));
+        }
+        results.add(self.data_dir_check(user));
+        results.add(match &spec.redo_dir {
+            Some(redo) => checks::dir("dir.redo", redo, user, p.create_dirs),
+            None => not_applicable("dir.redo", "redo_dir not set"),
+        });
+    }
+
+    /// `dir.data`; a non-empty one on a first start warns: it may hold another
+    /// observer's data.
+    fn data_dir_check(&self, user: &RunAs) -> CheckResult {
+        let spec = &self.params.observer;
+        let data = checks::dir("dir.data", &spec.data_dir, user, self.params.create_dirs);
+        let first_start_nonempty = !spec.is_restart()
+            && data.status == CheckStatus::Pass
+            && crate::confined::dir_has_entries(&spec.data_dir);
+        if !first_start_nonempty {
+            return data;
+        }
+        checks::result(
+            "dir.data",
+            CheckStatus::Warn,
+            format!("{} is not empty on a first start", spec.data_dir.display()),
+            "empty on a first start".into(),
+            format!(
+                "check that {} holds no other observer's data",
+                spec.data_dir.display()
+            ),
+        )
+    }
+
+    /// What the host offers: etc/ ownership, memory, disk, aio, limits,
+    /// sysctls, network device, CPU, clock.
+    fn host_checks(&self, user: &RunAs, results: &mut Results) {
+        let spec = &self.params.observer;
+        results.add(checks::etc_owner(&spec.home_path.join("etc"), user));
         let mem = checks::Memory::read();
-        add(checks::memory_available(&mem));
-        add(checks::memory_limit(&spec.parameters, &mem));
+        results.add(checks::memory_available(&mem));
+        results.add(checks::memory_limit(&spec.parameters, &mem));
+        self.disk_checks(results);
+        results.add(checks::aio());
+        for r in checks::ulimits(&self.deps.policy.limits) {
+            results.add(r);
+        }
+        for r in checks::sysctls() {
+            results.add(r);
+        }
+        results.add(if spec.devname.is_empty() {
+            not_applicable("net.devname", "devname not set")
+        } else {
+            checks::devname(&spec.devname)
+        });
+        results.add(checks::cpu_avx());
+        results.add(checks::clock());
+    }
+
+    /// `disk.data`, `disk.redo`: a first start's files must fit.
+    fn disk_checks(&self, results: &mut Results) {
+        let spec = &self.params.observer;
         let size = |k: &str| {
             spec.parameters
                 .get(k)
@@ -280,43 +352,20 @@ impl Prepare {
         };
         // The slog reserve OBD adds to the data disk.
         let data_need = size("datafile_size").map(|s| s + 4 * (1 << 30));
-        add(checks::disk(
+        let restart = spec.is_restart();
+        results.add(checks::disk(
             "disk.data",
             &spec.data_dir,
             data_need,
-            spec.is_restart(),
+            restart,
         ));
-        let redo = spec
-            .redo_dir
-            .clone()
-            .unwrap_or_else(|| spec.data_dir.clone());
-        add(checks::disk(
+        let redo = spec.redo_dir.as_ref().unwrap_or(&spec.data_dir);
+        results.add(checks::disk(
             "disk.redo",
-            &redo,
+            redo,
             size("log_disk_size"),
-            spec.is_restart(),
+            restart,
         ));
-        add(checks::aio());
-        for r in checks::ulimits(&self.deps.policy.limits) {
-            add(r);
-        }
-        for r in checks::sysctls() {
-            add(r);
-        }
-        if spec.devname.is_empty() {
-            add(checks::result(
-                "net.devname",
-                CheckStatus::Skipped,
-                "devname not set".into(),
-                String::new(),
-                String::new(),
-            ));
-        } else {
-            add(checks::devname(&spec.devname));
-        }
-        add(checks::cpu_avx());
-        add(checks::clock());
-        out
     }
 
     async fn prepare(self, ctx: StepContext) -> StepResult {

@@ -531,6 +531,30 @@ pub fn check_executable(path: &Path, user: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn one_port_validator_for_every_use() {
+        let listen = PortUse::Listen { default: 2881 };
+        let cases = [
+            (0, listen, Ok(2881)),
+            (1025, listen, Ok(1025)),
+            (65535, listen, Ok(65535)),
+            (1024, listen, Err("from 1025 to 65535")),
+            (65536, listen, Err("from 1025 to 65535")),
+            (80, PortUse::Connect, Ok(80)),
+            (1, PortUse::Connect, Ok(1)),
+            (0, PortUse::Connect, Err("from 1 to 65535")),
+            (70000, PortUse::Connect, Err("from 1 to 65535")),
+        ];
+        for (value, usage, want) in cases {
+            let got = port("p", value, usage).map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "{value}"),
+                (Err(g), Err(w)) => assert!(g.contains(w) && g.contains(&value.to_string()), "{g}"),
+                (g, w) => panic!("{value} {usage:?}: got {g:?}, want {w:?}"),
+            }
+        }
+    }
+
     fn raw(home: &str) -> RawSpec {
         RawSpec {
             home_path: home.into(),

@@ -191,3 +191,27 @@ impl StepTask for StopObserver {
         OnRestart::Resume
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_defaults_and_must_leave_time_to_kill() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path().display().to_string();
+        let policy = Policy::default();
+        let minute = Duration::from_secs(60);
+        let p = resolve(&h, None, false, minute, &policy).unwrap();
+        assert_eq!(p.grace, DEFAULT_GRACE);
+        let p = resolve(&h, Some(Duration::ZERO), true, minute, &policy).unwrap();
+        assert!(p.force);
+        let e = resolve(&h, Some(minute), false, minute, &policy).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is not shorter than the step's timeout"),
+            "{e}"
+        );
+        assert!(resolve("not/absolute", None, false, minute, &policy).is_err());
+    }
+}

@@ -241,3 +241,72 @@ impl StepTask for WaitObserverActive {
         OnRestart::Resume
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(home: &std::path::Path) -> RawWait {
+        RawWait {
+            home_path: home.display().to_string(),
+            ..RawWait::default()
+        }
+    }
+
+    #[test]
+    fn defaults_port_and_query() {
+        let home = tempfile::tempdir().unwrap();
+        let p = resolve(raw(home.path()), &Policy::default()).unwrap();
+        assert_eq!(p.mysql_port, spec::DEFAULT_MYSQL_PORT);
+        assert_eq!(p.sql, "SELECT 1");
+        assert!(!p.with_password);
+        assert_eq!(p.home_path, std::fs::canonicalize(home.path()).unwrap());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let home = tempfile::tempdir().unwrap();
+        let cases: Vec<(RawWait, &str)> = vec![
+            (
+                RawWait {
+                    mysql_port: 80,
+                    ..raw(home.path())
+                },
+                "mysql_port 80 is out of range",
+            ),
+            (
+                RawWait {
+                    password_len: 3,
+                    ..raw(home.path())
+                },
+                "password is set but user is not",
+            ),
+            (
+                RawWait {
+                    user: "root".into(),
+                    password_len: 4097,
+                    ..raw(home.path())
+                },
+                "password is longer than 4096 bytes",
+            ),
+            (
+                RawWait {
+                    sql: "x".repeat(4097),
+                    ..raw(home.path())
+                },
+                "sql is longer than 4096 bytes",
+            ),
+            (
+                RawWait {
+                    home_path: "relative/home".into(),
+                    ..RawWait::default()
+                },
+                "home_path",
+            ),
+        ];
+        for (r, want) in cases {
+            let e = resolve(r, &Policy::default()).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+}

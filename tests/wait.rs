@@ -254,6 +254,42 @@ async fn a_wait_resumes_after_kill9_with_its_original_deadline() {
 }
 
 #[tokio::test]
+async fn a_resumed_wait_times_out_at_its_original_deadline() {
+    let d = Daemon::start();
+    let home = Home::new();
+    started(
+        &d,
+        "deadline-start",
+        home.spec_with_env("FAKE_OBSERVER_NEVER_LISTEN", "1"),
+    )
+    .await;
+    let began = std::time::Instant::now();
+    d.client()
+        .await
+        .wait_observer_active(wait_req("deadline-wait", &home, 4.0))
+        .await
+        .unwrap();
+    wait_for(&d, "deadline-wait", Duration::from_secs(3), |s| {
+        s.message.contains("not accepting")
+    })
+    .await;
+    // Down for 2 of its 4 seconds: a fresh deadline would end it 4 s after
+    // the restart, i.e. 6 s or more after it began.
+    let stopped = d.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = stopped.start();
+    let s = wait_terminal(&d, "deadline-wait").await;
+    let took = began.elapsed();
+    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    assert!(
+        took < Duration::from_millis(5500),
+        "timed out {took:?} after it began, not at its 4 s deadline"
+    );
+    let e = s.error.unwrap();
+    assert!(e.message.contains("not accepting"), "{}", e.message);
+}
+
+#[tokio::test]
 async fn a_resumed_wait_asks_for_the_password_again() {
     let password = "pw-resume-0xdead";
     let d = Daemon::start();

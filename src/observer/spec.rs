@@ -167,6 +167,98 @@ fn check_roots(
     Ok(real)
 }
 
+/// The observer's two ports: each valid, and not the same.
+fn observer_ports(raw: &RawSpec) -> Result<(u16, u16), SpecError> {
+    let mysql_port = port(
+        "observer.mysql_port",
+        raw.mysql_port,
+        PortUse::Listen {
+            default: DEFAULT_MYSQL_PORT,
+        },
+    )?;
+    let rpc_port = port(
+        "observer.rpc_port",
+        raw.rpc_port,
+        PortUse::Listen {
+            default: DEFAULT_RPC_PORT,
+        },
+    )?;
+    if mysql_port == rpc_port {
+        return Err(invalid(format!(
+            "observer.mysql_port and observer.rpc_port are both {mysql_port}; give them different ports"
+        )));
+    }
+    Ok((mysql_port, rpc_port))
+}
+
+/// Names and lists that end up on the command line: bounded, one token each,
+/// `ip` an address, `rootservice_list` in its `;`-separated form.
+fn check_names(raw: &RawSpec) -> Result<(), SpecError> {
+    for (field, value) in [
+        ("observer.zone", &raw.zone),
+        ("observer.cluster_name", &raw.cluster_name),
+        ("observer.devname", &raw.devname),
+        ("observer.ip", &raw.ip),
+    ] {
+        name(field, value)?;
+        token(field, value)?;
+    }
+    bounds::check_len(
+        "observer.rootservice_list",
+        &raw.rootservice_list,
+        bounds::MAX_VALUE,
+    )
+    .map_err(invalid)?;
+    let params = &raw.parameters;
+    bounds::check_entries("observer.parameters", params.keys().map(String::as_str))
+        .map_err(invalid)?;
+    bounds::check_entries("observer.parameters", params.values().map(String::as_str))
+        .map_err(invalid)?;
+    bounds::check_entries(
+        "observer.extra_args",
+        raw.extra_args.iter().map(String::as_str),
+    )
+    .map_err(invalid)?;
+    if !raw.ip.is_empty() && raw.ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(invalid(format!(
+            "observer.ip '{}' is not an IP address, e.g. 10.0.0.1",
+            raw.ip
+        )));
+    }
+    if raw
+        .rootservice_list
+        .chars()
+        .any(|c| c.is_whitespace() || c == ',')
+    {
+        return Err(invalid(
+            "observer.rootservice_list contains spaces or commas; the form is ip:rpc_port:mysql_port;ip:rpc_port:mysql_port".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `-o k=v,k=v`: a key is a parameter name, and a value cannot break out of
+/// its pair (an unquoted ',') or its line.
+fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (k, v) in params {
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(format!(
+                "observer.parameters key '{}' is not a parameter name ([A-Za-z0-9_]+)",
+                k.escape_debug()
+            )));
+        }
+        let quoted = v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')));
+        if (v.contains(',') && !quoted) || v.contains(['\n', '\r', '\0']) {
+            return Err(invalid(format!(
+                "observer.parameters value of '{k}' contains an unquoted ',' or a line break; quote it (\"a,b\") or split it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What a port in a request is for, which decides what it may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortUse {
@@ -333,81 +425,9 @@ impl ObserverSpec {
             v => Some(checked_path("observer.redo_dir", v, policy)?),
         };
         let user = resolve_user("observer.user", &raw.user, policy)?;
-        let mysql_port = port(
-            "observer.mysql_port",
-            raw.mysql_port,
-            PortUse::Listen {
-                default: DEFAULT_MYSQL_PORT,
-            },
-        )?;
-        let rpc_port = port(
-            "observer.rpc_port",
-            raw.rpc_port,
-            PortUse::Listen {
-                default: DEFAULT_RPC_PORT,
-            },
-        )?;
-        if mysql_port == rpc_port {
-            return Err(invalid(format!(
-                "observer.mysql_port and observer.rpc_port are both {mysql_port}; give them different ports"
-            )));
-        }
-        for (field, value) in [
-            ("observer.zone", &raw.zone),
-            ("observer.cluster_name", &raw.cluster_name),
-            ("observer.devname", &raw.devname),
-            ("observer.ip", &raw.ip),
-        ] {
-            name(field, value)?;
-            token(field, value)?;
-        }
-        bounds::check_len(
-            "observer.rootservice_list",
-            &raw.rootservice_list,
-            bounds::MAX_VALUE,
-        )
-        .map_err(invalid)?;
-        let params = &raw.parameters;
-        bounds::check_entries("observer.parameters", params.keys().map(String::as_str))
-            .map_err(invalid)?;
-        bounds::check_entries("observer.parameters", params.values().map(String::as_str))
-            .map_err(invalid)?;
-        bounds::check_entries(
-            "observer.extra_args",
-            raw.extra_args.iter().map(String::as_str),
-        )
-        .map_err(invalid)?;
-        if !raw.ip.is_empty() && raw.ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(invalid(format!(
-                "observer.ip '{}' is not an IP address, e.g. 10.0.0.1",
-                raw.ip
-            )));
-        }
-        if raw
-            .rootservice_list
-            .chars()
-            .any(|c| c.is_whitespace() || c == ',')
-        {
-            return Err(invalid(
-                "observer.rootservice_list contains spaces or commas; the form is ip:rpc_port:mysql_port;ip:rpc_port:mysql_port".into(),
-            ));
-        }
-        for (k, v) in &raw.parameters {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(invalid(format!(
-                    "observer.parameters key '{}' is not a parameter name ([A-Za-z0-9_]+)",
-                    k.escape_debug()
-                )));
-            }
-            let quoted = v.len() >= 2
-                && ((v.starts_with('"') && v.ends_with('"'))
-                    || (v.starts_with('\'') && v.ends_with('\'')));
-            if (v.contains(',') && !quoted) || v.contains(['\n', '\r', '\0']) {
-                return Err(invalid(format!(
-                    "observer.parameters value of '{k}' contains an unquoted ',' or a line break; quote it (\"a,b\") or split it"
-                )));
-            }
-        }
+        let (mysql_port, rpc_port) = observer_ports(&raw)?;
+        check_names(&raw)?;
+        check_parameters(&raw.parameters)?;
         check_env("observer.env", &raw.env)?;
         if raw.extra_args.iter().any(|a| a.contains('\0')) {
             return Err(invalid("observer.extra_args contains a NUL byte".into()));

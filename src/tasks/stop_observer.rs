@@ -106,31 +106,7 @@ impl StopObserver {
                 });
             }
         };
-        let signal_failed =
-            |e: crate::process::ControlError| StepFailure::new(Code::SignalFailed, e.to_string());
-        let mut killed = self.params.force;
-        if self.params.force {
-            ctx.progress(format!("sent SIGKILL to pid {}", id.pid))
-                .await;
-            ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
-        } else {
-            ignore_gone(handle.signal(Signal::SIGTERM)).map_err(signal_failed)?;
-            ctx.progress(format!(
-                "sent SIGTERM to pid {}; waiting up to {} before SIGKILL",
-                id.pid,
-                humantime::format_duration(self.params.grace)
-            ))
-            .await;
-            if !handle.exited_within(self.params.grace).await {
-                killed = true;
-                ctx.progress(format!(
-                    "pid {} outlived the grace period; sent SIGKILL",
-                    id.pid
-                ))
-                .await;
-                ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
-            }
-        }
+        let killed = self.terminate(&ctx, &handle).await?;
         handle.exited().await;
         let exit = tokio::time::timeout(Duration::from_secs(1), registry.reaper().wait(id.pid))
             .await
@@ -141,19 +117,7 @@ impl StopObserver {
             outputs.insert("exit".to_string(), e.describe());
         }
 
-        for port in ports {
-            let listening = move || blocking(move || inspect::port_listening(port));
-            if listening().await {
-                ctx.progress(format!(
-                    "pid {} is gone; waiting for port {port} to be released",
-                    id.pid
-                ))
-                .await;
-                while listening().await {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
+        wait_ports_free(&ctx, id.pid, ports).await;
         let _ = pidfile::remove_if_owned(&target.pid_file, Some(&id));
         Ok(StepSuccess {
             message: format!(
@@ -165,6 +129,32 @@ impl StopObserver {
             checks: Vec::new(),
         })
     }
+
+    /// SIGTERM, then SIGKILL after the grace (`force`: SIGKILL at once), through
+    /// the pidfd; true when SIGKILL was sent.
+    async fn terminate(&self, ctx: &StepContext, handle: &Handle) -> Result<bool, StepFailure> {
+        let pid = handle.identity().pid;
+        let signal_failed =
+            |e: crate::process::ControlError| StepFailure::new(Code::SignalFailed, e.to_string());
+        if self.params.force {
+            ctx.progress(format!("sent SIGKILL to pid {pid}")).await;
+            ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
+            return Ok(true);
+        }
+        ignore_gone(handle.signal(Signal::SIGTERM)).map_err(signal_failed)?;
+        ctx.progress(format!(
+            "sent SIGTERM to pid {pid}; waiting up to {} before SIGKILL",
+            humantime::format_duration(self.params.grace)
+        ))
+        .await;
+        if handle.exited_within(self.params.grace).await {
+            return Ok(false);
+        }
+        ctx.progress(format!("pid {pid} outlived the grace period; sent SIGKILL"))
+            .await;
+        ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
+        Ok(true)
+    }
 }
 
 /// A process that exited between our look and our signal is stopped already.
@@ -174,6 +164,24 @@ fn ignore_gone(
     match r {
         Err(crate::process::ControlError::NotThatProcess { .. }) => Ok(()),
         other => other,
+    }
+}
+
+/// Returns once nothing listens on the ports the stopped process held: the
+/// next start needs them, and the kernel may release them a moment after the
+/// process is gone.
+async fn wait_ports_free(ctx: &StepContext, pid: i32, ports: Vec<u16>) {
+    for port in ports {
+        let listening = move || blocking(move || inspect::port_listening(port));
+        if listening().await {
+            ctx.progress(format!(
+                "pid {pid} is gone; waiting for port {port} to be released"
+            ))
+            .await;
+            while listening().await {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 

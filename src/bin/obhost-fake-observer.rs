@@ -270,7 +270,9 @@ fn wait_for_server(child: Pid, pid_file: &Path) -> ! {
                 ),
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // Short: the launcher's exit is on every start's critical path, and a
+        // coarse poll would be counted as the stand-in's time-to-ready.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod launch;
 pub mod pidfile;
 pub mod reaper;
+pub mod sockdiag;
 pub mod spawn;
 pub mod spawned;
 

@@ -171,6 +171,13 @@ async fn never_healthy_times_out_and_a_dying_service_is_process_exited() {
     let e = s.error.unwrap();
     assert_eq!(e.code, "PROCESS_EXITED");
     assert!(e.message.contains("exited with code 4"), "{}", e.message);
+    // The same exit details as the observer's.
+    assert_eq!(
+        e.details.get("exit_code").map(String::as_str),
+        Some("4"),
+        "{e:#?}"
+    );
+    assert!(e.details.contains_key("pid"), "{e:#?}");
     assert!(
         e.log_tail.iter().any(|l| l.contains("agent cannot start")),
         "{:?}",

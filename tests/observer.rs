@@ -269,14 +269,13 @@ async fn a_crash_at_start_is_process_exited_with_the_log() {
     );
     assert!(home.processes().is_empty());
 
-    // Dies shortly after it daemonized: caught by the settle window.
-    start_observer(
-        &d,
-        "crash-2",
-        home.spec_with_env("FAKE_OBSERVER_CRASH_AFTER_MS", "200"),
-    )
-    .await
-    .unwrap();
+    // Dies shortly after it daemonized, before it listens: caught by the
+    // settle window. (One that listens first is past its riskiest phase and
+    // started at once; its later death is WaitObserverActive's to see.)
+    let mut spec = home.spec_with_env("FAKE_OBSERVER_CRASH_AFTER_MS", "200");
+    spec.env
+        .insert("FAKE_OBSERVER_NEVER_LISTEN".into(), "1".into());
+    start_observer(&d, "crash-2", spec).await.unwrap();
     let s = wait_terminal(&d, "crash-2").await;
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
     let e = s.error.unwrap();
@@ -352,7 +351,9 @@ async fn kill9_during_a_start_resolves_the_step_without_a_duplicate() {
         ..Options::default()
     });
     let home = Home::new();
-    start_observer(&d, "mid-1", home.spec()).await.unwrap();
+    // Not listening yet, so the start is still settling when obhostd dies.
+    let spec = home.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", "30000");
+    start_observer(&d, "mid-1", spec).await.unwrap();
     // Wait until it has spawned (the pid is recorded), then crash the daemon.
     wait_for(&d, "mid-1", Duration::from_secs(10), |s| {
         s.outputs.contains_key("launcher_pid")
@@ -362,9 +363,73 @@ async fn kill9_during_a_start_resolves_the_step_without_a_duplicate() {
     let s = wait_terminal(&d, "mid-1").await;
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
     assert_eq!(s.attempt, 1);
+    // The resumed run recognised the process it spawned before the restart.
+    assert_eq!(s.outputs["already_running"], "false", "{s:#?}");
     let procs = home.processes();
     assert_eq!(procs.len(), 1, "duplicate observers: {procs:?}");
     assert_eq!(pid_of(&s), procs[0]);
+}
+
+#[tokio::test]
+async fn an_observer_that_died_while_obhostd_was_down_fails_the_resumed_start() {
+    let d = Daemon::start_with(Options {
+        config: "[observer]\nstart_settle = \"30s\"\n".into(),
+        ..Options::default()
+    });
+    let home = Home::new();
+    let spec = home.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", "30000");
+    start_observer(&d, "died-1", spec).await.unwrap();
+    wait_for(&d, "died-1", Duration::from_secs(10), |s| {
+        s.message.contains("watching it")
+    })
+    .await;
+    let stopped = d.kill9();
+    let procs = home.processes();
+    assert!(!procs.is_empty(), "nothing was started");
+    for pid in &procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while !home.processes().is_empty() && std::time::Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = stopped.start();
+    let s = wait_terminal(&d, "died-1").await;
+    assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
+    let e = s.error.unwrap();
+    assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
+    assert!(e.message.contains("RetryStep 'died-1'"), "{}", e.message);
+    // Nothing was started in its place.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(home.processes().is_empty(), "{:?}", home.processes());
+}
+
+#[tokio::test]
+async fn a_listening_observer_is_started_without_waiting_out_the_settle_window() {
+    let d = Daemon::start_with(Options {
+        config: "[observer]\nstart_settle = \"20s\"\n".into(),
+        ..Options::default()
+    });
+    let home = Home::new();
+    let began = std::time::Instant::now();
+    let s = started(&d, "quick-1", home.spec()).await;
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: it waited for start_settle"
+    );
+    assert_eq!(s.outputs["already_running"], "false");
+    assert!(alive(pid_of(&s)));
+    // Not listening: the settle window decides, and it is still honoured.
+    let other = Home::new();
+    let spec = other.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", "60000");
+    start_observer(&d, "quick-2", spec).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = get_step(&d, "quick-2").await;
+    assert_eq!(s.state(), pb::StepState::Running, "{s:#?}");
 }
 
 #[tokio::test]

@@ -42,6 +42,9 @@ async fn a_good_host_passes_and_missing_dirs_are_created() {
     spec.home_path = home.path().join("ob").display().to_string();
     let s = prepare(&d, prep("prep-ok", spec)).await;
     assert_eq!(s.state(), pb::StepState::Succeeded, "{:#?}", s.checks);
+    // Every check of the one catalog, once, in its order.
+    let names: Vec<&str> = s.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, obhost::tasks::prepare::CHECKS);
     for name in [
         "observer.running",
         "port.mysql",

@@ -1,5 +1,6 @@
-//! `obhostctl start-observer`: the four host steps end to end against the real
-//! seekdb kernel, and a failing observer stopping the flow with its error shown.
+//! `obhostctl start-observer`: the four host steps end to end against the
+//! stand-in observer (always) and the real seekdb kernel, and a failing
+//! observer stopping the flow with its error shown.
 
 mod common;
 
@@ -33,6 +34,93 @@ fn kill_agent(d: &Daemon, id: &str) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// What a successful flow must show: the DAG in OCP's shape, each of the four
+/// steps SUCCEEDED with its times, and the observer really running.
+fn assert_flow_succeeded(d: &Daemon, out: &str, dag_id: &str, home: &str) {
+    let dag: serde_json::Value = serde_json::from_str(out).expect("a JSON DAG");
+    assert_eq!(dag["id"], dag_id);
+    assert_eq!(dag["status"], "SUCCEEDED");
+    let tasks = dag["tasks"].as_array().unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "Prepare start observer",
+            "Start observer process",
+            "Wait observer active",
+            "Start ocp agent service"
+        ]
+    );
+    for t in tasks {
+        assert_eq!(t["status"], "SUCCEEDED", "{t}");
+        assert!(
+            t["startTime"].is_string() && t["endTime"].is_string(),
+            "{t}"
+        );
+    }
+    let up = format!("{dag_id}-prepare");
+    let down = format!("{dag_id}-wait");
+    assert_eq!(tasks[1]["upstreams"], serde_json::json!([up]));
+    assert_eq!(tasks[1]["downstreams"], serde_json::json!([down]));
+    let (code, out, _) = obhostctl(Some(d), &["-o", "json", "observer", "--home", home]);
+    assert_eq!(code, 0);
+    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(o["running"], true);
+}
+
+#[tokio::test]
+async fn start_observer_runs_the_four_steps_against_the_stand_in() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent_port = free_port();
+    let home_s = home.path().display().to_string();
+    let port = home.mysql_port.to_string();
+    let rpc = (home.mysql_port + 1).to_string();
+    let mut args: Vec<String> = [
+        "-o",
+        "json",
+        "start-observer",
+        "--home",
+        &home_s,
+        "--binary",
+        FAKE_OBSERVER,
+        "--mysql-port",
+        &port,
+        "--rpc-port",
+        &rpc,
+        "--zone",
+        "zone1",
+        "--cluster-name",
+        "obhost",
+        "--cluster-id",
+        "1",
+        "--param",
+        "memory_limit=1G",
+        "--create-dirs",
+        "--dag-id",
+        "222236",
+        "--wait-user",
+        "root",
+        "--wait-timeout",
+        "1m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(agent_args(agent_dir.path(), agent_port));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = obhostctl(Some(&d), &argv);
+    kill_agent(&d, "222236-agent");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_flow_succeeded(&d, &out, "222236", &home_s);
+    let wait = get_step(&d, "222236-wait").await;
+    assert!(wait.message.contains("'root' logged in"), "{wait:#?}");
+    let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(home.processes().is_empty());
 }
 
 #[tokio::test]
@@ -83,34 +171,7 @@ async fn start_observer_runs_the_four_steps_against_real_seekdb() {
     let (code, out, err) = obhostctl(Some(&d), &argv);
     kill_agent(&d, "111125-agent");
     assert_eq!(code, 0, "{out}\n{err}");
-    let dag: serde_json::Value = serde_json::from_str(&out).expect("a JSON DAG");
-    assert_eq!(dag["id"], "111125");
-    assert_eq!(dag["status"], "SUCCEEDED");
-    let tasks = dag["tasks"].as_array().unwrap();
-    let names: Vec<&str> = tasks.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "Prepare start observer",
-            "Start observer process",
-            "Wait observer active",
-            "Start ocp agent service"
-        ]
-    );
-    for t in tasks {
-        assert_eq!(t["status"], "SUCCEEDED", "{t}");
-        assert!(
-            t["startTime"].is_string() && t["endTime"].is_string(),
-            "{t}"
-        );
-    }
-    assert_eq!(tasks[1]["upstreams"], serde_json::json!(["111125-prepare"]));
-    assert_eq!(tasks[1]["downstreams"], serde_json::json!(["111125-wait"]));
-    // The observer is really up: GetObserver through obhostctl.
-    let (code, out, _) = obhostctl(Some(&d), &["-o", "json", "observer", "--home", &home_s]);
-    assert_eq!(code, 0);
-    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(o["running"], true);
+    assert_flow_succeeded(&d, &out, "111125", &home_s);
     let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
     assert_eq!(code, 0, "{err}");
     assert!(home.processes().is_empty());

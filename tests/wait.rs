@@ -71,8 +71,40 @@ async fn a_late_listener_is_seen_quickly() {
         "{}",
         waiting.message
     );
-    let s = wait_terminal(&d, "late-wait").await;
+    // The moment the port answers, as a client sees it...
+    let port = home.mysql_port;
+    let opened = tokio::task::spawn_blocking(move || {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::time::Instant::now()
+    })
+    .await
+    .unwrap();
+    // ...and the step turns SUCCEEDED within milliseconds of it, not after a
+    // backoff of hundreds.
+    let mut client = d.client().await;
+    let s = loop {
+        let s = client
+            .get_step(pb::GetStepRequest {
+                step_id: "late-wait".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .step
+            .unwrap();
+        if is_terminal(&s) || opened.elapsed() > Duration::from_secs(5) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let late = opened.elapsed();
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    assert!(
+        late < Duration::from_millis(60),
+        "SUCCEEDED {late:?} after the port answered"
+    );
 }
 
 #[tokio::test]
@@ -147,7 +179,11 @@ async fn no_observer_is_process_not_running() {
 #[tokio::test]
 async fn login_and_query_with_a_password_that_never_leaks() {
     let password = "pw-Zq81-never-stored";
-    let d = Daemon::start();
+    // At trace, so that no library's most verbose logging leaks it either.
+    let d = Daemon::start_with(Options {
+        env: vec![("RUST_LOG".into(), "trace".into())],
+        ..Options::default()
+    });
     let home = Home::new();
     started(&d, "pw-start", with_password_file(&home, password)).await;
 
@@ -170,10 +206,12 @@ async fn login_and_query_with_a_password_that_never_leaks() {
     assert!(!read_dir_bytes(&d.state_dir).is_empty());
     let found = files_containing(&d.state_dir, password);
     assert!(found.is_empty(), "password found in {found:?}");
+    let log = d.log_text();
     assert!(
-        !d.log_text().contains(password),
-        "password found in the log"
+        log.contains("\"level\":\"TRACE\""),
+        "the log is not at trace level"
     );
+    assert!(!log.contains(password), "password found in the log");
     let (_, out, _) = obhostctl(Some(&d), &["-o", "json", "steps", "get", "pw-right"]);
     assert!(!out.contains(password));
 
@@ -213,6 +251,42 @@ async fn a_wait_resumes_after_kill9_with_its_original_deadline() {
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
     assert_eq!(s.deadline, before.deadline);
     assert_eq!(s.attempt, 1);
+}
+
+#[tokio::test]
+async fn a_resumed_wait_times_out_at_its_original_deadline() {
+    let d = Daemon::start();
+    let home = Home::new();
+    started(
+        &d,
+        "deadline-start",
+        home.spec_with_env("FAKE_OBSERVER_NEVER_LISTEN", "1"),
+    )
+    .await;
+    let began = std::time::Instant::now();
+    d.client()
+        .await
+        .wait_observer_active(wait_req("deadline-wait", &home, 4.0))
+        .await
+        .unwrap();
+    wait_for(&d, "deadline-wait", Duration::from_secs(3), |s| {
+        s.message.contains("not accepting")
+    })
+    .await;
+    // Down for 2 of its 4 seconds: a fresh deadline would end it 4 s after
+    // the restart, i.e. 6 s or more after it began.
+    let stopped = d.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = stopped.start();
+    let s = wait_terminal(&d, "deadline-wait").await;
+    let took = began.elapsed();
+    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    assert!(
+        took < Duration::from_millis(5500),
+        "timed out {took:?} after it began, not at its 4 s deadline"
+    );
+    let e = s.error.unwrap();
+    assert!(e.message.contains("not accepting"), "{}", e.message);
 }
 
 #[tokio::test]

@@ -169,6 +169,16 @@ pub fn raw_spec(o: pb::ObserverSpec) -> crate::observer::RawSpec {
     }
 }
 
+pub fn raw_wait(r: &pb::WaitObserverActiveRequest) -> crate::tasks::wait_observer_active::RawWait {
+    crate::tasks::wait_observer_active::RawWait {
+        home_path: r.home_path.clone(),
+        mysql_port: r.mysql_port,
+        user: r.user.clone(),
+        password_len: r.password.len(),
+        sql: r.sql.clone(),
+    }
+}
+
 pub fn raw_agent(r: &pb::StartAgentServiceRequest) -> crate::tasks::start_agent_service::RawAgent {
     use crate::tasks::start_agent_service::{RawAgent, RawCommand};
     use pb::health_check::Check;

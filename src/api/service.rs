@@ -18,13 +18,8 @@ use crate::observer::spec::checked_path;
 use crate::observer::{ObserverSpec, Policy, Registry};
 use crate::steps::model::validate_id;
 use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
-use crate::tasks::prepare::{self, PrepareParams};
-use crate::tasks::start_agent_service;
-use crate::tasks::stop_observer::StopParams;
-use crate::tasks::wait_observer_active::{PASSWORD, WaitParams};
-
-/// Time between SIGTERM and SIGKILL when StopObserver gives none.
-const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::tasks::wait_observer_active::{self, PASSWORD};
+use crate::tasks::{prepare, start_agent_service, start_observer, stop_observer};
 
 /// Default and largest ListSteps page.
 const DEFAULT_PAGE: usize = 100;
@@ -129,33 +124,13 @@ impl HostAgent for HostAgentService {
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let req = request.into_inner();
-        validate::step_spec(
-            req.meta.as_ref(),
-            StepKind::PrepareStartObserver,
-            serde_json::Value::Null,
-        )?;
-        // The binary and the dirs are checks here, not preconditions.
-        let spec = self.observer_spec(req.observer)?;
-        if let Some(bad) = req
-            .skip_checks
-            .iter()
-            .find(|n| !prepare::CHECKS.contains(&n.as_str()))
-        {
-            return Err(validate::invalid(format!(
-                "skip_checks names '{bad}', which is not a check; the checks are: {}",
-                prepare::CHECKS.join(", ")
-            )));
-        }
-        let params = PrepareParams {
-            observer: spec,
-            create_dirs: req.create_dirs,
-            skip_checks: req.skip_checks,
-            strict: req.strict,
-        };
-        let params = serde_json::to_value(&params)
-            .map_err(|e| Status::internal(format!("cannot encode prepare parameters: {e}")))?;
-        let spec = validate::step_spec(req.meta.as_ref(), StepKind::PrepareStartObserver, params)?;
-        let step = self.submit(spec, Secrets::default()).await?;
+        // meta first: a bad step_id is reported before anything else.
+        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::PrepareStartObserver)?;
+        let observer = self.observer_spec(req.observer)?;
+        let params = prepare::resolve(observer, req.create_dirs, req.skip_checks, req.strict)
+            .map_err(status::from_spec)?;
+        step.params = validate::encode(&params)?;
+        let step = self.submit(step, Secrets::default()).await?;
         Ok(Response::new(pb::PrepareResponse { step: Some(step) }))
     }
 
@@ -164,21 +139,11 @@ impl HostAgent for HostAgentService {
         request: Request<pb::StartObserverRequest>,
     ) -> Result<Response<pb::StartObserverResponse>, Status> {
         let req = request.into_inner();
-        // meta first: a bad step_id is reported before anything else.
-        validate::step_spec(
-            req.meta.as_ref(),
-            StepKind::StartObserverProcess,
-            serde_json::Value::Null,
-        )?;
-        let spec = self.observer_spec(req.observer)?;
-        spec.check_first_start().map_err(status::from_spec)?;
-        spec.check_binary()
-            .map_err(|m| validate::invalid(format!("observer.binary {m}")))?;
-        let params = serde_json::to_value(&spec)
-            .map_err(|e| Status::internal(format!("cannot encode the observer spec: {e}")))?;
-        let step_spec =
-            validate::step_spec(req.meta.as_ref(), StepKind::StartObserverProcess, params)?;
-        let step = self.submit(step_spec, Secrets::default()).await?;
+        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartObserverProcess)?;
+        let spec = start_observer::resolve(self.observer_spec(req.observer)?)
+            .map_err(status::from_spec)?;
+        step.params = validate::encode(&spec)?;
+        let step = self.submit(step, Secrets::default()).await?;
         Ok(Response::new(pb::StartObserverResponse {
             step: Some(step),
         }))
@@ -189,54 +154,13 @@ impl HostAgent for HostAgentService {
         request: Request<pb::WaitObserverActiveRequest>,
     ) -> Result<Response<pb::WaitObserverActiveResponse>, Status> {
         let req = request.into_inner();
-        validate::step_spec(
-            req.meta.as_ref(),
-            StepKind::WaitObserverActive,
-            serde_json::Value::Null,
-        )?;
-        let home =
-            checked_path("home_path", &req.home_path, &self.policy).map_err(status::from_spec)?;
-        let mysql_port = match req.mysql_port {
-            0 => crate::observer::spec::DEFAULT_MYSQL_PORT,
-            p @ 1025..=65535 => p as u16,
-            p => {
-                return Err(validate::invalid(format!(
-                    "mysql_port {p} is out of range; use a port from 1025 to 65535"
-                )));
-            }
-        };
-        crate::bounds::check_len("user", &req.user, crate::bounds::MAX_NAME)
-            .map_err(validate::invalid)?;
-        crate::bounds::check_len("password", &req.password, crate::bounds::MAX_VALUE)
-            .map_err(|_| validate::invalid("password is longer than 4096 bytes"))?;
-        if req.user.is_empty() && !req.password.is_empty() {
-            return Err(validate::invalid(
-                "password is set but user is not; give the user to log in as",
-            ));
-        }
-        let sql = if req.sql.trim().is_empty() {
-            "SELECT 1".to_string()
-        } else {
-            req.sql.clone()
-        };
-        if sql.len() > 4096 {
-            return Err(validate::invalid(
-                "sql is longer than 4096 bytes; give a short probe query",
-            ));
-        }
-        let params = WaitParams {
-            home_path: home,
-            mysql_port,
-            user: req.user.clone(),
-            with_password: !req.password.is_empty(),
-            sql,
-        };
-        let params = serde_json::to_value(&params)
-            .map_err(|e| Status::internal(format!("cannot encode wait parameters: {e}")))?;
-        let spec = validate::step_spec(req.meta.as_ref(), StepKind::WaitObserverActive, params)?;
+        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::WaitObserverActive)?;
+        let params = wait_observer_active::resolve(convert::raw_wait(&req), &self.policy)
+            .map_err(status::from_spec)?;
+        step.params = validate::encode(&params)?;
         let mut secrets = Secrets::default();
         secrets.insert(PASSWORD, req.password);
-        let step = self.submit(spec, secrets).await?;
+        let step = self.submit(step, secrets).await?;
         Ok(Response::new(pb::WaitObserverActiveResponse {
             step: Some(step),
         }))
@@ -247,18 +171,12 @@ impl HostAgent for HostAgentService {
         request: Request<pb::StartAgentServiceRequest>,
     ) -> Result<Response<pb::StartAgentServiceResponse>, Status> {
         let req = request.into_inner();
-        validate::step_spec(
-            req.meta.as_ref(),
-            StepKind::StartAgentService,
-            serde_json::Value::Null,
-        )?;
+        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartAgentService)?;
         let params =
             start_agent_service::resolve(convert::raw_agent(&req), &self.agent, &self.policy)
                 .map_err(status::from_spec)?;
-        let params = serde_json::to_value(&params)
-            .map_err(|e| Status::internal(format!("cannot encode agent parameters: {e}")))?;
-        let spec = validate::step_spec(req.meta.as_ref(), StepKind::StartAgentService, params)?;
-        let step = self.submit(spec, Secrets::default()).await?;
+        step.params = validate::encode(&params)?;
+        let step = self.submit(step, Secrets::default()).await?;
         Ok(Response::new(pb::StartAgentServiceResponse {
             step: Some(step),
         }))
@@ -269,34 +187,17 @@ impl HostAgent for HostAgentService {
         request: Request<pb::StopObserverRequest>,
     ) -> Result<Response<pb::StopObserverResponse>, Status> {
         let req = request.into_inner();
-        validate::step_spec(
-            req.meta.as_ref(),
-            StepKind::StopObserverProcess,
-            serde_json::Value::Null,
-        )?;
-        let home =
-            checked_path("home_path", &req.home_path, &self.policy).map_err(status::from_spec)?;
-        let grace = match req.grace {
-            None => DEFAULT_GRACE,
-            Some(g) => std::time::Duration::try_from(g)
-                .map_err(|_| validate::invalid("grace must not be negative; e.g. 10s"))?,
-        };
-        let params = StopParams {
-            home_path: home,
-            grace,
-            force: req.force,
-        };
-        let params = serde_json::to_value(&params)
-            .map_err(|e| Status::internal(format!("cannot encode stop parameters: {e}")))?;
-        let spec = validate::step_spec(req.meta.as_ref(), StepKind::StopObserverProcess, params)?;
-        if grace >= spec.timeout {
-            return Err(validate::invalid(format!(
-                "grace {} is not shorter than the step's timeout {}; give a shorter grace or a longer meta.timeout",
-                humantime::format_duration(grace),
-                humantime::format_duration(spec.timeout)
-            )));
-        }
-        let step = self.submit(spec, Secrets::default()).await?;
+        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StopObserverProcess)?;
+        let grace = req
+            .grace
+            .map(std::time::Duration::try_from)
+            .transpose()
+            .map_err(|_| validate::invalid("grace must not be negative; e.g. 10s"))?;
+        let params =
+            stop_observer::resolve(&req.home_path, grace, req.force, step.timeout, &self.policy)
+                .map_err(status::from_spec)?;
+        step.params = validate::encode(&params)?;
+        let step = self.submit(step, Secrets::default()).await?;
         Ok(Response::new(pb::StopObserverResponse { step: Some(step) }))
     }
 

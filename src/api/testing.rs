@@ -48,7 +48,8 @@ impl StepTesting for StepTestingService {
         };
         let params = serde_json::to_value(params)
             .map_err(|e| Status::internal(format!("cannot encode test step: {e}")))?;
-        let spec = validate::step_spec(req.meta.as_ref(), StepKind::Test, params)?;
+        let mut spec = validate::step_spec(req.meta.as_ref(), StepKind::Test)?;
+        spec.params = params;
         let record = self
             .engine
             .submit(spec, Secrets::default())

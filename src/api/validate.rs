@@ -18,12 +18,10 @@ pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message.into())
 }
 
-/// Turns a request's StepMeta and a kind's parameters into the engine's spec.
-pub fn step_spec(
-    meta: Option<&pb::StepMeta>,
-    kind: StepKind,
-    params: serde_json::Value,
-) -> Result<StepSpec, Status> {
+/// Turns a request's StepMeta into the engine's spec, its parameters still
+/// empty: the handler checks meta first (a bad step_id is reported before
+/// anything else), then resolves the kind's parameters and [`encode`]s them in.
+pub fn step_spec(meta: Option<&pb::StepMeta>, kind: StepKind) -> Result<StepSpec, Status> {
     let meta = meta.ok_or_else(|| {
         invalid(
             "meta is missing; every step request needs meta.step_id (the orchestrator's task id)",
@@ -70,8 +68,14 @@ pub fn step_spec(
         kind,
         name,
         timeout,
-        params,
+        params: serde_json::Value::Null,
     })
+}
+
+/// A kind's resolved parameters as the engine stores them.
+pub fn encode<T: serde::Serialize>(params: &T) -> Result<serde_json::Value, Status> {
+    serde_json::to_value(params)
+        .map_err(|e| Status::internal(format!("cannot encode the step's parameters: {e}")))
 }
 
 /// GetStep, CancelStep and RetryStep take a bare id.
@@ -92,28 +96,23 @@ mod tests {
 
     #[test]
     fn defaults_fill_name_and_timeout() {
-        let s = step_spec(
-            Some(&meta("1")),
-            StepKind::WaitObserverActive,
-            serde_json::json!({}),
-        )
-        .unwrap();
+        let s = step_spec(Some(&meta("1")), StepKind::WaitObserverActive).unwrap();
         assert_eq!(s.name, "Wait observer active");
         assert_eq!(s.timeout, Duration::from_secs(600));
     }
 
     #[test]
     fn bad_meta_is_rejected_with_the_field_named() {
-        let e = step_spec(None, StepKind::Test, serde_json::json!({})).unwrap_err();
+        let e = step_spec(None, StepKind::Test).unwrap_err();
         assert!(e.message().contains("meta"), "{}", e.message());
         let mut m = meta("1");
         m.timeout = Some(Duration::from_secs(25 * 3600).into());
-        let e = step_spec(Some(&m), StepKind::Test, serde_json::json!({})).unwrap_err();
+        let e = step_spec(Some(&m), StepKind::Test).unwrap_err();
         assert!(e.message().contains("meta.timeout"), "{}", e.message());
         m.timeout = Some(pbjson_types::Duration {
             seconds: -1,
             nanos: 0,
         });
-        assert!(step_spec(Some(&m), StepKind::Test, serde_json::json!({})).is_err());
+        assert!(step_spec(Some(&m), StepKind::Test).is_err());
     }
 }

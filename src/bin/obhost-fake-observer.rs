@@ -270,7 +270,9 @@ fn wait_for_server(child: Pid, pid_file: &Path) -> ! {
                 ),
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // Short: the launcher's exit is on every start's critical path, and a
+        // coarse poll would be counted as the stand-in's time-to-ready.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -384,6 +386,9 @@ async fn listen(mysql_port: u16, rpc_port: Option<u16>, faults: Faults, tx: mpsc
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // Nagle off, as on a real server: small replies must not wait ~40 ms
+        // for a delayed ACK (that would show up as probe latency in obhostd).
+        let _ = conn.set_nodelay(true);
         let backend = Backend {
             salt: new_salt(),
             creds: faults.creds.clone(),

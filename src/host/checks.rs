@@ -37,11 +37,12 @@ fn pass(name: &str, observed: String, expected: &str) -> CheckResult {
 }
 
 /// `port.mysql` / `port.rpc`: nothing may listen on the observer's ports.
-pub fn port(name: &str, port: u16) -> CheckResult {
-    if !inspect::port_listening(port) {
+/// `listening` is the socket table, read once for all the port checks.
+pub fn port(name: &str, port: u16, listening: &inspect::Listening) -> CheckResult {
+    if !listening.has(port) {
         return pass(name, format!("port {port} free"), "free");
     }
-    let (observed, hint) = match inspect::port_holder(port) {
+    let (observed, hint) = match listening.holder(port) {
         Some((pid, comm)) => (
             format!("port {port} held by pid {pid} ({comm})"),
             format!("stop pid {pid} ({comm}), or give the observer another port"),
@@ -169,9 +170,13 @@ pub fn etc_owner(etc: &Path, user: &RunAs) -> CheckResult {
     }
 }
 
-/// Reads /proc/meminfo fields in bytes.
+/// Reads a /proc/meminfo field in bytes.
 pub fn meminfo(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_field(&std::fs::read_to_string("/proc/meminfo").ok()?, field)
+}
+
+/// A field of /proc/meminfo's text, in bytes.
+fn meminfo_field(text: &str, field: &str) -> Option<u64> {
     let kb: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
@@ -202,11 +207,35 @@ fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / GIB as f64)
 }
 
+/// The /proc/meminfo figures the memory checks judge, in bytes, read once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub total: Option<u64>,
+    pub free: Option<u64>,
+    pub available: Option<u64>,
+    pub buffers: Option<u64>,
+    pub cached: Option<u64>,
+}
+
+impl Memory {
+    pub fn read() -> Memory {
+        let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |f: &str| meminfo_field(&text, f);
+        Memory {
+            total: field("MemTotal"),
+            free: field("MemFree"),
+            available: field("MemAvailable"),
+            buffers: field("Buffers"),
+            cached: field("Cached"),
+        }
+    }
+}
+
 /// `memory.available`: OBD wants 3 GiB available per observer.
-pub fn memory_available() -> CheckResult {
+pub fn memory_available(mem: &Memory) -> CheckResult {
     let name = "memory.available";
     let need = 3 * GIB;
-    match meminfo("MemAvailable") {
+    match mem.available {
         Some(avail) if avail >= need => pass(
             name,
             format!("{} available", gib(avail)),
@@ -229,13 +258,10 @@ pub fn memory_available() -> CheckResult {
     }
 }
 
-/// `memory.limit`: what the observer is configured to take must fit.
-pub fn memory_limit(params: &std::collections::BTreeMap<String, String>) -> CheckResult {
-    let name = "memory.limit";
-    let total = meminfo("MemTotal").unwrap_or(0);
-    let free = meminfo("MemFree").unwrap_or(0);
-    let reclaimable = free + meminfo("Buffers").unwrap_or(0) + meminfo("Cached").unwrap_or(0);
-    let limit = match params
+/// The memory the observer will take: `memory_limit`, else
+/// `memory_limit_percentage` (default 80) of MemTotal.
+fn configured_limit(params: &std::collections::BTreeMap<String, String>, total: u64) -> u64 {
+    match params
         .get("memory_limit")
         .and_then(|v| parse_capacity(v))
         .filter(|v| *v > 0)
@@ -248,7 +274,18 @@ pub fn memory_limit(params: &std::collections::BTreeMap<String, String>) -> Chec
                 .unwrap_or(80);
             total / 100 * pct
         }
-    };
+    }
+}
+
+/// `memory.limit`: what the observer is configured to take must fit.
+pub fn memory_limit(
+    params: &std::collections::BTreeMap<String, String>,
+    mem: &Memory,
+) -> CheckResult {
+    let name = "memory.limit";
+    let free = mem.free.unwrap_or(0);
+    let reclaimable = free + mem.buffers.unwrap_or(0) + mem.cached.unwrap_or(0);
+    let limit = configured_limit(params, mem.total.unwrap_or(0));
     if let Some(sys) = params.get("system_memory").and_then(|v| parse_capacity(v))
         && sys >= limit
     {
@@ -306,37 +343,47 @@ pub fn disk(name: &str, dir: &Path, need: Option<u64>, restart: bool) -> CheckRe
         .ancestors()
         .find(|d| d.exists())
         .unwrap_or(Path::new("/"));
-    let avail = match nix::sys::statvfs::statvfs(probe) {
-        Ok(s) => s.blocks_available() * s.fragment_size(),
+    let avail = nix::sys::statvfs::statvfs(probe)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .map_err(|e| e.to_string());
+    disk_rule(name, probe, avail, need)
+}
+
+/// The rule of [`disk`], given what statvfs said about `at`.
+pub fn disk_rule(
+    name: &str,
+    at: &Path,
+    avail: Result<u64, String>,
+    need: Option<u64>,
+) -> CheckResult {
+    let avail = match avail {
+        Ok(a) => a,
         Err(e) => {
             return result(
                 name,
                 CheckStatus::Warn,
-                format!("statvfs {}: {e}", probe.display()),
+                format!("statvfs {}: {e}", at.display()),
                 String::new(),
                 String::new(),
             );
         }
     };
+    let observed = format!("{} free at {}", gib(avail), at.display());
     let Some(need) = need else {
         return pass(
             name,
-            format!("{} free at {}", gib(avail), probe.display()),
+            observed,
             "size not configured: the observer takes a share of the disk",
         );
     };
     let expected = format!("at least {} free", gib(need));
     if avail >= need {
-        pass(
-            name,
-            format!("{} free at {}", gib(avail), probe.display()),
-            &expected,
-        )
+        pass(name, observed, &expected)
     } else {
         result(
             name,
             CheckStatus::Fail,
-            format!("{} free at {}", gib(avail), probe.display()),
+            observed,
             expected,
             "free disk space there, or lower datafile_size / log_disk_size".into(),
         )
@@ -354,11 +401,16 @@ fn read_num(path: &str) -> Option<u64> {
 
 /// `aio`: room for the observer's AIO contexts.
 pub fn aio() -> CheckResult {
-    let name = "aio";
-    let (Some(max), Some(used)) = (
+    aio_rule(
         read_num("/proc/sys/fs/aio-max-nr"),
         read_num("/proc/sys/fs/aio-nr"),
-    ) else {
+    )
+}
+
+/// The rule of [`aio`], given aio-max-nr and aio-nr.
+pub fn aio_rule(max: Option<u64>, used: Option<u64>) -> CheckResult {
+    let name = "aio";
+    let (Some(max), Some(used)) = (max, used) else {
         return result(
             name,
             CheckStatus::Warn,
@@ -418,6 +470,12 @@ pub fn ulimits(limits: &Limits) -> Vec<CheckResult> {
     let stack = eff
         .stack
         .unwrap_or_else(|| current(nix::sys::resource::Resource::RLIMIT_STACK));
+    ulimit_rules(nofile, nproc, core, stack)
+}
+
+/// The rules of [`ulimits`], given the limits the observer will get
+/// (`u64::MAX` is unlimited).
+pub fn ulimit_rules(nofile: u64, nproc: u64, core: u64, stack: u64) -> Vec<CheckResult> {
     let hint = |item: &str, v: &str| {
         format!(
             "raise obhostd's limit (LimitNOFILE/LimitNPROC/LimitCORE/LimitSTACK in obhostd.service) and [limits] {item} = {v} in obhostd.toml"
@@ -490,48 +548,79 @@ pub fn ulimits(limits: &Limits) -> Vec<CheckResult> {
     ]
 }
 
+/// One kernel parameter OBD recommends: its key, the accepted range (both
+/// ends included), what to say is expected, and the value to set.
+pub struct Sysctl {
+    pub key: &'static str,
+    pub range: (u64, u64),
+    pub expected: &'static str,
+    pub fix: &'static str,
+}
+
+/// OBD's ranges.
+pub const SYSCTLS: &[Sysctl] = &[
+    Sysctl {
+        key: "vm.max_map_count",
+        range: (327_600, 1_310_720),
+        expected: "327600..1310720 (655360 recommended)",
+        fix: "655360",
+    },
+    Sysctl {
+        key: "vm.min_free_kbytes",
+        range: (32_768, 2_097_152),
+        expected: "32768..2097152",
+        fix: "2097152",
+    },
+    Sysctl {
+        key: "vm.overcommit_memory",
+        range: (0, 0),
+        expected: "0",
+        fix: "0",
+    },
+    Sysctl {
+        key: "fs.file-max",
+        range: (6_573_688, u64::MAX),
+        expected: ">= 6573688",
+        fix: "6573688",
+    },
+];
+
 /// `sysctl.*`: kernel parameters OBD recommends (WARN only).
 pub fn sysctls() -> Vec<CheckResult> {
-    let one = |key: &str, ok: &dyn Fn(u64) -> bool, expected: &str, fix: &str| {
-        let name = format!("sysctl.{key}");
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let hint = format!(
-            "sysctl -w {key}={fix} and add '{key} = {fix}' to /etc/sysctl.d/99-oceanbase.conf"
-        );
-        match read_num(&path) {
-            Some(v) if ok(v) => pass(&name, format!("{key} = {v}"), expected),
-            Some(v) => result(
-                &name,
-                CheckStatus::Warn,
-                format!("{key} = {v}"),
-                expected.into(),
-                hint,
-            ),
-            None => result(
-                &name,
-                CheckStatus::Warn,
-                format!("cannot read {path}"),
-                expected.into(),
-                String::new(),
-            ),
+    SYSCTLS
+        .iter()
+        .map(|s| {
+            let path = format!("/proc/sys/{}", s.key.replace('.', "/"));
+            sysctl_rule(s, read_num(&path).ok_or(path))
+        })
+        .collect()
+}
+
+/// The rule of one sysctl, given its value (or the file that could not be read).
+pub fn sysctl_rule(s: &Sysctl, value: Result<u64, String>) -> CheckResult {
+    let (key, fix, expected) = (s.key, s.fix, s.expected);
+    let name = format!("sysctl.{key}");
+    let hint =
+        format!("sysctl -w {key}={fix} and add '{key} = {fix}' to /etc/sysctl.d/99-oceanbase.conf");
+    match value {
+        Ok(v) if (s.range.0..=s.range.1).contains(&v) => {
+            pass(&name, format!("{key} = {v}"), expected)
         }
-    };
-    vec![
-        one(
-            "vm.max_map_count",
-            &|v| (327_600..=1_310_720).contains(&v),
-            "327600..1310720 (655360 recommended)",
-            "655360",
+        Ok(v) => result(
+            &name,
+            CheckStatus::Warn,
+            format!("{key} = {v}"),
+            expected.into(),
+            hint,
         ),
-        one(
-            "vm.min_free_kbytes",
-            &|v| (32_768..=2_097_152).contains(&v),
-            "32768..2097152",
-            "2097152",
+        Err(path) => result(
+            &name,
+            CheckStatus::Warn,
+            format!("cannot read {path}"),
+            expected.into(),
+            String::new(),
         ),
-        one("vm.overcommit_memory", &|v| v == 0, "0", "0"),
-        one("fs.file-max", &|v| v >= 6_573_688, ">= 6573688", "6573688"),
-    ]
+    }
 }
 
 /// `net.devname`: the interface the observer binds to exists.
@@ -624,7 +713,7 @@ mod tests {
     fn an_occupied_port_names_its_holder() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
-        let r = port("port.mysql", p);
+        let r = port("port.mysql", p, &inspect::Listening::read());
         assert_eq!(r.status, CheckStatus::Fail);
         assert!(
             r.observed.contains(&format!("pid {}", std::process::id())),
@@ -632,6 +721,160 @@ mod tests {
             r.observed
         );
         drop(l);
-        assert_eq!(port("port.mysql", p).status, CheckStatus::Pass);
+        let r = port("port.mysql", p, &inspect::Listening::read());
+        assert_eq!(r.status, CheckStatus::Pass);
+    }
+
+    use CheckStatus::{Fail, Pass, Warn};
+
+    fn params(kv: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn memory_available_rule_table() {
+        let cases = [
+            (Some(3 * GIB), Pass),
+            (Some(3 * GIB - 1), Fail),
+            (Some(64 * GIB), Pass),
+            (None, Warn),
+        ];
+        for (available, want) in cases {
+            let mem = Memory {
+                available,
+                ..Memory::default()
+            };
+            assert_eq!(memory_available(&mem).status, want, "{available:?}");
+        }
+    }
+
+    #[test]
+    fn memory_limit_rule_table() {
+        let mem = Memory {
+            total: Some(100 * GIB),
+            free: Some(10 * GIB),
+            available: Some(30 * GIB),
+            buffers: Some(5 * GIB),
+            cached: Some(15 * GIB),
+        };
+        let cases: &[(&[(&str, &str)], CheckStatus)] = &[
+            // Fits in MemFree.
+            (&[("memory_limit", "8G")], Pass),
+            (&[("memory_limit", "10G")], Pass),
+            // Needs the page cache: free+buffers+cached = 30G.
+            (&[("memory_limit", "11G")], Warn),
+            (&[("memory_limit", "30G")], Warn),
+            (&[("memory_limit", "31G")], Fail),
+            // Default: 80 % of MemTotal.
+            (&[], Fail),
+            (&[("memory_limit_percentage", "5")], Pass),
+            (&[("memory_limit_percentage", "20")], Warn),
+            // system_memory must stay below the limit.
+            (&[("memory_limit", "8G"), ("system_memory", "8G")], Fail),
+            (&[("memory_limit", "8G"), ("system_memory", "2G")], Pass),
+        ];
+        for (kv, want) in cases {
+            let r = memory_limit(&params(kv), &mem);
+            assert_eq!(r.status, *want, "{kv:?}: {}", r.observed);
+        }
+    }
+
+    #[test]
+    fn disk_rule_table() {
+        let at = Path::new("/data");
+        let cases = [
+            (Ok(10 * GIB), Some(10 * GIB), Pass),
+            (Ok(10 * GIB), Some(10 * GIB + 1), Fail),
+            (Ok(1), None, Pass),
+            (Err("EIO".to_string()), Some(1), Warn),
+        ];
+        for (avail, need, want) in cases {
+            let r = disk_rule("disk.data", at, avail.clone(), need);
+            assert_eq!(r.status, want, "{avail:?} {need:?}");
+            assert_eq!(r.name, "disk.data");
+        }
+    }
+
+    #[test]
+    fn aio_rule_table() {
+        let cases = [
+            (Some(1_048_576), Some(0), Pass),
+            (Some(1_048_576), Some(1_048_576 - 19_999), Fail),
+            (Some(1_048_576), Some(1_048_576 - 20_000), Pass),
+            (Some(65_536), Some(0), Warn),
+            (Some(65_536), Some(50_000), Fail),
+            (None, Some(0), Warn),
+            (Some(1_048_576), None, Warn),
+        ];
+        for (max, used, want) in cases {
+            assert_eq!(aio_rule(max, used).status, want, "{max:?} {used:?}");
+        }
+    }
+
+    #[test]
+    fn ulimit_rule_table() {
+        let status = |nofile, nproc, core, stack| -> Vec<CheckStatus> {
+            ulimit_rules(nofile, nproc, core, stack)
+                .into_iter()
+                .map(|r| r.status)
+                .collect()
+        };
+        let max = u64::MAX;
+        assert_eq!(status(655_350, 4096, max, max), [Pass, Pass, Pass, Pass]);
+        assert_eq!(status(20_000, 4096, max, max)[0], Warn);
+        assert_eq!(status(19_999, 4096, max, max)[0], Fail);
+        assert_eq!(status(655_350, 4095, max, max)[1], Fail);
+        assert_eq!(status(655_350, 4096, 0, max)[2], Warn);
+        assert_eq!(status(655_350, 4096, max, 1 << 20)[3], Warn);
+        assert_eq!(status(655_350, 4096, max, (1 << 20) - 1)[3], Fail);
+        let names: Vec<String> = ulimit_rules(0, 0, 0, 0)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ulimit.nofile",
+                "ulimit.nproc",
+                "ulimit.core",
+                "ulimit.stack"
+            ]
+        );
+    }
+
+    #[test]
+    fn sysctl_rule_table() {
+        let by_key = |k: &str| SYSCTLS.iter().find(|s| s.key == k).unwrap();
+        let cases = [
+            ("vm.max_map_count", Ok(655_360), Pass),
+            ("vm.max_map_count", Ok(327_599), Warn),
+            ("vm.max_map_count", Ok(1_310_721), Warn),
+            ("vm.min_free_kbytes", Ok(32_768), Pass),
+            ("vm.min_free_kbytes", Ok(2_097_153), Warn),
+            ("vm.overcommit_memory", Ok(0), Pass),
+            ("vm.overcommit_memory", Ok(1), Warn),
+            ("fs.file-max", Ok(6_573_688), Pass),
+            ("fs.file-max", Ok(6_573_687), Warn),
+            (
+                "fs.file-max",
+                Err("/proc/sys/fs/file-max".to_string()),
+                Warn,
+            ),
+        ];
+        for (key, value, want) in cases {
+            let r = sysctl_rule(by_key(key), value.clone());
+            assert_eq!(r.status, want, "{key} {value:?}");
+            assert_eq!(r.name, format!("sysctl.{key}"));
+        }
+    }
+
+    #[test]
+    fn meminfo_fields_are_bytes() {
+        let text = "MemTotal:       16318412 kB\nMemFree:          123 kB\nMemAvailable:  7 kB\n";
+        assert_eq!(meminfo_field(text, "MemTotal"), Some(16_318_412 * 1024));
+        assert_eq!(meminfo_field(text, "MemFree"), Some(123 * 1024));
+        assert_eq!(meminfo_field(text, "Cached"), None);
     }
 }

@@ -69,25 +69,47 @@ pub enum Found {
     NotRunning,
 }
 
+/// What obhostd recorded as the observer of `t`'s home, if it runs.
+fn recorded(t: &Target, registry: &Registry) -> Option<Identity> {
+    registry.get(&t.home_path).and_then(|r| r.identity)
+}
+
 /// Whether a live process is the observer of `t`: recorded by obhostd, or
 /// running its binary; and running as its user.
 pub fn belongs_to(id: &Identity, t: &Target, registry: &Registry) -> bool {
-    let recorded = registry
-        .get(&t.home_path)
-        .and_then(|r| r.identity)
-        .is_some_and(|r| r == *id);
-    t.runs_as_user(id) && (recorded || t.runs_binary(id))
+    is_observer(id, t, recorded(t, registry))
 }
 
+/// [`belongs_to`], given what obhostd recorded for the home.
+fn is_observer(id: &Identity, t: &Target, recorded: Option<Identity>) -> bool {
+    t.runs_as_user(id) && (recorded == Some(*id) || t.runs_binary(id))
+}
+
+/// The observer of `t`, if one runs. Reads /proc (a scan of every process when
+/// the pid file names none): blocking, so async callers use [`find_async`].
 pub fn find(t: &Target, registry: &Registry) -> Found {
-    if let Some(id) = registry.get(&t.home_path).and_then(|r| r.identity)
+    find_with(t, recorded(t, registry))
+}
+
+/// [`find`] on the blocking pool, so the runtime's threads never wait on a
+/// /proc scan.
+pub async fn find_async(t: Target, registry: std::sync::Arc<Registry>) -> Found {
+    tokio::task::spawn_blocking(move || find(&t, &registry))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// [`find`], given what obhostd recorded for the home (the registry's part),
+/// so that the rules can be tested without a registry.
+fn find_with(t: &Target, recorded: Option<Identity>) -> Found {
+    if let Some(id) = recorded
         && id.is_alive()
         && t.runs_as_user(&id)
     {
         return Found::Running(id);
     }
     let from_file = match pidfile::inspect(&t.pid_file) {
-        PidFile::Live(id) if belongs_to(&id, t, registry) => return Found::Running(id),
+        PidFile::Live(id) if is_observer(&id, t, recorded) => return Found::Running(id),
         PidFile::Live(id) => Found::Stale(Some(id.pid)),
         PidFile::Stale(pid) => Found::Stale(pid),
         PidFile::Missing => Found::NotRunning,
@@ -99,5 +121,143 @@ pub fn find(t: &Target, registry: &Registry) -> Found {
     {
         Some(id) => Found::Running(id),
         None => from_file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child process that runs `sleep` in `cwd`, killed and reaped on drop.
+    struct Child(std::process::Child);
+
+    impl Child {
+        fn sleep_in(cwd: &Path) -> Child {
+            Child(
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .current_dir(cwd)
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+
+        fn identity(&self) -> Identity {
+            let pid = self.0.id() as i32;
+            // exec has happened once /proc/<pid>/exe is sleep.
+            for _ in 0..200 {
+                if std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|e| e.to_string_lossy().contains("sleep"))
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Identity::of(pid).unwrap()
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleep_binary() -> PathBuf {
+        ["/usr/bin/sleep", "/bin/sleep"]
+            .iter()
+            .find_map(|p| std::fs::canonicalize(p).ok())
+            .expect("sleep(1)")
+    }
+
+    fn target(home: &Path, binary: PathBuf, uid: Option<u32>) -> Target {
+        Target {
+            home_path: home.to_path_buf(),
+            pid_file: home.join("run/observer.pid"),
+            binary,
+            uid,
+        }
+    }
+
+    fn me() -> u32 {
+        nix::unistd::Uid::effective().as_raw()
+    }
+
+    #[test]
+    fn table_of_who_counts_as_the_observer() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("run")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let child = Child::sleep_in(elsewhere.path());
+        let id = child.identity();
+        let pid_file = home.path().join("run/observer.pid");
+        pidfile::write(&pid_file, id.pid).unwrap();
+        let other_binary = PathBuf::from("/nonexistent/observer");
+        // (binary, uid, recorded) -> found
+        let cases: Vec<(PathBuf, Option<u32>, Option<Identity>, Found)> = vec![
+            // Runs the home's binary as the user: the observer.
+            (sleep_binary(), Some(me()), None, Found::Running(id)),
+            // Another user's process, even running the binary: stale.
+            (
+                sleep_binary(),
+                Some(me() + 1),
+                None,
+                Found::Stale(Some(id.pid)),
+            ),
+            // Unknown user: nothing is ours.
+            (sleep_binary(), None, None, Found::Stale(Some(id.pid))),
+            // Another binary, not recorded: a pid file proves nothing.
+            (
+                other_binary.clone(),
+                Some(me()),
+                None,
+                Found::Stale(Some(id.pid)),
+            ),
+            // Another binary, but obhostd recorded it: the observer.
+            (
+                other_binary.clone(),
+                Some(me()),
+                Some(id),
+                Found::Running(id),
+            ),
+            // Recorded, but as another user now: not trusted.
+            (
+                other_binary,
+                Some(me() + 1),
+                Some(id),
+                Found::Stale(Some(id.pid)),
+            ),
+        ];
+        for (binary, uid, rec, want) in cases {
+            let t = target(home.path(), binary.clone(), uid);
+            assert_eq!(find_with(&t, rec), want, "{binary:?} {uid:?} {rec:?}");
+        }
+    }
+
+    #[test]
+    fn a_pid_file_naming_obhostd_itself_is_stale() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("run")).unwrap();
+        let me_pid = std::process::id() as i32;
+        pidfile::write(&home.path().join("run/observer.pid"), me_pid).unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let myself = Identity::of(me_pid);
+        let t = target(home.path(), exe, Some(me()));
+        assert_eq!(find_with(&t, myself), Found::Stale(Some(me_pid)));
+    }
+
+    #[test]
+    fn without_a_pid_file_the_binary_running_in_the_home_is_found() {
+        let home = tempfile::tempdir().unwrap();
+        let child = Child::sleep_in(home.path());
+        let id = child.identity();
+        let t = target(home.path(), sleep_binary(), Some(me()));
+        assert_eq!(find_with(&t, None), Found::Running(id));
+        let t = target(home.path(), sleep_binary(), Some(me() + 1));
+        assert_eq!(find_with(&t, None), Found::NotRunning);
+        drop(child);
+        let t = target(home.path(), sleep_binary(), Some(me()));
+        assert_eq!(find_with(&t, None), Found::NotRunning);
     }
 }

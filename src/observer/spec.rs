@@ -167,12 +167,119 @@ fn check_roots(
     Ok(real)
 }
 
-fn port(field: &str, value: u32, default: u16) -> Result<u16, SpecError> {
-    match value {
-        0 => Ok(default),
-        1025..=65535 => Ok(value as u16),
-        _ => Err(invalid(format!(
-            "{field} {value} is out of range; use a port from 1025 to 65535"
+/// The observer's two ports: each valid, and not the same.
+fn observer_ports(raw: &RawSpec) -> Result<(u16, u16), SpecError> {
+    let mysql_port = port(
+        "observer.mysql_port",
+        raw.mysql_port,
+        PortUse::Listen {
+            default: DEFAULT_MYSQL_PORT,
+        },
+    )?;
+    let rpc_port = port(
+        "observer.rpc_port",
+        raw.rpc_port,
+        PortUse::Listen {
+            default: DEFAULT_RPC_PORT,
+        },
+    )?;
+    if mysql_port == rpc_port {
+        return Err(invalid(format!(
+            "observer.mysql_port and observer.rpc_port are both {mysql_port}; give them different ports"
+        )));
+    }
+    Ok((mysql_port, rpc_port))
+}
+
+/// Names and lists that end up on the command line: bounded, one token each,
+/// `ip` an address, `rootservice_list` in its `;`-separated form.
+fn check_names(raw: &RawSpec) -> Result<(), SpecError> {
+    for (field, value) in [
+        ("observer.zone", &raw.zone),
+        ("observer.cluster_name", &raw.cluster_name),
+        ("observer.devname", &raw.devname),
+        ("observer.ip", &raw.ip),
+    ] {
+        name(field, value)?;
+        token(field, value)?;
+    }
+    bounds::check_len(
+        "observer.rootservice_list",
+        &raw.rootservice_list,
+        bounds::MAX_VALUE,
+    )
+    .map_err(invalid)?;
+    let params = &raw.parameters;
+    bounds::check_entries("observer.parameters", params.keys().map(String::as_str))
+        .map_err(invalid)?;
+    bounds::check_entries("observer.parameters", params.values().map(String::as_str))
+        .map_err(invalid)?;
+    bounds::check_entries(
+        "observer.extra_args",
+        raw.extra_args.iter().map(String::as_str),
+    )
+    .map_err(invalid)?;
+    if !raw.ip.is_empty() && raw.ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(invalid(format!(
+            "observer.ip '{}' is not an IP address, e.g. 10.0.0.1",
+            raw.ip
+        )));
+    }
+    if raw
+        .rootservice_list
+        .chars()
+        .any(|c| c.is_whitespace() || c == ',')
+    {
+        return Err(invalid(
+            "observer.rootservice_list contains spaces or commas; the form is ip:rpc_port:mysql_port;ip:rpc_port:mysql_port".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `-o k=v,k=v`: a key is a parameter name, and a value cannot break out of
+/// its pair (an unquoted ',') or its line.
+fn check_parameters(params: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (k, v) in params {
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(format!(
+                "observer.parameters key '{}' is not a parameter name ([A-Za-z0-9_]+)",
+                k.escape_debug()
+            )));
+        }
+        let quoted = v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')));
+        if (v.contains(',') && !quoted) || v.contains(['\n', '\r', '\0']) {
+            return Err(invalid(format!(
+                "observer.parameters value of '{k}' contains an unquoted ',' or a line break; quote it (\"a,b\") or split it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What a port in a request is for, which decides what it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortUse {
+    /// The observer binds it, as its (unprivileged) user: 1025..=65535,
+    /// `default` when 0.
+    Listen { default: u16 },
+    /// obhostd only connects to it (a health check): 1..=65535, required.
+    Connect,
+}
+
+/// The one check of every port a request names.
+pub fn port(field: &str, value: u32, usage: PortUse) -> Result<u16, SpecError> {
+    let (low, default) = match usage {
+        PortUse::Listen { default } => (1025, Some(default)),
+        PortUse::Connect => (1, None),
+    };
+    match (value, default) {
+        (0, Some(d)) => Ok(d),
+        (v, _) if (low..=65535).contains(&v) => Ok(v as u16),
+        (v, _) => Err(invalid(format!(
+            "{field} {v} is out of range; use a port from {low} to 65535"
         ))),
     }
 }
@@ -318,69 +425,9 @@ impl ObserverSpec {
             v => Some(checked_path("observer.redo_dir", v, policy)?),
         };
         let user = resolve_user("observer.user", &raw.user, policy)?;
-        let mysql_port = port("observer.mysql_port", raw.mysql_port, DEFAULT_MYSQL_PORT)?;
-        let rpc_port = port("observer.rpc_port", raw.rpc_port, DEFAULT_RPC_PORT)?;
-        if mysql_port == rpc_port {
-            return Err(invalid(format!(
-                "observer.mysql_port and observer.rpc_port are both {mysql_port}; give them different ports"
-            )));
-        }
-        for (field, value) in [
-            ("observer.zone", &raw.zone),
-            ("observer.cluster_name", &raw.cluster_name),
-            ("observer.devname", &raw.devname),
-            ("observer.ip", &raw.ip),
-        ] {
-            name(field, value)?;
-            token(field, value)?;
-        }
-        bounds::check_len(
-            "observer.rootservice_list",
-            &raw.rootservice_list,
-            bounds::MAX_VALUE,
-        )
-        .map_err(invalid)?;
-        let params = &raw.parameters;
-        bounds::check_entries("observer.parameters", params.keys().map(String::as_str))
-            .map_err(invalid)?;
-        bounds::check_entries("observer.parameters", params.values().map(String::as_str))
-            .map_err(invalid)?;
-        bounds::check_entries(
-            "observer.extra_args",
-            raw.extra_args.iter().map(String::as_str),
-        )
-        .map_err(invalid)?;
-        if !raw.ip.is_empty() && raw.ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(invalid(format!(
-                "observer.ip '{}' is not an IP address, e.g. 10.0.0.1",
-                raw.ip
-            )));
-        }
-        if raw
-            .rootservice_list
-            .chars()
-            .any(|c| c.is_whitespace() || c == ',')
-        {
-            return Err(invalid(
-                "observer.rootservice_list contains spaces or commas; the form is ip:rpc_port:mysql_port;ip:rpc_port:mysql_port".into(),
-            ));
-        }
-        for (k, v) in &raw.parameters {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(invalid(format!(
-                    "observer.parameters key '{}' is not a parameter name ([A-Za-z0-9_]+)",
-                    k.escape_debug()
-                )));
-            }
-            let quoted = v.len() >= 2
-                && ((v.starts_with('"') && v.ends_with('"'))
-                    || (v.starts_with('\'') && v.ends_with('\'')));
-            if (v.contains(',') && !quoted) || v.contains(['\n', '\r', '\0']) {
-                return Err(invalid(format!(
-                    "observer.parameters value of '{k}' contains an unquoted ',' or a line break; quote it (\"a,b\") or split it"
-                )));
-            }
-        }
+        let (mysql_port, rpc_port) = observer_ports(&raw)?;
+        check_names(&raw)?;
+        check_parameters(&raw.parameters)?;
         check_env("observer.env", &raw.env)?;
         if raw.extra_args.iter().any(|a| a.contains('\0')) {
             return Err(invalid("observer.extra_args contains a NUL byte".into()));
@@ -503,6 +550,30 @@ pub fn check_executable(path: &Path, user: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_port_validator_for_every_use() {
+        let listen = PortUse::Listen { default: 2881 };
+        let cases = [
+            (0, listen, Ok(2881)),
+            (1025, listen, Ok(1025)),
+            (65535, listen, Ok(65535)),
+            (1024, listen, Err("from 1025 to 65535")),
+            (65536, listen, Err("from 1025 to 65535")),
+            (80, PortUse::Connect, Ok(80)),
+            (1, PortUse::Connect, Ok(1)),
+            (0, PortUse::Connect, Err("from 1 to 65535")),
+            (70000, PortUse::Connect, Err("from 1 to 65535")),
+        ];
+        for (value, usage, want) in cases {
+            let got = port("p", value, usage).map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "{value}"),
+                (Err(g), Err(w)) => assert!(g.contains(w) && g.contains(&value.to_string()), "{g}"),
+                (g, w) => panic!("{value} {usage:?}: got {g:?}, want {w:?}"),
+            }
+        }
+    }
 
     fn raw(home: &str) -> RawSpec {
         RawSpec {

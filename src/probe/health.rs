@@ -65,11 +65,20 @@ pub fn parse_http_url(url: &str) -> Result<Health, String> {
     })
 }
 
+/// The port a check connects to.
+impl Health {
+    pub fn port(&self) -> u16 {
+        match self {
+            Health::TcpPort(p) | Health::Http { port: p, .. } => *p,
+        }
+    }
+}
+
 /// One check, bounded. Err says what was seen, for the step's message.
 pub async fn check(h: &Health) -> Result<(), String> {
     let attempt = async {
         match h {
-            Health::TcpPort(port) => tokio::net::TcpStream::connect(("127.0.0.1", *port))
+            Health::TcpPort(port) => super::connect_loopback(*port)
                 .await
                 .map(|_| ())
                 .map_err(|_| format!("port {port} not accepting connections yet")),
@@ -82,7 +91,7 @@ pub async fn check(h: &Health) -> Result<(), String> {
 }
 
 async fn http_get(port: u16, path: &str) -> Result<(), String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let mut s = super::connect_loopback(port)
         .await
         .map_err(|_| format!("port {port} not accepting connections yet"))?;
     let request =

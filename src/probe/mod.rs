@@ -4,3 +4,68 @@
 
 pub mod health;
 pub mod mysql;
+
+use std::time::Duration;
+
+/// The longest pause between two looks at a port that is not accepting yet: a
+/// service that starts listening is seen at most this late. A refused connect
+/// to loopback costs microseconds, so looking this often is cheap; it is what
+/// keeps readiness in milliseconds instead of a backoff's hundreds.
+pub const MAX_PAUSE: Duration = Duration::from_millis(10);
+
+/// First pause, doubled up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+
+/// Connects to 127.0.0.1:`port` with Nagle off: every probe writes small
+/// requests and waits for the answer, which Nagle plus delayed ACK would hold
+/// for ~40 ms.
+pub async fn connect_loopback(port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Returns once something accepts a connection on 127.0.0.1:`port`, looking
+/// at once and then every few ms (at most [`MAX_PAUSE`]). Sends nothing: it
+/// only learns that the port is open, so asking anyone is harmless; who holds
+/// the port is checked by the probe that follows.
+pub async fn until_accepting(port: u16) {
+    let mut pause = FIRST_PAUSE;
+    loop {
+        if connect_loopback(port).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_that_opens_late_is_seen_within_milliseconds() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let waiter = tokio::spawn(until_accepting(port));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!waiter.is_finished(), "nothing listens yet");
+        let opened = std::time::Instant::now();
+        let _l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("never saw the port open")
+            .unwrap();
+        let late = opened.elapsed();
+        // An absolute bound, not one derived from MAX_PAUSE: a longer pause is
+        // the regression this catches.
+        assert!(
+            late < Duration::from_millis(50),
+            "seen {late:?} after it opened"
+        );
+    }
+}

@@ -82,11 +82,9 @@ fn check_listener(port: u16, observer: i32) -> Result<(), ProbeError> {
 }
 
 async fn connect(port: u16) -> Result<TcpStream, ProbeError> {
-    let s = TcpStream::connect(("127.0.0.1", port))
+    super::connect_loopback(port)
         .await
-        .map_err(|_| ProbeError::NotListening(port))?;
-    let _ = s.set_nodelay(true);
-    Ok(s)
+        .map_err(|_| ProbeError::NotListening(port))
 }
 
 /// Reads one MySQL packet: 3-byte length, sequence id, payload.
@@ -127,9 +125,23 @@ fn check_greeting(packet: &[u8], port: u16) -> Result<(), ProbeError> {
     }
 }
 
+/// Runs a /proc read on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProbeError> + Send + 'static,
+    port: u16,
+) -> Result<T, ProbeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProbeError::NoHandshake {
+            port,
+            why: format!("the socket check failed: {e}"),
+        })?
+}
+
 /// Connects, reads the greeting and proves the observer answered it.
 async fn greet(port: u16, observer: i32) -> Result<(TcpStream, Vec<u8>), ProbeError> {
-    check_listener(port, observer)?;
+    // /proc/net/tcp can take milliseconds to read on a busy host: off the runtime.
+    blocking(move || check_listener(port, observer), port).await?;
     let mut s = connect(port).await?;
     let greeting = read_packet(&mut s, port).await?;
     check_greeting(&greeting, port)?;
@@ -137,7 +149,12 @@ async fn greet(port: u16, observer: i32) -> Result<(TcpStream, Vec<u8>), ProbeEr
         port,
         why: e.to_string(),
     })?;
-    if !inspect::connection_served_by(port, ours, observer) {
+    if !blocking(
+        move || Ok(inspect::connection_served_by(port, ours, observer)),
+        port,
+    )
+    .await?
+    {
         return Err(ProbeError::NotTheObserver {
             port,
             observer,

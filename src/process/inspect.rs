@@ -9,6 +9,7 @@ use std::time::Duration;
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System, UpdateKind};
 
 use super::identity::Identity;
+use super::sockdiag;
 
 #[derive(Debug, Clone, Default)]
 pub struct ProcessInfo {
@@ -56,20 +57,43 @@ pub fn process_info(id: &Identity) -> Option<ProcessInfo> {
     })
 }
 
-/// One TCP socket of /proc/net/tcp{,6}. Addresses stay in the kernel's hex
-/// form: they are only ever compared with each other and with a few constants.
+/// One TCP socket. Addresses are in /proc/net/tcp's hex form, whichever source
+/// listed it: they are only ever compared with each other and with a few
+/// constants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TcpSocket {
     local_addr: String,
     local_port: u16,
     remote_addr: String,
     remote_port: u16,
-    listening: bool,
+    /// The kernel's TCP state number (10 is LISTEN, 1 ESTABLISHED).
+    state: u8,
     inode: u64,
 }
 
-/// Every TCP socket in this network namespace.
-fn tcp_sockets() -> Vec<TcpSocket> {
+impl TcpSocket {
+    fn listening(&self) -> bool {
+        self.state == 10
+    }
+}
+
+/// The TCP sockets in one of `states` (a mask of [`sockdiag`]'s bits), in this
+/// network namespace: from netlink, which lists only those, else from
+/// /proc/net/tcp{,6}, which lists every socket.
+fn tcp_sockets(states: u32) -> Vec<TcpSocket> {
+    if let Some(found) = sockdiag::tcp(states) {
+        return found
+            .into_iter()
+            .map(|s| TcpSocket {
+                local_addr: sockdiag::proc_hex(s.family, &s.src),
+                local_port: s.sport,
+                remote_addr: sockdiag::proc_hex(s.family, &s.dst),
+                remote_port: s.dport,
+                state: s.state,
+                inode: s.inode,
+            })
+            .collect();
+    }
     let mut all = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -77,6 +101,7 @@ fn tcp_sockets() -> Vec<TcpSocket> {
         };
         all.extend(text.lines().skip(1).filter_map(parse_tcp_line));
     }
+    all.retain(|s| states & (1 << s.state) != 0);
     all
 }
 
@@ -90,16 +115,16 @@ fn parse_tcp_line(line: &str) -> Option<TcpSocket> {
         local_port: u16::from_str_radix(local_port, 16).ok()?,
         remote_addr: remote_addr.to_string(),
         remote_port: u16::from_str_radix(remote_port, 16).ok()?,
-        listening: *f.get(3)? == "0A",
+        state: u8::from_str_radix(f.get(3)?, 16).ok()?,
         inode: f.get(9)?.parse().ok()?,
     })
 }
 
 /// Socket inode -> port, for TCP sockets in LISTEN.
 fn listening_inodes() -> HashMap<u64, u16> {
-    tcp_sockets()
+    tcp_sockets(sockdiag::LISTEN)
         .into_iter()
-        .filter(|s| s.listening)
+        .filter(TcpSocket::listening)
         .map(|s| (s.inode, s.local_port))
         .collect()
 }
@@ -128,10 +153,12 @@ pub enum PortOwner {
 /// land belongs to `pid`: the check before obhostd hands a password to what
 /// answers there.
 pub fn loopback_port_owner(port: u16, pid: i32) -> PortOwner {
-    let inodes: Vec<u64> = tcp_sockets()
+    let inodes: Vec<u64> = tcp_sockets(sockdiag::LISTEN)
         .into_iter()
         .filter(|s| {
-            s.listening && s.local_port == port && LOOPBACK_LISTEN.contains(&s.local_addr.as_str())
+            s.listening()
+                && s.local_port == port
+                && LOOPBACK_LISTEN.contains(&s.local_addr.as_str())
         })
         .map(|s| s.inode)
         .collect();
@@ -152,8 +179,8 @@ pub fn loopback_port_owner(port: u16, pid: i32) -> PortOwner {
 /// port a moment after we looked.
 pub fn connection_served_by(port: u16, ours: std::net::SocketAddr, pid: i32) -> bool {
     let own = socket_inodes(pid);
-    tcp_sockets().into_iter().any(|s| {
-        !s.listening
+    tcp_sockets(sockdiag::ESTABLISHED).into_iter().any(|s| {
+        !s.listening()
             && s.local_port == port
             && s.remote_port == ours.port()
             && s.inode != 0
@@ -195,21 +222,49 @@ pub fn listening_ports(pid: i32) -> Vec<u16> {
     ports.into_iter().collect()
 }
 
-/// Whether anything on this host listens on `port` (any address).
-pub fn port_listening(port: u16) -> bool {
-    listening_inodes().values().any(|p| *p == port)
+/// The host's listening TCP sockets, read once. Reading /proc/net/tcp{,6}
+/// costs milliseconds on a host with many sockets, so a check run that looks at
+/// several ports reads the table once and asks this snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Listening {
+    /// Socket inode -> port.
+    inodes: HashMap<u64, u16>,
 }
 
-/// Who listens on `port`: (pid, command name), when /proc lets us see it. None
-/// with a listener present means the holder is hidden from us (another user's
-/// process without root, another pid namespace).
+impl Listening {
+    pub fn read() -> Listening {
+        Listening {
+            inodes: listening_inodes(),
+        }
+    }
+
+    /// Whether anything listens on `port` (any address).
+    pub fn has(&self, port: u16) -> bool {
+        self.inodes.values().any(|p| *p == port)
+    }
+
+    /// Who listens on `port`: (pid, command name), when /proc lets us see it.
+    /// None with a listener present means the holder is hidden from us
+    /// (another user's process without root, another pid namespace).
+    pub fn holder(&self, port: u16) -> Option<(i32, String)> {
+        let inodes: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|(_, p)| **p == port)
+            .map(|(i, _)| *i)
+            .collect();
+        holder_of(&inodes)
+    }
+}
+
+/// Whether anything on this host listens on `port` (any address).
+pub fn port_listening(port: u16) -> bool {
+    Listening::read().has(port)
+}
+
+/// Who listens on `port` (see [`Listening::holder`]).
 pub fn port_holder(port: u16) -> Option<(i32, String)> {
-    let inodes: Vec<u64> = listening_inodes()
-        .into_iter()
-        .filter(|(_, p)| *p == port)
-        .map(|(i, _)| i)
-        .collect();
-    holder_of(&inodes)
+    Listening::read().holder(port)
 }
 
 fn holder_of(inodes: &[u64]) -> Option<(i32, String)> {
@@ -268,5 +323,24 @@ mod tests {
         assert_eq!(port_holder(port).map(|(pid, _)| pid), Some(me));
         drop(l);
         assert!(!port_listening(port));
+    }
+
+    #[test]
+    fn netlink_and_proc_agree_on_listeners() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let from_netlink: Vec<TcpSocket> = tcp_sockets(sockdiag::LISTEN)
+            .into_iter()
+            .filter(|s| s.local_port == port)
+            .collect();
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let from_proc: Vec<TcpSocket> = text
+            .lines()
+            .skip(1)
+            .filter_map(parse_tcp_line)
+            .filter(|s| s.local_port == port && s.listening())
+            .collect();
+        assert_eq!(from_netlink, from_proc);
+        assert_eq!(from_netlink.len(), 1);
     }
 }

@@ -10,8 +10,10 @@
 pub mod control;
 pub mod identity;
 pub mod inspect;
+pub mod launch;
 pub mod pidfile;
 pub mod reaper;
+pub mod sockdiag;
 pub mod spawn;
 pub mod spawned;
 

@@ -145,3 +145,58 @@ impl Reaper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reaper that reaps nothing (no subreaper, no SIGCHLD task): waitpid(-1)
+    /// in a test binary would steal other tests' children.
+    fn detached() -> Reaper {
+        Reaper {
+            exits: Arc::new(Mutex::new(HashMap::new())),
+            tick: watch::channel(0).0,
+        }
+    }
+
+    #[test]
+    fn exits_read_as_sentences() {
+        let at = SystemTime::now();
+        let e = |code, signal| Exit {
+            pid: 1,
+            code,
+            signal,
+            at,
+        };
+        assert_eq!(e(Some(0), None).describe(), "exited with code 0");
+        assert_eq!(e(None, Some(9)).describe(), "was killed by SIGKILL");
+        assert_eq!(e(None, Some(99)).describe(), "was killed by signal 99");
+        assert!(e(None, None).describe().contains("not obhostd's child"));
+    }
+
+    #[tokio::test]
+    async fn a_recorded_exit_is_what_wait_returns() {
+        let r = detached();
+        assert_eq!(r.exit_of(4242), None);
+        r.record(4242, Some(3), None);
+        assert_eq!(r.exit_of(4242).map(|e| e.code), Some(Some(3)));
+        let e = tokio::time::timeout(std::time::Duration::from_secs(1), r.wait(4242))
+            .await
+            .expect("wait returns a recorded exit at once");
+        assert_eq!(e.code, Some(3));
+    }
+
+    #[test]
+    fn the_oldest_exits_are_forgotten_beyond_the_bound() {
+        let r = detached();
+        for pid in 1..=(REMEMBERED as i32 + 10) {
+            r.record(pid, Some(0), None);
+        }
+        let exits = r.exits.lock().unwrap();
+        assert_eq!(exits.len(), REMEMBERED);
+        assert!(
+            exits.contains_key(&(REMEMBERED as i32 + 10)),
+            "the newest is kept"
+        );
+    }
+}

@@ -32,6 +32,11 @@ impl Spawned {
         }
     }
 
+    /// The user what was spawned runs as.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
     /// The server process the launcher left running (daemonizing mode).
     pub fn server(&mut self, id: Identity) {
         self.server = Some(id);

@@ -98,13 +98,107 @@ impl fmt::Display for StepState {
     }
 }
 
-/// Stable error codes the engine itself produces; step kinds add their own
-/// (PORT_IN_USE, PROCESS_EXITED, ...) as plain strings.
+/// Every `StepError.code` obhostd writes, in one enum, so a code is never a
+/// typo'd string literal and the list a client may see is in one place. The
+/// wire strings are part of the API (DESIGN.md): `as_str` must never change
+/// for an existing variant.
 pub mod codes {
-    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
-    pub const CANCELLED: &str = "CANCELLED";
-    pub const INTERRUPTED: &str = "INTERRUPTED";
-    pub const INTERNAL: &str = "INTERNAL";
+    macro_rules! codes {
+        ($($(#[$doc:meta])* $variant:ident = $wire:literal,)*) => {
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+            pub enum Code {
+                $($(#[$doc])* $variant,)*
+            }
+
+            impl Code {
+                /// Every code, for tests and docs.
+                pub const ALL: &[Code] = &[$(Code::$variant,)*];
+
+                /// The code as it goes on the wire and into the store.
+                pub const fn as_str(self) -> &'static str {
+                    match self {
+                        $(Code::$variant => $wire,)*
+                    }
+                }
+            }
+        };
+    }
+
+    codes! {
+        /// The step's deadline passed (the engine).
+        DeadlineExceeded = "DEADLINE_EXCEEDED",
+        /// CancelStep (the engine).
+        Cancelled = "CANCELLED",
+        /// RUNNING when obhostd stopped, and not safe to resume (the engine).
+        Interrupted = "INTERRUPTED",
+        /// A bug in obhostd (a panic), or a failure of the daemon itself.
+        Internal = "INTERNAL",
+        PortInUse = "PORT_IN_USE",
+        BinaryNotFound = "BINARY_NOT_FOUND",
+        DirNotWritable = "DIR_NOT_WRITABLE",
+        DirWrongOwner = "DIR_WRONG_OWNER",
+        InsufficientMemory = "INSUFFICIENT_MEMORY",
+        InsufficientDisk = "INSUFFICIENT_DISK",
+        AioInsufficient = "AIO_INSUFFICIENT",
+        UlimitTooLow = "ULIMIT_TOO_LOW",
+        SysctlOutOfRange = "SYSCTL_OUT_OF_RANGE",
+        NetworkDeviceNotFound = "NETWORK_DEVICE_NOT_FOUND",
+        CpuUnsupported = "CPU_UNSUPPORTED",
+        ClockNotSynchronised = "CLOCK_NOT_SYNCHRONISED",
+        CheckFailed = "CHECK_FAILED",
+        UserNotFound = "USER_NOT_FOUND",
+        SpawnFailed = "SPAWN_FAILED",
+        ProcessExited = "PROCESS_EXITED",
+        ProcessNotRunning = "PROCESS_NOT_RUNNING",
+        PidfileNotRemovable = "PIDFILE_NOT_REMOVABLE",
+        SignalFailed = "SIGNAL_FAILED",
+        SystemdUnavailable = "SYSTEMD_UNAVAILABLE",
+        ServiceStartFailed = "SERVICE_START_FAILED",
+    }
+
+    impl std::fmt::Display for Code {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+
+    impl From<Code> for String {
+        fn from(c: Code) -> String {
+            c.as_str().to_string()
+        }
+    }
+
+    impl PartialEq<Code> for String {
+        fn eq(&self, c: &Code) -> bool {
+            self == c.as_str()
+        }
+    }
+
+    // The engine's names, kept so its code reads as before.
+    pub const DEADLINE_EXCEEDED: &str = Code::DeadlineExceeded.as_str();
+    pub const CANCELLED: &str = Code::Cancelled.as_str();
+    pub const INTERRUPTED: &str = Code::Interrupted.as_str();
+    pub const INTERNAL: &str = Code::Internal.as_str();
+
+    #[cfg(test)]
+    mod tests {
+        use super::Code;
+
+        #[test]
+        fn wire_strings_are_unique_and_screaming_snake_case() {
+            let mut seen = std::collections::BTreeSet::new();
+            for c in Code::ALL {
+                let s = c.as_str();
+                assert!(seen.insert(s), "{s} twice");
+                assert!(
+                    s.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'),
+                    "{s}"
+                );
+            }
+            assert_eq!(Code::PortInUse.as_str(), "PORT_IN_USE");
+            assert_eq!(String::from(Code::Internal), "INTERNAL");
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

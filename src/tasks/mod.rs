@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::observer::{ObserverSpec, Policy, Registry};
+use crate::process::launch::LaunchError;
+use crate::steps::model::codes::Code;
 use crate::steps::{Secrets, StepFailure, StepKind, StepTask, TaskFactory};
 
 pub mod prepare;
@@ -41,9 +43,36 @@ pub(crate) fn observer_lock(home: &Path) -> String {
 }
 
 /// A failure that carries the tail of the observer's output and log.
-pub(crate) fn fail_with_log(code: &str, message: String, home: &Path) -> StepFailure {
+pub(crate) fn fail_with_log(code: Code, message: String, home: &Path) -> StepFailure {
     let mut f = StepFailure::new(code, message);
     f.error.log_tail = crate::observer::log_tail(home);
+    f
+}
+
+/// How a launch that failed after the spawn reads as a step failure, the same
+/// for the observer and the agent: PROCESS_EXITED with the exit details when
+/// the process died, else what went wrong. `what` names the program ("the
+/// observer"), `log_tail` is its output.
+pub(crate) fn launch_failed(e: LaunchError, what: &str, log_tail: Vec<String>) -> StepFailure {
+    let mut f = match &e {
+        LaunchError::Died(died) => {
+            let mut f = StepFailure::new(
+                Code::ProcessExited,
+                format!(
+                    "{what} (pid {}) {} {}; its output is in log_tail",
+                    died.pid,
+                    died.how(),
+                    died.during
+                ),
+            );
+            f.error.details = died.details();
+            f
+        }
+        LaunchError::Spawn(_) => StepFailure::new(Code::SpawnFailed, e.to_string()),
+        LaunchError::PidFile { .. } => StepFailure::new(Code::DirNotWritable, e.to_string()),
+        LaunchError::Panicked(_) => StepFailure::new(Code::Internal, e.to_string()),
+    };
+    f.error.log_tail = log_tail;
     f
 }
 

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Deps;
 use crate::host::checks;
-use crate::observer::ObserverSpec;
 use crate::observer::locate::{self, Found, Target};
-use crate::process::RunAs;
+use crate::observer::{ObserverSpec, SpecError};
+use crate::process::{RunAs, inspect};
+use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{
     CheckResult, CheckStatus, OnRestart, StepContext, StepFailure, StepResult, StepSuccess,
@@ -62,96 +63,149 @@ pub struct PrepareParams {
     pub strict: bool,
 }
 
+/// A Prepare request's parameters, checked before any step exists: the binary
+/// and the dirs are checks of the step, not preconditions, but every
+/// `skip_checks` name must be a check.
+pub fn resolve(
+    observer: ObserverSpec,
+    create_dirs: bool,
+    skip_checks: Vec<String>,
+    strict: bool,
+) -> Result<PrepareParams, SpecError> {
+    if let Some(bad) = skip_checks.iter().find(|n| !CHECKS.contains(&n.as_str())) {
+        return Err(SpecError::Invalid(format!(
+            "skip_checks names '{}', which is not a check; the checks are: {}",
+            crate::bounds::quote(bad),
+            CHECKS.join(", ")
+        )));
+    }
+    Ok(PrepareParams {
+        observer,
+        create_dirs,
+        skip_checks,
+        strict,
+    })
+}
+
 pub struct Prepare {
     pub params: PrepareParams,
     pub deps: Arc<Deps>,
 }
 
+/// The checks that would only find the observer itself when it runs (its
+/// ports, its dirs): skipped then, as OBD does.
+fn skipped_when_running(name: &str) -> bool {
+    name.starts_with("port.") || (name.starts_with("dir.") && name != "dir.etc.owner")
+}
+
 /// The StepError code a failed check stands for.
-fn code_for(check: &str) -> &'static str {
+fn code_for(check: &str) -> Code {
     match check.split('.').next().unwrap_or("") {
-        "port" => "PORT_IN_USE",
-        "binary" => "BINARY_NOT_FOUND",
-        "dir" if check == "dir.etc.owner" => "DIR_WRONG_OWNER",
-        "dir" => "DIR_NOT_WRITABLE",
-        "memory" => "INSUFFICIENT_MEMORY",
-        "disk" => "INSUFFICIENT_DISK",
-        "aio" => "AIO_INSUFFICIENT",
-        "ulimit" => "ULIMIT_TOO_LOW",
-        "sysctl" => "SYSCTL_OUT_OF_RANGE",
-        "net" => "NETWORK_DEVICE_NOT_FOUND",
-        "cpu" => "CPU_UNSUPPORTED",
-        "clock" => "CLOCK_NOT_SYNCHRONISED",
-        _ => "CHECK_FAILED",
+        "port" => Code::PortInUse,
+        "binary" => Code::BinaryNotFound,
+        "dir" if check == "dir.etc.owner" => Code::DirWrongOwner,
+        "dir" => Code::DirNotWritable,
+        "memory" => Code::InsufficientMemory,
+        "disk" => Code::InsufficientDisk,
+        "aio" => Code::AioInsufficient,
+        "ulimit" => Code::UlimitTooLow,
+        "sysctl" => Code::SysctlOutOfRange,
+        "net" => Code::NetworkDeviceNotFound,
+        "cpu" => Code::CpuUnsupported,
+        "clock" => Code::ClockNotSynchronised,
+        _ => Code::CheckFailed,
     }
 }
 
+/// The results of one run, in order; a check named in `skip_checks` is
+/// recorded as SKIPPED with what it would have expected.
+struct Results<'a> {
+    skip: &'a [String],
+    out: Vec<CheckResult>,
+}
+
+impl Results<'_> {
+    fn skipped(&self, name: &str) -> bool {
+        self.skip.iter().any(|s| s == name)
+    }
+
+    fn add(&mut self, r: CheckResult) {
+        if self.skipped(&r.name) {
+            let why = "skipped as asked (skip_checks)".to_string();
+            let r = checks::result(
+                &r.name,
+                CheckStatus::Skipped,
+                why,
+                r.expected,
+                String::new(),
+            );
+            self.out.push(r);
+        } else {
+            self.out.push(r);
+        }
+    }
+}
+
+fn info(name: &str, observed: String) -> CheckResult {
+    checks::result(
+        name,
+        CheckStatus::Pass,
+        observed,
+        "info".into(),
+        String::new(),
+    )
+}
+
+fn not_applicable(name: &str, why: &str) -> CheckResult {
+    checks::result(
+        name,
+        CheckStatus::Skipped,
+        why.into(),
+        String::new(),
+        String::new(),
+    )
+}
+
 impl Prepare {
+    /// Every check, in the order of [`CHECKS`]. Blocking (reads /proc, statfs).
     fn run_checks(&self, user: &RunAs) -> Vec<CheckResult> {
-        let p = &self.params;
-        let spec = &p.observer;
-        let registry = &self.deps.registry;
-        let skip = |name: &str| p.skip_checks.iter().any(|s| s == name);
-        let mut out: Vec<CheckResult> = Vec::new();
-        let mut add = |r: CheckResult| {
-            if skip(&r.name) {
-                out.push(checks::result(
-                    &r.name,
-                    CheckStatus::Skipped,
-                    "skipped as asked (skip_checks)".into(),
-                    r.expected,
-                    String::new(),
-                ));
-            } else {
-                out.push(r);
-            }
+        let mut results = Results {
+            skip: &self.params.skip_checks,
+            out: Vec::new(),
         };
+        let running = self.identity_checks(user, &mut results);
+        if running {
+            for name in CHECKS.iter().filter(|n| skipped_when_running(n)) {
+                results.add(not_applicable(name, "observer already running"));
+            }
+        } else {
+            self.port_checks(&mut results);
+        }
+        results.add(self.binary_check(user));
+        if !running {
+            self.dir_checks(user, &mut results);
+        }
+        self.host_checks(user, &mut results);
+        results.out
+    }
+
+    /// `observer.running`, `pidfile.stale` (removing a stale pid file); true
+    /// when the observer runs.
+    fn identity_checks(&self, user: &RunAs, results: &mut Results) -> bool {
+        let spec = &self.params.observer;
         let target = Target {
             home_path: spec.home_path.clone(),
             pid_file: spec.pid_file.clone(),
             binary: spec.binary.clone(),
             uid: Some(user.uid),
         };
-        let found = locate::find(&target, registry);
-        let running = matches!(found, Found::Running(_));
-        add(match &found {
-            Found::Running(id) => checks::result(
-                "observer.running",
-                CheckStatus::Pass,
-                format!("running pid {}", id.pid),
-                "info".into(),
-                String::new(),
-            ),
-            _ => checks::result(
-                "observer.running",
-                CheckStatus::Pass,
-                "not running".into(),
-                "info".into(),
-                String::new(),
-            ),
+        let found = locate::find(&target, &self.deps.registry);
+        results.add(match &found {
+            Found::Running(id) => info("observer.running", format!("running pid {}", id.pid)),
+            _ => info("observer.running", "not running".into()),
         });
-        add(match found {
-            Found::Stale(pid) if !skip("pidfile.stale") => {
-                let what = pid
-                    .map(|p| format!("pid {p}"))
-                    .unwrap_or_else(|| "no pid".into());
-                match crate::confined::remove_file(&spec.pid_file) {
-                    Ok(_) => checks::result(
-                        "pidfile.stale",
-                        CheckStatus::Pass,
-                        format!("removed stale {} ({what})", spec.pid_file.display()),
-                        "no stale pid file".into(),
-                        String::new(),
-                    ),
-                    Err(e) => checks::result(
-                        "pidfile.stale",
-                        CheckStatus::Fail,
-                        format!("cannot remove stale {}: {e}", spec.pid_file.display()),
-                        "no stale pid file".into(),
-                        format!("rm -f {}", spec.pid_file.display()),
-                    ),
-                }
-            }
+        let stale = match found {
+            Found::Stale(pid) if !results.skipped("pidfile.stale") => self.remove_stale(pid),
             _ => checks::result(
                 "pidfile.stale",
                 CheckStatus::Pass,
@@ -159,95 +213,138 @@ impl Prepare {
                 "no stale pid file".into(),
                 String::new(),
             ),
-        });
-        let skipped_running = |name: &str| {
-            checks::result(
-                name,
-                CheckStatus::Skipped,
-                "observer already running".into(),
-                String::new(),
-                String::new(),
-            )
         };
-        if running {
-            for name in [
-                "port.mysql",
-                "port.rpc",
-                "dir.home",
-                "dir.run",
-                "dir.log",
-                "dir.etc",
-                "dir.data",
-                "dir.redo",
-            ] {
-                add(skipped_running(name));
-            }
-        } else {
-            add(checks::port("port.mysql", spec.mysql_port));
-            add(checks::port("port.rpc", spec.rpc_port));
-        }
-        add(match spec.check_binary() {
+        results.add(stale);
+        matches!(found, Found::Running(_))
+    }
+
+    fn remove_stale(&self, pid: Option<i32>) -> CheckResult {
+        let pid_file = &self.params.observer.pid_file;
+        let what = pid
+            .map(|p| format!("pid {p}"))
+            .unwrap_or_else(|| "no pid".into());
+        let (status, observed, hint) = match crate::confined::remove_file(pid_file) {
+            Ok(_) => (
+                CheckStatus::Pass,
+                format!("removed stale {} ({what})", pid_file.display()),
+                String::new(),
+            ),
+            Err(e) => (
+                CheckStatus::Fail,
+                format!("cannot remove stale {}: {e}", pid_file.display()),
+                format!("rm -f {}", pid_file.display()),
+            ),
+        };
+        checks::result(
+            "pidfile.stale",
+            status,
+            observed,
+            "no stale pid file".into(),
+            hint,
+        )
+    }
+
+    /// `port.mysql`, `port.rpc`, from one read of the socket table.
+    fn port_checks(&self, results: &mut Results) {
+        let spec = &self.params.observer;
+        let listening = inspect::Listening::read();
+        results.add(checks::port("port.mysql", spec.mysql_port, &listening));
+        results.add(checks::port("port.rpc", spec.rpc_port, &listening));
+    }
+
+    fn binary_check(&self, user: &RunAs) -> CheckResult {
+        let spec = &self.params.observer;
+        let expected = "present and executable".to_string();
+        match spec.check_binary() {
             Ok(()) => checks::result(
                 "binary",
                 CheckStatus::Pass,
                 format!("{} executable by {}", spec.binary.display(), user.name),
-                "present and executable".into(),
+                expected,
                 String::new(),
             ),
             Err(m) => checks::result(
                 "binary",
                 CheckStatus::Fail,
                 m,
-                "present and executable".into(),
+                expected,
                 format!(
                     "install the observer at {} (chmod 755)",
                     spec.binary.display()
                 ),
             ),
-        });
-        if !running {
-            let home = &spec.home_path;
-            add(checks::dir("dir.home", home, user, p.create_dirs));
-            for sub in ["run", "log", "etc"] {
-                add(checks::dir(
-                    &format!("dir.{sub}"),
-                    &home.join(sub),
-                    user,
-                    p.create_dirs,
-                ));
-            }
-            let data = checks::dir("dir.data", &spec.data_dir, user, p.create_dirs);
-            let first_start_nonempty = !spec.is_restart()
-                && data.status == CheckStatus::Pass
-                && crate::confined::dir_has_entries(&spec.data_dir);
-            if first_start_nonempty {
-                add(checks::result(
-                    "dir.data",
-                    CheckStatus::Warn,
-                    format!("{} is not empty on a first start", spec.data_dir.display()),
-                    "empty on a first start".into(),
-                    format!(
-                        "check that {} holds no other observer's data",
-                        spec.data_dir.display()
-                    ),
-                ));
-            } else {
-                add(data);
-            }
-            match &spec.redo_dir {
-                Some(redo) => add(checks::dir("dir.redo", redo, user, p.create_dirs)),
-                None => add(checks::result(
-                    "dir.redo",
-                    CheckStatus::Skipped,
-                    "redo_dir not set".into(),
-                    String::new(),
-                    String::new(),
-                )),
-            }
         }
-        add(checks::etc_owner(&spec.home_path.join("etc"), user));
-        add(checks::memory_available());
-        add(checks::memory_limit(&spec.parameters));
+    }
+
+    /// `dir.*`: home, run, log, etc, data and redo exist (created with
+    /// `create_dirs`) and are writable by the user.
+    fn dir_checks(&self, user: &RunAs, results: &mut Results) {
+        let p = &self.params;
+        let spec = &p.observer;
+        let home = &spec.home_path;
+        results.add(checks::dir("dir.home", home, user, p.create_dirs));
+        for sub in ["run", "log", "etc"] {
+            let name = format!("dir.{sub}");
+            results.add(checks::dir(&name, &home.join(sub), user, p.create_dirs));
+        }
+        results.add(self.data_dir_check(user));
+        results.add(match &spec.redo_dir {
+            Some(redo) => checks::dir("dir.redo", redo, user, p.create_dirs),
+            None => not_applicable("dir.redo", "redo_dir not set"),
+        });
+    }
+
+    /// `dir.data`; a non-empty one on a first start warns: it may hold another
+    /// observer's data.
+    fn data_dir_check(&self, user: &RunAs) -> CheckResult {
+        let spec = &self.params.observer;
+        let data = checks::dir("dir.data", &spec.data_dir, user, self.params.create_dirs);
+        let first_start_nonempty = !spec.is_restart()
+            && data.status == CheckStatus::Pass
+            && crate::confined::dir_has_entries(&spec.data_dir);
+        if !first_start_nonempty {
+            return data;
+        }
+        checks::result(
+            "dir.data",
+            CheckStatus::Warn,
+            format!("{} is not empty on a first start", spec.data_dir.display()),
+            "empty on a first start".into(),
+            format!(
+                "check that {} holds no other observer's data",
+                spec.data_dir.display()
+            ),
+        )
+    }
+
+    /// What the host offers: etc/ ownership, memory, disk, aio, limits,
+    /// sysctls, network device, CPU, clock.
+    fn host_checks(&self, user: &RunAs, results: &mut Results) {
+        let spec = &self.params.observer;
+        results.add(checks::etc_owner(&spec.home_path.join("etc"), user));
+        let mem = checks::Memory::read();
+        results.add(checks::memory_available(&mem));
+        results.add(checks::memory_limit(&spec.parameters, &mem));
+        self.disk_checks(results);
+        results.add(checks::aio());
+        for r in checks::ulimits(&self.deps.policy.limits) {
+            results.add(r);
+        }
+        for r in checks::sysctls() {
+            results.add(r);
+        }
+        results.add(if spec.devname.is_empty() {
+            not_applicable("net.devname", "devname not set")
+        } else {
+            checks::devname(&spec.devname)
+        });
+        results.add(checks::cpu_avx());
+        results.add(checks::clock());
+    }
+
+    /// `disk.data`, `disk.redo`: a first start's files must fit.
+    fn disk_checks(&self, results: &mut Results) {
+        let spec = &self.params.observer;
         let size = |k: &str| {
             spec.parameters
                 .get(k)
@@ -255,48 +352,25 @@ impl Prepare {
         };
         // The slog reserve OBD adds to the data disk.
         let data_need = size("datafile_size").map(|s| s + 4 * (1 << 30));
-        add(checks::disk(
+        let restart = spec.is_restart();
+        results.add(checks::disk(
             "disk.data",
             &spec.data_dir,
             data_need,
-            spec.is_restart(),
+            restart,
         ));
-        let redo = spec
-            .redo_dir
-            .clone()
-            .unwrap_or_else(|| spec.data_dir.clone());
-        add(checks::disk(
+        let redo = spec.redo_dir.as_ref().unwrap_or(&spec.data_dir);
+        results.add(checks::disk(
             "disk.redo",
-            &redo,
+            redo,
             size("log_disk_size"),
-            spec.is_restart(),
+            restart,
         ));
-        add(checks::aio());
-        for r in checks::ulimits(&self.deps.policy.limits) {
-            add(r);
-        }
-        for r in checks::sysctls() {
-            add(r);
-        }
-        if spec.devname.is_empty() {
-            add(checks::result(
-                "net.devname",
-                CheckStatus::Skipped,
-                "devname not set".into(),
-                String::new(),
-                String::new(),
-            ));
-        } else {
-            add(checks::devname(&spec.devname));
-        }
-        add(checks::cpu_avx());
-        add(checks::clock());
-        out
     }
 
     async fn prepare(self, ctx: StepContext) -> StepResult {
         let user = RunAs::lookup(&self.params.observer.user)
-            .map_err(|e| StepFailure::new("USER_NOT_FOUND", e.to_string()))?;
+            .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
         ctx.progress(format!("running {} checks", CHECKS.len()))
             .await;
         let this = Arc::new(self);
@@ -304,7 +378,7 @@ impl Prepare {
         // The checks read /proc and statfs: blocking work, off the runtime.
         let results = tokio::task::spawn_blocking(move || worker.run_checks(&user))
             .await
-            .map_err(|e| StepFailure::new("INTERNAL", format!("the checks panicked: {e}")))?;
+            .map_err(|e| StepFailure::new(Code::Internal, format!("the checks panicked: {e}")))?;
         let strict = this.params.strict;
         let failed = results
             .iter()
@@ -347,5 +421,55 @@ impl StepTask for Prepare {
     /// Checks only look (and create dirs idempotently): run them again.
     fn on_restart(&self) -> OnRestart {
         OnRestart::Resume
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_has_its_code() {
+        let cases = [
+            ("port.mysql", Code::PortInUse),
+            ("binary", Code::BinaryNotFound),
+            ("dir.data", Code::DirNotWritable),
+            ("dir.etc.owner", Code::DirWrongOwner),
+            ("memory.limit", Code::InsufficientMemory),
+            ("disk.redo", Code::InsufficientDisk),
+            ("aio", Code::AioInsufficient),
+            ("ulimit.stack", Code::UlimitTooLow),
+            ("sysctl.fs.file-max", Code::SysctlOutOfRange),
+            ("net.devname", Code::NetworkDeviceNotFound),
+            ("cpu.avx", Code::CpuUnsupported),
+            ("clock", Code::ClockNotSynchronised),
+            ("observer.running", Code::CheckFailed),
+        ];
+        for (check, code) in cases {
+            assert!(CHECKS.contains(&check), "{check}");
+            assert_eq!(code_for(check), code, "{check}");
+        }
+    }
+
+    #[test]
+    fn a_running_observer_skips_its_ports_and_dirs_only() {
+        let skipped: Vec<&str> = CHECKS
+            .iter()
+            .copied()
+            .filter(|n| skipped_when_running(n))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                "port.mysql",
+                "port.rpc",
+                "dir.home",
+                "dir.run",
+                "dir.log",
+                "dir.etc",
+                "dir.data",
+                "dir.redo"
+            ]
+        );
     }
 }

@@ -15,10 +15,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Deps;
-use crate::probe::health::{self, Health};
+use crate::probe::{
+    self,
+    health::{self, Health},
+};
+use crate::process::launch::{self, Died, LaunchError};
 use crate::process::pidfile::{self, PidFile};
 use crate::process::spawn::Output;
 use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned, inspect, spawn};
+use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
 
@@ -83,11 +88,11 @@ impl StartAgentService {
                 let (id, spawned) = self.command(&ctx, cmd).await?;
                 outputs.insert("pid".to_string(), id.pid.to_string());
                 outputs.insert("already_running".to_string(), spawned.is_none().to_string());
-                Some((Handle::open(id).ok(), cmd.output_file(), spawned))
+                Some((Handle::open(id).ok(), cmd, spawned))
             }
         };
         if let Some(h) = &self.params.health {
-            let watch = watched.as_ref().map(|(h, o, _)| (h.as_ref(), o.as_path()));
+            let watch = watched.as_ref().map(|(h, c, _)| (h.as_ref(), *c));
             self.healthy(&ctx, h, watch).await?;
         }
         // Healthy: what this step spawned now runs on its own.
@@ -109,7 +114,7 @@ impl StartAgentService {
     /// /tmp that another user could plant a link at. The unit always comes after
     /// `--`, so it can never be read as an option.
     async fn systemctl(&self, args: &[&str], unit: &str) -> Result<(i32, String), StepFailure> {
-        let spawn_failed = |e: String| StepFailure::new("SPAWN_FAILED", e);
+        let spawn_failed = |e: String| StepFailure::new(Code::SpawnFailed, e);
         let me = RunAs::current().map_err(|e| spawn_failed(e.to_string()))?;
         let out = tempfile::tempfile()
             .map_err(|e| spawn_failed(format!("cannot make a temp file for systemctl: {e}")))?;
@@ -127,7 +132,11 @@ impl StartAgentService {
             output: Output::File(out.try_clone().map_err(|e| spawn_failed(e.to_string()))?),
             limits: Default::default(),
         };
-        let id = spawn(&spec).map_err(|e| spawn_failed(e.to_string()))?;
+        // fork/exec off the runtime's threads.
+        let id = tokio::task::spawn_blocking(move || spawn(&spec))
+            .await
+            .map_err(|e| spawn_failed(e.to_string()))?
+            .map_err(|e| spawn_failed(e.to_string()))?;
         let exit = self.deps.registry.reaper().wait(id.pid).await;
         let text = read_back(out);
         Ok((exit.code.unwrap_or(-1), text))
@@ -137,7 +146,7 @@ impl StartAgentService {
         if !systemd_running() {
             let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
             return Err(StepFailure::new(
-                "SYSTEMD_UNAVAILABLE",
+                Code::SystemdUnavailable,
                 format!(
                     "systemd is not running on this host (PID 1 is '{}'), so unit '{unit}' cannot be started; give a command instead (StartAgentService.command or [agent_service] argv)",
                     pid1.trim()
@@ -152,7 +161,7 @@ impl StartAgentService {
             (0, _) => Ok(false),
             (code, output) => {
                 let mut f = StepFailure::new(
-                    "SERVICE_START_FAILED",
+                    Code::ServiceStartFailed,
                     format!("systemctl start {unit} exited with {code}; see journalctl -u {unit}"),
                 );
                 f.error.log_tail = output.lines().take(20).map(str::to_string).collect();
@@ -189,11 +198,31 @@ impl StartAgentService {
         cmd: &CommandSpec,
     ) -> Result<(Identity, Option<Spawned>), StepFailure> {
         let user = RunAs::lookup(&cmd.user)
-            .map_err(|e| StepFailure::new("USER_NOT_FOUND", e.to_string()))?;
-        if let Some(id) = Self::running(cmd, user.uid) {
+            .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
+        let uid = user.uid;
+        let found = {
+            let cmd = cmd.clone();
+            tokio::task::spawn_blocking(move || Self::running(&cmd, uid))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        };
+        if let Some(id) = found {
             return Ok((id, None));
         }
-        let uid = user.uid;
+        let mode = match (&cmd.pid_file, cmd.foreground) {
+            (pid_file, true) => launch::Mode::Foreground {
+                pid_file: pid_file.clone(),
+            },
+            (Some(pid_file), false) => launch::Mode::Daemonizing {
+                pid_file: pid_file.clone(),
+            },
+            (None, false) => {
+                return Err(StepFailure::new(
+                    Code::ProcessNotRunning,
+                    "a daemonizing service needs a pid_file to be found by; set command.pid_file (or foreground=true)",
+                ));
+            }
+        };
         let spec = SpawnSpec {
             program: PathBuf::from(&cmd.argv[0]),
             args: cmd.argv[1..].to_vec(),
@@ -204,82 +233,40 @@ impl StartAgentService {
             limits: self.deps.policy.limits,
         };
         ctx.progress(format!("starting: {}", spec.display())).await;
-        let launched = spawn(&spec).map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
         let registry = self.deps.registry.clone();
-        let mut spawned = Spawned::new(launched, uid, move || registry.shutting_down());
+        let (launched, mut spawned) = launch::spawn_guarded(spec, move || registry.shutting_down())
+            .await
+            .map_err(|e| self.failed(e, cmd))?;
         ctx.output("pid", launched.pid.to_string()).await;
-        if cmd.foreground {
-            if let Some(pf) = &cmd.pid_file {
-                pidfile::write(pf, launched.pid).map_err(|e| {
-                    StepFailure::new(
-                        "DIR_NOT_WRITABLE",
-                        format!("cannot write pid file '{}': {e}", pf.display()),
-                    )
-                })?;
-            }
-            return Ok((launched, Some(spawned)));
+        if !cmd.foreground {
+            ctx.progress(format!(
+                "waiting for the launcher (pid {}) to daemonize",
+                launched.pid
+            ))
+            .await;
         }
-        ctx.progress(format!(
-            "waiting for the launcher (pid {}) to daemonize",
-            launched.pid
-        ))
-        .await;
-        let exit = self.deps.registry.reaper().wait(launched.pid).await;
-        if exit.code != Some(0) {
-            return Err(self.died(launched.pid, exit.describe(), &cmd.output_file()));
-        }
-        let Some(pf) = &cmd.pid_file else {
-            return Err(StepFailure::new(
-                "PROCESS_NOT_RUNNING",
-                "the service daemonized but no pid_file was given to find it by; set command.pid_file (or foreground=true)",
-            ));
-        };
-        loop {
-            if let PidFile::Live(id) = pidfile::inspect(pf)
-                && (id.daemonized_from(&launched, uid) || Self::running(cmd, uid) == Some(id))
-            {
-                spawned.server(id);
-                return Ok((id, Some(spawned)));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let reaper = self.deps.registry.reaper();
+        let server = launch::server(launched, &mut spawned, &mode, reaper, |id| {
+            Self::running(cmd, uid) == Some(*id)
+        })
+        .await
+        .map_err(|e| self.failed(e, cmd))?;
+        Ok((server, Some(spawned)))
     }
 
-    fn command_user(&self) -> String {
-        match &self.params.service {
-            Service::Command(c) => c.user.clone(),
-            Service::SystemdUnit(_) => String::new(),
-        }
-    }
-
-    fn died(&self, pid: i32, how: String, output: &Path) -> StepFailure {
-        let mut f = StepFailure::new(
-            "PROCESS_EXITED",
-            format!("the agent service (pid {pid}) {how} before it became healthy"),
-        );
-        let uid = RunAs::lookup(&self.command_user()).ok().map(|u| u.uid);
-        f.error.log_tail = crate::confined::tail(output, uid, 20);
-        f.error.details.insert("pid".into(), pid.to_string());
-        f
+    /// A launch that failed, with the service's output in log_tail.
+    fn failed(&self, e: LaunchError, cmd: &CommandSpec) -> StepFailure {
+        let uid = RunAs::lookup(&cmd.user).ok().map(|u| u.uid);
+        let tail = crate::confined::tail(&cmd.output_file(), uid, 20);
+        super::launch_failed(e, "the agent service", tail)
     }
 
     async fn healthy(
         &self,
         ctx: &StepContext,
         h: &Health,
-        watched: Option<(Option<&Handle>, &Path)>,
+        watched: Option<(Option<&Handle>, &CommandSpec)>,
     ) -> Result<(), StepFailure> {
-        let probing = async {
-            let mut pause = Duration::from_millis(20);
-            loop {
-                match health::check(h).await {
-                    Ok(()) => return,
-                    Err(e) => ctx.progress(e).await,
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
-            }
-        };
         let death = async {
             match watched {
                 Some((Some(handle), _)) => handle.exited().await,
@@ -287,14 +274,36 @@ impl StartAgentService {
             }
         };
         tokio::select! {
-            () = probing => Ok(()),
+            () = until_healthy(ctx, h) => Ok(()),
             () = death => {
-                let (handle, output) = watched.map(|(h, o)| (h, o.to_path_buf())).unwrap_or((None, PathBuf::new()));
-                let pid = handle.map(|h| h.identity().pid).unwrap_or_default();
-                let exit = tokio::time::timeout(Duration::from_secs(1), self.deps.registry.reaper().wait(pid)).await.ok();
-                let how = exit.map(|e| e.describe()).unwrap_or_else(|| "exited".into());
-                Err(self.died(pid, how, &output))
+                let (handle, cmd) = watched.and_then(|(h, c)| Some((h?, c))).ok_or_else(|| {
+                    StepFailure::new(Code::Internal, "the agent's death was seen without a handle on it")
+                })?;
+                let pid = handle.identity().pid;
+                let exit = launch::exit_of(self.deps.registry.reaper(), pid).await;
+                let during = "before it became healthy";
+                Err(self.failed(LaunchError::Died(Died { pid, exit, during }), cmd))
             }
+        }
+    }
+}
+
+/// Returns once the health check passes. A port that refuses is looked at
+/// every few ms (cheap); a service that answers but is not healthy yet is asked
+/// again after a pause that grows to 100 ms.
+async fn until_healthy(ctx: &StepContext, h: &Health) {
+    let mut retry = Duration::from_millis(10);
+    loop {
+        match health::check(h).await {
+            Ok(()) => return,
+            Err(e) => ctx.progress(e).await,
+        }
+        if probe::connect_loopback(h.port()).await.is_err() {
+            probe::until_accepting(h.port()).await;
+            retry = Duration::from_millis(10);
+        } else {
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_millis(100));
         }
     }
 }
@@ -413,10 +422,11 @@ fn check_unit(unit: &str, defaults: &AgentServiceConfig) -> Result<(), SpecError
 }
 
 fn port(p: u32) -> Result<u16, SpecError> {
-    u16::try_from(p)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| SpecError::Invalid(format!("health.tcp_port {p} is not a port (1-65535)")))
+    crate::observer::spec::port(
+        "health.tcp_port",
+        p,
+        crate::observer::spec::PortUse::Connect,
+    )
 }
 
 fn resolve_command(

@@ -2,9 +2,10 @@
 //!
 //! Already running (by identity) → SUCCEEDED with already_running=true, nothing
 //! spawned. Otherwise: clear a stale pid file, spawn the observer, and succeed
-//! once the server process is alive, identified, and has stayed alive for the
-//! settle window. A daemonizing observer is followed through its launcher (which
-//! must exit 0) to the pid file its server writes.
+//! once the server process is alive, identified, and has either stayed alive
+//! for the settle window or listens on its MySQL port. A daemonizing observer
+//! is followed through its launcher (which must exit 0) to the pid file its
+//! server writes ([`launch`]).
 //!
 //! Steps on one home_path run one at a time (lock key), so two racing starts
 //! make one process: the second finds the first's observer running. A start
@@ -13,13 +14,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{Deps, fail_with_log};
 use crate::observer::locate::{self, Found, Target};
-use crate::observer::{ObserverRecord, ObserverSpec, command};
-use crate::process::pidfile::{self, PidFile};
-use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned, spawn};
+use crate::observer::{ObserverRecord, ObserverSpec, SpecError, command, log_tail};
+use crate::probe;
+use crate::process::inspect::{self, PortOwner};
+use crate::process::launch::{self, Died, LaunchError};
+use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned};
+use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
 
@@ -75,6 +78,16 @@ fn ensure_dir(dir: &std::path::Path, user: &RunAs) -> std::io::Result<()> {
     crate::confined::create_dirs(dir, Some((user.uid, user.gid)), 0o750).map(drop)
 }
 
+/// What a StartObserver request needs beyond a valid spec, checked before any
+/// step exists: a first start needs the bootstrap fields, and the binary must
+/// be there to run.
+pub fn resolve(spec: ObserverSpec) -> Result<ObserverSpec, SpecError> {
+    spec.check_first_start()?;
+    spec.check_binary()
+        .map_err(|m| SpecError::Invalid(format!("observer.binary {m}")))?;
+    Ok(spec)
+}
+
 impl StartObserver {
     fn target(&self) -> Target {
         Target {
@@ -101,147 +114,122 @@ impl StartObserver {
         }
     }
 
-    /// The observer died before the start succeeded: PROCESS_EXITED with how it
-    /// ended and what it wrote.
-    async fn died(&self, pid: i32, during: &str) -> StepFailure {
-        let exit = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.deps.registry.reaper().wait(pid),
-        )
-        .await
-        .ok();
-        let how = exit
-            .map(|e| e.describe())
-            .unwrap_or_else(|| "ended (exit status unknown)".into());
-        let mut f = fail_with_log(
-            "PROCESS_EXITED",
-            format!(
-                "observer (pid {pid}) {how} {during}; its output and log are in log_tail (and under {})",
-                self.spec.home_path.join("log").display()
-            ),
-            &self.spec.home_path,
-        );
-        f.error.details.insert("pid".into(), pid.to_string());
-        if let Some(e) = exit {
-            if let Some(c) = e.code {
-                f.error.details.insert("exit_code".into(), c.to_string());
+    fn mode(&self) -> launch::Mode {
+        let pid_file = self.spec.pid_file.clone();
+        if self.spec.foreground {
+            launch::Mode::Foreground {
+                pid_file: Some(pid_file),
             }
-            if let Some(s) = e.signal {
-                f.error.details.insert("signal".into(), s.to_string());
-            }
+        } else {
+            launch::Mode::Daemonizing { pid_file }
         }
-        f
     }
 
-    /// Waits for the server process of a daemonizing observer: the launcher
-    /// exits 0, then the pid file names a live process.
-    async fn follow_launcher(
-        &self,
-        ctx: &StepContext,
-        launcher: Identity,
-    ) -> Result<Identity, StepFailure> {
-        ctx.progress(format!(
-            "waiting for the launcher (pid {}) to daemonize",
-            launcher.pid
-        ))
-        .await;
-        let exit = self.deps.registry.reaper().wait(launcher.pid).await;
-        if exit.code != Some(0) {
-            return Err(self.died(launcher.pid, "while daemonizing").await);
-        }
-        ctx.progress(format!("waiting for {}", self.spec.pid_file.display()))
-            .await;
-        // The real launcher exits before its server writes the pid file, so this
-        // polls; a pid file left by an earlier run was removed above.
-        let target = self.target();
-        loop {
-            match pidfile::inspect(&self.spec.pid_file) {
-                PidFile::Live(id)
-                    if locate::belongs_to(&id, &target, &self.deps.registry)
-                        || target
-                            .uid
-                            .is_some_and(|uid| id.daemonized_from(&launcher, uid)) =>
-                {
-                    return Ok(id);
-                }
-                PidFile::Live(_) => {}
-                PidFile::Stale(Some(pid)) if self.deps.registry.reaper().exit_of(pid).is_some() => {
-                    return Err(self.died(pid, "right after it started").await);
-                }
-                PidFile::Stale(_) | PidFile::Missing => {}
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    fn failed(&self, e: LaunchError) -> StepFailure {
+        super::launch_failed(e, "observer", log_tail(&self.spec.home_path))
     }
 
     async fn start(self: Box<Self>, ctx: StepContext) -> StepResult {
-        let spec = &self.spec;
+        if let Some(done) = self.found_running(&ctx).await? {
+            return Ok(done);
+        }
+        let (launcher, mut spawned, command) = self.spawn(&ctx).await?;
+        ctx.output("launcher_pid", launcher.pid.to_string()).await;
+        if !self.spec.foreground {
+            ctx.progress(format!(
+                "waiting for the launcher (pid {}) to daemonize and for {}",
+                launcher.pid,
+                self.spec.pid_file.display()
+            ))
+            .await;
+        }
         let registry = &self.deps.registry;
         let target = self.target();
+        let server = launch::server(
+            launcher,
+            &mut spawned,
+            &self.mode(),
+            registry.reaper(),
+            |id| locate::belongs_to(id, &target, registry),
+        )
+        .await
+        .map_err(|e| self.failed(e))?;
+        self.settle(&ctx, server).await?;
+        registry.started(self.record(server, argv(server.pid), ctx.step_id()));
+        spawned.keep();
+        Ok(success(&server, &command, false, &self.spec))
+    }
 
-        // A run resumed after a restart first looks for what the interrupted run
-        // spawned, so that it never starts a second observer.
-        let earlier = ctx
-            .earlier_outputs()
-            .get("launcher_pid")
-            .and_then(|p| p.parse::<i32>().ok());
-        match locate::find(&target, registry) {
+    /// The observer when one runs already (nothing is spawned then), after a
+    /// stale pid file is cleared. A run resumed after a restart of obhostd
+    /// first looks for what the interrupted run spawned (`launcher_pid`), so it
+    /// never starts a second observer, and reports a process it started as its
+    /// own (already_running=false).
+    async fn found_running(&self, ctx: &StepContext) -> Result<Option<StepSuccess>, StepFailure> {
+        let spec = &self.spec;
+        let registry = &self.deps.registry;
+        let spawned_before = ctx.resumed() && ctx.earlier_outputs().contains_key("launcher_pid");
+        match locate::find_async(self.target(), registry.clone()).await {
             Found::Running(id) => {
                 let argv = argv(id.pid);
-                let ours = ctx.resumed() && earlier.is_some();
                 let command = argv.join(" ");
                 registry.started(self.record(id, argv, ctx.step_id()));
-                return Ok(success(&id, &command, !ours, spec));
+                return Ok(Some(success(&id, &command, !spawned_before, spec)));
             }
-            Found::Stale(pid) => {
-                // locate found that it names no observer of this home (dead,
-                // or a recycled pid now used by something else): it must go,
-                // or the launcher's server could be mistaken for its old pid.
-                match crate::confined::remove_file(&spec.pid_file) {
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(StepFailure::new(
-                            "PIDFILE_NOT_REMOVABLE",
-                            format!(
-                                "stale pid file '{}' (pid {}) cannot be removed: {e}; remove it by hand",
-                                spec.pid_file.display(),
-                                pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
-                            ),
-                        ));
-                    }
-                }
-                ctx.progress(format!(
-                    "removed stale pid file {} (pid {})",
-                    spec.pid_file.display(),
-                    pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
-                ))
-                .await;
-            }
+            Found::Stale(pid) => self.remove_stale(ctx, pid).await?,
             Found::NotRunning => {}
         }
-        if ctx.resumed()
-            && let Some(pid) = earlier
-        {
+        if spawned_before {
             // Spawned before the restart, and neither running nor in the pid
             // file now: it died. Starting again is the orchestrator's call.
+            let pid = &ctx.earlier_outputs()["launcher_pid"];
             return Err(fail_with_log(
-                "PROCESS_EXITED",
+                Code::ProcessExited,
                 format!(
-                    "the observer obhostd started (pid {pid}) before it restarted is no longer running; RetryStep '{}' to start it again",
+                    "the observer obhostd started (launcher pid {pid}) before it restarted is no longer running; RetryStep '{}' to start it again",
                     ctx.step_id()
                 ),
                 &spec.home_path,
             ));
         }
+        Ok(None)
+    }
 
+    /// locate found that the pid file names no observer of this home (dead, or
+    /// a recycled pid now used by something else): it must go, or the
+    /// launcher's server could be mistaken for its old pid.
+    async fn remove_stale(&self, ctx: &StepContext, pid: Option<i32>) -> Result<(), StepFailure> {
+        let pid_file = &self.spec.pid_file;
+        let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+        crate::confined::remove_file(pid_file).map_err(|e| {
+            StepFailure::new(
+                Code::PidfileNotRemovable,
+                format!(
+                    "stale pid file '{}' (pid {pid}) cannot be removed: {e}; remove it by hand",
+                    pid_file.display()
+                ),
+            )
+        })?;
+        ctx.progress(format!(
+            "removed stale pid file {} (pid {pid})",
+            pid_file.display()
+        ))
+        .await;
+        Ok(())
+    }
+
+    /// Checks what the start needs, then spawns the observer: the launcher, its
+    /// guard, and the command line as recorded.
+    async fn spawn(&self, ctx: &StepContext) -> Result<(Identity, Spawned, String), StepFailure> {
+        let spec = &self.spec;
         spec.check_binary()
-            .map_err(|m| StepFailure::new("BINARY_NOT_FOUND", format!("observer.binary {m}")))?;
+            .map_err(|m| StepFailure::new(Code::BinaryNotFound, format!("observer.binary {m}")))?;
         let user = RunAs::lookup(&spec.user)
-            .map_err(|e| StepFailure::new("USER_NOT_FOUND", e.to_string()))?;
+            .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
         for dir in [spec.home_path.join("log"), spec.home_path.join("run")] {
             ensure_dir(&dir, &user).map_err(|e| {
                 StepFailure::new(
-                    "DIR_NOT_WRITABLE",
+                    Code::DirNotWritable,
                     format!(
                         "cannot create '{}': {e}; create it, owned by '{}'",
                         dir.display(),
@@ -250,7 +238,6 @@ impl StartObserver {
                 )
             })?;
         }
-        let uid = user.uid;
         let run = SpawnSpec {
             program: spec.binary.clone(),
             args: command::args(spec),
@@ -262,42 +249,58 @@ impl StartObserver {
         };
         let command = run.display();
         ctx.progress(format!("starting: {command}")).await;
-        let launcher = spawn(&run).map_err(|e| StepFailure::new("SPAWN_FAILED", e.to_string()))?;
-        let registry_now = self.deps.registry.clone();
-        let mut spawned = Spawned::new(launcher, uid, move || registry_now.shutting_down());
-        ctx.output("launcher_pid", launcher.pid.to_string()).await;
+        let registry = self.deps.registry.clone();
+        let (launcher, spawned) = launch::spawn_guarded(run, move || registry.shutting_down())
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok((launcher, spawned, command))
+    }
 
-        let server = if spec.foreground {
-            if let Err(e) = pidfile::write(&spec.pid_file, launcher.pid) {
-                return Err(StepFailure::new(
-                    "DIR_NOT_WRITABLE",
-                    format!("cannot write pid file '{}': {e}", spec.pid_file.display()),
-                ));
-            }
-            launcher
-        } else {
-            self.follow_launcher(&ctx, launcher).await?
-        };
-
-        spawned.server(server);
-        // Settle: a bad flag or a missing library kills it within moments.
+    /// Succeeds once the server has survived `start_settle` (a bad flag or a
+    /// missing library kills it within moments) or listens on its MySQL port
+    /// already (then it is past its riskiest phase, and waiting longer only
+    /// delays the orchestrator; a later death is WaitObserverActive's to see).
+    async fn settle(&self, ctx: &StepContext, server: Identity) -> Result<(), StepFailure> {
         let settle = self.deps.policy.start_settle;
+        let port = self.spec.mysql_port;
         ctx.progress(format!(
-            "observer running (pid {}); watching it for {}",
+            "observer running (pid {}); watching it for {} or until it listens on port {port}",
             server.pid,
             humantime::format_duration(settle)
         ))
         .await;
-        let handle = match Handle::open(server) {
-            Ok(h) => h,
-            Err(_) => return Err(self.died(server.pid, "right after it started").await),
+        let died = || async {
+            let exit = launch::exit_of(self.deps.registry.reaper(), server.pid).await;
+            let during = "right after it started";
+            self.failed(LaunchError::Died(Died {
+                pid: server.pid,
+                exit,
+                during,
+            }))
         };
-        if handle.exited_within(settle).await {
-            return Err(self.died(server.pid, "right after it started").await);
+        let Ok(handle) = Handle::open(server) else {
+            return Err(died().await);
+        };
+        tokio::select! {
+            () = handle.exited() => Err(died().await),
+            () = tokio::time::sleep(settle) => Ok(()),
+            () = listening(port, server.pid) => Ok(()),
         }
-        registry.started(self.record(server, argv(server.pid), ctx.step_id()));
-        spawned.keep();
-        Ok(success(&server, &command, false, spec))
+    }
+}
+
+/// Returns once `pid` holds every socket listening where 127.0.0.1:`port`
+/// lands. The port is watched with cheap connects; the socket table is read
+/// (off the runtime) only once something accepts.
+async fn listening(port: u16, pid: i32) {
+    loop {
+        probe::until_accepting(port).await;
+        let owner =
+            tokio::task::spawn_blocking(move || inspect::loopback_port_owner(port, pid)).await;
+        if matches!(owner, Ok(PortOwner::Only)) {
+            return;
+        }
+        tokio::time::sleep(probe::MAX_PAUSE).await;
     }
 }
 

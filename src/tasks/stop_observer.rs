@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Deps;
 use crate::observer::locate::{self, Found, Target};
+use crate::observer::spec::{Policy, SpecError, checked_path};
 use crate::process::{Handle, inspect, pidfile};
+use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
 
@@ -28,9 +30,45 @@ pub struct StopParams {
     pub force: bool,
 }
 
+/// SIGTERM's grace when the request gives none.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Checks a StopObserver request, before any step exists. `timeout` is the
+/// step's: a grace as long would leave no time to SIGKILL and wait.
+pub fn resolve(
+    home_path: &str,
+    grace: Option<Duration>,
+    force: bool,
+    timeout: Duration,
+    policy: &Policy,
+) -> Result<StopParams, SpecError> {
+    let home_path = checked_path("home_path", home_path, policy)?;
+    let grace = grace.unwrap_or(DEFAULT_GRACE);
+    if grace >= timeout {
+        return Err(SpecError::Invalid(format!(
+            "grace {} is not shorter than the step's timeout {}; give a shorter grace or a longer meta.timeout",
+            humantime::format_duration(grace),
+            humantime::format_duration(timeout)
+        )));
+    }
+    Ok(StopParams {
+        home_path,
+        grace,
+        force,
+    })
+}
+
 pub struct StopObserver {
     pub params: StopParams,
     pub deps: Arc<Deps>,
+}
+
+/// A /proc read (the socket table takes milliseconds on a busy host) on the
+/// blocking pool, so the runtime's threads never wait on it.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 impl StopObserver {
@@ -38,7 +76,7 @@ impl StopObserver {
         let registry = &self.deps.registry;
         let target = Target::for_home(&self.params.home_path, registry);
         let mut outputs = BTreeMap::new();
-        let id = match locate::find(&target, registry) {
+        let id = match locate::find_async(target.clone(), registry.clone()).await {
             Found::Running(id) => id,
             Found::Stale(_) | Found::NotRunning => {
                 let _ = pidfile::remove_if_owned(&target.pid_file, None);
@@ -54,7 +92,8 @@ impl StopObserver {
         outputs.insert("already_stopped".to_string(), "false".to_string());
         // Only what this process holds: a port someone else listens on is not
         // ours to wait for.
-        let ports = inspect::listening_ports(id.pid);
+        let pid = id.pid;
+        let ports = blocking(move || inspect::listening_ports(pid)).await;
 
         let handle = match Handle::open(id) {
             Ok(h) => h,
@@ -67,31 +106,7 @@ impl StopObserver {
                 });
             }
         };
-        let signal_failed =
-            |e: crate::process::ControlError| StepFailure::new("SIGNAL_FAILED", e.to_string());
-        let mut killed = self.params.force;
-        if self.params.force {
-            ctx.progress(format!("sent SIGKILL to pid {}", id.pid))
-                .await;
-            ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
-        } else {
-            ignore_gone(handle.signal(Signal::SIGTERM)).map_err(signal_failed)?;
-            ctx.progress(format!(
-                "sent SIGTERM to pid {}; waiting up to {} before SIGKILL",
-                id.pid,
-                humantime::format_duration(self.params.grace)
-            ))
-            .await;
-            if !handle.exited_within(self.params.grace).await {
-                killed = true;
-                ctx.progress(format!(
-                    "pid {} outlived the grace period; sent SIGKILL",
-                    id.pid
-                ))
-                .await;
-                ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
-            }
-        }
+        let killed = self.terminate(&ctx, &handle).await?;
         handle.exited().await;
         let exit = tokio::time::timeout(Duration::from_secs(1), registry.reaper().wait(id.pid))
             .await
@@ -102,18 +117,7 @@ impl StopObserver {
             outputs.insert("exit".to_string(), e.describe());
         }
 
-        for port in &ports {
-            if inspect::port_listening(*port) {
-                ctx.progress(format!(
-                    "pid {} is gone; waiting for port {port} to be released",
-                    id.pid
-                ))
-                .await;
-                while inspect::port_listening(*port) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        wait_ports_free(&ctx, id.pid, ports).await;
         let _ = pidfile::remove_if_owned(&target.pid_file, Some(&id));
         Ok(StepSuccess {
             message: format!(
@@ -125,6 +129,32 @@ impl StopObserver {
             checks: Vec::new(),
         })
     }
+
+    /// SIGTERM, then SIGKILL after the grace (`force`: SIGKILL at once), through
+    /// the pidfd; true when SIGKILL was sent.
+    async fn terminate(&self, ctx: &StepContext, handle: &Handle) -> Result<bool, StepFailure> {
+        let pid = handle.identity().pid;
+        let signal_failed =
+            |e: crate::process::ControlError| StepFailure::new(Code::SignalFailed, e.to_string());
+        if self.params.force {
+            ctx.progress(format!("sent SIGKILL to pid {pid}")).await;
+            ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
+            return Ok(true);
+        }
+        ignore_gone(handle.signal(Signal::SIGTERM)).map_err(signal_failed)?;
+        ctx.progress(format!(
+            "sent SIGTERM to pid {pid}; waiting up to {} before SIGKILL",
+            humantime::format_duration(self.params.grace)
+        ))
+        .await;
+        if handle.exited_within(self.params.grace).await {
+            return Ok(false);
+        }
+        ctx.progress(format!("pid {pid} outlived the grace period; sent SIGKILL"))
+            .await;
+        ignore_gone(handle.signal(Signal::SIGKILL)).map_err(signal_failed)?;
+        Ok(true)
+    }
 }
 
 /// A process that exited between our look and our signal is stopped already.
@@ -134,6 +164,24 @@ fn ignore_gone(
     match r {
         Err(crate::process::ControlError::NotThatProcess { .. }) => Ok(()),
         other => other,
+    }
+}
+
+/// Returns once nothing listens on the ports the stopped process held: the
+/// next start needs them, and the kernel may release them a moment after the
+/// process is gone.
+async fn wait_ports_free(ctx: &StepContext, pid: i32, ports: Vec<u16>) {
+    for port in ports {
+        let listening = move || blocking(move || inspect::port_listening(port));
+        if listening().await {
+            ctx.progress(format!(
+                "pid {pid} is gone; waiting for port {port} to be released"
+            ))
+            .await;
+            while listening().await {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 
@@ -149,5 +197,29 @@ impl StepTask for StopObserver {
     /// Stopping is idempotent: run it again.
     fn on_restart(&self) -> OnRestart {
         OnRestart::Resume
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_defaults_and_must_leave_time_to_kill() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path().display().to_string();
+        let policy = Policy::default();
+        let minute = Duration::from_secs(60);
+        let p = resolve(&h, None, false, minute, &policy).unwrap();
+        assert_eq!(p.grace, DEFAULT_GRACE);
+        let p = resolve(&h, Some(Duration::ZERO), true, minute, &policy).unwrap();
+        assert!(p.force);
+        let e = resolve(&h, Some(minute), false, minute, &policy).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is not shorter than the step's timeout"),
+            "{e}"
+        );
+        assert!(resolve("not/absolute", None, false, minute, &policy).is_err());
     }
 }

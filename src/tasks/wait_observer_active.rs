@@ -1,10 +1,12 @@
 //! "Wait observer active" (WAIT_OBSERVER_ACTIVE).
 //!
 //! Succeeds when the observer's process is alive, its MySQL port answers with a
-//! handshake, and (with a user) login works and the query returns a row. Probes
-//! every few tens of ms, backing off to 200 ms: OceanBase's own tools poll every
-//! 1-3 s, which is seconds of a start lost for nothing. The observer's death is
-//! seen at once through its pidfd, not at the next probe.
+//! handshake, and (with a user) login works and the query returns a row. Until
+//! the port accepts, it is looked at every few ms (a refused loopback connect
+//! costs microseconds), and the probe runs the moment it does: readiness is seen
+//! within ~10 ms, not after a backoff of hundreds (OceanBase's own tools poll
+//! every 1-3 s, which is seconds of a start lost for nothing). The observer's
+//! death is seen at once through its pidfd, not at the next probe.
 //!
 //! The password lives in the engine's memory only. After a restart of obhostd a
 //! resumed wait that needs it says so in its message and waits (within its
@@ -18,10 +20,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{Deps, fail_with_log};
 use crate::observer::locate::{self, Found, Target};
-use crate::probe::mysql::{self, Credentials};
-use crate::process::Handle;
+use crate::observer::spec::{self, Policy, SpecError};
+use crate::probe::{
+    self,
+    mysql::{self, Credentials, ProbeError},
+};
+use crate::process::{Handle, Identity, launch};
+use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
-use crate::steps::{OnRestart, StepContext, StepResult, StepSuccess, StepTask};
+use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
 
 pub const PASSWORD: &str = "password";
 
@@ -36,109 +43,191 @@ pub struct WaitParams {
     pub sql: String,
 }
 
+/// A WaitObserverActive request before checks (a copy of the wire message's
+/// fields).
+#[derive(Debug, Clone, Default)]
+pub struct RawWait {
+    pub home_path: String,
+    pub mysql_port: u32,
+    pub user: String,
+    pub password_len: usize,
+    pub sql: String,
+}
+
+/// Checks a request against the host's policy, before any step exists.
+pub fn resolve(raw: RawWait, policy: &Policy) -> Result<WaitParams, SpecError> {
+    let invalid = SpecError::Invalid;
+    let home_path = spec::checked_path("home_path", &raw.home_path, policy)?;
+    let mysql_port = spec::port(
+        "mysql_port",
+        raw.mysql_port,
+        spec::PortUse::Listen {
+            default: spec::DEFAULT_MYSQL_PORT,
+        },
+    )?;
+    crate::bounds::check_len("user", &raw.user, crate::bounds::MAX_NAME).map_err(invalid)?;
+    if raw.password_len > crate::bounds::MAX_VALUE {
+        return Err(invalid("password is longer than 4096 bytes".into()));
+    }
+    if raw.user.is_empty() && raw.password_len > 0 {
+        return Err(invalid(
+            "password is set but user is not; give the user to log in as".into(),
+        ));
+    }
+    let sql = if raw.sql.trim().is_empty() {
+        "SELECT 1".to_string()
+    } else {
+        raw.sql
+    };
+    if sql.len() > 4096 {
+        return Err(invalid(
+            "sql is longer than 4096 bytes; give a short probe query".into(),
+        ));
+    }
+    Ok(WaitParams {
+        home_path,
+        mysql_port,
+        user: raw.user,
+        with_password: raw.password_len > 0,
+        sql,
+    })
+}
+
 pub struct WaitObserverActive {
     pub params: WaitParams,
     pub deps: Arc<Deps>,
 }
 
-const FIRST_PAUSE: Duration = Duration::from_millis(20);
-const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// Once the port accepts, a probe that still fails (login refused, no rows yet:
+/// the observer is up but not ready) is repeated after this, doubling up to
+/// [`RETRY_MAX`]: each try is a full login, which is worth not hammering.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(100);
+/// How often a resumed wait looks for the password the caller must resend.
+const PASSWORD_PAUSE: Duration = Duration::from_millis(200);
 
 impl WaitObserverActive {
     async fn wait(self: Box<Self>, ctx: StepContext) -> StepResult {
-        let p = &self.params;
-        let registry = &self.deps.registry;
-        let target = Target::for_home(&p.home_path, registry);
-        let id = match locate::find(&target, registry) {
-            Found::Running(id) => id,
-            Found::Stale(_) | Found::NotRunning => {
-                return Err(fail_with_log(
-                    "PROCESS_NOT_RUNNING",
-                    format!(
-                        "no observer is running for home_path '{}'; start it (StartObserver) before waiting for it",
-                        p.home_path.display()
-                    ),
-                    &p.home_path,
-                ));
-            }
-        };
+        let id = self.observer().await?;
         let handle = Handle::open(id).map_err(|_| {
             fail_with_log(
-                "PROCESS_EXITED",
+                Code::ProcessExited,
                 format!("the observer (pid {}) exited before the wait began", id.pid),
-                &p.home_path,
+                &self.params.home_path,
             )
         })?;
-
-        let probing = async {
-            let mut pause = FIRST_PAUSE;
-            loop {
-                let password = if p.with_password {
-                    match ctx.secret(PASSWORD).await {
-                        Some(pw) => Some(pw),
-                        None => {
-                            ctx.progress(
-                                "obhostd restarted and keeps passwords in memory only: repeat this WaitObserverActive request (same step_id) to supply it",
-                            )
-                            .await;
-                            tokio::time::sleep(MAX_PAUSE).await;
-                            continue;
-                        }
-                    }
-                } else {
-                    None
-                };
-                let creds = (!p.user.is_empty()).then(|| Credentials {
-                    user: &p.user,
-                    password: password.as_deref().unwrap_or(""),
-                    sql: &p.sql,
-                });
-                match mysql::probe(p.mysql_port, id.pid, creds.as_ref()).await {
-                    Ok(()) => return,
-                    Err(e) => ctx.progress(e.to_string()).await,
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
-            }
-        };
         tokio::select! {
-            () = probing => {}
-            () = handle.exited() => {
-                let exit = tokio::time::timeout(Duration::from_secs(1), registry.reaper().wait(id.pid)).await.ok();
-                let how = exit.map(|e| e.describe()).unwrap_or_else(|| "exited".into());
-                let mut f = fail_with_log(
-                    "PROCESS_EXITED",
-                    format!("the observer (pid {}) {how} while waiting for it to become active", id.pid),
-                    &p.home_path,
-                );
-                f.error.details.insert("pid".into(), id.pid.to_string());
-                if let Some(e) = exit {
-                    if let Some(c) = e.code {
-                        f.error.details.insert("exit_code".into(), c.to_string());
+            () = self.until_active(&ctx, id.pid) => Ok(self.success(id.pid)),
+            () = handle.exited() => Err(self.exited(id.pid).await),
+        }
+    }
+
+    /// The observer that must become active: it must run already.
+    async fn observer(&self) -> Result<Identity, StepFailure> {
+        let p = &self.params;
+        let registry = self.deps.registry.clone();
+        let target = Target::for_home(&p.home_path, &registry);
+        match locate::find_async(target, registry).await {
+            Found::Running(id) => Ok(id),
+            Found::Stale(_) | Found::NotRunning => Err(fail_with_log(
+                Code::ProcessNotRunning,
+                format!(
+                    "no observer is running for home_path '{}'; start it (StartObserver) before waiting for it",
+                    p.home_path.display()
+                ),
+                &p.home_path,
+            )),
+        }
+    }
+
+    /// Returns once the observer answers (and, with a user, logs in and the
+    /// query returns rows). The port is watched every few ms until it accepts,
+    /// then probed at once.
+    async fn until_active(&self, ctx: &StepContext, pid: i32) {
+        let p = &self.params;
+        let mut retry = RETRY_FIRST;
+        let mut was_closed = false;
+        loop {
+            let Some(password) = self.password(ctx).await else {
+                tokio::time::sleep(PASSWORD_PAUSE).await;
+                continue;
+            };
+            let creds = (!p.user.is_empty()).then(|| Credentials {
+                user: &p.user,
+                password: password.as_deref().unwrap_or(""),
+                sql: &p.sql,
+            });
+            match mysql::probe(p.mysql_port, pid, creds.as_ref()).await {
+                Ok(()) => return,
+                Err(e @ ProbeError::NotListening(_)) => {
+                    ctx.progress(e.to_string()).await;
+                    if was_closed {
+                        // Something accepts but nothing listens where the probe
+                        // looks: do not spin on the socket table.
+                        tokio::time::sleep(probe::MAX_PAUSE).await;
                     }
-                    if let Some(s) = e.signal {
-                        f.error.details.insert("signal".into(), s.to_string());
-                    }
+                    probe::until_accepting(p.mysql_port).await;
+                    was_closed = true;
+                    retry = RETRY_FIRST;
                 }
-                return Err(f);
+                Err(e) => {
+                    ctx.progress(e.to_string()).await;
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    was_closed = false;
+                }
             }
         }
+    }
+
+    /// `Some(None)`: no password needed; `None`: needed but not in memory (a
+    /// resumed wait), so the step says so and waits for the caller to resend.
+    async fn password(&self, ctx: &StepContext) -> Option<Option<String>> {
+        if !self.params.with_password {
+            return Some(None);
+        }
+        let pw = ctx.secret(PASSWORD).await;
+        if pw.is_none() {
+            ctx.progress(
+                "obhostd restarted and keeps passwords in memory only: repeat this WaitObserverActive request (same step_id) to supply it",
+            )
+            .await;
+        }
+        pw.map(Some)
+    }
+
+    async fn exited(&self, pid: i32) -> StepFailure {
+        let exit = launch::exit_of(self.deps.registry.reaper(), pid).await;
+        let mut f = fail_with_log(
+            Code::ProcessExited,
+            format!(
+                "the observer (pid {pid}) {} while waiting for it to become active",
+                launch::describe(exit)
+            ),
+            &self.params.home_path,
+        );
+        f.error.details = launch::exit_details(pid, exit);
+        f
+    }
+
+    fn success(&self, pid: i32) -> StepSuccess {
+        let p = &self.params;
         let mut success = StepSuccess {
             message: if p.user.is_empty() {
                 format!(
-                    "observer (pid {}) answers MySQL on port {}",
-                    id.pid, p.mysql_port
+                    "observer (pid {pid}) answers MySQL on port {}",
+                    p.mysql_port
                 )
             } else {
                 format!(
-                    "observer (pid {}) active: '{}' logged in on port {} and the query returned rows",
-                    id.pid, p.user, p.mysql_port
+                    "observer (pid {pid}) active: '{}' logged in on port {} and the query returned rows",
+                    p.user, p.mysql_port
                 )
             },
             ..StepSuccess::default()
         };
-        success.outputs.insert("pid".into(), id.pid.to_string());
-        Ok(success)
+        success.outputs.insert("pid".into(), pid.to_string());
+        success
     }
 }
 
@@ -150,5 +239,74 @@ impl StepTask for WaitObserverActive {
     /// Waiting is harmless to repeat: resume with the original deadline.
     fn on_restart(&self) -> OnRestart {
         OnRestart::Resume
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(home: &std::path::Path) -> RawWait {
+        RawWait {
+            home_path: home.display().to_string(),
+            ..RawWait::default()
+        }
+    }
+
+    #[test]
+    fn defaults_port_and_query() {
+        let home = tempfile::tempdir().unwrap();
+        let p = resolve(raw(home.path()), &Policy::default()).unwrap();
+        assert_eq!(p.mysql_port, spec::DEFAULT_MYSQL_PORT);
+        assert_eq!(p.sql, "SELECT 1");
+        assert!(!p.with_password);
+        assert_eq!(p.home_path, std::fs::canonicalize(home.path()).unwrap());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let home = tempfile::tempdir().unwrap();
+        let cases: Vec<(RawWait, &str)> = vec![
+            (
+                RawWait {
+                    mysql_port: 80,
+                    ..raw(home.path())
+                },
+                "mysql_port 80 is out of range",
+            ),
+            (
+                RawWait {
+                    password_len: 3,
+                    ..raw(home.path())
+                },
+                "password is set but user is not",
+            ),
+            (
+                RawWait {
+                    user: "root".into(),
+                    password_len: 4097,
+                    ..raw(home.path())
+                },
+                "password is longer than 4096 bytes",
+            ),
+            (
+                RawWait {
+                    sql: "x".repeat(4097),
+                    ..raw(home.path())
+                },
+                "sql is longer than 4096 bytes",
+            ),
+            (
+                RawWait {
+                    home_path: "relative/home".into(),
+                    ..RawWait::default()
+                },
+                "home_path",
+            ),
+        ];
+        for (r, want) in cases {
+            let e = resolve(r, &Policy::default()).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

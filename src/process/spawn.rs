@@ -111,6 +111,15 @@ impl RunAs {
         })
     }
 
+    /// [`RunAs::lookup`] on the blocking pool: the passwd and group lookups go
+    /// through NSS, which may ask a directory server.
+    pub async fn lookup_async(name: &str) -> Result<RunAs, SpawnError> {
+        let owned = name.to_string();
+        tokio::task::spawn_blocking(move || RunAs::lookup(&owned))
+            .await
+            .unwrap_or_else(|_| Err(SpawnError::NoSuchUser(name.to_string())))
+    }
+
     /// The user obhostd itself runs as.
     pub fn current() -> Result<RunAs, SpawnError> {
         let uid = Uid::effective();

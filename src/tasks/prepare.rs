@@ -369,7 +369,8 @@ impl Prepare {
     }
 
     async fn prepare(self, ctx: StepContext) -> StepResult {
-        let user = RunAs::lookup(&self.params.observer.user)
+        let user = RunAs::lookup_async(&self.params.observer.user)
+            .await
             .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
         ctx.progress(format!("running {} checks", CHECKS.len()))
             .await;

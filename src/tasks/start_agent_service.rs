@@ -197,7 +197,8 @@ impl StartAgentService {
         ctx: &StepContext,
         cmd: &CommandSpec,
     ) -> Result<(Identity, Option<Spawned>), StepFailure> {
-        let user = RunAs::lookup(&cmd.user)
+        let user = RunAs::lookup_async(&cmd.user)
+            .await
             .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
         let uid = user.uid;
         let found = {

@@ -21,7 +21,7 @@ use crate::observer::{ObserverRecord, ObserverSpec, SpecError, command, log_tail
 use crate::probe;
 use crate::process::inspect::{self, PortOwner};
 use crate::process::launch::{self, Died, LaunchError};
-use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned};
+use crate::process::{Handle, Identity, RunAs, SpawnError, SpawnSpec, Spawned};
 use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
@@ -89,23 +89,31 @@ pub fn resolve(spec: ObserverSpec) -> Result<ObserverSpec, SpecError> {
 }
 
 impl StartObserver {
-    fn target(&self) -> Target {
+    /// Where the observer is looked for; `uid` is its user's (None when the
+    /// user does not exist: then no process is ever taken for it).
+    fn target(&self, uid: Option<u32>) -> Target {
         Target {
             home_path: self.spec.home_path.clone(),
             pid_file: self.spec.pid_file.clone(),
             binary: self.spec.binary.clone(),
-            uid: RunAs::lookup(&self.spec.user).ok().map(|u| u.uid),
+            uid,
         }
     }
 
-    fn record(&self, id: Identity, command: Vec<String>, step: &str) -> ObserverRecord {
+    fn record(
+        &self,
+        id: Identity,
+        command: Vec<String>,
+        step: &str,
+        uid: Option<u32>,
+    ) -> ObserverRecord {
         ObserverRecord {
             home_path: self.spec.home_path.clone(),
             pid_file: self.spec.pid_file.clone(),
             binary: self.spec.binary.clone(),
             mysql_port: self.spec.mysql_port,
             rpc_port: self.spec.rpc_port,
-            uid: self.target().uid,
+            uid,
             owns_pid_file: self.spec.foreground,
             identity: Some(id),
             command,
@@ -130,10 +138,12 @@ impl StartObserver {
     }
 
     async fn start(self: Box<Self>, ctx: StepContext) -> StepResult {
-        if let Some(done) = self.found_running(&ctx).await? {
+        let user = RunAs::lookup_async(&self.spec.user).await;
+        let uid = user.as_ref().ok().map(|u| u.uid);
+        if let Some(done) = self.found_running(&ctx, uid).await? {
             return Ok(done);
         }
-        let (launcher, mut spawned, command) = self.spawn(&ctx).await?;
+        let (launcher, mut spawned, command) = self.spawn(&ctx, user).await?;
         ctx.output("launcher_pid", launcher.pid.to_string()).await;
         if !self.spec.foreground {
             ctx.progress(format!(
@@ -144,7 +154,7 @@ impl StartObserver {
             .await;
         }
         let registry = &self.deps.registry;
-        let target = self.target();
+        let target = self.target(uid);
         let server = launch::server(
             launcher,
             &mut spawned,
@@ -155,7 +165,7 @@ impl StartObserver {
         .await
         .map_err(|e| self.failed(e))?;
         self.settle(&ctx, server).await?;
-        registry.started(self.record(server, argv(server.pid), ctx.step_id()));
+        registry.started(self.record(server, argv(server.pid), ctx.step_id(), uid));
         spawned.keep();
         Ok(success(&server, &command, false, &self.spec))
     }
@@ -165,15 +175,19 @@ impl StartObserver {
     /// first looks for what the interrupted run spawned (`launcher_pid`), so it
     /// never starts a second observer, and reports a process it started as its
     /// own (already_running=false).
-    async fn found_running(&self, ctx: &StepContext) -> Result<Option<StepSuccess>, StepFailure> {
+    async fn found_running(
+        &self,
+        ctx: &StepContext,
+        uid: Option<u32>,
+    ) -> Result<Option<StepSuccess>, StepFailure> {
         let spec = &self.spec;
         let registry = &self.deps.registry;
         let spawned_before = ctx.resumed() && ctx.earlier_outputs().contains_key("launcher_pid");
-        match locate::find_async(self.target(), registry.clone()).await {
+        match locate::find_async(self.target(uid), registry.clone()).await {
             Found::Running(id) => {
                 let argv = argv(id.pid);
                 let command = argv.join(" ");
-                registry.started(self.record(id, argv, ctx.step_id()));
+                registry.started(self.record(id, argv, ctx.step_id(), uid));
                 return Ok(Some(success(&id, &command, !spawned_before, spec)));
             }
             Found::Stale(pid) => self.remove_stale(ctx, pid).await?,
@@ -220,12 +234,15 @@ impl StartObserver {
 
     /// Checks what the start needs, then spawns the observer: the launcher, its
     /// guard, and the command line as recorded.
-    async fn spawn(&self, ctx: &StepContext) -> Result<(Identity, Spawned, String), StepFailure> {
+    async fn spawn(
+        &self,
+        ctx: &StepContext,
+        user: Result<RunAs, SpawnError>,
+    ) -> Result<(Identity, Spawned, String), StepFailure> {
         let spec = &self.spec;
         spec.check_binary()
             .map_err(|m| StepFailure::new(Code::BinaryNotFound, format!("observer.binary {m}")))?;
-        let user = RunAs::lookup(&spec.user)
-            .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
+        let user = user.map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
         for dir in [spec.home_path.join("log"), spec.home_path.join("run")] {
             ensure_dir(&dir, &user).map_err(|e| {
                 StepFailure::new(

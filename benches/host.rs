@@ -628,42 +628,6 @@ async fn host_flow(sizes: &Sizes) -> Vec<Row> {
 
 // ---- e. a long history: memory, restart, listing ---------------------------
 
-fn seed(state: &Path, n: usize, bytes: usize) {
-    use obhost::steps::{StepKind, StepRecord, StepSpec, StepState};
-    let (store, _) = obhost::steps::store::Store::open(state).expect("store");
-    let now = SystemTime::now();
-    let value = "v".repeat(1000);
-    for chunk in (1..=n).collect::<Vec<_>>().chunks(5_000) {
-        let records: Vec<StepRecord> = chunk
-            .iter()
-            .map(|&i| StepRecord {
-                spec: StepSpec {
-                    id: format!("h-{i:06}"),
-                    dag_id: "history".into(),
-                    kind: StepKind::Test,
-                    name: "Test step".into(),
-                    timeout: Duration::from_secs(60),
-                    params: serde_json::json!({"run_for": "0s"}),
-                },
-                state: StepState::Succeeded,
-                attempt: 1,
-                revision: i as u64,
-                created_at: now,
-                started_at: Some(now),
-                finished_at: Some(now),
-                deadline: now + Duration::from_secs(60),
-                message: "seeded".into(),
-                error: None,
-                outputs: (0..bytes / 1000)
-                    .map(|k| (format!("pad{k}"), value.clone()))
-                    .collect(),
-                checks: Vec::new(),
-            })
-            .collect();
-        store.put_all(&records).expect("seed");
-    }
-}
-
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -686,7 +650,7 @@ async fn to_serving(
     loop {
         match c
             .get_step(pb::GetStepRequest {
-                step_id: "h-000001".into(),
+                step_id: "seed-00001".into(),
             })
             .await
         {
@@ -707,7 +671,7 @@ async fn stored_history(sizes: &Sizes) -> Vec<Row> {
 
     let full = tempfile::tempdir().expect("tempdir");
     let state = full.path().join("state");
-    seed(&state, sizes.stored, sizes.record_bytes);
+    seed_store(&state, sizes.stored, sizes.record_bytes);
     let (full_start, d, _f) = to_serving(state, &retention).await;
     let rss = rss_kib(d.pid());
 

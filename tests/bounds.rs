@@ -7,13 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+
+use std::time::{Duration, Instant};
 
 use common::*;
 use obhost::proto::v1 as pb;
-use obhost::steps::store::Store;
-use obhost::steps::{StepKind, StepRecord, StepSpec, StepState};
 use prost::Message;
 use tonic::Code;
 
@@ -254,47 +252,6 @@ async fn watches_are_capped_and_gone_clients_give_back_their_slots() {
         assert!(e.message().contains("max_watchers = 4"), "{}", e.message());
         drop(open);
     }
-}
-
-/// `n` records of about `pad` bytes each (in outputs, within the caps), written
-/// straight into a fresh store in one transaction; every 500th is FAILED, so a
-/// test can retry it.
-fn seed_store(dir: &Path, n: usize, pad: usize) {
-    let now = SystemTime::now();
-    let value = "v".repeat(1000);
-    let records: Vec<StepRecord> = (1..=n)
-        .map(|i| StepRecord {
-            spec: StepSpec {
-                id: format!("seed-{i:05}"),
-                dag_id: "seeded".into(),
-                kind: StepKind::Test,
-                name: "Test step".into(),
-                timeout: Duration::from_secs(60),
-                params: serde_json::json!({
-                    "run_for": "0s", "fail_code": "", "resumable": false, "progress_updates": 0
-                }),
-            },
-            state: if i % 500 == 0 {
-                StepState::Failed
-            } else {
-                StepState::Succeeded
-            },
-            attempt: 1,
-            revision: i as u64,
-            created_at: now,
-            started_at: Some(now),
-            finished_at: Some(now),
-            deadline: now + Duration::from_secs(60),
-            message: "seeded".into(),
-            error: None,
-            outputs: (0..pad / 1000)
-                .map(|k| (format!("pad{k}"), value.clone()))
-                .collect(),
-            checks: Vec::new(),
-        })
-        .collect();
-    let (store, _) = Store::open(dir).expect("open store");
-    store.put_all(&records).expect("seed");
 }
 
 fn vm_rss_kib(pid: i32) -> u64 {

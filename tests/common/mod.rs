@@ -643,3 +643,49 @@ pub fn mysql_greeting(port: u16) -> Option<String> {
     let end = buf[5..n].iter().position(|b| *b == 0)? + 5;
     Some(String::from_utf8_lossy(&buf[5..end]).into_owned())
 }
+
+/// `n` finished records of about `pad` bytes each (in outputs, within the
+/// caps), written straight into a fresh store at `dir`, in transactions of
+/// 5,000; every 500th is FAILED, so a test can retry it. Ids are
+/// `seed-00001`...: a long history without running a step.
+pub fn seed_store(dir: &Path, n: usize, pad: usize) {
+    use obhost::steps::{StepKind, StepRecord, StepSpec, StepState};
+    let now = std::time::SystemTime::now();
+    let value = "v".repeat(1000);
+    let (store, _) = obhost::steps::store::Store::open(dir).expect("open store");
+    for chunk in (1..=n).collect::<Vec<_>>().chunks(5000) {
+        let records: Vec<StepRecord> = chunk
+            .iter()
+            .map(|&i| StepRecord {
+                spec: StepSpec {
+                    id: format!("seed-{i:05}"),
+                    dag_id: "seeded".into(),
+                    kind: StepKind::Test,
+                    name: "Test step".into(),
+                    timeout: Duration::from_secs(60),
+                    params: serde_json::json!({
+                        "run_for": "0s", "fail_code": "", "resumable": false, "progress_updates": 0
+                    }),
+                },
+                state: if i % 500 == 0 {
+                    StepState::Failed
+                } else {
+                    StepState::Succeeded
+                },
+                attempt: 1,
+                revision: i as u64,
+                created_at: now,
+                started_at: Some(now),
+                finished_at: Some(now),
+                deadline: now + Duration::from_secs(60),
+                message: "seeded".into(),
+                error: None,
+                outputs: (0..pad / 1000)
+                    .map(|k| (format!("pad{k}"), value.clone()))
+                    .collect(),
+                checks: Vec::new(),
+            })
+            .collect();
+        store.put_all(&records).expect("seed");
+    }
+}

@@ -50,7 +50,7 @@ impl Target {
 
     /// Whether `id` runs as this target's user (and is not obhostd or init).
     fn runs_as_user(&self, id: &Identity) -> bool {
-        !id.is_protected() && self.uid.is_some() && id.uid() == self.uid
+        self.uid.is_some_and(|uid| id.runs_as(uid))
     }
 
     /// Whether `id` runs this target's binary.

@@ -114,15 +114,20 @@ impl Identity {
         self.pid <= 1 || self.pid == std::process::id() as i32
     }
 
+    /// Whether this process runs as `uid` and is one obhostd may act on (not
+    /// itself, not init): the first condition of every trust rule.
+    pub fn runs_as(&self, uid: u32) -> bool {
+        !self.is_protected() && self.uid() == Some(uid)
+    }
+
     /// Whether this process is what `launcher`, which obhostd spawned, left
     /// running when it daemonized: it runs as `uid`, started no earlier than the
     /// launcher, and was handed to obhostd (the subreaper) when its parent
     /// exited. A process someone else started has another parent.
     pub fn daemonized_from(&self, launcher: &Identity, uid: u32) -> bool {
-        !self.is_protected()
-            && self.boot == launcher.boot
+        self.boot == launcher.boot
             && self.start_ticks >= launcher.start_ticks
-            && self.uid() == Some(uid)
+            && self.runs_as(uid)
             && stat(self.pid).is_some_and(|s| s.ppid == std::process::id() as i32)
     }
 

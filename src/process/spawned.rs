@@ -79,6 +79,6 @@ fn session_members(sid: i32, uid: u32) -> Vec<Identity> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| identity::stat(*pid).is_some_and(|s| s.session == sid))
         .filter_map(Identity::of)
-        .filter(|id| !id.is_protected() && id.uid() == Some(uid))
+        .filter(|id| id.runs_as(uid))
         .collect()
 }

@@ -176,9 +176,7 @@ impl StartAgentService {
     fn running(cmd: &CommandSpec, uid: u32) -> Option<Identity> {
         let program = PathBuf::from(cmd.argv.first()?);
         let program = crate::confined::canonical(&program).unwrap_or(program);
-        let ours = |id: &Identity| {
-            !id.is_protected() && id.uid() == Some(uid) && id.exe().is_some_and(|e| e == program)
-        };
+        let ours = |id: &Identity| id.runs_as(uid) && id.exe().is_some_and(|e| e == program);
         if let Some(pf) = &cmd.pid_file
             && let PidFile::Live(id) = pidfile::inspect(pf)
             && ours(&id)

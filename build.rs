@@ -39,10 +39,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // "compiled", and the extern path then points them at pbjson_types.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        // The records keep their maps ordered (BTreeMap); proto maps of the same
+        // type take them as they are, with no rehashing on every step sent.
+        .btree_map(".")
         .compile_fds(all)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&all_bytes)?
+        .btree_map([".obhost"])
         .build(&[".obhost"])?;
     Ok(())
 }

@@ -100,21 +100,22 @@ fn step_error(e: &StepError) -> pb::StepError {
     }
 }
 
-pub fn step(r: &StepRecord) -> pb::Step {
+/// By value: a ListSteps page moves megabytes of outputs, which a copy would double.
+pub fn step(r: StepRecord) -> pb::Step {
     pb::Step {
-        id: r.spec.id.clone(),
-        dag_id: r.spec.dag_id.clone(),
+        id: r.spec.id,
+        dag_id: r.spec.dag_id,
         kind: step_kind(r.spec.kind).into(),
-        name: r.spec.name.clone(),
+        name: r.spec.name,
         state: step_state(r.state).into(),
         attempt: r.attempt,
         revision: r.revision,
         created_at: Some(timestamp(r.created_at)),
         started_at: r.started_at.map(timestamp),
         finished_at: r.finished_at.map(timestamp),
-        message: r.message.clone(),
+        message: r.message,
         error: r.error.as_ref().map(step_error),
-        outputs: r.outputs.clone().into_iter().collect(),
+        outputs: r.outputs,
         checks: r.checks.iter().map(check).collect(),
         deadline: Some(timestamp(r.deadline)),
         timeout: Some(duration(r.spec.timeout)),

@@ -62,7 +62,7 @@ impl HostAgentService {
             .submit(spec, secrets)
             .await
             .map_err(status::from_engine)?;
-        Ok(convert::step(&record))
+        Ok(convert::step(record))
     }
 }
 
@@ -71,7 +71,7 @@ fn step_response<T>(
     wrap: impl FnOnce(Option<pb::Step>) -> T,
 ) -> Result<Response<T>, Status> {
     let record = r.map_err(status::from_engine)?;
-    Ok(Response::new(wrap(Some(convert::step(&record)))))
+    Ok(Response::new(wrap(Some(convert::step(record)))))
 }
 
 /// Page tokens are opaque to callers; inside, the last id of the previous page.
@@ -235,20 +235,23 @@ impl HostAgent for HostAgentService {
         };
         let (records, mut next) = self
             .engine
-            .list(&filter, page_size, after.as_deref())
+            .list(&filter, page_size, MAX_PAGE_BYTES, after.as_deref())
             .await
             .map_err(status::from_engine)?;
-        // A page also ends at MAX_PAGE_BYTES, so that it fits a client's default
-        // 4 MiB message limit whatever the records hold (each is capped).
+        // The engine budgets a page by stored bytes; the encoded size is what a
+        // client's default 4 MiB message limit sees, so it has the last word.
         let mut steps = Vec::with_capacity(records.len());
         let mut bytes = 0;
-        for r in &records {
+        let mut last = None;
+        for r in records {
+            let id = r.id().to_string();
             let step = convert::step(r);
             bytes += step.encoded_len();
             if !steps.is_empty() && bytes > MAX_PAGE_BYTES {
-                next = Some(records[steps.len() - 1].id().to_string());
+                next = last;
                 break;
             }
+            last = Some(id);
             steps.push(step);
         }
         Ok(Response::new(pb::ListStepsResponse {
@@ -298,7 +301,7 @@ impl HostAgent for HostAgentService {
                 };
                 let item = match next {
                     Ok(record) => Ok(pb::WatchStepsResponse {
-                        step: Some(convert::step(&record)),
+                        step: Some(convert::step(record)),
                     }),
                     Err(e @ WatchError::FellBehind { .. }) => Err(Status::aborted(e.to_string())),
                     Err(e @ (WatchError::ShuttingDown { .. } | WatchError::Store { .. })) => {

@@ -56,7 +56,7 @@ impl StepTesting for StepTestingService {
             .await
             .map_err(status::from_engine)?;
         Ok(Response::new(tpb::RunTestStepResponse {
-            step: Some(convert::step(&record)),
+            step: Some(convert::step(record)),
         }))
     }
 }

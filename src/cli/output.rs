@@ -71,7 +71,7 @@ pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     writeln!(out, "message    {}", s.message)?;
     if let Some(e) = &s.error {
         writeln!(out, "error      {}: {}", e.code, e.message)?;
-        for (k, v) in sorted(&e.details) {
+        for (k, v) in &e.details {
             writeln!(out, "  {k} = {v}")?;
         }
         if !e.log_tail.is_empty() {
@@ -83,7 +83,7 @@ pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     }
     if !s.outputs.is_empty() {
         writeln!(out, "outputs:")?;
-        for (k, v) in sorted(&s.outputs) {
+        for (k, v) in &s.outputs {
             writeln!(out, "  {k} = {v}")?;
         }
     }
@@ -108,12 +108,6 @@ pub fn check(out: &mut impl Write, c: &pb::CheckResult) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn sorted(m: &std::collections::HashMap<String, String>) -> Vec<(&String, &String)> {
-    let mut v: Vec<_> = m.iter().collect();
-    v.sort();
-    v
 }
 
 pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> anyhow::Result<()> {

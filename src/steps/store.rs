@@ -40,6 +40,17 @@ const SCHEMA_KEY: &str = "schema_version";
 /// in place on open (one scan).
 const SCHEMA_VERSION: u64 = 2;
 
+/// How much one page may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// Records returned.
+    pub records: usize,
+    /// Records looked at, matching or not: bounds a filtered page's work.
+    pub scan: usize,
+    /// Stored bytes of the records returned (the page ends once it reaches this).
+    pub bytes: usize,
+}
+
 pub const STATE_FILE: &str = "obhostd.redb";
 /// redb's page cache by default; `[store] cache_mib` overrides it.
 pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
@@ -159,6 +170,8 @@ struct Inner {
     cache_bytes: usize,
     /// Set by [`Store::close`]: the daemon is stopping, never reopen.
     closed: std::sync::atomic::AtomicBool,
+    /// Commits so far: a read taken at one value is current until it moves.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// What a start needs from the store: never the finished records.
@@ -210,6 +223,7 @@ impl Store {
                 path,
                 cache_bytes,
                 closed: Default::default(),
+                generation: Default::default(),
             }),
         };
         store.upgrade()?;
@@ -395,13 +409,13 @@ impl Store {
         steps.len().map_err(|e| err(e.into()))
     }
 
-    /// Records in id order after `after`, at most `take` matching `keep`,
-    /// looking at no more than `scan` records.
+    /// Records in id order after `after` that match `keep`, within `limit`.
+    /// Decoding is most of a page's cost, so a page ends as soon as its stored
+    /// bytes reach the limit rather than decoding records a caller would drop.
     pub fn page_by_id(
         &self,
         after: Option<&str>,
-        take: usize,
-        scan: usize,
+        limit: PageLimit,
         keep: impl Fn(&StepRecord) -> bool,
     ) -> Result<Page, StoreError> {
         use std::ops::Bound;
@@ -418,8 +432,10 @@ impl Store {
         let range = steps
             .range::<&str>((start, Bound::Unbounded))
             .map_err(|e| err(e.into()))?;
+        let mut bytes = 0;
         for (scanned, entry) in range.enumerate() {
-            if scanned == scan || page.records.len() == take {
+            if scanned == limit.scan || page.records.len() == limit.records || bytes >= limit.bytes
+            {
                 page.exhausted = false;
                 break;
             }
@@ -427,6 +443,7 @@ impl Store {
             let r = decode(&self.inner.path, key.value(), value.value())?;
             page.cursor = Some(key.value().to_string());
             if keep(&r) {
+                bytes += value.value().len();
                 page.records.push(r);
             }
         }
@@ -539,7 +556,19 @@ impl Store {
             txn.commit()?;
             Ok(())
         })();
+        // Bumped after the commit whatever its outcome, so a reader that saw
+        // the old value may only over-invalidate, never miss a change.
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         result.map_err(|e| self.classify(e))
+    }
+
+    /// Changes whenever a commit ends; see [`super::engine`]'s read-ahead.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Closes the file cleanly (redb records its allocator state), so the

@@ -15,6 +15,7 @@
 
 mod commit;
 mod drivers;
+mod read_ahead;
 mod recovery;
 mod retention;
 
@@ -32,7 +33,7 @@ use tracing::info;
 pub use commit::Committer;
 
 use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
-use super::store::{DEFAULT_CACHE_BYTES, Loaded, Store, StoreError, Write};
+use super::store::{DEFAULT_CACHE_BYTES, Loaded, PageLimit, Store, StoreError, Write};
 use super::task::{BoxFuture, StepSink, TaskFactory, Update};
 use super::watch::{Watch, WatchSlot};
 
@@ -102,7 +103,7 @@ pub enum EngineError {
 }
 
 /// Which steps a list or watch wants. Empty fields match everything.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub dag_id: String,
     pub step_ids: Vec<String>,
@@ -138,6 +139,7 @@ struct Shared {
     watchers: Arc<AtomicUsize>,
     /// Wakes the pruner early when a step ends with the store over its bound.
     prune: Notify,
+    read_ahead: read_ahead::ReadAhead,
     config: EngineConfig,
 }
 
@@ -268,6 +270,7 @@ impl Opened {
                 key_locks: Mutex::new(HashMap::new()),
                 watchers: Arc::new(AtomicUsize::new(0)),
                 prune: Notify::new(),
+                read_ahead: Default::default(),
                 config,
             }),
         };
@@ -394,21 +397,19 @@ impl Engine {
         &self,
         filter: &Filter,
         page_size: usize,
+        max_bytes: usize,
         after_id: Option<&str>,
     ) -> Result<(Vec<StepRecord>, Option<String>), EngineError> {
-        let store = self.shared.store.clone();
-        let filter = filter.clone();
-        let after = after_id.map(str::to_string);
-        let page = tokio::task::spawn_blocking(move || {
-            store.page_by_id(after.as_deref(), page_size, LIST_SCAN, |r| {
-                filter.matches(r)
-            })
-        })
-        .await
-        .map_err(|e| StoreError::Write {
-            path: Default::default(),
-            cause: e.to_string(),
-        })??;
+        let limit = PageLimit {
+            records: page_size,
+            scan: LIST_SCAN,
+            bytes: max_bytes,
+        };
+        let page = self
+            .shared
+            .read_ahead
+            .page(&self.shared.store, filter, limit, after_id)
+            .await?;
         let next = if page.exhausted { None } else { page.cursor };
         Ok((page.records, next))
     }

@@ -299,7 +299,10 @@ async fn backlog_pages_meet_the_live_feed_without_gap_or_duplicate() {
     assert!(!seen.contains(&("seed-00250".to_string(), 250)), "{seen:?}");
     assert!(count("seed-00250") >= 1);
     assert!(count("new-1") >= 1);
-    let (all, _) = engine.list(&Filter::default(), 1000, None).await.unwrap();
+    let (all, _) = engine
+        .list(&Filter::default(), 1000, usize::MAX, None)
+        .await
+        .unwrap();
     for r in &all {
         assert!(
             seen.contains(&(r.id().to_string(), r.revision)),
@@ -463,7 +466,10 @@ async fn memory_holds_only_unfinished_steps() {
     let held = engine.lock().active.len();
     assert_eq!(held, 1);
     // And the finished ones read from the store page by page.
-    let (page, next) = engine.list(&Filter::default(), 100, None).await.unwrap();
+    let (page, next) = engine
+        .list(&Filter::default(), 100, usize::MAX, None)
+        .await
+        .unwrap();
     assert_eq!(page.len(), 100);
     assert!(next.is_some());
 }
@@ -497,4 +503,44 @@ async fn a_resumed_step_times_out_at_its_original_deadline() {
         finished + Duration::from_millis(50) >= original,
         "timed out early"
     );
+}
+
+/// A page ends once its records' stored bytes reach the budget, before the
+/// record count does: a caller never decodes records it would drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_ends_at_its_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 50);
+    let engine = open(dir.path()).await;
+    let (page, next) = engine.list(&Filter::default(), 100, 1, None).await.unwrap();
+    assert_eq!(page.len(), 1, "one record always fits");
+    assert_eq!(next.as_deref(), Some("seed-00001"));
+    let (all, next) = engine
+        .list(&Filter::default(), 100, usize::MAX, None)
+        .await
+        .unwrap();
+    assert_eq!((all.len(), next), (50, None));
+}
+
+/// The page read ahead is served only while nothing was committed since it
+/// was read: a change in between is seen, as a read at the request would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_read_ahead_never_hides_a_later_change() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 10);
+    let engine = open(dir.path()).await;
+    let (first, next) = engine
+        .list(&Filter::default(), 5, usize::MAX, None)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 5);
+    // Let the read ahead of seed-00006..10 finish, then change one of them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    engine.retry("seed-00008").await.unwrap();
+    let (second, _) = engine
+        .list(&Filter::default(), 5, usize::MAX, next.as_deref())
+        .await
+        .unwrap();
+    let retried = second.iter().find(|r| r.id() == "seed-00008").unwrap();
+    assert_eq!(retried.attempt, 2, "the page read ahead hid the retry");
 }

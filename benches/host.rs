@@ -807,6 +807,29 @@ async fn create_steps(addr: &str, clients: usize, dur: Duration, tag: &str) -> f
     total as f64 / dur.as_secs_f64()
 }
 
+/// One client repeating one RunTestStep: idempotent, so obhostd answers with
+/// the stored record and writes nothing. The ceiling of creation by one client
+/// on this transport, whatever a creation's disk work costs.
+async fn repeat_step(addr: &str, dur: Duration) -> f64 {
+    let mut t = testing(addr).await;
+    let req = || {
+        let mut r = tpb::RunTestStepRequest {
+            meta: Some(meta("repeated")),
+            ..Default::default()
+        };
+        r.run_for = Some(secs(0.0));
+        r
+    };
+    t.run_test_step(req()).await.expect("RunTestStep");
+    let end = Instant::now() + dur;
+    let mut n = 0u64;
+    while Instant::now() < end {
+        t.run_test_step(req()).await.expect("RunTestStep");
+        n += 1;
+    }
+    n as f64 / dur.as_secs_f64()
+}
+
 async fn step_creation(sizes: &Sizes) -> Vec<Row> {
     let (d, _dir) = tcp_daemon(
         "[limits]\nmax_active_steps = 1000000\n[retention]\nmax_steps = 1000000\n",
@@ -815,7 +838,16 @@ async fn step_creation(sizes: &Sizes) -> Vec<Row> {
     let disk = fsync_rate(&d.state_dir, sizes.create_for);
     let one = create_steps(&d.addr, 1, sizes.create_for, "c1").await;
     let many = create_steps(&d.addr, 64, sizes.create_for, "c64").await;
+    let repeat = repeat_step(&d.addr, sizes.create_for).await;
     vec![
+        Row {
+            figure: "1 client: the same RPC repeated (no disk)".into(),
+            value: format!("{repeat:.0}"),
+            baseline: format!("write+fdatasync {disk:.0}/s"),
+            ratio: Some(repeat / disk),
+            target: "(ceiling of the next)".into(),
+            pass: true,
+        },
         Row {
             figure: "step creation, 1 client: steps/s".into(),
             value: format!("{one:.0}"),

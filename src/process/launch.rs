@@ -22,11 +22,6 @@ use std::time::Duration;
 use super::pidfile::{self, PidFile};
 use super::{Exit, Identity, Reaper, SpawnError, SpawnSpec, Spawned, spawn};
 
-/// First pause between looks at a pid file, doubled up to [`MAX_POLL`].
-const FIRST_POLL: Duration = Duration::from_millis(1);
-/// The longest pause between two looks: a process seen this late at most.
-pub const MAX_POLL: Duration = Duration::from_millis(10);
-
 /// How the started program becomes its server.
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -138,7 +133,7 @@ pub async fn server(
     spawned: &mut Spawned,
     mode: &Mode,
     reaper: &Reaper,
-    accept: impl Fn(&Identity) -> bool,
+    accept: impl Fn(&Identity) -> bool + Send + Sync + 'static,
 ) -> Result<Identity, LaunchError> {
     let pid_file = match mode {
         Mode::Foreground { pid_file } => {
@@ -158,24 +153,33 @@ pub async fn server(
         }));
     }
     let uid = spawned.uid();
-    let mut pause = FIRST_POLL;
+    // Reading the pid file and vouching (which may walk /proc) block: they run
+    // on the blocking pool, never on the runtime's threads.
+    let accept = std::sync::Arc::new(accept);
+    let mut pacer = crate::probe::Pacer::default();
     loop {
-        match pidfile::inspect(pid_file) {
-            PidFile::Live(id) if id.daemonized_from(&launcher, uid) || accept(&id) => {
+        let (file, accept) = (pid_file.clone(), accept.clone());
+        let seen = tokio::task::spawn_blocking(move || match pidfile::inspect(&file) {
+            PidFile::Live(id) if id.daemonized_from(&launcher, uid) || accept(&id) => Ok(id),
+            other => Err(other),
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match seen {
+            Ok(id) => {
                 spawned.server(id);
                 return Ok(id);
             }
-            PidFile::Stale(Some(pid)) if reaper.exit_of(pid).is_some() => {
+            Err(PidFile::Stale(Some(pid))) if reaper.exit_of(pid).is_some() => {
                 return Err(LaunchError::Died(Died {
                     pid,
                     exit: reaper.exit_of(pid),
                     during: "right after it started",
                 }));
             }
-            PidFile::Live(_) | PidFile::Stale(_) | PidFile::Missing => {}
+            Err(_) => {}
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_POLL);
+        pacer.pause().await;
     }
 }
 

@@ -245,8 +245,9 @@ impl StartAgentService {
             .await;
         }
         let reaper = self.deps.registry.reaper();
-        let server = launch::server(launched, &mut spawned, &mode, reaper, |id| {
-            Self::running(cmd, uid) == Some(*id)
+        let ours = cmd.clone();
+        let server = launch::server(launched, &mut spawned, &mode, reaper, move |id| {
+            Self::running(&ours, uid) == Some(*id)
         })
         .await
         .map_err(|e| self.failed(e, cmd))?;
@@ -288,22 +289,26 @@ impl StartAgentService {
 }
 
 /// Returns once the health check passes. A port that refuses is looked at
-/// every few ms (cheap); a service that answers but is not healthy yet is asked
-/// again after a pause that grows to 100 ms.
+/// every ms or few (cheap) and checked the moment it accepts; a service that
+/// accepts but is not healthy yet is asked again after a pause that grows to
+/// 100 ms. Looking at the port first matters: a check that failed because the
+/// port was still closed must not be followed by the unhealthy pause when the
+/// port opens an instant later (that cost the host flow 10 ms).
 async fn until_healthy(ctx: &StepContext, h: &Health) {
     let mut retry = Duration::from_millis(10);
     loop {
+        if probe::connect_loopback(h.port()).await.is_err() {
+            ctx.progress(format!("port {} not accepting connections yet", h.port()))
+                .await;
+            probe::until_accepting(h.port()).await;
+            retry = Duration::from_millis(10);
+        }
         match health::check(h).await {
             Ok(()) => return,
             Err(e) => ctx.progress(e).await,
         }
-        if probe::connect_loopback(h.port()).await.is_err() {
-            probe::until_accepting(h.port()).await;
-            retry = Duration::from_millis(10);
-        } else {
-            tokio::time::sleep(retry).await;
-            retry = (retry * 2).min(Duration::from_millis(100));
-        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -485,4 +490,64 @@ fn resolve_command(
         pid_file,
         foreground,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::task::{StepSink, Update};
+    use std::sync::Mutex;
+
+    /// Opens the port while the step reports its first progress: the moment
+    /// a commit takes, which is when a service usually comes up.
+    struct OpensOnProgress {
+        port: u16,
+        listener: Mutex<Option<std::net::TcpListener>>,
+        opened: Mutex<Option<std::time::Instant>>,
+    }
+
+    impl StepSink for OpensOnProgress {
+        fn update(&self, _: &str, _: u32, _: Update) -> BoxFuture<()> {
+            let mut l = self.listener.lock().unwrap();
+            if l.is_none() {
+                *l = Some(std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap());
+                *self.opened.lock().unwrap() = Some(std::time::Instant::now());
+            }
+            Box::pin(async {})
+        }
+
+        fn secret(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    /// A port that opens just after a look found it closed is checked at once,
+    /// not after the pause meant for a service that answers but is unhealthy.
+    #[tokio::test]
+    async fn a_port_opening_mid_check_is_healthy_without_the_unhealthy_pause() {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let sink = Arc::new(OpensOnProgress {
+            port,
+            listener: Mutex::new(None),
+            opened: Mutex::new(None),
+        });
+        let ctx = StepContext::for_test(
+            "h",
+            sink.clone(),
+            Duration::from_secs(5),
+            false,
+            BTreeMap::new(),
+        );
+        until_healthy(&ctx, &Health::TcpPort(port)).await;
+        let opened = sink.opened.lock().unwrap().expect("the port was opened");
+        // The unhealthy pause is 10 ms at least, by construction.
+        assert!(
+            opened.elapsed() < Duration::from_millis(9),
+            "took {:?}",
+            opened.elapsed()
+        );
+    }
 }

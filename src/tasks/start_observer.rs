@@ -155,12 +155,13 @@ impl StartObserver {
         }
         let registry = &self.deps.registry;
         let target = self.target(uid);
+        let vouch = registry.clone();
         let server = launch::server(
             launcher,
             &mut spawned,
             &self.mode(),
             registry.reaper(),
-            |id| locate::belongs_to(id, &target, registry),
+            move |id| locate::belongs_to(id, &target, &vouch),
         )
         .await
         .map_err(|e| self.failed(e))?;
@@ -310,6 +311,7 @@ impl StartObserver {
 /// lands. The port is watched with cheap connects; the socket table is read
 /// (off the runtime) only once something accepts.
 async fn listening(port: u16, pid: i32) {
+    let mut pacer = probe::Pacer::default();
     loop {
         probe::until_accepting(port).await;
         let owner =
@@ -317,7 +319,7 @@ async fn listening(port: u16, pid: i32) {
         if matches!(owner, Ok(PortOwner::Only)) {
             return;
         }
-        tokio::time::sleep(probe::MAX_PAUSE).await;
+        pacer.pause().await;
     }
 }
 

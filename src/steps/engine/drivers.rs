@@ -1,6 +1,8 @@
 //! Drivers: each accepted step gets one, a tokio task that waits for the step's
 //! lock key, marks it RUNNING, runs the task under the deadline and commits the
-//! end state. CancelStep commits CANCELLED itself and then fires the driver's
+//! end state. A step whose key is free when it is accepted is staged RUNNING
+//! with its turn already taken ([`Start::Now`]): one commit fewer between a
+//! request and the work, which is most of a step's cost to a caller. CancelStep commits CANCELLED itself and then fires the driver's
 //! token; a driver never overwrites a terminal state or another attempt's record
 //! ([`Engine::update_if_live`]), which is what makes cancel, retry and a
 //! late-finishing task race safely.
@@ -32,9 +34,20 @@ struct Run {
     id: String,
     attempt: u32,
     deadline: SystemTime,
-    resumed: bool,
+    start: Start,
     earlier_outputs: BTreeMap<String, String>,
 }
+
+/// How a driver begins its attempt.
+pub(super) enum Start {
+    /// Staged RUNNING, holding its key's turn (None: the task has no key).
+    Now(Option<Turn>),
+    /// Staged PENDING (its key was busy), or left unfinished by the previous
+    /// run (`resumed`): wait for the turn, then mark RUNNING.
+    Waiting { resumed: bool },
+}
+
+type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 pub(super) enum Outcome {
     Done(StepResult),
@@ -44,7 +57,28 @@ pub(super) enum Outcome {
 }
 
 impl Engine {
-    pub(super) fn start_driver(&self, record: &StepRecord, task: Box<dyn StepTask>, resumed: bool) {
+    /// Decides how a new attempt begins and, when its turn is free, makes the
+    /// record RUNNING before it is staged.
+    pub(super) fn begin(
+        &self,
+        record: &mut StepRecord,
+        task: &dyn StepTask,
+        now: SystemTime,
+    ) -> Start {
+        let turn = match task.lock_key() {
+            None => None,
+            Some(key) => match self.key_lock(&key).try_lock_owned() {
+                Ok(turn) => Some(turn),
+                Err(_) => return Start::Waiting { resumed: false },
+            },
+        };
+        record.state = StepState::Running;
+        record.started_at = Some(now);
+        record.message = "running".into();
+        Start::Now(turn)
+    }
+
+    pub(super) fn start_driver(&self, record: &StepRecord, task: Box<dyn StepTask>, start: Start) {
         let token = self.shared.shutdown.child_token();
         self.lock()
             .runs
@@ -54,7 +88,7 @@ impl Engine {
             id: record.id().to_string(),
             attempt: record.attempt,
             deadline: record.deadline,
-            resumed,
+            start,
             earlier_outputs: record.outputs.clone(),
         };
         self.shared.drivers.spawn(async move {
@@ -104,22 +138,29 @@ impl Engine {
         task: Box<dyn StepTask>,
         token: CancellationToken,
     ) -> Option<Outcome> {
+        let resumed = matches!(run.start, Start::Waiting { resumed: true });
         let ctx = StepContext {
             sink: Arc::new(self.clone()),
             id: run.id,
             attempt: run.attempt,
             deadline: run.deadline,
-            resumed: run.resumed,
+            resumed,
             cancel: token,
             earlier_outputs: run.earlier_outputs,
         };
-        let turn = match task.lock_key() {
-            Some(key) => Some(self.take_turn(&key, &ctx).await),
-            None => None,
+        let turn = match run.start {
+            Start::Now(turn) => turn,
+            Start::Waiting { .. } => {
+                let turn = match task.lock_key() {
+                    Some(key) => Some(self.take_turn(&key, &ctx).await),
+                    None => None,
+                };
+                if !self.mark_running(&ctx).await {
+                    return None;
+                }
+                turn
+            }
         };
-        if !self.mark_running(&ctx).await {
-            return None;
-        }
         // The task gets a tokio task of its own: the deadline is then enforced
         // by the driver, outside it, whatever the task does, and its panic comes
         // back as a JoinError. The key's turn goes with it, so the next step on
@@ -139,15 +180,8 @@ impl Engine {
     }
 
     /// Serialises steps that share a lock key (e.g. one observer home_path).
-    async fn take_turn(&self, key: &str, ctx: &StepContext) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self
-                .shared
-                .key_locks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            locks.entry(key.to_string()).or_default().clone()
-        };
+    async fn take_turn(&self, key: &str, ctx: &StepContext) -> Turn {
+        let lock = self.key_lock(key);
         match lock.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => {
@@ -156,6 +190,15 @@ impl Engine {
                 lock.lock_owned().await
             }
         }
+    }
+
+    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .shared
+            .key_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(key.to_string()).or_default().clone()
     }
 
     async fn mark_running(&self, ctx: &StepContext) -> bool {

@@ -143,11 +143,13 @@ struct Shared {
     config: EngineConfig,
 }
 
-/// A new step staged: its commit to wait for, its record, its task.
+/// A new step staged: its commit to wait for, its record, its task, and how
+/// its driver begins.
 type Staged = (
     commit::Pending,
     Arc<StepRecord>,
     Box<dyn super::task::StepTask>,
+    drivers::Start,
 );
 
 /// A change queued but not yet durable.
@@ -328,7 +330,7 @@ impl Engine {
                 Ok(self.stage_new(&mut state, spec, secrets)?)
             }
         };
-        let (pending, record, task) = match staged {
+        let (pending, record, task, start) = match staged {
             Ok(staged) => staged,
             // What the caller sees should be durable: the committed version,
             // unless a concurrent identical request has not committed yet.
@@ -343,7 +345,7 @@ impl Engine {
             self.lock().secrets.remove(record.id());
             return Err(e.into());
         }
-        self.start_driver(&record, task, false);
+        self.start_driver(&record, task, start);
         Ok((*record).clone())
     }
 
@@ -361,7 +363,7 @@ impl Engine {
             .build(spec.kind, &spec.params, &secrets)
             .map_err(EngineError::InvalidParams)?;
         let now = SystemTime::now();
-        let record = StepRecord {
+        let mut record = StepRecord {
             deadline: now + spec.timeout,
             spec,
             state: StepState::Pending,
@@ -375,11 +377,12 @@ impl Engine {
             outputs: BTreeMap::new(),
             checks: Vec::new(),
         };
+        let start = self.begin(&mut record, task.as_ref(), now);
         let (record, pending) = self.stage(state, record, None)?;
         if !secrets.is_empty() {
             state.secrets.insert(record.id().to_string(), secrets);
         }
-        Ok((pending, record, task))
+        Ok((pending, record, task, start))
     }
 
     /// The committed record: a snapshot read, never behind a commit.
@@ -451,7 +454,7 @@ impl Engine {
     }
 
     pub async fn retry(&self, id: &str) -> Result<StepRecord, EngineError> {
-        let (record, pending, task) = {
+        let (record, pending, task, start) = {
             let mut state = self.lock();
             let record = state
                 .latest(&self.shared.store, id)?
@@ -471,7 +474,7 @@ impl Engine {
                 .map_err(EngineError::InvalidParams)?;
             let now = SystemTime::now();
             let previous = record.revision;
-            let next = StepRecord {
+            let mut next = StepRecord {
                 state: StepState::Pending,
                 attempt: record.attempt + 1,
                 started_at: None,
@@ -483,12 +486,13 @@ impl Engine {
                 checks: Vec::new(),
                 ..record
             };
+            let start = self.begin(&mut next, task.as_ref(), now);
             let (record, pending) = self.stage(&mut state, next, Some(previous))?;
-            (record, pending, task)
+            (record, pending, task, start)
         };
         pending.wait().await?;
         info!(step = id, attempt = record.attempt, "step retried");
-        self.start_driver(&record, task, false);
+        self.start_driver(&record, task, start);
         Ok((*record).clone())
     }
 

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use tracing::{info, warn};
 
 use super::Engine;
+use super::drivers::Start;
 use crate::steps::model::{Secrets, StepError, StepRecord, StepState, codes};
 use crate::steps::store::StoreError;
 use crate::steps::task::{OnRestart, StepTask};
@@ -31,7 +32,7 @@ impl Engine {
             match self.fate(&record, now) {
                 Fate::Start(task, resumed) => {
                     info!(step = %record.id(), resumed, "continuing step left unfinished by the previous run");
-                    self.start_driver(&record, task, resumed);
+                    self.start_driver(&record, task, Start::Waiting { resumed });
                 }
                 Fate::End(next) => {
                     warn!(step = %next.id(), state = %next.state, "step left unfinished by the previous run resolved");

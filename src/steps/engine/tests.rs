@@ -14,11 +14,12 @@ use crate::steps::task::{BoxFuture, OnRestart, StepContext, StepResult, StepSucc
 use crate::steps::watch::{WATCH_PAGE, Watch};
 
 /// What a test task does, chosen by its params: `{"sleep_ms": n, "resume": b,
-/// "ignore_cancel": b}`.
+/// "ignore_cancel": b, "key": s}`.
 struct Scripted {
     sleep: Duration,
     resume: bool,
     ignore_cancel: bool,
+    key: Option<String>,
 }
 
 impl StepTask for Scripted {
@@ -39,6 +40,10 @@ impl StepTask for Scripted {
                 checks: Vec::new(),
             })
         })
+    }
+
+    fn lock_key(&self) -> Option<String> {
+        self.key.clone()
     }
 
     fn on_restart(&self) -> OnRestart {
@@ -73,6 +78,7 @@ impl TaskFactory for Factory {
                 .get("ignore_cancel")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            key: params.get("key").and_then(|v| v.as_str()).map(String::from),
         }))
     }
 }
@@ -197,8 +203,8 @@ async fn commits_are_durable_and_numbered_in_order() {
     for i in 0..50 {
         until_state(&engine, &format!("c-{i:02}"), StepState::Succeeded).await;
     }
-    // 50 steps × (PENDING, RUNNING, SUCCEEDED).
-    assert_eq!(engine.revision().await, 150);
+    // 50 steps × (RUNNING at once, their keys being free; SUCCEEDED).
+    assert_eq!(engine.revision().await, 100);
     shutdown.cancel();
     assert!(engine.drain(Duration::from_secs(5)).await);
     drop(engine);
@@ -213,7 +219,7 @@ async fn commits_are_durable_and_numbered_in_order() {
             Err(e) => panic!("{e}"),
         }
     };
-    assert_eq!(loaded.revision, 150);
+    assert_eq!(loaded.revision, 100);
     assert_eq!(loaded.count, 50);
     assert!(loaded.active.is_empty());
     assert_eq!(
@@ -324,10 +330,7 @@ async fn backlog_pages_meet_the_live_feed_without_gap_or_duplicate() {
         seen.push((r.id().to_string(), r.revision));
         states.push(r.state);
     }
-    assert_eq!(
-        states,
-        [StepState::Pending, StepState::Running, StepState::Succeeded]
-    );
+    assert_eq!(states, [StepState::Running, StepState::Succeeded]);
 }
 
 #[tokio::test]
@@ -543,4 +546,39 @@ async fn a_page_read_ahead_never_hides_a_later_change() {
         .unwrap();
     let retried = second.iter().find(|r| r.id() == "seed-00008").unwrap();
     assert_eq!(retried.attempt, 2, "the page read ahead hid the retry");
+}
+
+/// A step whose key is free starts RUNNING in the request's own commit; one
+/// whose key is busy is PENDING until the step before it has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_waits_pending_only_while_its_key_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let params = serde_json::json!({"sleep_ms": 300, "key": "/home/a"});
+    let first = engine
+        .submit(spec_with("first", params.clone()), Secrets::default())
+        .await
+        .unwrap();
+    assert_eq!(first.state, StepState::Running);
+    assert!(first.started_at.is_some());
+    let second = engine
+        .submit(spec_with("second", params), Secrets::default())
+        .await
+        .unwrap();
+    assert_eq!(second.state, StepState::Pending);
+    let other = engine
+        .submit(
+            spec_with("other", serde_json::json!({"key": "/home/b"})),
+            Secrets::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        other.state,
+        StepState::Running,
+        "another key is not held up"
+    );
+    let first = until_state(&engine, "first", StepState::Succeeded).await;
+    let second = until_state(&engine, "second", StepState::Succeeded).await;
+    assert!(second.started_at.unwrap() >= first.finished_at.unwrap());
 }

@@ -61,7 +61,11 @@ async fn current_records_first_then_changes_in_revision_order() {
             break;
         }
     }
-    assert_eq!(states.first().unwrap().0, pb::StepState::Pending);
+    // Nothing else runs on its key: it is created RUNNING.
+    assert_eq!(
+        states.first().unwrap(),
+        &(pb::StepState::Running, "running".to_string())
+    );
     assert!(
         states
             .iter()

@@ -44,7 +44,7 @@ async fn a_good_host_passes_and_missing_dirs_are_created() {
     assert_eq!(s.state(), pb::StepState::Succeeded, "{:#?}", s.checks);
     // Every check of the one catalog, once, in its order.
     let names: Vec<&str> = s.checks.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, obhost::tasks::prepare::CHECKS);
+    assert_eq!(names, obhost::tasks::prepare::check_names());
     for name in [
         "observer.running",
         "port.mysql",

@@ -23,37 +23,67 @@ use crate::steps::{
     StepTask,
 };
 
-/// Every check name, in the order they run: what `skip_checks` may name.
-pub const CHECKS: &[&str] = &[
-    "observer.running",
-    "pidfile.stale",
-    "port.mysql",
-    "port.rpc",
-    "binary",
-    "dir.home",
-    "dir.run",
-    "dir.log",
-    "dir.etc",
-    "dir.data",
-    "dir.redo",
-    "dir.etc.owner",
-    "memory.available",
-    "memory.limit",
-    "disk.data",
-    "disk.redo",
-    "aio",
-    "ulimit.nofile",
-    "ulimit.nproc",
-    "ulimit.core",
-    "ulimit.stack",
-    "sysctl.vm.max_map_count",
-    "sysctl.vm.min_free_kbytes",
-    "sysctl.vm.overcommit_memory",
-    "sysctl.fs.file-max",
-    "net.devname",
-    "cpu.avx",
-    "clock",
+/// One Prepare check: the one place that says what it is called (in
+/// `skip_checks` and in its `CheckResult`), which code its failure stands for,
+/// and whether a running observer skips it (it would only find the observer
+/// itself: its ports and dirs, as OBD does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub code: Code,
+    pub skipped_when_running: bool,
+}
+
+impl Check {
+    const fn new(name: &'static str, code: Code, skipped_when_running: bool) -> Check {
+        Check {
+            name,
+            code,
+            skipped_when_running,
+        }
+    }
+}
+
+/// Every check, in the order they run.
+pub const CATALOG: &[Check] = &[
+    Check::new("observer.running", Code::CheckFailed, false),
+    Check::new("pidfile.stale", Code::CheckFailed, false),
+    Check::new("port.mysql", Code::PortInUse, true),
+    Check::new("port.rpc", Code::PortInUse, true),
+    Check::new("binary", Code::BinaryNotFound, false),
+    Check::new("dir.home", Code::DirNotWritable, true),
+    Check::new("dir.run", Code::DirNotWritable, true),
+    Check::new("dir.log", Code::DirNotWritable, true),
+    Check::new("dir.etc", Code::DirNotWritable, true),
+    Check::new("dir.data", Code::DirNotWritable, true),
+    Check::new("dir.redo", Code::DirNotWritable, true),
+    Check::new("dir.etc.owner", Code::DirWrongOwner, false),
+    Check::new("memory.available", Code::InsufficientMemory, false),
+    Check::new("memory.limit", Code::InsufficientMemory, false),
+    Check::new("disk.data", Code::InsufficientDisk, false),
+    Check::new("disk.redo", Code::InsufficientDisk, false),
+    Check::new("aio", Code::AioInsufficient, false),
+    Check::new("ulimit.nofile", Code::UlimitTooLow, false),
+    Check::new("ulimit.nproc", Code::UlimitTooLow, false),
+    Check::new("ulimit.core", Code::UlimitTooLow, false),
+    Check::new("ulimit.stack", Code::UlimitTooLow, false),
+    Check::new("sysctl.vm.max_map_count", Code::SysctlOutOfRange, false),
+    Check::new("sysctl.vm.min_free_kbytes", Code::SysctlOutOfRange, false),
+    Check::new("sysctl.vm.overcommit_memory", Code::SysctlOutOfRange, false),
+    Check::new("sysctl.fs.file-max", Code::SysctlOutOfRange, false),
+    Check::new("net.devname", Code::NetworkDeviceNotFound, false),
+    Check::new("cpu.avx", Code::CpuUnsupported, false),
+    Check::new("clock", Code::ClockNotSynchronised, false),
 ];
+
+/// Every check's name, in the order they run: what `skip_checks` may name.
+pub fn check_names() -> Vec<&'static str> {
+    CATALOG.iter().map(|c| c.name).collect()
+}
+
+fn check(name: &str) -> Option<&'static Check> {
+    CATALOG.iter().find(|c| c.name == name)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrepareParams {
@@ -72,11 +102,11 @@ pub fn resolve(
     skip_checks: Vec<String>,
     strict: bool,
 ) -> Result<PrepareParams, SpecError> {
-    if let Some(bad) = skip_checks.iter().find(|n| !CHECKS.contains(&n.as_str())) {
+    if let Some(bad) = skip_checks.iter().find(|n| check(n).is_none()) {
         return Err(SpecError::Invalid(format!(
             "skip_checks names '{}', which is not a check; the checks are: {}",
             crate::bounds::quote(bad),
-            CHECKS.join(", ")
+            check_names().join(", ")
         )));
     }
     Ok(PrepareParams {
@@ -92,29 +122,10 @@ pub struct Prepare {
     pub deps: Arc<Deps>,
 }
 
-/// The checks that would only find the observer itself when it runs (its
-/// ports, its dirs): skipped then, as OBD does.
-fn skipped_when_running(name: &str) -> bool {
-    name.starts_with("port.") || (name.starts_with("dir.") && name != "dir.etc.owner")
-}
-
-/// The StepError code a failed check stands for.
-fn code_for(check: &str) -> Code {
-    match check.split('.').next().unwrap_or("") {
-        "port" => Code::PortInUse,
-        "binary" => Code::BinaryNotFound,
-        "dir" if check == "dir.etc.owner" => Code::DirWrongOwner,
-        "dir" => Code::DirNotWritable,
-        "memory" => Code::InsufficientMemory,
-        "disk" => Code::InsufficientDisk,
-        "aio" => Code::AioInsufficient,
-        "ulimit" => Code::UlimitTooLow,
-        "sysctl" => Code::SysctlOutOfRange,
-        "net" => Code::NetworkDeviceNotFound,
-        "cpu" => Code::CpuUnsupported,
-        "clock" => Code::ClockNotSynchronised,
-        _ => Code::CheckFailed,
-    }
+/// The StepError code a failed check stands for (CHECK_FAILED for a name
+/// outside the catalog, which only a bug could produce).
+fn code_for(name: &str) -> Code {
+    check(name).map_or(Code::CheckFailed, |c| c.code)
 }
 
 /// The results of one run, in order; a check named in `skip_checks` is
@@ -167,7 +178,7 @@ fn not_applicable(name: &str, why: &str) -> CheckResult {
 }
 
 impl Prepare {
-    /// Every check, in the order of [`CHECKS`]. Blocking (reads /proc, statfs).
+    /// Every check, in the order of [`CATALOG`]. Blocking (reads /proc, statfs).
     fn run_checks(&self, user: &RunAs) -> Vec<CheckResult> {
         let mut results = Results {
             skip: &self.params.skip_checks,
@@ -175,8 +186,8 @@ impl Prepare {
         };
         let running = self.identity_checks(user, &mut results);
         if running {
-            for name in CHECKS.iter().filter(|n| skipped_when_running(n)) {
-                results.add(not_applicable(name, "observer already running"));
+            for c in CATALOG.iter().filter(|c| c.skipped_when_running) {
+                results.add(not_applicable(c.name, "observer already running"));
             }
         } else {
             self.port_checks(&mut results);
@@ -372,7 +383,7 @@ impl Prepare {
         let user = RunAs::lookup_async(&self.params.observer.user)
             .await
             .map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
-        ctx.progress(format!("running {} checks", CHECKS.len()))
+        ctx.progress(format!("running {} checks", CATALOG.len()))
             .await;
         let this = Arc::new(self);
         let worker = this.clone();
@@ -430,6 +441,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_catalog_names_each_check_once() {
+        let mut names = check_names();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CATALOG.len());
+    }
+
+    #[test]
     fn every_check_has_its_code() {
         let cases = [
             ("port.mysql", Code::PortInUse),
@@ -447,17 +466,17 @@ mod tests {
             ("observer.running", Code::CheckFailed),
         ];
         for (check, code) in cases {
-            assert!(CHECKS.contains(&check), "{check}");
+            assert!(check_names().contains(&check), "{check}");
             assert_eq!(code_for(check), code, "{check}");
         }
     }
 
     #[test]
     fn a_running_observer_skips_its_ports_and_dirs_only() {
-        let skipped: Vec<&str> = CHECKS
+        let skipped: Vec<&str> = CATALOG
             .iter()
-            .copied()
-            .filter(|n| skipped_when_running(n))
+            .filter(|c| c.skipped_when_running)
+            .map(|c| c.name)
             .collect();
         assert_eq!(
             skipped,

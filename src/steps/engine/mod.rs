@@ -385,12 +385,18 @@ impl Engine {
         Ok((pending, record, task, start))
     }
 
-    /// The committed record: a snapshot read, never behind a commit.
+    /// The committed record: a snapshot read, never behind a commit. On the
+    /// blocking pool: a page not in redb's cache is read from disk.
     pub async fn get(&self, id: &str) -> Result<StepRecord, EngineError> {
-        self.shared
-            .store
-            .get(id)?
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+        let store = self.shared.store.clone();
+        let key = id.to_string();
+        let found = tokio::task::spawn_blocking(move || store.get(&key))
+            .await
+            .map_err(|e| StoreError::Write {
+                path: Default::default(),
+                cause: format!("a store read ended abnormally: {e}"),
+            })??;
+        found.ok_or_else(|| EngineError::NotFound(id.to_string()))
     }
 
     /// One page of matching steps in id order, starting after `after_id`, and the

@@ -7,6 +7,7 @@
 mod demo;
 pub mod flow;
 mod output;
+mod report_sink;
 mod steps;
 
 use std::path::PathBuf;
@@ -86,6 +87,10 @@ enum Command {
     /// Run the job end to end on this machine, needing nothing installed: start a
     /// private obhostd, start and stop an observer through it, clean up.
     Demo(demo::DemoArgs),
+    /// Receive what obhostd pushes with [report]: serve StepReporter and print
+    /// each change (-o json: a JSON object per line), flagging gaps and
+    /// duplicates. Stops on Ctrl-C.
+    ReportSink(report_sink::SinkArgs),
 }
 
 /// What went wrong, sorted by what the exit status should say.
@@ -338,9 +343,14 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    if let Command::Demo(args) = cli.command {
-        return demo::run(args, cli.output).await;
-    }
+    let command = match cli.command {
+        Command::Demo(args) => return demo::run(args, cli.output).await,
+        Command::ReportSink(args) => {
+            report_sink::run(args, cli.output).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     let mut client = connect_to(&Target {
         addr: cli.addr.clone(),
         token_file: cli.token_file.clone(),
@@ -349,9 +359,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         key_file: cli.key_file.clone(),
     })
     .await?;
-    match cli.command {
+    match command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
-        Command::Demo(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::ReportSink(_) => unreachable!("handled above"),
         Command::StartObserver(args) => flow::start_observer(&mut client, &args, cli.output).await,
         Command::StopObserver {
             home,

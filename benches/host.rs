@@ -895,10 +895,13 @@ async fn step_creation(sizes: &Sizes) -> Vec<Row> {
 
 // ---- g. reporting: finished -> the orchestrator's sink has it --------------
 
+/// (agent, step id, revision, when it arrived).
+type Arrival = (String, String, u64, SystemTime);
+
 /// A StepReporter that notes when each change arrived.
 #[derive(Default, Clone)]
 struct Sink {
-    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u64, SystemTime)>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Arrival>>>,
 }
 
 #[tonic::async_trait]
@@ -921,7 +924,9 @@ impl obhost::proto::v1::step_reporter_server::StepReporter for Sink {
 /// follows the same steps: for every step's end, finished_at -> the sink has
 /// it, against finished_at -> the watcher has it, in the same run.
 async fn report_latency(agents: usize, steps: usize) -> Vec<Row> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let sink = Sink::default();
     let server = sink.clone();
@@ -952,7 +957,9 @@ async fn report_latency(agents: usize, steps: usize) -> Vec<Row> {
             while let Ok(Some(m)) = w.message().await {
                 let now = SystemTime::now();
                 if let Some(s) = m.step.filter(is_terminal) {
-                    out.lock().expect("watched").push((format!("a{i}"), s.id, s.finished_at, now));
+                    out.lock()
+                        .expect("watched")
+                        .push((format!("a{i}"), s.id, s.finished_at, now));
                 }
             }
         });

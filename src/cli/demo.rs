@@ -70,9 +70,24 @@ fn free_port() -> Result<u16, CliError> {
     Err(CliError::Usage("no free loopback port pair found".into()))
 }
 
-/// Starts obhostd and returns its address, from its "listening" log line.
-fn start_daemon(obhostd: &Path, scratch: &mut Scratch) -> Result<String, CliError> {
+/// Starts obhostd (pushing its changes to `report_port`) and returns its
+/// address, from its "listening" log line.
+fn start_daemon(
+    obhostd: &Path,
+    scratch: &mut Scratch,
+    report_port: u16,
+) -> Result<String, CliError> {
+    let config = scratch.dir.join("obhostd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[report]\nendpoint = \"http://127.0.0.1:{report_port}\"\nagent_id = \"demo-host\"\nbatch_delay = \"20ms\"\n"
+        ),
+    )
+    .map_err(|e| CliError::Other(e.into()))?;
     let mut child = Command::new(obhostd)
+        .arg("--config")
+        .arg(&config)
         // A socket in the scratch dir: only this user may call the demo's daemon
         // (TCP would need a token).
         .arg("--listen")
@@ -158,9 +173,28 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         "obhost demo: everything lives in {} and is removed at the end",
         scratch.dir.display()
     ));
-    let addr = start_daemon(&obhostd, &mut scratch)?;
+    // The orchestrator's side: a StepReporter that prints what obhostd pushes.
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    let sink_port = sink_listener
+        .local_addr()
+        .map_err(|e| CliError::Other(e.into()))?
+        .port();
+    let stop_sink = tokio_util::sync::CancellationToken::new();
+    if format == Format::Text {
+        let stop = stop_sink.clone();
+        tokio::spawn(super::report_sink::serve(
+            tonic::transport::Server::builder(),
+            sink_listener,
+            super::report_sink::Sink::new(format, "    pushed to the orchestrator: "),
+            async move { stop.cancelled().await },
+        ));
+    }
+    let addr = start_daemon(&obhostd, &mut scratch, sink_port)?;
     say(format!(
-        "started obhostd on {addr} (state in {}/state)",
+        "started obhostd on {addr} (state in {}/state), pushing every step change to a \
+         report-sink on 127.0.0.1:{sink_port} (lines marked 'pushed')",
         scratch.dir.display()
     ));
     let mut client = super::connect(&addr, None).await?;
@@ -265,6 +299,9 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         output::step_list(&steps, "", format)?;
     }
     let ok = started == ExitCode::SUCCESS && stop.state() == pb::StepState::Succeeded;
+    // The last pushes are a batch_delay away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_sink.cancel();
     drop(scratch);
     say(if ok {
         "\ndemo done: obhostd stopped, temp dir removed".into()

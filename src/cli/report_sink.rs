@@ -56,23 +56,42 @@ pub async fn run(args: SinkArgs, format: Format) -> anyhow::Result<()> {
             .context("cannot use --tls-cert/--tls-key")?;
     }
     eprintln!("report-sink listening on {local}");
-    let sink = Sink {
-        format,
-        agents: Mutex::new(HashMap::new()),
-    };
+    serve(server, listener, Sink::new(format, ""), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Serves `sink` on `listener` until `stop` completes (the demo runs one too).
+pub async fn serve(
+    mut server: Server,
+    listener: tokio::net::TcpListener,
+    sink: Sink,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     server
         .add_service(StepReporterServer::new(sink).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await
         .context("report-sink stopped")?;
     Ok(())
 }
 
-struct Sink {
+pub struct Sink {
     format: Format,
+    /// Put before every text line (the demo indents what the sink got).
+    prefix: &'static str,
     agents: Mutex<HashMap<String, Agent>>,
+}
+
+impl Sink {
+    pub fn new(format: Format, prefix: &'static str) -> Sink {
+        Sink {
+            format,
+            prefix,
+            agents: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// What this sink has seen of one agent since it started.
@@ -186,7 +205,13 @@ impl StepReporter for Sink {
         drop(agents);
         let mut out = std::io::stdout().lock();
         for line in lines {
-            writeln!(out, "{line}").map_err(|e| Status::internal(format!("cannot print: {e}")))?;
+            let prefix = if self.format == Format::Text {
+                self.prefix
+            } else {
+                ""
+            };
+            writeln!(out, "{prefix}{line}")
+                .map_err(|e| Status::internal(format!("cannot print: {e}")))?;
         }
         Ok(Response::new(pb::ReportStepsResponse {}))
     }

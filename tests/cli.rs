@@ -144,8 +144,10 @@ fn demo_runs_end_to_end_and_cleans_up() {
     assert!(out.contains("observer: running=true"), "{out}");
     // What obhostd pushed to the demo's report-sink, the stop's end included.
     assert!(
-        out.lines().any(|l| l.starts_with("    pushed to the orchestrator: demo-host")
-            && l.contains("demo-stop SUCCEEDED")),
+        out.lines().any(
+            |l| l.starts_with("    pushed to the orchestrator: demo-host")
+                && l.contains("demo-stop SUCCEEDED")
+        ),
         "{out}"
     );
     assert!(

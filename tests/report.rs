@@ -481,3 +481,46 @@ fn a_report_endpoint_in_clear_to_another_host_is_refused() {
     };
     assert!(err.contains("plain http to another host"), "{err}");
 }
+
+#[tokio::test]
+async fn retention_never_takes_a_change_not_yet_reported() {
+    let mut sink = Sink::ours(&[]);
+    let d = Daemon::start_with(Options {
+        config: format!(
+            "[retention]\nmax_steps = 5\nprune_interval = \"100ms\"\n{}",
+            report_config(&sink.endpoint("http"), "")
+        ),
+        ..Options::default()
+    });
+    let ids: Vec<String> = (0..20).map(|i| format!("kept-{i:02}")).collect();
+    let mut expected = BTreeMap::new();
+    for id in &ids {
+        run_test_step(&d, test_step(id, 0.0)).await;
+        let s = wait_terminal(&d, id).await;
+        expected.insert(id.clone(), s.revision);
+    }
+    // The store forgets the oldest finished steps...
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = d
+            .client()
+            .await
+            .list_steps(pb::ListStepsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .steps
+            .len();
+        if listed <= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "retention did not prune: {listed} steps"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...but not what the orchestrator has yet to hear.
+    sink.start();
+    sink.wait_for(&expected, Duration::from_secs(15));
+}

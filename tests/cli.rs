@@ -189,3 +189,32 @@ fn demo_runs_the_real_seekdb_kernel_through_the_wrapper() {
         );
     }
 }
+
+/// Default ids are unique: two stops on two homes in the same second are two
+/// steps, not an ALREADY_EXISTS for the second.
+#[test]
+fn default_step_ids_never_collide() {
+    let d = Daemon::start();
+    let (a, b) = (Home::new(), Home::new());
+    for home in [&a, &b] {
+        let (code, out, err) = obhostctl(
+            Some(&d),
+            &["stop-observer", "--home", home.path().to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(!err.contains("ALREADY_EXISTS"), "{err}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let steps = rt.block_on(async {
+        d.client()
+            .await
+            .list_steps(obhost::proto::v1::ListStepsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .steps
+    });
+    let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.iter().all(|id| id.starts_with("stop-")), "{ids:?}");
+}

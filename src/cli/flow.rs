@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use clap::Args;
 use serde_json::json;
@@ -306,13 +306,10 @@ pub async fn start_observer(
     args: &StartArgs,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    let dag = args.dag_id.clone().unwrap_or_else(|| {
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        format!("start-{secs}")
-    });
+    let dag = args
+        .dag_id
+        .clone()
+        .unwrap_or_else(|| super::new_id("start"));
     let ids: Vec<String> = if args.step_ids.is_empty() {
         STEPS
             .iter()

@@ -75,7 +75,7 @@ enum Command {
         /// SIGKILL at once.
         #[arg(long)]
         force: bool,
-        /// Default: stop-<unix seconds>.
+        /// Default: stop-<unix seconds>-<random hex>, unique.
         #[arg(long)]
         step_id: Option<String>,
     },
@@ -91,6 +91,18 @@ enum Command {
     /// each change (-o json: a JSON object per line), flagging gaps and
     /// duplicates. Stops on Ctrl-C.
     ReportSink(report_sink::SinkArgs),
+}
+
+/// A default step or DAG id: `<what>-<unix seconds>-<6 random hex digits>`.
+/// The seconds keep ids sortable by when they were made; the suffix keeps two
+/// made in the same second (two stops on two homes) from colliding, which the
+/// daemon would refuse as ALREADY_EXISTS.
+pub(crate) fn new_id(what: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!("{what}-{secs}-{:06x}", fastrand::u32(..0x100_0000))
 }
 
 /// What went wrong, sorted by what the exit status should say.
@@ -369,13 +381,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             force,
             step_id,
         } => {
-            let id = step_id.unwrap_or_else(|| {
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or_default();
-                format!("stop-{secs}")
-            });
+            let id = step_id.unwrap_or_else(|| new_id("stop"));
             client
                 .stop_observer(pb::StopObserverRequest {
                     meta: Some(pb::StepMeta {

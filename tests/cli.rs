@@ -218,3 +218,68 @@ fn default_step_ids_never_collide() {
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.iter().all(|id| id.starts_with("stop-")), "{ids:?}");
 }
+
+/// Waiting for a step that does not exist ends at once with NOT_FOUND.
+#[test]
+fn watching_an_unknown_step_until_done_fails_at_once() {
+    let d = Daemon::start();
+    let started = std::time::Instant::now();
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--step", "does-not-exist", "--until-done"],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("NOT_FOUND") && err.contains("does-not-exist"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// `--step-ids` takes the four ids comma-separated, as its help says.
+#[test]
+fn step_ids_are_comma_separated_and_counted() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let (code, _out, err) = obhostctl(
+        Some(&d),
+        &[
+            "start-observer",
+            "--home",
+            home.path().to_str().unwrap(),
+            "--step-ids",
+            "a1,a2,a3",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--step-ids needs 4 ids") && err.contains("got 3"),
+        "{err}"
+    );
+    let (_, _, err) = obhostctl(
+        Some(&d),
+        &[
+            "start-observer",
+            "--home",
+            home.path().to_str().unwrap(),
+            "--step-ids",
+            "b1,b2,b3,b4",
+        ],
+    );
+    // Accepted as four ids: the flow ran and named them (it may fail later
+    // on this bare home, which is not what is tested here).
+    assert!(
+        !err.contains("unexpected") && !err.contains("--step-ids needs"),
+        "{err}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first = rt.block_on(async {
+        d.client()
+            .await
+            .get_step(obhost::proto::v1::GetStepRequest {
+                step_id: "b1".into(),
+            })
+            .await
+    });
+    assert!(first.is_ok(), "step b1 was not created: {err}");
+}

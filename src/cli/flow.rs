@@ -96,8 +96,9 @@ pub struct StartArgs {
     /// The orchestrator's DAG id; step ids are <dag-id>-prepare, -start, -wait, -agent.
     #[arg(long)]
     pub dag_id: Option<String>,
-    /// Explicit step ids: four, comma-separated, in step order.
-    #[arg(long, value_delimiter = ',', num_args = 4)]
+    /// Explicit step ids: four, comma-separated, in step order
+    /// (prepare,start,wait,agent), e.g. 133851,133852,133853,133854.
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID,ID,ID")]
     pub step_ids: Vec<String>,
     /// Log in as this user to decide "active" (default: handshake only).
     #[arg(long, default_value = "")]
@@ -315,8 +316,14 @@ pub async fn start_observer(
             .iter()
             .map(|(suffix, _, _)| format!("{dag}-{suffix}"))
             .collect()
-    } else {
+    } else if args.step_ids.len() == STEPS.len() {
         args.step_ids.clone()
+    } else {
+        return Err(CliError::Usage(format!(
+            "--step-ids needs {} ids, comma-separated, in step order (prepare,start,wait,agent); got {}",
+            STEPS.len(),
+            args.step_ids.len()
+        )));
     };
     let password = match &args.wait_password_file {
         Some(p) => std::fs::read_to_string(p)

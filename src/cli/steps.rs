@@ -147,6 +147,24 @@ async fn list(args: ListArgs, client: &mut Client, format: Format) -> Result<Exi
 }
 
 async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<ExitCode, CliError> {
+    // Waiting for a step that does not exist would never end: say so at once.
+    if args.until_done {
+        for id in &args.step_ids {
+            let found = client
+                .get_step(pb::GetStepRequest {
+                    step_id: id.clone(),
+                })
+                .await;
+            if let Err(s) = found
+                && s.code() == tonic::Code::NotFound
+            {
+                return Err(CliError::Rpc(tonic::Status::not_found(format!(
+                    "step '{id}' not found, so --until-done would wait forever; check the id \
+                     (obhostctl steps list), or watch without --until-done to see it appear"
+                ))));
+            }
+        }
+    }
     let mut stream = client
         .watch_steps(pb::WatchStepsRequest {
             dag_id: args.dag_id.unwrap_or_default(),

@@ -283,3 +283,50 @@ fn step_ids_are_comma_separated_and_counted() {
     });
     assert!(first.is_ok(), "step b1 was not created: {err}");
 }
+
+/// Every option of every subcommand says what it is, and no default shown is
+/// a placeholder ("" or 0) standing in for "unset".
+#[test]
+fn help_documents_every_option_with_real_defaults() {
+    let subcommands: &[&[&str]] = &[
+        &["start-observer"],
+        &["stop-observer"],
+        &["observer"],
+        &["host"],
+        &["report-sink"],
+        &["demo"],
+        &["steps", "list"],
+        &["steps", "get"],
+        &["steps", "watch"],
+        &["steps", "cancel"],
+        &["steps", "retry"],
+    ];
+    for sub in subcommands {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let (code, out, err) = obhostctl(None, &args);
+        assert_eq!(code, 0, "{sub:?}: {err}");
+        assert!(
+            !out.contains("[default: \"\"]") && !out.contains("[default: 0]"),
+            "{sub:?} shows a placeholder default:\n{out}"
+        );
+        // An option's text is on its line (after two spaces) or, in the long
+        // form, on the next.
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let is_arg = line.starts_with("  ") && (t.starts_with('-') || t.starts_with('<'));
+            if !is_arg {
+                continue;
+            }
+            let same_line = t
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let next = lines.get(i + 1).map_or("", |l| l.trim());
+            let next_line = !next.is_empty() && !next.starts_with('-') && !next.starts_with('<');
+            assert!(same_line || next_line, "{sub:?}: '{t}' has no help:\n{out}");
+        }
+    }
+    let (_, out, _) = obhostctl(None, &["start-observer", "--help"]);
+    assert!(out.contains("[default: 2881]"), "{out}");
+}

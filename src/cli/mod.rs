@@ -67,6 +67,7 @@ enum Command {
     StartObserver(Box<flow::StartArgs>),
     /// Stop the observer of a home (StopObserver) and follow it.
     StopObserver {
+        /// The observer's home, e.g. /home/admin/oceanbase.
         #[arg(long)]
         home: String,
         /// Time between SIGTERM and SIGKILL.
@@ -75,12 +76,13 @@ enum Command {
         /// SIGKILL at once.
         #[arg(long)]
         force: bool,
-        /// Default: stop-<unix seconds>-<random hex>, unique.
+        /// The step's id [default: stop-<unix seconds>-<random hex>].
         #[arg(long)]
         step_id: Option<String>,
     },
     /// Show the observer of a home (GetObserver).
     Observer {
+        /// The observer's home, e.g. /home/admin/oceanbase.
         #[arg(long)]
         home: String,
     },

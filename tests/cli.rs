@@ -330,3 +330,24 @@ fn help_documents_every_option_with_real_defaults() {
     let (_, out, _) = obhostctl(None, &["start-observer", "--help"]);
     assert!(out.contains("[default: 2881]"), "{out}");
 }
+
+/// A port that accepts TCP and never answers: the call ends at its deadline
+/// with a message, instead of hanging.
+#[test]
+fn a_silent_daemon_is_a_timeout_not_a_hang() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(OBHOSTCTL)
+        .args(["--addr", &addr, "--timeout", "1s", "host"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{err}"
+    );
+    assert!(err.contains("did not answer within --timeout"), "{err}");
+    drop(silent);
+}

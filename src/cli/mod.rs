@@ -51,6 +51,10 @@ pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
+    /// How long a call may wait for obhostd's answer (for a follow or watch:
+    /// for the stream to start), e.g. 5s.
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s")]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +99,19 @@ enum Command {
     ReportSink(report_sink::SinkArgs),
 }
 
+/// A status as the operator reads it. tonic reports a call past its deadline
+/// as CANCELLED "Timeout expired", which says neither whose deadline nor what
+/// to do.
+fn rpc_text(s: &tonic::Status) -> String {
+    if s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired" {
+        return "DEADLINE_EXCEEDED: obhostd did not answer within --timeout; check that --addr \
+                is obhostd and that it is not stuck (systemctl status obhostd), or give a \
+                longer --timeout"
+            .into();
+    }
+    format!("{}: {}", code_name(s.code()), s.message())
+}
+
 /// A default step or DAG id: `<what>-<unix seconds>-<6 random hex digits>`.
 /// The seconds keep ids sortable by when they were made; the suffix keeps two
 /// made in the same second (two stops on two homes) from colliding, which the
@@ -118,7 +135,7 @@ pub enum CliError {
         cause: String,
         hint: &'static str,
     },
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    #[error("{}", rpc_text(.0))]
     Rpc(#[from] tonic::Status),
     #[error("{0}")]
     Usage(String),
@@ -176,6 +193,22 @@ pub struct Target {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// How long a call may wait for its answer (a stream: for its start).
+    pub timeout: Option<Duration>,
+}
+
+/// A call's answer (a stream's start) is waited for this long by default.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every call is bounded, and a connection whose daemon went silent is noticed
+/// by HTTP/2 pings, so no command (a follow included) can hang forever.
+fn bounded(endpoint: Endpoint, timeout: Option<Duration>) -> Endpoint {
+    endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout.unwrap_or(CALL_TIMEOUT))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
 }
 
 /// obhostctl's default address: the socket a daemon of this user listens on.
@@ -228,8 +261,7 @@ pub async fn connect_to(target: &Target) -> Result<Client, CliError> {
             )));
         }
         // The URI is only a placeholder: the connector below ignores it.
-        let endpoint =
-            Endpoint::from_static("http://obhostd.sock").connect_timeout(Duration::from_secs(5));
+        let endpoint = bounded(Endpoint::from_static("http://obhostd.sock"), target.timeout);
         endpoint
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let path = path.clone();
@@ -254,13 +286,14 @@ pub async fn connect_to(target: &Target) -> Result<Client, CliError> {
         } else {
             format!("http://{addr}")
         };
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| {
+        let mut endpoint = bounded(
+            Endpoint::from_shared(url.clone()).map_err(|e| {
                 CliError::Usage(format!(
                     "--addr '{addr}' is not an address: {e}; e.g. unix:/run/obhost/obhostd.sock or https://host:62900"
                 ))
-            })?
-            .connect_timeout(Duration::from_secs(5));
+            })?,
+            target.timeout,
+        );
         if url.starts_with("https://") {
             let Some(ca) = &target.ca_file else {
                 return Err(CliError::Usage(format!(
@@ -371,6 +404,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         ca_file: cli.ca_file.clone(),
         cert_file: cli.cert_file.clone(),
         key_file: cli.key_file.clone(),
+        timeout: Some(cli.timeout),
     })
     .await?;
     match command {

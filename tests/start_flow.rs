@@ -246,3 +246,170 @@ async fn a_failing_observer_stops_the_flow_with_its_error() {
     assert!(err.contains("failed check port.mysql"), "{err}");
     assert!(err.contains("fix: stop pid"), "{err}");
 }
+
+/// Ctrl-C stops following, never the steps: obhostctl says how to follow them
+/// again, and the observer still comes up in obhostd.
+#[tokio::test]
+async fn ctrl_c_leaves_the_steps_running_and_says_how_to_reattach() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let home_s = home.path().display().to_string();
+    let port = home.mysql_port.to_string();
+    let rpc = (home.mysql_port + 1).to_string();
+    let mut child = std::process::Command::new(OBHOSTCTL)
+        .args([
+            "--addr",
+            &d.addr,
+            "start-observer",
+            "--home",
+            &home_s,
+            "--binary",
+            FAKE_OBSERVER,
+            "--mysql-port",
+            &port,
+            "--rpc-port",
+            &rpc,
+            "--zone",
+            "zone1",
+            "--cluster-name",
+            "obhost",
+            "--cluster-id",
+            "1",
+            "--create-dirs",
+            "--dag-id",
+            "interrupted",
+            "--env",
+            "FAKE_OBSERVER_LISTEN_DELAY_MS=3000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt while the observer is still on its way up.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let started = d
+            .client()
+            .await
+            .get_step(obhost::proto::v1::GetStepRequest {
+                step_id: "interrupted-start".into(),
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().step);
+        if started.is_some_and(|s| s.state() == obhost::proto::v1::StepState::Succeeded) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "StartObserver never succeeded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("the steps go on in obhostd") && err.contains("--dag-id interrupted"),
+        "{err}"
+    );
+    let wait = wait_terminal(&d, "interrupted-wait").await;
+    assert_eq!(
+        wait.state(),
+        obhost::proto::v1::StepState::Succeeded,
+        "{wait:#?}"
+    );
+    let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// obhostd restarting mid-flow (kill -9 here) does not end the flow: the
+/// CLI follows again from the last revision it saw and runs the next steps.
+#[tokio::test]
+async fn the_flow_survives_a_restart_of_obhostd() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent_port = free_port();
+    let home_s = home.path().display().to_string();
+    let port = home.mysql_port.to_string();
+    let rpc = (home.mysql_port + 1).to_string();
+    let mut args: Vec<String> = [
+        "--addr",
+        &d.addr,
+        "start-observer",
+        "--home",
+        &home_s,
+        "--binary",
+        FAKE_OBSERVER,
+        "--mysql-port",
+        &port,
+        "--rpc-port",
+        &rpc,
+        "--zone",
+        "zone1",
+        "--cluster-name",
+        "obhost",
+        "--cluster-id",
+        "1",
+        "--create-dirs",
+        "--dag-id",
+        "restarted",
+        "--env",
+        "FAKE_OBSERVER_LISTEN_DELAY_MS=3000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(agent_args(agent_dir.path(), agent_port));
+    let child = std::process::Command::new(OBHOSTCTL)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While WaitObserverActive waits for the port, obhostd dies and comes back.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let wait = d
+            .client()
+            .await
+            .get_step(obhost::proto::v1::GetStepRequest {
+                step_id: "restarted-wait".into(),
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().step);
+        if wait.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "WaitObserverActive never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let d = d.restart_after_kill9();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    kill_agent(&d, "restarted-agent");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("reconnecting"), "{err}");
+    let agent = get_step(&d, "restarted-agent").await;
+    assert_eq!(agent.state(), obhost::proto::v1::StepState::Succeeded);
+    let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
+    assert_eq!(code, 0, "{err}");
+}

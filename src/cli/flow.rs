@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
@@ -213,18 +213,87 @@ pub async fn follow(
     began: Instant,
     format: Format,
 ) -> Result<pb::Step, CliError> {
+    let mut last = (0, String::new());
+    let mut after = 0;
+    let mut lost = 0;
+    loop {
+        let ended = match watch_once(client, id, after, began, format, &mut last).await {
+            Ok(Watched::Done(step)) => return Ok(step),
+            Ok(Watched::Ended(rev)) => {
+                after = after.max(rev);
+                "the daemon ended the watch".to_string()
+            }
+            Err((rev, status)) if resumable(&status) => {
+                after = after.max(rev);
+                format!("{}: {}", super::code_name(status.code()), status.message())
+            }
+            Err((_, status)) => return Err(status.into()),
+        };
+        // obhostd restarting, or the connection dropped: the steps go on in
+        // the daemon, so pick up where we were rather than give up.
+        lost += 1;
+        if lost > RECONNECTS {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "lost obhostd {RECONNECTS} times while following step {id} ({ended}); the step goes on \
+                 in the daemon: follow it with `obhostctl steps watch --step {id} --until-done`"
+            )));
+        }
+        if format == Format::Text {
+            eprintln!(
+                "  lost obhostd while following {id} ({ended}); reconnecting ({lost} of {RECONNECTS})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Times the follow of one step reconnects before it gives up (~0.5 s apart,
+/// plus each attempt's connect timeout: long enough for a restart).
+const RECONNECTS: u32 = 60;
+
+enum Watched {
+    Done(pb::Step),
+    /// The stream ended cleanly before the step did; the last revision seen.
+    Ended(u64),
+}
+
+/// A daemon going away (restart, shutdown) or a watcher cut off for lagging:
+/// worth a new watch from the last revision seen.
+fn resumable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Aborted
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+    )
+}
+
+/// One watch of `id` after revision `after`, printing changes; the last
+/// revision seen comes back with an error, to resume from.
+async fn watch_once(
+    client: &mut Client,
+    id: &str,
+    after: u64,
+    began: Instant,
+    format: Format,
+    last: &mut (i32, String),
+) -> Result<Watched, (u64, tonic::Status)> {
+    let mut seen = after;
     let mut stream = client
         .watch_steps(pb::WatchStepsRequest {
             step_ids: vec![id.to_string()],
+            after_revision: after,
             ..Default::default()
         })
-        .await?
+        .await
+        .map_err(|s| (seen, s))?
         .into_inner();
-    let mut last = (0, String::new());
-    while let Some(item) = stream.message().await? {
+    while let Some(item) = stream.message().await.map_err(|s| (seen, s))? {
         let Some(step) = item.step else { continue };
+        seen = seen.max(step.revision);
         let now = (step.state, step.message.clone());
-        if format == Format::Text && now != last {
+        if format == Format::Text && now != *last {
             println!(
                 "  [{:>5.1}s] {:<24} {:<10} {}",
                 began.elapsed().as_secs_f64(),
@@ -233,14 +302,12 @@ pub async fn follow(
                 step.message
             );
         }
-        last = now;
+        *last = now;
         if output::is_terminal(&step) {
-            return Ok(step);
+            return Ok(Watched::Done(step));
         }
     }
-    Err(CliError::Other(anyhow::anyhow!(
-        "the watch on step {id} ended early"
-    )))
+    Ok(Watched::Ended(seen))
 }
 
 fn ms(t: &Option<pbjson_types::Timestamp>) -> serde_json::Value {
@@ -374,78 +441,93 @@ pub async fn start_observer(
         println!("Starting the observer of {} (DAG {dag}):", args.home);
     }
     let mut done: Vec<Option<pb::Step>> = vec![None, None, None, None];
-    for (i, id) in ids.iter().enumerate() {
-        match i {
-            0 => {
-                client
-                    .prepare(pb::PrepareRequest {
-                        meta: meta(id, &dag, None),
-                        observer: Some(spec.clone()),
-                        create_dirs: args.create_dirs,
-                        skip_checks: args.skip_checks.clone(),
-                        strict: args.strict,
-                    })
-                    .await?;
+    let steps = async {
+        for (i, id) in ids.iter().enumerate() {
+            match i {
+                0 => {
+                    client
+                        .prepare(pb::PrepareRequest {
+                            meta: meta(id, &dag, None),
+                            observer: Some(spec.clone()),
+                            create_dirs: args.create_dirs,
+                            skip_checks: args.skip_checks.clone(),
+                            strict: args.strict,
+                        })
+                        .await?;
+                }
+                1 => {
+                    client
+                        .start_observer(pb::StartObserverRequest {
+                            meta: meta(id, &dag, None),
+                            observer: Some(spec.clone()),
+                        })
+                        .await?;
+                }
+                2 => {
+                    client
+                        .wait_observer_active(pb::WaitObserverActiveRequest {
+                            meta: meta(id, &dag, args.wait_timeout),
+                            home_path: args.home.clone(),
+                            mysql_port: args.mysql_port.unwrap_or_default(),
+                            user: args.wait_user.clone().unwrap_or_default(),
+                            password: password.clone(),
+                            sql: args.wait_sql.clone().unwrap_or_default(),
+                        })
+                        .await?;
+                }
+                _ => {
+                    use pb::start_agent_service_request::Service;
+                    let service = if let Some(unit) = &args.agent_unit {
+                        Some(Service::SystemdUnit(unit.clone()))
+                    } else if let Some(program) = &args.agent_program {
+                        let mut argv = vec![program.clone()];
+                        argv.extend(args.agent_args.iter().cloned());
+                        Some(Service::Command(pb::ServiceCommand {
+                            argv,
+                            cwd: args.agent_cwd.clone().unwrap_or_default(),
+                            pid_file: args.agent_pid_file.clone().unwrap_or_default(),
+                            foreground: args.agent_foreground,
+                            ..Default::default()
+                        }))
+                    } else {
+                        None
+                    };
+                    let check = match (args.agent_tcp_port, &args.agent_http_url) {
+                        (Some(p), _) => Some(pb::health_check::Check::TcpPort(p)),
+                        (_, Some(u)) => Some(pb::health_check::Check::HttpUrl(u.clone())),
+                        _ => None,
+                    };
+                    client
+                        .start_agent_service(pb::StartAgentServiceRequest {
+                            meta: meta(id, &dag, None),
+                            service,
+                            health: check.map(|c| pb::HealthCheck { check: Some(c) }),
+                        })
+                        .await?;
+                }
             }
-            1 => {
-                client
-                    .start_observer(pb::StartObserverRequest {
-                        meta: meta(id, &dag, None),
-                        observer: Some(spec.clone()),
-                    })
-                    .await?;
+            let step = follow(client, id, began, format).await?;
+            let ok = step.state() == pb::StepState::Succeeded;
+            if !ok {
+                explain_failure(&step);
             }
-            2 => {
-                client
-                    .wait_observer_active(pb::WaitObserverActiveRequest {
-                        meta: meta(id, &dag, args.wait_timeout),
-                        home_path: args.home.clone(),
-                        mysql_port: args.mysql_port.unwrap_or_default(),
-                        user: args.wait_user.clone().unwrap_or_default(),
-                        password: password.clone(),
-                        sql: args.wait_sql.clone().unwrap_or_default(),
-                    })
-                    .await?;
-            }
-            _ => {
-                use pb::start_agent_service_request::Service;
-                let service = if let Some(unit) = &args.agent_unit {
-                    Some(Service::SystemdUnit(unit.clone()))
-                } else if let Some(program) = &args.agent_program {
-                    let mut argv = vec![program.clone()];
-                    argv.extend(args.agent_args.iter().cloned());
-                    Some(Service::Command(pb::ServiceCommand {
-                        argv,
-                        cwd: args.agent_cwd.clone().unwrap_or_default(),
-                        pid_file: args.agent_pid_file.clone().unwrap_or_default(),
-                        foreground: args.agent_foreground,
-                        ..Default::default()
-                    }))
-                } else {
-                    None
-                };
-                let check = match (args.agent_tcp_port, &args.agent_http_url) {
-                    (Some(p), _) => Some(pb::health_check::Check::TcpPort(p)),
-                    (_, Some(u)) => Some(pb::health_check::Check::HttpUrl(u.clone())),
-                    _ => None,
-                };
-                client
-                    .start_agent_service(pb::StartAgentServiceRequest {
-                        meta: meta(id, &dag, None),
-                        service,
-                        health: check.map(|c| pb::HealthCheck { check: Some(c) }),
-                    })
-                    .await?;
+            done[i] = Some(step);
+            if !ok {
+                break;
             }
         }
-        let step = follow(client, id, began, format).await?;
-        let ok = step.state() == pb::StepState::Succeeded;
-        if !ok {
-            explain_failure(&step);
-        }
-        done[i] = Some(step);
-        if !ok {
-            break;
+        Ok::<(), CliError>(())
+    };
+    // Ctrl-C stops following, not the steps: they go on in obhostd.
+    tokio::select! {
+        r = steps => r?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "\ninterrupted: the steps go on in obhostd. Follow them with \
+                 `obhostctl steps watch --dag-id {dag}`, or run this command again with \
+                 --dag-id {dag} (steps already done are not run again)"
+            );
+            return Ok(ExitCode::from(130));
         }
     }
     let ok = done.iter().all(|s| {

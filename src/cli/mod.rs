@@ -155,7 +155,7 @@ impl CliError {
 }
 
 /// gRPC codes as the API docs spell them (NOT_FOUND, ALREADY_EXISTS, ...).
-fn code_name(code: tonic::Code) -> String {
+pub(crate) fn code_name(code: tonic::Code) -> String {
     let camel = format!("{code:?}");
     let mut out = String::new();
     for (i, c) in camel.chars().enumerate() {

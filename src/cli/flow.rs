@@ -218,7 +218,7 @@ pub async fn follow(
     let mut lost = 0;
     loop {
         let ended = match watch_once(client, id, after, began, format, &mut last).await {
-            Ok(Watched::Done(step)) => return Ok(step),
+            Ok(Watched::Done(step)) => return Ok(*step),
             Ok(Watched::Ended(rev)) => {
                 after = after.max(rev);
                 "the daemon ended the watch".to_string()
@@ -252,7 +252,7 @@ pub async fn follow(
 const RECONNECTS: u32 = 60;
 
 enum Watched {
-    Done(pb::Step),
+    Done(Box<pb::Step>),
     /// The stream ended cleanly before the step did; the last revision seen.
     Ended(u64),
 }
@@ -304,7 +304,7 @@ async fn watch_once(
         }
         *last = now;
         if output::is_terminal(&step) {
-            return Ok(Watched::Done(step));
+            return Ok(Watched::Done(Box::new(step)));
         }
     }
     Ok(Watched::Ended(seen))

@@ -256,7 +256,7 @@ async fn ctrl_c_leaves_the_steps_running_and_says_how_to_reattach() {
     let home_s = home.path().display().to_string();
     let port = home.mysql_port.to_string();
     let rpc = (home.mysql_port + 1).to_string();
-    let mut child = std::process::Command::new(OBHOSTCTL)
+    let child = std::process::Command::new(OBHOSTCTL)
         .args([
             "--addr",
             &d.addr,

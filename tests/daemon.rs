@@ -386,3 +386,54 @@ async fn ready_is_sent_only_once_state_is_loaded_and_resolved() {
     assert_eq!(running.error.unwrap().code, "INTERRUPTED");
     drop(starter.join().unwrap());
 }
+
+/// obhostd's first log lines up to "listening", with `format` and extra env.
+fn first_log_lines(format: &str, env: &[(&str, &str)]) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(OBHOSTD);
+    cmd.arg("--listen")
+        .arg(format!("unix:{}", tmp.path().join("s.sock").display()))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(["--log-format", format])
+        .env_remove("JOURNAL_STREAM")
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+/// Off a terminal no colour codes; under journald no timestamp of our own
+/// (the journal stamps each line).
+#[test]
+fn logs_fit_a_file_and_the_journal() {
+    let plain = first_log_lines("text", &[]);
+    assert!(plain.iter().all(|l| !l.contains('\x1b')), "{plain:?}");
+    assert!(
+        plain[0].starts_with("20"),
+        "a file gets timestamps: {plain:?}"
+    );
+    let journal = first_log_lines("text", &[("JOURNAL_STREAM", "8:12345")]);
+    assert!(journal.iter().all(|l| !l.contains('\x1b')), "{journal:?}");
+    assert!(
+        journal.iter().all(|l| !l.trim_start().starts_with("20")),
+        "the journal stamps lines itself: {journal:?}"
+    );
+    let json = first_log_lines("json", &[("JOURNAL_STREAM", "8:12345")]);
+    let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert!(first.get("timestamp").is_none(), "{first}");
+}

@@ -99,15 +99,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs on stderr, fit for where stderr goes: colour only on a terminal (in a
+/// file or the journal escape codes are noise), and under systemd
+/// (`JOURNAL_STREAM` set) no timestamp of our own, since journald stamps
+/// every line.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    match (format, journald) {
+        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Json, false) => builder.json().flatten_event(true).init(),
+        (LogFormat::Json, true) => builder.json().flatten_event(true).without_time().init(),
     }
 }
 

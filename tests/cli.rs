@@ -264,6 +264,12 @@ fn step_ids_are_comma_separated_and_counted() {
             home.path().to_str().unwrap(),
             "--step-ids",
             "b1,b2,b3,b4",
+            "--zone",
+            "z1",
+            "--cluster-name",
+            "c",
+            "--cluster-id",
+            "1",
         ],
     );
     // Accepted as four ids: the flow ran and named them (it may fail later

@@ -178,3 +178,30 @@ async fn a_dir_the_user_cannot_write_fails_with_the_chown_fix() {
     assert_eq!(c.status(), pb::CheckStatus::Fail);
     assert!(c.hint.contains("chown -R obhosttest:obhosttest"), "{c:?}");
 }
+
+/// A first start without the cluster's identity is refused by Prepare itself,
+/// before it creates a single directory (StartObserver would refuse it later).
+#[tokio::test]
+async fn a_first_start_without_zone_or_cluster_is_refused_before_any_dir_exists() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let mut spec = home.spec();
+    spec.home_path = home.path().join("new-ob").display().to_string();
+    spec.zone.clear();
+    spec.cluster_name.clear();
+    spec.cluster_id = 0;
+    let err = d
+        .client()
+        .await
+        .prepare(pb::PrepareRequest {
+            meta: Some(meta("first-start")),
+            observer: Some(spec),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("observer.zone"), "{}", err.message());
+    assert!(!home.path().join("new-ob").exists());
+}

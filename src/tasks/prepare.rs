@@ -94,14 +94,17 @@ pub struct PrepareParams {
 }
 
 /// A Prepare request's parameters, checked before any step exists: the binary
-/// and the dirs are checks of the step, not preconditions, but every
-/// `skip_checks` name must be a check.
+/// and the dirs are checks of the step, not preconditions, but a first start's
+/// cluster identity must be there and every `skip_checks` name must be a check.
 pub fn resolve(
     observer: ObserverSpec,
     create_dirs: bool,
     skip_checks: Vec<String>,
     strict: bool,
 ) -> Result<PrepareParams, SpecError> {
+    // What StartObserver will refuse is refused here, before Prepare creates
+    // a single directory for a start that cannot happen.
+    observer.check_first_start()?;
     if let Some(bad) = skip_checks.iter().find(|n| check(n).is_none()) {
         return Err(SpecError::Invalid(format!(
             "skip_checks names '{}', which is not a check; the checks are: {}",

@@ -1,0 +1,60 @@
+//! The `/metrics` endpoint: its own small HTTP/1 server (axum) on
+//! `[metrics] listen`, never the gRPC port, so scraping needs neither the
+//! token nor a client certificate and cannot reach a gRPC method. Every other
+//! path is 404.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Metrics;
+
+/// The OpenMetrics text format's content type.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds `addr` and serves until `shutdown`. Returns once bound, so a bind
+/// error stops the daemon's start with a message naming the address. Logs
+/// "metrics listening" with the bound address (tests bind port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for metrics on '{addr}'; free the port or change [metrics] listen")
+    })?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(metrics);
+    info!(addr = %bound, "metrics listening");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// Encodes on a blocking thread: the scrape reads /proc and the store.
+async fn scrape(axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>) -> Response {
+    match tokio::task::spawn_blocking(move || metrics.encode()).await {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
+        }
+        Err(e) => {
+            warn!(error = %e, "metrics scrape failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "metrics scrape failed\n").into_response()
+        }
+    }
+}

@@ -471,3 +471,44 @@ fn no_metrics_section_no_metrics_listener() {
         d.log_text()
     );
 }
+
+/// Retention forgets finished steps without a change event: the gauge follows
+/// the store all the same.
+#[tokio::test]
+async fn pruned_steps_leave_the_gauge() {
+    let d = Daemon::start_with(Options {
+        config: format!(
+            "{METRICS_ON_ANY_PORT}[retention]\nmax_steps = 2\nprune_interval = \"100ms\"\n"
+        ),
+        ..Options::default()
+    });
+    let addr = metrics_addr(&d);
+    for i in 0..5 {
+        let id = format!("step-{i}");
+        run_test_step(&d, test_step(&id, 0.0)).await;
+        wait_terminal(&d, &id).await;
+    }
+    let s = scrape_until(&addr, "the gauge down to what retention keeps", |s| {
+        get(
+            s,
+            "obhost_steps",
+            &[("kind", "TEST"), ("state", "SUCCEEDED")],
+        ) == Some(2.0)
+    })
+    .await;
+    // The counters keep the history.
+    assert_eq!(
+        get(&s, "obhost_steps_started_total", &[("kind", "TEST")]),
+        Some(5.0)
+    );
+    let listed = d
+        .client()
+        .await
+        .list_steps(pb::ListStepsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .steps
+        .len();
+    assert_eq!(listed, 2);
+}

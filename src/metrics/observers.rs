@@ -89,10 +89,13 @@ fn usage(pid: i32) -> Option<(u64, f64)> {
     Some((rss_pages * page, (utime + stime) as f64 / ticks))
 }
 
+/// How a gauge reads its value from a sample (None: no sample line).
+type Value = fn(&Sample) -> Option<f64>;
+
 impl collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let gauges: [(&str, &str, fn(&Sample) -> Option<f64>); 4] = [
+        let gauges: [(&str, &str, Value); 4] = [
             (
                 "obhost_observer_up",
                 "1 while the observer obhostd started (or re-adopted) for this home runs",

@@ -336,7 +336,8 @@ async fn steps_and_calls_move_the_parsed_metrics() {
     .await;
 }
 
-/// Steps already in the store at start are in the gauge, not in the counters.
+/// Steps already in the store at start are in the gauge, not in the counters
+/// (they were counted by the process that ran them).
 #[tokio::test]
 async fn a_restart_counts_stored_steps_but_not_as_new_starts() {
     let (d, addr) = metrics_daemon();
@@ -346,19 +347,8 @@ async fn a_restart_counts_stored_steps_but_not_as_new_starts() {
         get(s, "obhost_steps_started_total", &[("kind", "TEST")]) == Some(1.0)
     })
     .await;
-    let state_dir = d.state_dir.clone();
-    let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("obhostd.toml");
-    std::fs::write(&config, METRICS_ON_ANY_PORT).unwrap();
-    let mut d = d;
-    d.signal(nix::sys::signal::Signal::SIGTERM);
-    d.wait_exit(Duration::from_secs(20))
-        .expect("obhostd stopped");
-    let d = Daemon::start_with(Options {
-        config: METRICS_ON_ANY_PORT.into(),
-        state_dir: Some(state_dir),
-        ..Options::default()
-    });
+    // A crash, then the same state dir and config.
+    let d = d.restart_after_kill9();
     let addr = metrics_addr(&d);
     let s = scrape_until(&addr, "the stored step seeded", |s| {
         get(
@@ -370,6 +360,15 @@ async fn a_restart_counts_stored_steps_but_not_as_new_starts() {
     .await;
     assert_eq!(
         get(&s, "obhost_steps_started_total", &[("kind", "TEST")]),
+        None,
+        "{s:#?}"
+    );
+    assert_eq!(
+        get(
+            &s,
+            "obhost_steps_finished_total",
+            &[("kind", "TEST"), ("state", "SUCCEEDED"), ("code", "")]
+        ),
         None,
         "{s:#?}"
     );

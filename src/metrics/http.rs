@@ -31,7 +31,10 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
-        .with_state(metrics);
+        .with_state(Scrape {
+            metrics,
+            one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
+        });
     info!(addr = %bound, "metrics listening");
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -44,8 +47,21 @@ pub async fn serve(
     Ok(bound)
 }
 
+#[derive(Clone)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    /// One scrape on the blocking pool at a time; others wait here, on the
+    /// runtime, so a flood of scrapes cannot take the threads GetStep and
+    /// ListSteps read the store on.
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
+}
+
 /// Encodes on a blocking thread: the scrape reads /proc and the store.
-async fn scrape(axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>) -> Response {
+async fn scrape(axum::extract::State(s): axum::extract::State<Scrape>) -> Response {
+    let Ok(_turn) = s.one_at_a_time.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    let metrics = s.metrics.clone();
     match tokio::task::spawn_blocking(move || metrics.encode()).await {
         Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Ok(Err(e)) => {

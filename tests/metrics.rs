@@ -511,3 +511,42 @@ async fn pruned_steps_leave_the_gauge() {
         .len();
     assert_eq!(listed, 2);
 }
+
+/// Idle connections cannot pile up: past the cap a new one is closed at once,
+/// and the port serves again once they go.
+#[test]
+fn idle_connections_are_capped() {
+    let (_d, addr) = metrics_daemon();
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    // Let the daemon accept them all before the next one.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&addr).expect("connect");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a ninth idle connection was kept open: {other:?}"),
+    }
+    drop(idle);
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no scrape after the idle connections went: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

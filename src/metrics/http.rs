@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{StatusCode, header};
@@ -16,6 +17,14 @@ use super::Metrics;
 
 /// The OpenMetrics text format's content type.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Connections served at once; more are closed as they are accepted, so
+/// anyone who can reach the port (any local user on loopback) cannot take
+/// obhostd's file descriptors with idle connections.
+pub const MAX_CONNECTIONS: usize = 8;
+/// A connection serves one request (no keep-alive) within this bound, so a
+/// client that sends nothing frees its slot.
+const CONNECTION_BOUND: Duration = Duration::from_secs(10);
 
 /// Binds `addr` and serves until `shutdown`. Returns once bound, so a bind
 /// error stops the daemon's start with a message naming the address. Logs
@@ -36,15 +45,47 @@ pub async fn serve(
             one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
         });
     info!(addr = %bound, "metrics listening");
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "metrics server stopped");
-        }
-    });
+    tokio::spawn(accept_loop(listener, app, shutdown));
     Ok(bound)
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of fds or the like: pause rather than spin.
+                warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = tokio::time::timeout(CONNECTION_BOUND, conn) => {}
+            }
+            drop(slot);
+        });
+    }
 }
 
 #[derive(Clone)]

@@ -214,3 +214,121 @@ async fn seed(metrics: &Arc<Metrics>, store: &Store) {
         after = cursor;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::steps::{StepError, StepSpec};
+
+    fn record(id: &str, state: StepState, attempt: u32, revision: u64) -> StepRecord {
+        let now = SystemTime::now();
+        StepRecord {
+            spec: StepSpec {
+                id: id.into(),
+                dag_id: String::new(),
+                kind: StepKind::Test,
+                name: "t".into(),
+                timeout: Duration::from_secs(30),
+                params: serde_json::Value::Null,
+            },
+            state,
+            attempt,
+            revision,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: state.is_terminal().then_some(now),
+            deadline: now + Duration::from_secs(30),
+            message: String::new(),
+            error: (state == StepState::Failed).then(|| StepError {
+                code: "BOOM".into(),
+                message: "m".into(),
+                details: Default::default(),
+                log_tail: Vec::new(),
+            }),
+            outputs: Default::default(),
+            checks: Vec::new(),
+        }
+    }
+
+    fn steps(m: &Metrics, state: &str) -> i64 {
+        gauge(
+            &m.steps,
+            StepKind::Test,
+            match state {
+                "RUNNING" => StepState::Running,
+                "PENDING" => StepState::Pending,
+                "FAILED" => StepState::Failed,
+                _ => StepState::Succeeded,
+            },
+        )
+        .get()
+    }
+
+    fn started(m: &Metrics) -> u64 {
+        m.steps_started
+            .get_or_create(&KindLabels {
+                kind: "TEST".into(),
+            })
+            .get()
+    }
+
+    fn finished(m: &Metrics, state: &str, code: &str) -> u64 {
+        m.steps_finished
+            .get_or_create(&Finished {
+                kind: "TEST".into(),
+                state: state.into(),
+                code: code.into(),
+            })
+            .get()
+    }
+
+    /// A retried step counts each attempt's start and end once, and the
+    /// gauge holds it in one state only; a repeated or older record changes
+    /// nothing.
+    #[test]
+    fn a_retry_counts_each_attempt_once() {
+        let m = Metrics::new();
+        let mut t = Tracker::default();
+        t.apply(&record("a", StepState::Running, 1, 1), &m, true);
+        t.apply(&record("a", StepState::Running, 1, 2), &m, true);
+        t.apply(&record("a", StepState::Failed, 1, 3), &m, true);
+        t.apply(&record("a", StepState::Running, 1, 2), &m, true);
+        assert_eq!((started(&m), finished(&m, "FAILED", "BOOM")), (1, 1));
+        t.apply(&record("a", StepState::Pending, 2, 4), &m, true);
+        assert_eq!((steps(&m, "FAILED"), steps(&m, "PENDING")), (0, 1));
+        t.apply(&record("a", StepState::Running, 2, 5), &m, true);
+        t.apply(&record("a", StepState::Succeeded, 2, 6), &m, true);
+        assert_eq!(started(&m), 2);
+        assert_eq!(finished(&m, "SUCCEEDED", ""), 1);
+        assert_eq!(
+            (
+                steps(&m, "RUNNING"),
+                steps(&m, "PENDING"),
+                steps(&m, "SUCCEEDED")
+            ),
+            (0, 0, 1)
+        );
+    }
+
+    /// Pruning takes the oldest finished steps out of the gauge, never a
+    /// running one, and never more than the store lost.
+    #[test]
+    fn reconcile_drops_the_oldest_finished() {
+        let m = Metrics::new();
+        let mut t = Tracker::default();
+        t.apply(&record("old", StepState::Succeeded, 1, 1), &m, false);
+        t.apply(&record("run", StepState::Running, 1, 2), &m, false);
+        t.apply(&record("new", StepState::Succeeded, 1, 3), &m, false);
+        t.reconcile(3, &m.steps);
+        assert_eq!(steps(&m, "SUCCEEDED"), 2);
+        t.reconcile(2, &m.steps);
+        assert_eq!((steps(&m, "SUCCEEDED"), steps(&m, "RUNNING")), (1, 1));
+        assert!(t.steps.contains_key("new") && !t.steps.contains_key("old"));
+        t.reconcile(0, &m.steps);
+        assert_eq!((steps(&m, "SUCCEEDED"), steps(&m, "RUNNING")), (0, 1));
+        // Seeding counted nothing.
+        assert_eq!((started(&m), finished(&m, "SUCCEEDED", "")), (0, 0));
+    }
+}

@@ -11,13 +11,16 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
+/// What obhostd serves: reflection describes these and nothing else.
 const V1: &[&str] = &[
     "proto/obhost/v1/steps.proto",
     "proto/obhost/v1/observer.proto",
     "proto/obhost/v1/host.proto",
     "proto/obhost/v1/host_agent.proto",
-    "proto/obhost/v1/step_reporter.proto",
 ];
+/// The service obhostd calls (the orchestrator serves it): compiled for the
+/// client and for `obhostctl report-sink`, but never listed by reflection.
+const REPORTER: &str = "proto/obhost/v1/step_reporter.proto";
 const TESTING: &str = "proto/obhost/testing/v1/testing.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,11 +30,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let v1 = protox::compile(V1, ["proto"])?;
     std::fs::write(out.join("obhost_v1_descriptor.bin"), v1.encode_to_vec())?;
 
+    let mut served: Vec<&str> = V1.to_vec();
+    served.push(TESTING);
+    let served = protox::compile(served, ["proto"])?;
+    std::fs::write(
+        out.join("obhost_all_descriptor.bin"),
+        served.encode_to_vec(),
+    )?;
+
     let mut all_files: Vec<&str> = V1.to_vec();
     all_files.push(TESTING);
+    all_files.push(REPORTER);
     let all = protox::compile(all_files, ["proto"])?;
     let all_bytes = all.encode_to_vec();
-    std::fs::write(out.join("obhost_all_descriptor.bin"), &all_bytes)?;
 
     tonic_prost_build::configure()
         // pbjson_types carries serde for Timestamp/Duration; prost-build only lets

@@ -4,7 +4,7 @@
 //!     cargo bench --bench host            # the full run (a few minutes)
 //!     cargo bench --bench host -- --quick # smaller sizes, for a smoke run
 //!     cargo bench --bench host -- --only history,creation  # some groups:
-//!         getstep, watch, readiness, flow, history, creation
+//!         getstep, watch, readiness, flow, history, creation, report
 //!
 //! It drives the real release `obhostd` (built with the test-only step kind,
 //! as the integration tests are: benches share their dev-dependencies) over the
@@ -35,6 +35,9 @@ struct Sizes {
     watch_steps: usize,
     readiness_delays: Vec<u64>,
     flows: usize,
+    /// Report latency: obhostd instances, and steps each.
+    report_agents: usize,
+    report_steps: usize,
     stored: usize,
     record_bytes: usize,
     create_for: Duration,
@@ -48,6 +51,8 @@ impl Sizes {
                 watch_steps: 20,
                 readiness_delays: vec![1300, 1400],
                 flows: 1,
+                report_agents: 5,
+                report_steps: 5,
                 stored: 2_000,
                 record_bytes: 6_000,
                 create_for: Duration::from_millis(500),
@@ -58,6 +63,8 @@ impl Sizes {
                 watch_steps: 200,
                 readiness_delays: (0..10).map(|i| 1300 + i * 50).collect(),
                 flows: 5,
+                report_agents: 100,
+                report_steps: 40,
                 stored: 100_000,
                 record_bytes: 6_000,
                 create_for: Duration::from_secs(3),
@@ -111,6 +118,10 @@ fn main() {
         }
         if wanted("creation") {
             rows.extend(step_creation(&sizes).await);
+        }
+        if wanted("report") {
+            rows.extend(report_latency(1, sizes.report_steps * 5).await);
+            rows.extend(report_latency(sizes.report_agents, sizes.report_steps).await);
         }
     });
     print(&rows, quick);
@@ -880,4 +891,134 @@ async fn step_creation(sizes: &Sizes) -> Vec<Row> {
             pass: many >= 5000.0,
         },
     ]
+}
+
+// ---- g. reporting: finished -> the orchestrator's sink has it --------------
+
+/// (agent, step id, revision, when it arrived).
+type Arrival = (String, String, u64, SystemTime);
+
+/// A StepReporter that notes when each change arrived.
+#[derive(Default, Clone)]
+struct Sink {
+    got: std::sync::Arc<std::sync::Mutex<Vec<Arrival>>>,
+}
+
+#[tonic::async_trait]
+impl obhost::proto::v1::step_reporter_server::StepReporter for Sink {
+    async fn report_steps(
+        &self,
+        request: Request<pb::ReportStepsRequest>,
+    ) -> Result<Response<pb::ReportStepsResponse>, Status> {
+        let now = SystemTime::now();
+        let req = request.into_inner();
+        let mut got = self.got.lock().expect("sink");
+        for s in req.steps {
+            got.push((req.agent_id.clone(), s.id, s.revision, now));
+        }
+        Ok(Response::new(pb::ReportStepsResponse {}))
+    }
+}
+
+/// `agents` obhostd instances report to one sink while a watcher on each
+/// follows the same steps: for every step's end, finished_at -> the sink has
+/// it, against finished_at -> the watcher has it, in the same run.
+async fn report_latency(agents: usize, steps: usize) -> Vec<Row> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let sink = Sink::default();
+    let server = sink.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(obhost::proto::v1::step_reporter_server::StepReporterServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let mut daemons = Vec::new();
+    for i in 0..agents {
+        daemons.push(tcp_daemon(
+            &format!("[report]\nendpoint = \"http://127.0.0.1:{port}\"\nagent_id = \"a{i}\"\n"),
+            None,
+        ));
+    }
+    // One watcher per instance; each step's end as the watcher got it.
+    let watched = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for (i, (d, _)) in daemons.iter().enumerate() {
+        let mut w = client(&d.addr)
+            .await
+            .watch_steps(pb::WatchStepsRequest::default())
+            .await
+            .expect("WatchSteps")
+            .into_inner();
+        let out = watched.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = w.message().await {
+                let now = SystemTime::now();
+                if let Some(s) = m.step.filter(is_terminal) {
+                    out.lock()
+                        .expect("watched")
+                        .push((format!("a{i}"), s.id, s.finished_at, now));
+                }
+            }
+        });
+    }
+    // Every instance runs its steps at once, spaced a little.
+    let mut runs = Vec::new();
+    for (d, _) in &daemons {
+        let addr = d.addr.clone();
+        runs.push(tokio::spawn(async move {
+            let mut t = testing(&addr).await;
+            for k in 0..steps {
+                let mut req = tpb::RunTestStepRequest {
+                    meta: Some(meta(&format!("r-{k}"))),
+                    ..Default::default()
+                };
+                req.run_for = Some(secs(0.0));
+                t.run_test_step(req).await.expect("RunTestStep");
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(5..40))).await;
+            }
+        }));
+    }
+    for r in runs {
+        r.await.expect("runs");
+    }
+    let want = agents * steps;
+    let end = Instant::now() + Duration::from_secs(60);
+    let (mut report, mut watch) = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let watched = watched.lock().expect("watched").clone();
+        let got = sink.got.lock().expect("sink").clone();
+        let mut report = Vec::new();
+        let mut watch = Vec::new();
+        for (agent, id, finished, seen) in &watched {
+            watch.push(since(finished.as_ref(), *seen));
+            // The end is the step's last change: the sink's first copy of it
+            // (a resent batch may bring it again).
+            let mine = got.iter().filter(|(a, i, _, _)| a == agent && i == id);
+            let last = mine.clone().map(|(_, _, rev, _)| *rev).max();
+            let first = mine
+                .filter(|(_, _, rev, _)| Some(*rev) == last)
+                .map(|(_, _, _, at)| *at)
+                .min();
+            if let Some(at) = first {
+                report.push(since(finished.as_ref(), at));
+            }
+        }
+        if report.len() >= want || Instant::now() > end {
+            break (report, watch);
+        }
+    };
+    report.sort();
+    watch.sort();
+    let (r50, w50) = (percentile(&report, 0.5), percentile(&watch, 0.5));
+    vec![Row {
+        figure: format!("report: finished -> sink, {agents} agent(s), p50 (p99)"),
+        value: format!("{} ({})", ms(r50), ms(percentile(&report, 0.99))),
+        baseline: format!("WatchSteps {}", ms(w50)),
+        ratio: Some(r50.as_secs_f64() / w50.as_secs_f64().max(1e-9)),
+        target: "(batch_delay 100 ms)".into(),
+        pass: report.len() >= want,
+    }]
 }

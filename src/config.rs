@@ -339,11 +339,84 @@ pub struct LocalAccess {
     pub socket_gid: Option<u32>,
 }
 
+/// Where and how obhostd pushes step changes (see `crate::report`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
+    /// `https://host:port`, or `http://` to loopback only.
     pub endpoint: String,
+    /// Default: the host name.
     pub agent_id: Option<String>,
+    /// Changes per ReportSteps call at most.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// How long the first unsent change waits for others to join its batch.
+    #[serde(default = "default_batch_delay", with = "humantime_serde")]
+    pub batch_delay: Duration,
+    /// The longest pause between two attempts after failures.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Changes kept until acknowledged; past it the oldest are dropped (and
+    /// the next batch says how many).
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked: usize,
+    /// CA certificates that sign the orchestrator's (PEM); needed for https.
+    pub ca_file: Option<PathBuf>,
+    /// obhostd's client certificate and key (PEM), for mTLS to the orchestrator.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_batch_max() -> usize {
+    256
+}
+fn default_batch_delay() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_unacked() -> usize {
+    100_000
+}
+
+impl ReportConfig {
+    /// The endpoint's URI, or why it cannot be used: plain http would carry
+    /// every step (outputs, homes) in clear, so only to this host.
+    pub fn check(&self) -> Result<(), String> {
+        let e = crate::bounds::quote(&self.endpoint);
+        let uri: tonic::transport::Uri = self.endpoint.parse().map_err(|err| {
+            format!(
+                "[report] endpoint '{e}' is not a URI ({err}); write e.g. https://ocp.example:62950"
+            )
+        })?;
+        let host = uri.host().unwrap_or("");
+        match uri.scheme_str() {
+            Some("https") if self.ca_file.is_none() => Err(format!(
+                "[report] endpoint '{e}' is https but ca_file is not set; set ca_file to the CA that signs                  the orchestrator's certificate (or /etc/ssl/certs/ca-certificates.crt for a public CA)"
+            )),
+            Some("https") => Ok(()),
+            Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") => Ok(()),
+            Some("http") => Err(format!(
+                "[report] endpoint '{e}' is plain http to another host; use https:// with ca_file                  (http:// only to 127.0.0.1)"
+            )),
+            _ => Err(format!(
+                "[report] endpoint '{e}' must start with https:// (or http:// to 127.0.0.1)"
+            )),
+        }?;
+        if uri.port_u16().is_none() {
+            return Err(format!(
+                "[report] endpoint '{e}' needs a port, e.g. https://ocp.example:62950"
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("[report] cert_file and key_file go together (mTLS to the orchestrator); set both or neither".into());
+        }
+        if self.batch_max == 0 || self.max_unacked == 0 {
+            return Err("[report] batch_max and max_unacked must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -573,12 +646,8 @@ impl Config {
                 }
             }
         }
-        if self.report.is_some() {
-            return invalid(
-                "[report] is not supported by this version of obhostd yet; remove the section and \
-                 follow steps with WatchSteps"
-                    .into(),
-            );
+        if let Some(report) = &self.report {
+            report.check().map_err(ConfigError::Invalid)?;
         }
         if let Some(m) = &self.metrics
             && !m.listen.ip().is_loopback()

@@ -41,6 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_active_steps: config.limits.max_active_steps,
         max_watchers: config.limits.max_watchers,
         cache_bytes: config.store.cache_mib << 20,
+        outbox: config.report.as_ref().map_or(0, |r| r.max_unacked),
     };
     prepare_state_dir(&state_dir)?;
     // The store first (the registry keeps its table there), then reaping and
@@ -70,6 +71,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         policy: policy.clone(),
     });
     let engine = opened.start(Tasks::new(deps), shutdown.clone()).await?;
+    if let Some(report) = &config.report {
+        crate::report::Reporter::new(report, engine.outgoing())?.spawn(shutdown.clone());
+    }
     restrict_state_files(&state_dir);
     let metrics = Metrics::new();
     let sources = crate::metrics::Sources {

@@ -16,5 +16,6 @@ pub mod observer;
 pub mod probe;
 pub mod process;
 pub mod proto;
+pub mod report;
 pub mod steps;
 pub mod tasks;

@@ -142,6 +142,14 @@ fn demo_runs_end_to_end_and_cleans_up() {
         "{out}"
     );
     assert!(out.contains("observer: running=true"), "{out}");
+    // What obhostd pushed to the demo's report-sink, the stop's end included.
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("    pushed to the orchestrator: demo-host")
+                && l.contains("demo-stop SUCCEEDED")
+        ),
+        "{out}"
+    );
     assert!(
         !std::path::Path::new(&dir).exists(),
         "demo left {dir} behind"
@@ -180,4 +188,145 @@ fn demo_runs_the_real_seekdb_kernel_through_the_wrapper() {
             "{step} did not succeed:\n{out}"
         );
     }
+}
+
+/// Default ids are unique: two stops on two homes in the same second are two
+/// steps, not an ALREADY_EXISTS for the second.
+#[test]
+fn default_step_ids_never_collide() {
+    let d = Daemon::start();
+    let (a, b) = (Home::new(), Home::new());
+    for home in [&a, &b] {
+        let (code, out, err) = obhostctl(
+            Some(&d),
+            &["stop-observer", "--home", home.path().to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(!err.contains("ALREADY_EXISTS"), "{err}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let steps = rt.block_on(async {
+        d.client()
+            .await
+            .list_steps(obhost::proto::v1::ListStepsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .steps
+    });
+    let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.iter().all(|id| id.starts_with("stop-")), "{ids:?}");
+}
+
+/// Waiting for a step that does not exist ends at once with NOT_FOUND.
+#[test]
+fn watching_an_unknown_step_until_done_fails_at_once() {
+    let d = Daemon::start();
+    let started = std::time::Instant::now();
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--step", "does-not-exist", "--until-done"],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("NOT_FOUND") && err.contains("does-not-exist"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// `--step-ids` takes the four ids comma-separated, as its help says.
+#[test]
+fn step_ids_are_comma_separated_and_counted() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let (code, _out, err) = obhostctl(
+        Some(&d),
+        &[
+            "start-observer",
+            "--home",
+            home.path().to_str().unwrap(),
+            "--step-ids",
+            "a1,a2,a3",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--step-ids needs 4 ids") && err.contains("got 3"),
+        "{err}"
+    );
+    let (_, _, err) = obhostctl(
+        Some(&d),
+        &[
+            "start-observer",
+            "--home",
+            home.path().to_str().unwrap(),
+            "--step-ids",
+            "b1,b2,b3,b4",
+        ],
+    );
+    // Accepted as four ids: the flow ran and named them (it may fail later
+    // on this bare home, which is not what is tested here).
+    assert!(
+        !err.contains("unexpected") && !err.contains("--step-ids needs"),
+        "{err}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first = rt.block_on(async {
+        d.client()
+            .await
+            .get_step(obhost::proto::v1::GetStepRequest {
+                step_id: "b1".into(),
+            })
+            .await
+    });
+    assert!(first.is_ok(), "step b1 was not created: {err}");
+}
+
+/// Every option of every subcommand says what it is, and no default shown is
+/// a placeholder ("" or 0) standing in for "unset".
+#[test]
+fn help_documents_every_option_with_real_defaults() {
+    let subcommands: &[&[&str]] = &[
+        &["start-observer"],
+        &["stop-observer"],
+        &["observer"],
+        &["host"],
+        &["report-sink"],
+        &["demo"],
+        &["steps", "list"],
+        &["steps", "get"],
+        &["steps", "watch"],
+        &["steps", "cancel"],
+        &["steps", "retry"],
+    ];
+    for sub in subcommands {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let (code, out, err) = obhostctl(None, &args);
+        assert_eq!(code, 0, "{sub:?}: {err}");
+        assert!(
+            !out.contains("[default: \"\"]") && !out.contains("[default: 0]"),
+            "{sub:?} shows a placeholder default:\n{out}"
+        );
+        // An option's text is on its line (after two spaces) or, in the long
+        // form, on the next.
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let is_arg = line.starts_with("  ") && (t.starts_with('-') || t.starts_with('<'));
+            if !is_arg {
+                continue;
+            }
+            let same_line = t
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let next = lines.get(i + 1).map_or("", |l| l.trim());
+            let next_line = !next.is_empty() && !next.starts_with('-') && !next.starts_with('<');
+            assert!(same_line || next_line, "{sub:?}: '{t}' has no help:\n{out}");
+        }
+    }
+    let (_, out, _) = obhostctl(None, &["start-observer", "--help"]);
+    assert!(out.contains("[default: 2881]"), "{out}");
 }

@@ -95,6 +95,11 @@ async fn reflection_lists_the_host_agent() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+    // StepReporter is what obhostd calls, not what it serves.
+    assert!(
+        !names.iter().any(|n| n.contains("StepReporter")),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]

@@ -7,17 +7,20 @@ mod common;
 use common::*;
 
 /// The stand-in observer plays the OCP agent: a foreground process with a port.
+/// Its arguments come first: flags after them are still obhostctl's.
 fn agent_args(dir: &std::path::Path, port: u16) -> Vec<String> {
     vec![
+        "--agent-program".into(),
+        FAKE_OBSERVER.into(),
+        "--agent-arg=-N".into(),
+        "--agent-arg".into(),
+        "-p".into(),
+        "--agent-arg".into(),
+        port.to_string(),
         "--agent-cwd".into(),
         dir.display().to_string(),
         "--agent-foreground".into(),
         "--agent-tcp-port".into(),
-        port.to_string(),
-        "--agent-cmd".into(),
-        FAKE_OBSERVER.into(),
-        "-N".into(),
-        "-p".into(),
         port.to_string(),
     ]
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::tls::Ca;
 use common::*;
 use nix::sys::signal::Signal;
 use obhost::proto::v1 as pb;
@@ -518,51 +519,6 @@ async fn sighup_rotates_the_token() {
 }
 
 // ---- TLS --------------------------------------------------------------------
-
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, name.to_string());
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        Ca {
-            issuer: rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap())
-                .unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A leaf (cert PEM, key PEM) for `sans`, named `cn`; `expired` ended in 2021.
-    fn leaf(&self, cn: &str, sans: &[&str], expired: bool) -> (String, String) {
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut p = rcgen::CertificateParams::new(sans).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, cn.to_string());
-        p.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// A TLS daemon's files in a temp dir: server cert for `server_names`, client CA.
 struct TlsFiles {

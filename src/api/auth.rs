@@ -243,9 +243,22 @@ pub struct PeerCheck(pub Arc<Access>);
 
 impl tonic::service::Interceptor for PeerCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.0.admit(request.extensions().get::<Peer>())?;
+        let peer = request.extensions().get::<Peer>();
+        self.0.admit(peer).inspect_err(|e| refused(peer, e))?;
         Ok(request)
     }
+}
+
+/// A caller turned away before any service saw the call: part of the audit
+/// trail (see [`super::audit`]).
+fn refused(peer: Option<&Peer>, e: &Status) {
+    tracing::warn!(
+        audit = true,
+        caller = %super::audit::caller(peer),
+        code = ?e.code(),
+        reason = e.message(),
+        "refused"
+    );
 }
 
 /// Runs before HostAgent (and the test service): the bearer token over TCP.
@@ -254,7 +267,9 @@ pub struct Interceptor(pub Arc<Access>);
 
 impl tonic::service::Interceptor for Interceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.0.check_token(&request)?;
+        self.0
+            .check_token(&request)
+            .inspect_err(|e| refused(request.extensions().get::<Peer>(), e))?;
         Ok(request)
     }
 }

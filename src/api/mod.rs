@@ -3,6 +3,7 @@
 //! engine. See `convert` for the one mapping between wire and domain types and
 //! `status` for the one mapping from errors to gRPC codes.
 
+mod audit;
 mod auth;
 pub mod convert;
 pub mod listen;

@@ -8,7 +8,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use super::{convert, status, validate};
+use super::{audit, convert, status, validate};
 use crate::proto::v1 as pb;
 use crate::proto::v1::host_agent_server::HostAgent;
 use std::sync::Arc;
@@ -104,6 +104,11 @@ fn decode_token(token: &str) -> Result<String, Status> {
     Ok(id)
 }
 
+/// The step id a request names, as given (the audit trail quotes it capped).
+fn meta_id(meta: &Option<pb::StepMeta>) -> String {
+    meta.as_ref().map(|m| m.step_id.clone()).unwrap_or_default()
+}
+
 /// A dag_id filter must be an id; the message quotes a capped value.
 fn dag_filter(dag_id: &str) -> Result<(), Status> {
     if dag_id.is_empty() {
@@ -123,29 +128,42 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let mut audit = audit::Call::new(&request, "Prepare", &meta_id(&request.get_ref().meta));
         let req = request.into_inner();
-        // meta first: a bad step_id is reported before anything else.
-        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::PrepareStartObserver)?;
-        let observer = self.observer_spec(req.observer)?;
-        let params = prepare::resolve(observer, req.create_dirs, req.skip_checks, req.strict)
-            .map_err(status::from_spec)?;
-        step.params = validate::encode(&params)?;
-        let step = self.submit(step, Secrets::default()).await?;
-        Ok(Response::new(pb::PrepareResponse { step: Some(step) }))
+        let step = async {
+            // meta first: a bad step_id is reported before anything else.
+            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::PrepareStartObserver)?;
+            let observer = self.observer_spec(req.observer)?;
+            audit.about("prepare", &observer.home_path, &observer.user);
+            let params = prepare::resolve(observer, req.create_dirs, req.skip_checks, req.strict)
+                .map_err(status::from_spec)?;
+            step.params = validate::encode(&params)?;
+            self.submit(step, Secrets::default()).await
+        }
+        .await;
+        audit.record(&step);
+        Ok(Response::new(pb::PrepareResponse { step: Some(step?) }))
     }
 
     async fn start_observer(
         &self,
         request: Request<pb::StartObserverRequest>,
     ) -> Result<Response<pb::StartObserverResponse>, Status> {
+        let mut audit =
+            audit::Call::new(&request, "StartObserver", &meta_id(&request.get_ref().meta));
         let req = request.into_inner();
-        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartObserverProcess)?;
-        let spec = start_observer::resolve(self.observer_spec(req.observer)?)
-            .map_err(status::from_spec)?;
-        step.params = validate::encode(&spec)?;
-        let step = self.submit(step, Secrets::default()).await?;
+        let step = async {
+            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartObserverProcess)?;
+            let observer = self.observer_spec(req.observer)?;
+            audit.about("start_observer", &observer.home_path, &observer.user);
+            let spec = start_observer::resolve(observer).map_err(status::from_spec)?;
+            step.params = validate::encode(&spec)?;
+            self.submit(step, Secrets::default()).await
+        }
+        .await;
+        audit.record(&step);
         Ok(Response::new(pb::StartObserverResponse {
-            step: Some(step),
+            step: Some(step?),
         }))
     }
 
@@ -153,16 +171,27 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::WaitObserverActiveRequest>,
     ) -> Result<Response<pb::WaitObserverActiveResponse>, Status> {
+        let mut audit = audit::Call::new(
+            &request,
+            "WaitObserverActive",
+            &meta_id(&request.get_ref().meta),
+        );
         let req = request.into_inner();
-        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::WaitObserverActive)?;
-        let params = wait_observer_active::resolve(convert::raw_wait(&req), &self.policy)
-            .map_err(status::from_spec)?;
-        step.params = validate::encode(&params)?;
-        let mut secrets = Secrets::default();
-        secrets.insert(PASSWORD, req.password);
-        let step = self.submit(step, secrets).await?;
+        let step = async {
+            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::WaitObserverActive)?;
+            audit.kind("wait_observer_active");
+            let params = wait_observer_active::resolve(convert::raw_wait(&req), &self.policy)
+                .map_err(status::from_spec)?;
+            audit.about("wait_observer_active", &params.home_path, "");
+            step.params = validate::encode(&params)?;
+            let mut secrets = Secrets::default();
+            secrets.insert(PASSWORD, req.password);
+            self.submit(step, secrets).await
+        }
+        .await;
+        audit.record(&step);
         Ok(Response::new(pb::WaitObserverActiveResponse {
-            step: Some(step),
+            step: Some(step?),
         }))
     }
 
@@ -170,15 +199,28 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::StartAgentServiceRequest>,
     ) -> Result<Response<pb::StartAgentServiceResponse>, Status> {
+        let mut audit = audit::Call::new(
+            &request,
+            "StartAgentService",
+            &meta_id(&request.get_ref().meta),
+        );
         let req = request.into_inner();
-        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartAgentService)?;
-        let params =
-            start_agent_service::resolve(convert::raw_agent(&req), &self.agent, &self.policy)
-                .map_err(status::from_spec)?;
-        step.params = validate::encode(&params)?;
-        let step = self.submit(step, Secrets::default()).await?;
+        let step = async {
+            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartAgentService)?;
+            audit.kind("start_agent_service");
+            let params =
+                start_agent_service::resolve(convert::raw_agent(&req), &self.agent, &self.policy)
+                    .map_err(status::from_spec)?;
+            if let start_agent_service::Service::Command(c) = &params.service {
+                audit.about("start_agent_service", &c.cwd, &c.user);
+            }
+            step.params = validate::encode(&params)?;
+            self.submit(step, Secrets::default()).await
+        }
+        .await;
+        audit.record(&step);
         Ok(Response::new(pb::StartAgentServiceResponse {
-            step: Some(step),
+            step: Some(step?),
         }))
     }
 
@@ -186,19 +228,33 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::StopObserverRequest>,
     ) -> Result<Response<pb::StopObserverResponse>, Status> {
+        let mut audit =
+            audit::Call::new(&request, "StopObserver", &meta_id(&request.get_ref().meta));
         let req = request.into_inner();
-        let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StopObserverProcess)?;
-        let grace = req
-            .grace
-            .map(std::time::Duration::try_from)
-            .transpose()
-            .map_err(|_| validate::invalid("grace must not be negative; e.g. 10s"))?;
-        let params =
-            stop_observer::resolve(&req.home_path, grace, req.force, step.timeout, &self.policy)
-                .map_err(status::from_spec)?;
-        step.params = validate::encode(&params)?;
-        let step = self.submit(step, Secrets::default()).await?;
-        Ok(Response::new(pb::StopObserverResponse { step: Some(step) }))
+        let step = async {
+            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StopObserverProcess)?;
+            audit.about("stop_observer", std::path::Path::new(&req.home_path), "");
+            let grace = req
+                .grace
+                .map(std::time::Duration::try_from)
+                .transpose()
+                .map_err(|_| validate::invalid("grace must not be negative; e.g. 10s"))?;
+            let params = stop_observer::resolve(
+                &req.home_path,
+                grace,
+                req.force,
+                step.timeout,
+                &self.policy,
+            )
+            .map_err(status::from_spec)?;
+            step.params = validate::encode(&params)?;
+            self.submit(step, Secrets::default()).await
+        }
+        .await;
+        audit.record(&step);
+        Ok(Response::new(pb::StopObserverResponse {
+            step: Some(step?),
+        }))
     }
 
     async fn get_step(
@@ -328,10 +384,15 @@ impl HostAgent for HostAgentService {
         request: Request<pb::CancelStepRequest>,
     ) -> Result<Response<pb::CancelStepResponse>, Status> {
         let id = &request.get_ref().step_id;
-        validate::step_id(id)?;
-        step_response(self.engine.cancel(id).await, |step| {
-            pb::CancelStepResponse { step }
-        })
+        let audit = audit::Call::new(&request, "CancelStep", id);
+        let result = match validate::step_id(id) {
+            Ok(()) => step_response(self.engine.cancel(id).await, |step| {
+                pb::CancelStepResponse { step }
+            }),
+            Err(e) => Err(e),
+        };
+        audit.record(&result);
+        result
     }
 
     async fn retry_step(
@@ -339,10 +400,15 @@ impl HostAgent for HostAgentService {
         request: Request<pb::RetryStepRequest>,
     ) -> Result<Response<pb::RetryStepResponse>, Status> {
         let id = &request.get_ref().step_id;
-        validate::step_id(id)?;
-        step_response(self.engine.retry(id).await, |step| pb::RetryStepResponse {
-            step,
-        })
+        let audit = audit::Call::new(&request, "RetryStep", id);
+        let result = match validate::step_id(id) {
+            Ok(()) => step_response(self.engine.retry(id).await, |step| pb::RetryStepResponse {
+                step,
+            }),
+            Err(e) => Err(e),
+        };
+        audit.record(&result);
+        result
     }
 
     async fn get_observer(

@@ -70,9 +70,24 @@ fn free_port() -> Result<u16, CliError> {
     Err(CliError::Usage("no free loopback port pair found".into()))
 }
 
-/// Starts obhostd and returns its address, from its "listening" log line.
-fn start_daemon(obhostd: &Path, scratch: &mut Scratch) -> Result<String, CliError> {
+/// Starts obhostd (pushing its changes to `report_port`) and returns its
+/// address, from its "listening" log line.
+fn start_daemon(
+    obhostd: &Path,
+    scratch: &mut Scratch,
+    report_port: u16,
+) -> Result<String, CliError> {
+    let config = scratch.dir.join("obhostd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[report]\nendpoint = \"http://127.0.0.1:{report_port}\"\nagent_id = \"demo-host\"\nbatch_delay = \"20ms\"\n"
+        ),
+    )
+    .map_err(|e| CliError::Other(e.into()))?;
     let mut child = Command::new(obhostd)
+        .arg("--config")
+        .arg(&config)
         // A socket in the scratch dir: only this user may call the demo's daemon
         // (TCP would need a token).
         .arg("--listen")
@@ -158,9 +173,28 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         "obhost demo: everything lives in {} and is removed at the end",
         scratch.dir.display()
     ));
-    let addr = start_daemon(&obhostd, &mut scratch)?;
+    // The orchestrator's side: a StepReporter that prints what obhostd pushes.
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    let sink_port = sink_listener
+        .local_addr()
+        .map_err(|e| CliError::Other(e.into()))?
+        .port();
+    let stop_sink = tokio_util::sync::CancellationToken::new();
+    if format == Format::Text {
+        let stop = stop_sink.clone();
+        tokio::spawn(super::report_sink::serve(
+            tonic::transport::Server::builder(),
+            sink_listener,
+            super::report_sink::Sink::new(format, "    pushed to the orchestrator: "),
+            async move { stop.cancelled().await },
+        ));
+    }
+    let addr = start_daemon(&obhostd, &mut scratch, sink_port)?;
     say(format!(
-        "started obhostd on {addr} (state in {}/state)",
+        "started obhostd on {addr} (state in {}/state), pushing every step change to a \
+         report-sink on 127.0.0.1:{sink_port} (lines marked 'pushed')",
         scratch.dir.display()
     ));
     let mut client = super::connect(&addr, None).await?;
@@ -170,28 +204,24 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
     std::fs::create_dir_all(&agent_dir).map_err(|e| CliError::Other(e.into()))?;
     let args = StartArgs {
         home: home.display().to_string(),
-        binary: observer.display().to_string(),
-        mysql_port: u32::from(port),
-        rpc_port: u32::from(port) + 1,
-        zone: "zone1".into(),
-        cluster_name: "demo".into(),
-        cluster_id: 1,
+        binary: Some(observer.display().to_string()),
+        mysql_port: Some(u32::from(port)),
+        rpc_port: Some(u32::from(port) + 1),
+        zone: Some("zone1".into()),
+        cluster_name: Some("demo".into()),
+        cluster_id: Some(1),
         params: vec!["memory_limit=1G".into()],
         env: args.observer_env.clone(),
-        pid_file: home.join(&args.pid_file).display().to_string(),
+        pid_file: Some(home.join(&args.pid_file).display().to_string()),
         wait_timeout: Some(Duration::from_secs(120)),
         create_dirs: true,
         dag_id: Some("demo".into()),
-        wait_user: "root".into(),
+        wait_user: Some("root".into()),
         // The stand-in observer plays the OCP agent too: a foreground process
         // with a port to health-check.
-        agent_cmd: vec![
-            stand_in.display().to_string(),
-            "-N".into(),
-            "-p".into(),
-            agent_port.to_string(),
-        ],
-        agent_cwd: agent_dir.display().to_string(),
+        agent_program: Some(stand_in.display().to_string()),
+        agent_args: vec!["-N".into(), "-p".into(), agent_port.to_string()],
+        agent_cwd: Some(agent_dir.display().to_string()),
         agent_foreground: true,
         agent_tcp_port: Some(u32::from(agent_port)),
         ..StartArgs::default()
@@ -265,6 +295,9 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         output::step_list(&steps, "", format)?;
     }
     let ok = started == ExitCode::SUCCESS && stop.state() == pb::StepState::Succeeded;
+    // The last pushes are a batch_delay away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_sink.cancel();
     drop(scratch);
     say(if ok {
         "\ndemo done: obhostd stopped, temp dir removed".into()

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use clap::Args;
 use serde_json::json;
@@ -49,35 +49,50 @@ pub struct StartArgs {
     /// The observer's home, e.g. /home/admin/oceanbase.
     #[arg(long)]
     pub home: String,
-    #[arg(long, default_value = "")]
-    pub binary: String,
-    #[arg(long, default_value = "")]
-    pub user: String,
-    #[arg(long, default_value_t = 0)]
-    pub mysql_port: u32,
-    #[arg(long, default_value_t = 0)]
-    pub rpc_port: u32,
-    #[arg(long, default_value = "")]
-    pub pid_file: String,
+    /// The observer binary [default: <home>/bin/observer].
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<String>,
+    /// The OS user the observer runs as [default: obhostd's default_user, else
+    /// obhostd's own user].
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The observer's MySQL port (-p) [default: 2881].
+    #[arg(long, value_name = "PORT")]
+    pub mysql_port: Option<u32>,
+    /// The observer's RPC port (-P) [default: 2882].
+    #[arg(long, value_name = "PORT")]
+    pub rpc_port: Option<u32>,
+    /// Where the observer writes its pid [default: <home>/run/observer.pid].
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<String>,
     /// The binary stays in the foreground (-N).
     #[arg(long)]
     pub foreground: bool,
-    #[arg(long, default_value = "")]
-    pub zone: String,
-    #[arg(long, default_value = "")]
-    pub cluster_name: String,
-    #[arg(long, default_value_t = 0)]
-    pub cluster_id: u32,
-    #[arg(long, default_value = "")]
-    pub rootservice_list: String,
-    #[arg(long, default_value = "")]
-    pub data_dir: String,
-    #[arg(long, default_value = "")]
-    pub redo_dir: String,
-    #[arg(long, default_value = "")]
-    pub devname: String,
-    #[arg(long, default_value = "")]
-    pub ip: String,
+    /// Zone (-z); required for a first start (no data yet).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Cluster name (-n); required for a first start.
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// Cluster id (-c); required for a first start.
+    #[arg(long)]
+    pub cluster_id: Option<u32>,
+    /// Root service list (-r), e.g. 10.0.0.1:2882:2881;10.0.0.2:2882:2881
+    /// [default: none, a single-node cluster].
+    #[arg(long)]
+    pub rootservice_list: Option<String>,
+    /// The data dir (-d) [default: <home>/store].
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: Option<String>,
+    /// The redo log dir, checked by Prepare [default: inside the data dir].
+    #[arg(long, value_name = "PATH")]
+    pub redo_dir: Option<String>,
+    /// Network device (-i), checked by Prepare [default: the observer chooses].
+    #[arg(long)]
+    pub devname: Option<String>,
+    /// The address the observer serves on (-I) [default: the observer chooses].
+    #[arg(long)]
+    pub ip: Option<String>,
     /// An observer parameter, KEY=VALUE (repeatable): -o on its command line.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
@@ -93,40 +108,53 @@ pub struct StartArgs {
     /// Prepare's warnings fail the start.
     #[arg(long)]
     pub strict: bool,
-    /// The orchestrator's DAG id; step ids are <dag-id>-prepare, -start, -wait, -agent.
+    /// The orchestrator's DAG id; step ids are <dag-id>-prepare, -start, -wait,
+    /// -agent [default: start-<unix seconds>-<random hex>].
     #[arg(long)]
     pub dag_id: Option<String>,
-    /// Explicit step ids: four, comma-separated, in step order.
-    #[arg(long, value_delimiter = ',', num_args = 4)]
+    /// Explicit step ids: four, comma-separated, in step order
+    /// (prepare,start,wait,agent), e.g. 133851,133852,133853,133854.
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID,ID,ID")]
     pub step_ids: Vec<String>,
-    /// Log in as this user to decide "active" (default: handshake only).
-    #[arg(long, default_value = "")]
-    pub wait_user: String,
+    /// Log in as this MySQL user to decide "active" [default: the protocol
+    /// handshake only].
+    #[arg(long)]
+    pub wait_user: Option<String>,
     /// File whose first line is the password for --wait-user.
     #[arg(long)]
     pub wait_password_file: Option<std::path::PathBuf>,
-    /// The query that must return a row (default SELECT 1).
-    #[arg(long, default_value = "")]
-    pub wait_sql: String,
-    /// How long to wait for the observer to become active, e.g. 10m.
+    /// The query that must return a row [default: SELECT 1].
+    #[arg(long)]
+    pub wait_sql: Option<String>,
+    /// How long to wait for the observer to become active, e.g. 10m
+    /// [default: the step's own].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait_timeout: Option<std::time::Duration>,
-    /// Start the agent as this systemd unit (default: obhostd's [agent_service]).
+    /// Start the agent as this systemd unit [default: obhostd's [agent_service]].
     #[arg(long)]
     pub agent_unit: Option<String>,
-    /// Start the agent with this command line (absolute program path first).
-    #[arg(long, num_args = 1.., value_name = "ARG", allow_hyphen_values = true)]
-    pub agent_cmd: Vec<String>,
-    /// The agent command's working dir (default: its program's dir).
-    #[arg(long, default_value = "")]
-    pub agent_cwd: String,
-    #[arg(long, default_value = "")]
-    pub agent_pid_file: String,
+    /// Start the agent with this program (an absolute path); its arguments
+    /// follow as --agent-arg.
+    #[arg(long, value_name = "PATH")]
+    pub agent_program: Option<String>,
+    /// One argument of --agent-program (repeatable, in order; a value starting
+    /// with '-' is written --agent-arg=-x).
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
+    /// The agent command's working dir [default: its program's dir].
+    #[arg(long, value_name = "PATH")]
+    pub agent_cwd: Option<String>,
+    /// Where the agent writes its pid (a daemonizing agent must have one).
+    #[arg(long, value_name = "PATH")]
+    pub agent_pid_file: Option<String>,
+    /// The agent stays in the foreground (obhostd writes its pid file).
     #[arg(long)]
     pub agent_foreground: bool,
-    #[arg(long)]
+    /// Healthy once this loopback TCP port accepts.
+    #[arg(long, value_name = "PORT")]
     pub agent_tcp_port: Option<u32>,
-    #[arg(long)]
+    /// Healthy once this loopback URL answers 2xx, e.g. http://127.0.0.1:62888/api/v1/time.
+    #[arg(long, value_name = "URL")]
     pub agent_http_url: Option<String>,
 }
 
@@ -143,22 +171,24 @@ fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, CliEr
 
 impl StartArgs {
     fn spec(&self) -> Result<pb::ObserverSpec, CliError> {
+        // Unset is the wire's zero value: obhostd fills in the default.
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
         Ok(pb::ObserverSpec {
             home_path: self.home.clone(),
-            binary: self.binary.clone(),
-            user: self.user.clone(),
-            mysql_port: self.mysql_port,
-            rpc_port: self.rpc_port,
-            pid_file: self.pid_file.clone(),
+            binary: text(&self.binary),
+            user: text(&self.user),
+            mysql_port: self.mysql_port.unwrap_or_default(),
+            rpc_port: self.rpc_port.unwrap_or_default(),
+            pid_file: text(&self.pid_file),
             foreground: self.foreground,
-            zone: self.zone.clone(),
-            cluster_name: self.cluster_name.clone(),
-            cluster_id: self.cluster_id,
-            rootservice_list: self.rootservice_list.clone(),
-            data_dir: self.data_dir.clone(),
-            redo_dir: self.redo_dir.clone(),
-            devname: self.devname.clone(),
-            ip: self.ip.clone(),
+            zone: text(&self.zone),
+            cluster_name: text(&self.cluster_name),
+            cluster_id: self.cluster_id.unwrap_or_default(),
+            rootservice_list: text(&self.rootservice_list),
+            data_dir: text(&self.data_dir),
+            redo_dir: text(&self.redo_dir),
+            devname: text(&self.devname),
+            ip: text(&self.ip),
             parameters: pairs("--param", &self.params)?.into_iter().collect(),
             env: pairs("--env", &self.env)?.into_iter().collect(),
             extra_args: Vec::new(),
@@ -306,20 +336,23 @@ pub async fn start_observer(
     args: &StartArgs,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    let dag = args.dag_id.clone().unwrap_or_else(|| {
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        format!("start-{secs}")
-    });
+    let dag = args
+        .dag_id
+        .clone()
+        .unwrap_or_else(|| super::new_id("start"));
     let ids: Vec<String> = if args.step_ids.is_empty() {
         STEPS
             .iter()
             .map(|(suffix, _, _)| format!("{dag}-{suffix}"))
             .collect()
-    } else {
+    } else if args.step_ids.len() == STEPS.len() {
         args.step_ids.clone()
+    } else {
+        return Err(CliError::Usage(format!(
+            "--step-ids needs {} ids, comma-separated, in step order (prepare,start,wait,agent); got {}",
+            STEPS.len(),
+            args.step_ids.len()
+        )));
     };
     let password = match &args.wait_password_file {
         Some(p) => std::fs::read_to_string(p)
@@ -367,10 +400,10 @@ pub async fn start_observer(
                     .wait_observer_active(pb::WaitObserverActiveRequest {
                         meta: meta(id, &dag, args.wait_timeout),
                         home_path: args.home.clone(),
-                        mysql_port: args.mysql_port,
-                        user: args.wait_user.clone(),
+                        mysql_port: args.mysql_port.unwrap_or_default(),
+                        user: args.wait_user.clone().unwrap_or_default(),
                         password: password.clone(),
-                        sql: args.wait_sql.clone(),
+                        sql: args.wait_sql.clone().unwrap_or_default(),
                     })
                     .await?;
             }
@@ -378,11 +411,13 @@ pub async fn start_observer(
                 use pb::start_agent_service_request::Service;
                 let service = if let Some(unit) = &args.agent_unit {
                     Some(Service::SystemdUnit(unit.clone()))
-                } else if !args.agent_cmd.is_empty() {
+                } else if let Some(program) = &args.agent_program {
+                    let mut argv = vec![program.clone()];
+                    argv.extend(args.agent_args.iter().cloned());
                     Some(Service::Command(pb::ServiceCommand {
-                        argv: args.agent_cmd.clone(),
-                        cwd: args.agent_cwd.clone(),
-                        pid_file: args.agent_pid_file.clone(),
+                        argv,
+                        cwd: args.agent_cwd.clone().unwrap_or_default(),
+                        pid_file: args.agent_pid_file.clone().unwrap_or_default(),
                         foreground: args.agent_foreground,
                         ..Default::default()
                     }))

@@ -7,6 +7,7 @@
 mod demo;
 pub mod flow;
 mod output;
+mod report_sink;
 mod steps;
 
 use std::path::PathBuf;
@@ -66,6 +67,7 @@ enum Command {
     StartObserver(Box<flow::StartArgs>),
     /// Stop the observer of a home (StopObserver) and follow it.
     StopObserver {
+        /// The observer's home, e.g. /home/admin/oceanbase.
         #[arg(long)]
         home: String,
         /// Time between SIGTERM and SIGKILL.
@@ -74,18 +76,35 @@ enum Command {
         /// SIGKILL at once.
         #[arg(long)]
         force: bool,
-        /// Default: stop-<unix seconds>.
+        /// The step's id [default: stop-<unix seconds>-<random hex>].
         #[arg(long)]
         step_id: Option<String>,
     },
     /// Show the observer of a home (GetObserver).
     Observer {
+        /// The observer's home, e.g. /home/admin/oceanbase.
         #[arg(long)]
         home: String,
     },
     /// Run the job end to end on this machine, needing nothing installed: start a
     /// private obhostd, start and stop an observer through it, clean up.
     Demo(demo::DemoArgs),
+    /// Receive what obhostd pushes with [report]: serve StepReporter and print
+    /// each change (-o json: a JSON object per line), flagging gaps and
+    /// duplicates. Stops on Ctrl-C.
+    ReportSink(report_sink::SinkArgs),
+}
+
+/// A default step or DAG id: `<what>-<unix seconds>-<6 random hex digits>`.
+/// The seconds keep ids sortable by when they were made; the suffix keeps two
+/// made in the same second (two stops on two homes) from colliding, which the
+/// daemon would refuse as ALREADY_EXISTS.
+pub(crate) fn new_id(what: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!("{what}-{secs}-{:06x}", fastrand::u32(..0x100_0000))
 }
 
 /// What went wrong, sorted by what the exit status should say.
@@ -338,9 +357,14 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    if let Command::Demo(args) = cli.command {
-        return demo::run(args, cli.output).await;
-    }
+    let command = match cli.command {
+        Command::Demo(args) => return demo::run(args, cli.output).await,
+        Command::ReportSink(args) => {
+            report_sink::run(args, cli.output).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     let mut client = connect_to(&Target {
         addr: cli.addr.clone(),
         token_file: cli.token_file.clone(),
@@ -349,9 +373,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         key_file: cli.key_file.clone(),
     })
     .await?;
-    match cli.command {
+    match command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
-        Command::Demo(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::ReportSink(_) => unreachable!("handled above"),
         Command::StartObserver(args) => flow::start_observer(&mut client, &args, cli.output).await,
         Command::StopObserver {
             home,
@@ -359,13 +383,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             force,
             step_id,
         } => {
-            let id = step_id.unwrap_or_else(|| {
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or_default();
-                format!("stop-{secs}")
-            });
+            let id = step_id.unwrap_or_else(|| new_id("stop"));
             client
                 .stop_observer(pb::StopObserverRequest {
                     meta: Some(pb::StepMeta {

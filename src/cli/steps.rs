@@ -13,13 +13,22 @@ pub enum StepsCommand {
     /// List steps, by step id.
     List(ListArgs),
     /// Show one step.
-    Get { step_id: String },
+    Get {
+        /// The step's id, e.g. 133851 or demo-start.
+        step_id: String,
+    },
     /// Follow steps as they change (current records first).
     Watch(WatchArgs),
     /// Cancel a PENDING or RUNNING step.
-    Cancel { step_id: String },
+    Cancel {
+        /// The step's id.
+        step_id: String,
+    },
     /// Run a FAILED, TIMED_OUT or CANCELLED step again.
-    Retry { step_id: String },
+    Retry {
+        /// The step's id.
+        step_id: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,9 +81,10 @@ pub struct WatchArgs {
     /// Only this step (repeatable).
     #[arg(long = "step", value_name = "STEP_ID")]
     step_ids: Vec<String>,
-    /// Only changes after this revision (resume a previous watch).
-    #[arg(long, default_value_t = 0)]
-    after_revision: u64,
+    /// Only changes after this revision, to resume a previous watch
+    /// [default: every matching step's current record first].
+    #[arg(long, value_name = "REVISION")]
+    after_revision: Option<u64>,
     /// Exit once every step named with --step is terminal; the exit status is 0
     /// only if all of them SUCCEEDED.
     #[arg(long, requires = "step_ids")]
@@ -147,11 +157,29 @@ async fn list(args: ListArgs, client: &mut Client, format: Format) -> Result<Exi
 }
 
 async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<ExitCode, CliError> {
+    // Waiting for a step that does not exist would never end: say so at once.
+    if args.until_done {
+        for id in &args.step_ids {
+            let found = client
+                .get_step(pb::GetStepRequest {
+                    step_id: id.clone(),
+                })
+                .await;
+            if let Err(s) = found
+                && s.code() == tonic::Code::NotFound
+            {
+                return Err(CliError::Rpc(tonic::Status::not_found(format!(
+                    "step '{id}' not found, so --until-done would wait forever; check the id \
+                     (obhostctl steps list), or watch without --until-done to see it appear"
+                ))));
+            }
+        }
+    }
     let mut stream = client
         .watch_steps(pb::WatchStepsRequest {
             dag_id: args.dag_id.unwrap_or_default(),
             step_ids: args.step_ids.clone(),
-            after_revision: args.after_revision,
+            after_revision: args.after_revision.unwrap_or_default(),
         })
         .await?
         .into_inner();

@@ -15,9 +15,11 @@ pub struct Identity {
     pub pid: i32,
     /// Clock ticks after boot at which the process started.
     pub start_ticks: u64,
-    /// The boot the ticks count from (/proc/sys/kernel/random/boot_id, hashed to
-    /// keep the record small and comparable).
-    pub boot: u64,
+    /// The boot the ticks count from: /proc/sys/kernel/random/boot_id, a UUID,
+    /// as its 128 bits. Stored as it is: a hash of it would have to be the same
+    /// in every future build of obhostd to recognise what this one recorded.
+    #[serde(deserialize_with = "boot_compat")]
+    pub boot: u128,
 }
 
 /// What /proc/<pid>/stat says about a process.
@@ -55,15 +57,44 @@ pub fn stat(pid: i32) -> Option<Stat> {
     parse_stat(&text)
 }
 
-fn boot_hash() -> u64 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+/// This boot's id, as 128 bits (0 if the kernel does not say).
+fn current_boot() -> u128 {
+    static BOOT: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     *BOOT.get_or_init(|| {
-        let id = crate::host::boot_id().unwrap_or_default();
-        let mut h = DefaultHasher::new();
-        id.hash(&mut h);
-        h.finish()
+        crate::host::boot_id()
+            .ok()
+            .and_then(|id| parse_boot_id(&id))
+            .unwrap_or(0)
     })
+}
+
+/// `2b1a3c4d-...`: 32 hex digits, dashes anywhere.
+fn parse_boot_id(id: &str) -> Option<u128> {
+    let hex: String = id.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(&hex, 16).ok()
+}
+
+/// Reads a stored boot. obhostd 0.1.0 stored a `DefaultHasher` hash of
+/// the boot id (64 bits), which std does not promise to keep stable; a stored
+/// value that equals this build's hash of the current boot id is that boot.
+/// Anything else from then is an earlier boot, which is what it was anyway.
+fn boot_compat<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+    let stored = u128::deserialize(d)?;
+    Ok(match u64::try_from(stored) {
+        Ok(old) if old == legacy_boot_hash() => current_boot(),
+        _ => stored,
+    })
+}
+
+fn legacy_boot_hash() -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let id = crate::host::boot_id().unwrap_or_default();
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 impl Identity {
@@ -77,7 +108,7 @@ impl Identity {
         Some(Identity {
             pid,
             start_ticks: s.start_ticks,
-            boot: boot_hash(),
+            boot: current_boot(),
         })
     }
 
@@ -162,6 +193,41 @@ fn boot_time() -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The boot is stored as the kernel's id itself, the same from any build.
+    #[test]
+    fn a_stored_identity_names_the_boot_by_its_id() {
+        let id = crate::host::boot_id().unwrap();
+        let me = Identity::of(std::process::id() as i32).unwrap();
+        assert_eq!(me.boot, parse_boot_id(&id).unwrap());
+        assert_eq!(
+            me.boot,
+            u128::from_str_radix(&id.replace('-', ""), 16).unwrap()
+        );
+        let stored = serde_json::to_string(&me).unwrap();
+        assert_eq!(serde_json::from_str::<Identity>(&stored).unwrap(), me);
+    }
+
+    /// What 0.1.0 stored (a hash of this boot's id) still reads as this boot.
+    #[test]
+    fn an_identity_stored_by_an_older_version_is_still_recognised() {
+        let me = Identity::of(std::process::id() as i32).unwrap();
+        let old = format!(
+            r#"{{"pid":{},"start_ticks":{},"boot":{}}}"#,
+            me.pid,
+            me.start_ticks,
+            legacy_boot_hash()
+        );
+        assert_eq!(serde_json::from_str::<Identity>(&old).unwrap(), me);
+        let earlier_boot = format!(r#"{{"pid":1,"start_ticks":1,"boot":{}}}"#, 12345);
+        assert_eq!(
+            serde_json::from_str::<Identity>(&earlier_boot)
+                .unwrap()
+                .boot,
+            12345
+        );
+        assert_eq!(parse_boot_id("not-a-uuid"), None);
+    }
 
     #[test]
     fn stat_with_awkward_command_names() {

@@ -33,7 +33,15 @@ const ACTIVE: TableDefinition<&str, u64> = TableDefinition::new("active");
 /// home_path → the observer registry's JSON record.
 const OBSERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("observers");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Changes not yet acknowledged by the orchestrator (`[report]`): revision →
+/// the record as it was then. A copy, so that retention and later changes of
+/// a step never take away a change still to be reported.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const REVISION_KEY: &str = "revision";
+/// The last revision the orchestrator acknowledged.
+const ACKED_KEY: &str = "report_acked";
+/// Changes dropped from a full outbox and not yet announced to the orchestrator.
+const DROPPED_KEY: &str = "report_dropped";
 const SCHEMA_KEY: &str = "schema_version";
 /// Bumped when the stored format changes incompatibly. 2 added the
 /// `by_revision`, `active` and `observers` tables; a version-1 file is upgraded
@@ -154,6 +162,19 @@ pub enum Write {
         home: String,
         bytes: Option<Vec<u8>>,
     },
+    /// The orchestrator acknowledged every change up to `through`, and the
+    /// announcement of `announced` dropped ones.
+    Ack { through: u64, announced: u64 },
+}
+
+/// The changes waiting to be reported, oldest first.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub changes: Vec<StepRecord>,
+    /// The last revision acknowledged.
+    pub acked: u64,
+    /// Dropped unsent (outbox full) since the last acknowledged announcement.
+    pub dropped: u64,
 }
 
 /// A cheap, cloneable handle. Reads take an MVCC snapshot and never wait for a
@@ -172,6 +193,8 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// Commits so far: a read taken at one value is current until it moves.
     generation: std::sync::atomic::AtomicU64,
+    /// Changes the outbox keeps (`[report] max_unacked`); 0: no outbox.
+    outbox_cap: std::sync::atomic::AtomicUsize,
 }
 
 /// What a start needs from the store: never the finished records.
@@ -224,6 +247,7 @@ impl Store {
                 cache_bytes,
                 closed: Default::default(),
                 generation: Default::default(),
+                outbox_cap: Default::default(),
             }),
         };
         store.upgrade()?;
@@ -552,7 +576,11 @@ impl Store {
         let db = self.db()?;
         let result = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
-            apply_writes(&txn, writes)?;
+            let cap = self
+                .inner
+                .outbox_cap
+                .load(std::sync::atomic::Ordering::Acquire);
+            apply_writes(&txn, writes, cap)?;
             txn.commit()?;
             Ok(())
         })();
@@ -639,6 +667,48 @@ impl Store {
         self.apply(&[])
     }
 
+    /// From now on every change is also kept in the outbox until acknowledged,
+    /// at most `cap` of them.
+    pub fn keep_outbox(&self, cap: usize) {
+        self.inner
+            .outbox_cap
+            .store(cap, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Up to `max` changes after the last acknowledged one, oldest first.
+    pub fn outbox(&self, max: usize) -> Result<Outbox, StoreError> {
+        let err = self.read_err();
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let mut out = Outbox::default();
+        match txn.open_table(META) {
+            Ok(meta) => {
+                let get = |k| -> Result<u64, StoreError> {
+                    Ok(meta
+                        .get(k)
+                        .map_err(|e| err(e.into()))?
+                        .map_or(0, |v| v.value()))
+                };
+                out.acked = get(ACKED_KEY)?;
+                out.dropped = get(DROPPED_KEY)?;
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+            Err(e) => return Err(err(e.into())),
+        }
+        let outbox = match txn.open_table(OUTBOX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+            Err(e) => return Err(err(e.into())),
+        };
+        for entry in outbox.iter().map_err(|e| err(e.into()))?.take(max) {
+            let (rev, bytes) = entry.map_err(|e| err(e.into()))?;
+            let key = format!("outbox/{}", rev.value());
+            out.changes
+                .push(decode(&self.inner.path, &key, bytes.value())?);
+        }
+        Ok(out)
+    }
+
     /// Writes many records in one transaction (one fsync), with their indexes,
     /// and the highest of their revisions as the global one. For tools and
     /// tests that seed or import a store while no daemon has it open.
@@ -673,7 +743,12 @@ fn decode(path: &Path, key: &str, bytes: &[u8]) -> Result<StepRecord, StoreError
     })
 }
 
-fn apply_writes(txn: &WriteTransaction, writes: &[Write]) -> Result<(), redb::Error> {
+fn apply_writes(
+    txn: &WriteTransaction,
+    writes: &[Write],
+    outbox_cap: usize,
+) -> Result<(), redb::Error> {
+    let mut outbox = txn.open_table(OUTBOX)?;
     let mut steps = txn.open_table(STEPS)?;
     let mut index = txn.open_table(BY_REVISION)?;
     let mut active = txn.open_table(ACTIVE)?;
@@ -701,6 +776,9 @@ fn apply_writes(txn: &WriteTransaction, writes: &[Write]) -> Result<(), redb::Er
                 }
                 steps.insert(id.as_str(), bytes.as_slice())?;
                 index.insert(revision, id.as_str())?;
+                if outbox_cap > 0 {
+                    outbox.insert(revision, bytes.as_slice())?;
+                }
                 if *is_active {
                     active.insert(id.as_str(), revision)?;
                 } else {
@@ -725,6 +803,27 @@ fn apply_writes(txn: &WriteTransaction, writes: &[Write]) -> Result<(), redb::Er
                     observers.remove(home.as_str())?;
                 }
             },
+            Write::Ack { through, announced } => {
+                while outbox.first()?.is_some_and(|(k, _)| k.value() <= *through) {
+                    outbox.pop_first()?;
+                }
+                let acked = meta.get(ACKED_KEY)?.map_or(0, |v| v.value());
+                meta.insert(ACKED_KEY, acked.max(*through))?;
+                let dropped = meta.get(DROPPED_KEY)?.map_or(0, |v| v.value());
+                meta.insert(DROPPED_KEY, dropped.saturating_sub(*announced))?;
+            }
+        }
+    }
+    if outbox_cap > 0 {
+        // Past the cap the oldest go: memory and disk stay bounded when the
+        // orchestrator is away for long, and the next batch says how many.
+        let over = outbox.len()?.saturating_sub(outbox_cap as u64);
+        if over > 0 {
+            for _ in 0..over {
+                outbox.pop_first()?;
+            }
+            let dropped = meta.get(DROPPED_KEY)?.map_or(0, |v| v.value());
+            meta.insert(DROPPED_KEY, dropped + over)?;
         }
     }
     meta.insert(REVISION_KEY, top)?;

@@ -15,6 +15,8 @@ use obhost::proto::v1 as pb;
 use obhost::proto::v1::host_agent_client::HostAgentClient;
 use tonic::transport::Channel;
 
+pub mod tls;
+
 pub const OBHOSTD: &str = env!("CARGO_BIN_EXE_obhostd");
 pub const OBHOSTCTL: &str = env!("CARGO_BIN_EXE_obhostctl");
 

@@ -15,6 +15,7 @@
 
 mod commit;
 mod drivers;
+mod outbox;
 mod read_ahead;
 mod recovery;
 mod retention;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 pub use commit::Committer;
+pub use outbox::Outgoing;
 
 use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
 use super::store::{DEFAULT_CACHE_BYTES, Loaded, PageLimit, Store, StoreError, Write};
@@ -49,6 +51,9 @@ pub struct EngineConfig {
     pub max_watchers: usize,
     /// redb's page cache: the store's share of the daemon's memory.
     pub cache_bytes: usize,
+    /// Changes kept until the orchestrator acknowledges them (`[report]
+    /// max_unacked`); 0 when nothing is reported.
+    pub outbox: usize,
 }
 
 /// Bounds the store: terminal steps older than `max_age` are forgotten, and beyond
@@ -72,6 +77,7 @@ impl Default for EngineConfig {
             max_active_steps: 64,
             max_watchers: 256,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            outbox: 0,
         }
     }
 }
@@ -218,6 +224,8 @@ impl Opened {
                     path: state_dir.to_path_buf(),
                     cause: std::io::Error::other(e),
                 })??;
+        // Before anything can change: a step resumed at start is reported too.
+        store.keep_outbox(config.outbox);
         let committer = Committer::start(store.clone(), config.watch_buffer, loaded.revision);
         info!(
             state_file = %store.path().display(),

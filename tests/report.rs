@@ -1,0 +1,526 @@
+//! `[report]`: obhostd pushes every step change to the orchestrator's
+//! StepReporter, at least once, in revision order, across crashes of either
+//! side. The receivers are real processes: `obhostctl report-sink` and an
+//! independent one in Python's grpcio.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::tls::Ca;
+use common::*;
+use obhost::proto::v1 as pb;
+use serde_json::Value;
+
+/// A receiver on a fixed port; what it printed, kept across its restarts.
+struct Sink {
+    port: u16,
+    args: Vec<String>,
+    python: bool,
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Sink {
+    /// `obhostctl -o json report-sink` with `extra` flags; not started yet.
+    fn ours(extra: &[&str]) -> Sink {
+        let port = free_port();
+        let mut args: Vec<String> = ["-o", "json", "report-sink", "--listen"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(format!("127.0.0.1:{port}"));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Sink {
+            port,
+            args,
+            python: false,
+            child: None,
+            lines: Arc::default(),
+        }
+    }
+
+    /// The Python grpcio receiver, or None where grpcio is not installed.
+    fn python(fail: Option<&str>) -> Option<Sink> {
+        let ok = Command::new("python3")
+            .args(["-c", "import grpc, grpc_tools"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have grpcio (pip install grpcio grpcio-tools)"
+            );
+            eprintln!("SKIPPED: python3 grpcio/grpcio-tools not installed");
+            return None;
+        }
+        let port = free_port();
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut args = vec![
+            format!("{root}/tests/clients/python_sink.py"),
+            format!("{root}/proto"),
+            port.to_string(),
+        ];
+        if let Some(code) = fail {
+            args.extend(["--fail".to_string(), code.to_string()]);
+        }
+        Some(Sink {
+            port,
+            args,
+            python: true,
+            child: None,
+            lines: Arc::default(),
+        })
+    }
+
+    fn endpoint(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let program = if self.python { "python3" } else { OBHOSTCTL };
+        let mut child = Command::new(program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the sink");
+        let out = child.stdout.take().unwrap();
+        let lines = self.lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    lines.lock().unwrap().push(v);
+                }
+            }
+        });
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < end, "the sink did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Each step as last received: id → (revision, state).
+    fn steps(&self) -> BTreeMap<String, (u64, String)> {
+        let mut out = BTreeMap::new();
+        for l in self.lines() {
+            if let Some(s) = l.get("step") {
+                let id = s["id"].as_str().unwrap().to_string();
+                let rev = revision(&s["revision"]);
+                let state = s["state"].as_str().unwrap().to_string();
+                let e = out.entry(id).or_insert((0, String::new()));
+                if rev >= e.0 {
+                    *e = (rev, state);
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until the sink has each of `steps` at its final revision.
+    fn wait_for(&self, expected: &BTreeMap<String, u64>, within: Duration) {
+        let end = Instant::now() + within;
+        loop {
+            let got = self.steps();
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(id, rev)| got.get(*id).is_none_or(|(r, _)| r < rev))
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the sink never received {} final records, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// pbjson prints uint64 as a string.
+fn revision(v: &Value) -> u64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_u64())
+        .unwrap_or_else(|| panic!("not a revision: {v}"))
+}
+
+/// A `[report]` section with quick test timings, unless `extra` sets them.
+fn report_config(endpoint: &str, extra: &str) -> String {
+    let mut c = format!("[report]\nendpoint = \"{endpoint}\"\nagent_id = \"agent-1\"\n{extra}");
+    for (key, value) in [("batch_delay", "\"20ms\""), ("max_backoff", "\"300ms\"")] {
+        if !extra.contains(key) {
+            c.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    c
+}
+
+/// Every batch continues from where the agent's acknowledged changes ended:
+/// across restarts of the sink (each restart may repeat) and of obhostd.
+fn assert_no_gap(lines: &[Value]) {
+    let mut through = 0;
+    for l in lines {
+        if let Some(b) = l.get("batch") {
+            let after = b["after_revision"].as_u64().unwrap();
+            assert!(
+                after <= through || through == 0,
+                "gap: a batch continues after {after} but only {through} was received"
+            );
+            through = through.max(b["through"].as_u64().unwrap());
+        }
+        assert!(l.get("gap").is_none(), "the sink saw a gap: {l}");
+    }
+}
+
+async fn final_revisions(d: &Daemon, ids: &[String]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let s = wait_terminal(d, id).await;
+        out.insert(id.clone(), s.revision);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_late_sink_gets_every_change_in_order() {
+    let mut sink = Sink::ours(&[]);
+    let d = Daemon::start_with(Options {
+        config: report_config(&sink.endpoint("http"), ""),
+        ..Options::default()
+    });
+    // The sink is down: steps run as ever.
+    let ids: Vec<String> = (0..5).map(|i| format!("late-{i}")).collect();
+    for id in &ids {
+        run_test_step(&d, test_step(id, 0.0)).await;
+    }
+    let expected = final_revisions(&d, &ids).await;
+    for id in &ids {
+        assert_eq!(get_step(&d, id).await.state(), pb::StepState::Succeeded);
+    }
+    sink.start();
+    sink.wait_for(&expected, Duration::from_secs(15));
+    let lines = sink.lines();
+    assert_no_gap(&lines);
+    // Per step, in revision order; the batch names who sent it.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for l in &lines {
+        if let Some(s) = l.get("step") {
+            let rev = revision(&s["revision"]);
+            let prev = last.insert(s["id"].as_str().unwrap().into(), rev);
+            assert!(prev.is_none_or(|p| p < rev), "out of order: {l}");
+        }
+        if let Some(b) = l.get("batch") {
+            assert_eq!(l["agent_id"], "agent-1");
+            assert_eq!(b["version"], env!("CARGO_PKG_VERSION"));
+        }
+    }
+    assert!(d.log_text().contains("cannot report step changes"));
+    let end = Instant::now() + Duration::from_secs(5);
+    while !d.log_text().contains("reporting step changes again") {
+        assert!(Instant::now() < end, "no word that reporting works again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn crashes_of_either_side_lose_nothing() {
+    let mut sink = Sink::ours(&[]);
+    sink.start();
+    let mut d = Daemon::start_with(Options {
+        config: report_config(&sink.endpoint("http"), "batch_max = 8\n"),
+        ..Options::default()
+    });
+    let mut ids = Vec::new();
+    let mut kills = 0;
+    for round in 0..6 {
+        for i in 0..12 {
+            let id = format!("crash-{round}-{i}");
+            run_test_step(&d, test_step(&id, fastrand::f64() * 0.05)).await;
+            ids.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..60))).await;
+        if round % 2 == 0 {
+            sink.kill();
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..200))).await;
+            sink.start();
+        } else {
+            d = d.restart_after_kill9();
+        }
+        kills += 1;
+    }
+    let expected = final_revisions(&d, &ids).await;
+    sink.wait_for(&expected, Duration::from_secs(30));
+    let lines = sink.lines();
+    assert_no_gap(&lines);
+    for (id, (_, state)) in sink.steps() {
+        assert!(
+            ["STEP_STATE_SUCCEEDED", "STEP_STATE_FAILED"].contains(&state.as_str()),
+            "{id} ended {state}"
+        );
+    }
+    // At least once: a batch sent but not acknowledged before a crash comes
+    // again, so repeats are bounded by one batch per crash.
+    let duplicates = lines.iter().filter(|l| l["duplicate"] == true).count();
+    assert!(
+        duplicates <= kills * 8,
+        "{duplicates} duplicates for {kills} crashes"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_changes_go_in_few_calls() {
+    let Some(mut sink) = Sink::python(None) else {
+        return;
+    };
+    sink.start();
+    let d = Daemon::start_with(Options {
+        config: report_config(&sink.endpoint("http"), "batch_delay = \"100ms\"\n"),
+        ..Options::default()
+    });
+    // 500 steps, each RUNNING then SUCCEEDED: 1000 changes.
+    let ids: Vec<String> = (0..500).map(|i| format!("many-{i:03}")).collect();
+    for id in &ids {
+        run_test_step(&d, test_step(id, 0.0)).await;
+    }
+    let expected = final_revisions(&d, &ids).await;
+    let end = Instant::now() + Duration::from_secs(20);
+    let calls = loop {
+        let lines = sink.lines();
+        let mut got: HashMap<String, u64> = HashMap::new();
+        for l in &lines {
+            for s in l["steps"].as_array().into_iter().flatten() {
+                let e = got.entry(s["id"].as_str().unwrap().into()).or_default();
+                *e = (*e).max(s["revision"].as_u64().unwrap());
+            }
+        }
+        if expected
+            .iter()
+            .all(|(id, r)| got.get(id).is_some_and(|g| g >= r))
+        {
+            break lines.iter().filter(|l| l.get("steps").is_some()).count();
+        }
+        assert!(Instant::now() < end, "python sink missing changes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(calls <= 100, "1000 changes took {calls} calls");
+    assert!(
+        calls >= 4,
+        "{calls} calls for 1000 changes over batches of 256"
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_sink_is_retried_with_backoff() {
+    let Some(mut sink) = Sink::python(Some("unavailable")) else {
+        return;
+    };
+    sink.start();
+    let d = Daemon::start_with(Options {
+        config: report_config(&sink.endpoint("http"), "max_backoff = \"2s\"\n"),
+        ..Options::default()
+    });
+    run_test_step(&d, test_step("refused", 0.0)).await;
+    wait_terminal(&d, "refused").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let times: Vec<f64> = sink
+        .lines()
+        .iter()
+        .filter_map(|l| l["at"].as_f64())
+        .collect();
+    // Without backoff: a call per few ms, over a thousand in 5 s. With it
+    // (100 ms doubling to 2 s, jittered): about ten.
+    assert!(
+        (3..=20).contains(&times.len()),
+        "{} calls in 5 s",
+        times.len()
+    );
+    let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.last().unwrap() > &gaps[0],
+        "pauses do not grow: {gaps:?}"
+    );
+    // Logged once, not at every retry.
+    let warned = d.log_text().matches("cannot report step changes").count();
+    assert_eq!(warned, 1, "{}", d.log_text());
+}
+
+#[tokio::test]
+async fn a_full_outbox_drops_the_oldest_and_says_so() {
+    let mut sink = Sink::ours(&[]);
+    let d = Daemon::start_with(Options {
+        config: report_config(&sink.endpoint("http"), "max_unacked = 10\n"),
+        ..Options::default()
+    });
+    let ids: Vec<String> = (0..20).map(|i| format!("full-{i:02}")).collect();
+    for id in &ids {
+        run_test_step(&d, test_step(id, 0.0)).await;
+    }
+    let expected = final_revisions(&d, &ids).await;
+    sink.start();
+    // Every change took a revision of a fresh store: the newest ten survive,
+    // and the steps whose last change is among them arrive at it.
+    let last = *expected.values().max().unwrap();
+    let newest: BTreeMap<String, u64> = expected
+        .iter()
+        .filter(|(_, rev)| **rev > last - 10)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert!(!newest.is_empty());
+    sink.wait_for(&newest, Duration::from_secs(15));
+    let lines = sink.lines();
+    let dropped: u64 = lines.iter().filter_map(|l| l["dropped"].as_u64()).sum();
+    assert_eq!(dropped, last - 10, "{last} changes, 10 kept: {lines:?}");
+    assert!(!sink.steps().contains_key("full-00"));
+    assert!(lines.iter().all(|l| l.get("gap").is_none()));
+}
+
+#[tokio::test]
+async fn mtls_to_the_sink_needs_the_right_ca_and_certificate() {
+    let server_ca = Ca::new("orchestrator ca");
+    let agent_ca = Ca::new("agents ca");
+    let other_ca = Ca::new("someone else");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (cert, key) = server_ca.leaf("sink", &["localhost", "127.0.0.1"], false);
+    let sink_cert = write("sink.pem", &cert);
+    let sink_key = write("sink.key", &key);
+    let agent_ca_file = write("agents-ca.pem", &agent_ca.pem());
+    let mut sink = Sink::ours(&[
+        "--tls-cert",
+        &sink_cert,
+        "--tls-key",
+        &sink_key,
+        "--client-ca",
+        &agent_ca_file,
+    ]);
+    sink.start();
+    let endpoint = format!("https://localhost:{}", sink.port);
+    let tls = |ca: &Ca, client: &Ca, tag: &str| {
+        let (c, k) = client.leaf("agent-1", &["agent-1"], false);
+        format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            write(&format!("{tag}-ca.pem"), &ca.pem()),
+            write(&format!("{tag}.pem"), &c),
+            write(&format!("{tag}.key"), &k)
+        )
+    };
+
+    // Trusting another CA than the sink's: nothing is sent.
+    let wrong_ca = Daemon::start_with(Options {
+        config: report_config(&endpoint, &tls(&other_ca, &agent_ca, "wrong-ca")),
+        ..Options::default()
+    });
+    run_test_step(&wrong_ca, test_step("via-wrong-ca", 0.0)).await;
+    // A certificate the sink does not accept: refused too.
+    let wrong_cert = Daemon::start_with(Options {
+        config: report_config(&endpoint, &tls(&server_ca, &other_ca, "wrong-cert")),
+        ..Options::default()
+    });
+    run_test_step(&wrong_cert, test_step("via-wrong-cert", 0.0)).await;
+    let good = Daemon::start_with(Options {
+        config: report_config(&endpoint, &tls(&server_ca, &agent_ca, "good")),
+        ..Options::default()
+    });
+    run_test_step(&good, test_step("via-mtls", 0.0)).await;
+    let expected = final_revisions(&good, &["via-mtls".to_string()]).await;
+    sink.wait_for(&expected, Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = sink.steps();
+    assert!(
+        !got.contains_key("via-wrong-ca") && !got.contains_key("via-wrong-cert"),
+        "{got:?}"
+    );
+    assert!(wrong_ca.log_text().contains("cannot report step changes"));
+    assert!(wrong_cert.log_text().contains("cannot report step changes"));
+}
+
+#[test]
+fn a_report_endpoint_in_clear_to_another_host_is_refused() {
+    let err = match Daemon::spawn(
+        Options {
+            config: report_config("http://192.0.2.1:62950", ""),
+            ..Options::default()
+        },
+        tempfile::tempdir().unwrap().keep().join("state"),
+        None,
+    ) {
+        Ok(_) => panic!("obhostd started with a clear-text report endpoint to another host"),
+        Err(e) => e,
+    };
+    assert!(err.contains("plain http to another host"), "{err}");
+}
+
+#[tokio::test]
+async fn retention_never_takes_a_change_not_yet_reported() {
+    let mut sink = Sink::ours(&[]);
+    let d = Daemon::start_with(Options {
+        config: format!(
+            "[retention]\nmax_steps = 5\nprune_interval = \"100ms\"\n{}",
+            report_config(&sink.endpoint("http"), "")
+        ),
+        ..Options::default()
+    });
+    let ids: Vec<String> = (0..20).map(|i| format!("kept-{i:02}")).collect();
+    let mut expected = BTreeMap::new();
+    for id in &ids {
+        run_test_step(&d, test_step(id, 0.0)).await;
+        let s = wait_terminal(&d, id).await;
+        expected.insert(id.clone(), s.revision);
+    }
+    // The store forgets the oldest finished steps...
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = d
+            .client()
+            .await
+            .list_steps(pb::ListStepsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .steps
+            .len();
+        if listed <= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "retention did not prune: {listed} steps"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...but not what the orchestrator has yet to hear.
+    sink.start();
+    sink.wait_for(&expected, Duration::from_secs(15));
+}

@@ -59,5 +59,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&all_bytes)?
         .btree_map([".obhost"])
         .build(&[".obhost"])?;
+
+    // obhost_build_info{commit}: the checkout's short commit, or "unknown"
+    // (a source tarball, no git). Rerun when HEAD moves; only files that
+    // exist are named (a missing one would rerun this script every build).
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"])
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=OBHOST_GIT_COMMIT={commit}");
+    let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]).unwrap_or_default();
+    for path in ["HEAD", branch.as_str()] {
+        if let Some(p) = git(&["rev-parse", "--git-path", path]).map(PathBuf::from)
+            && !path.is_empty()
+            && p.is_file()
+        {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
     Ok(())
 }

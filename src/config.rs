@@ -422,7 +422,12 @@ impl ReportConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// Where `/metrics` is served (HTTP, its own port, never the gRPC one).
     pub listen: SocketAddr,
+    /// Metrics name observer homes and pids: serving them beyond loopback
+    /// must be asked for.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// Defaults for StartAgentService requests that leave fields empty.
@@ -644,11 +649,16 @@ impl Config {
         if let Some(report) = &self.report {
             report.check().map_err(ConfigError::Invalid)?;
         }
-        if self.metrics.is_some() {
-            return invalid(
-                "[metrics] is not supported by this version of obhostd yet; remove the section"
-                    .into(),
-            );
+        if let Some(m) = &self.metrics
+            && !m.listen.ip().is_loopback()
+            && !m.allow_remote
+        {
+            return invalid(format!(
+                "refusing to serve metrics on '{}': it is not a loopback address, and metrics show \
+                 observer homes and pids to anyone who can reach it; set [metrics] allow_remote = true \
+                 to serve them there on purpose, or listen on 127.0.0.1",
+                m.listen
+            ));
         }
         for root in &self.allowed_roots {
             if !root.is_absolute() {

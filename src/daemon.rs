@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, Access};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::observer::{Policy, Registry};
 use crate::process::Reaper;
 use crate::steps::{EngineConfig, Opened, Retention};
@@ -47,8 +48,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // re-adoption: steps resumed when the engine starts below may look for the
     // processes they started.
     let opened = Opened::open(&state_dir, engine_config).await?;
+    // Subscribed before the engine starts: resolving unfinished steps makes
+    // changes the step metrics must see.
+    let (store, committer) = opened.store();
+    let feed = committer.subscribe();
     let reaper = Reaper::start();
-    let registry = Registry::open(&state_dir, opened.store(), reaper, shutdown.clone())?;
+    let registry = Registry::open(
+        &state_dir,
+        (store.clone(), committer),
+        reaper,
+        shutdown.clone(),
+    )?;
     let policy = Policy {
         allowed_roots: config.allowed_roots.clone(),
         allowed_users: config.allowed_users.clone(),
@@ -65,6 +75,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         crate::report::Reporter::new(report, engine.outgoing())?.spawn(shutdown.clone());
     }
     restrict_state_files(&state_dir);
+    let metrics = Metrics::new();
+    let sources = crate::metrics::Sources {
+        engine: engine.clone(),
+        observers: registry.clone(),
+        store,
+    };
+    metrics.attach(sources, feed, shutdown.clone());
+    if let Some(m) = &config.metrics {
+        crate::metrics::http::serve(m.listen, metrics.clone(), shutdown.clone()).await?;
+    }
     let listeners = api::listen::bind(&listen, &local, access.tls().is_some()).await?;
     notify(&[sd_notify::NotifyState::Ready]);
     spawn_watchdog(shutdown.clone());
@@ -75,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         registry,
         policy,
         agent: config.agent_service.clone(),
+        metrics,
     };
     let served = api::serve(
         listeners,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod confined;
 pub mod daemon;
 pub mod host;
+pub mod metrics;
 pub mod observer;
 pub mod probe;
 pub mod process;

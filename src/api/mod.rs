@@ -38,6 +38,8 @@ pub struct Services {
     pub policy: crate::observer::Policy,
     /// `[agent_service]`: defaults for StartAgentService.
     pub agent: crate::config::AgentServiceConfig,
+    /// Counts every gRPC call (see [`crate::metrics::grpc`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The health service name orchestrators probe.
@@ -114,13 +116,23 @@ pub async fn serve(
 
     let interceptor = auth::Interceptor(access.clone());
     let engine = services.engine.clone();
+    let count_calls = crate::metrics::grpc::GrpcMetricsLayer::new(
+        services.metrics.clone(),
+        &[
+            descriptor,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ],
+    );
     let agent = InterceptedService::new(
         HostAgentServer::new(service::HostAgentService::new(services))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor.clone(),
     );
-    // The peer check wraps every service, health and reflection included.
+    // The peer check wraps every service, health and reflection included; the
+    // call counter wraps it, so refusals are counted too.
     let router = Server::builder()
+        .layer(count_calls)
         .layer(tonic::service::InterceptorLayer::new(auth::PeerCheck(
             access.clone(),
         )))

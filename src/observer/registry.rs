@@ -112,6 +112,11 @@ impl Registry {
         self.lock().get(home).cloned()
     }
 
+    /// A copy of every record, for the metrics' scrape.
+    pub fn all(&self) -> Vec<ObserverRecord> {
+        self.lock().values().cloned().collect()
+    }
+
     /// Records a started (or found running) observer and watches it.
     pub fn started(self: &Arc<Self>, record: ObserverRecord) {
         let id = record.identity;

@@ -214,7 +214,7 @@ impl Thread {
         for job in jobs.iter_mut() {
             writes.append(&mut job.writes);
         }
-        self.store.apply(&writes)
+        crate::metrics::time_commit(|| self.store.apply(&writes))
     }
 
     fn answer(&self, jobs: Vec<Job>, failed: Option<&StoreError>) {

@@ -558,6 +558,11 @@ impl Engine {
         state.secrets.get(id)?.get(key).map(str::to_string)
     }
 
+    /// Open WatchSteps streams (the metrics' `obhost_watchers`).
+    pub fn watchers(&self) -> usize {
+        self.shared.watchers.load(Ordering::Acquire)
+    }
+
     /// The highest committed revision, as a reader of the store sees it.
     pub async fn revision(&self) -> u64 {
         self.shared

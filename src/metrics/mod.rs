@@ -1,0 +1,305 @@
+//! Prometheus metrics (`[metrics] listen`): the registry and its families, fed
+//! from outside the engine so the engine knows nothing of them.
+//!
+//! - step counts, durations, starts and finishes come from the committer's change
+//!   feed ([`steps::Tracker`]): every durable record passes through it once;
+//! - gRPC requests come from a tower layer around every service ([`grpc`]);
+//! - observers, store size and watchers are read at scrape time, on a blocking
+//!   thread ([`http`] runs the whole encode there), so a scrape never blocks the
+//!   runtime and costs nothing between scrapes;
+//! - the commit latency histogram is a process-wide static, because the
+//!   committer is a plain thread started before any handle exists.
+//!
+//! Label values that callers control (gRPC method names) are bounded: a hostile
+//! client must not be able to grow the registry without limit (see [`grpc`]).
+
+pub mod grpc;
+pub mod http;
+mod observers;
+mod steps;
+
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::observer::Registry as Observers;
+use crate::steps::Engine;
+use crate::steps::store::Store;
+
+pub use steps::Tracker;
+
+/// The build's version and git commit (build.rs; "unknown" outside a checkout).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("OBHOST_GIT_COMMIT");
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindState {
+    kind: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindResult {
+    kind: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Finished {
+    kind: String,
+    state: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
+}
+
+/// Step durations: 10 ms to ~5.8 h (a start that waits for a slow kernel takes
+/// minutes; a test step milliseconds).
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 3.0, 14))
+}
+
+/// One `store.apply`: an fsync, so 100 µs (tmpfs) to ~1.6 s (a stalled disk).
+static COMMIT_SECONDS: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::new(exponential_buckets(0.0001, 2.5, 14)));
+
+/// Times one commit of the store: the committer's one-line hook. A static,
+/// because the committer thread starts before [`Metrics`] exists.
+pub fn time_commit<T>(commit: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = commit();
+    COMMIT_SECONDS.observe(start.elapsed().as_secs_f64());
+    out
+}
+
+/// What the scrape reads live.
+pub struct Sources {
+    pub engine: Engine,
+    pub observers: Arc<Observers>,
+    pub store: Store,
+}
+
+/// The daemon's metrics; one per daemon, shared as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    steps: Family<KindState, Gauge>,
+    step_duration: Family<KindResult, Histogram, fn() -> Histogram>,
+    steps_started: Family<KindLabels, Counter>,
+    steps_finished: Family<Finished, Counter>,
+    grpc_requests: Family<GrpcLabels, Counter>,
+    report_lag: Gauge,
+    report_failures: Counter,
+    report_dropped: Counter,
+    /// Tracks steps by the change feed; also read (pruning) at scrape time.
+    tracker: Mutex<steps::Tracker>,
+    /// Set once the daemon has its sources; scrapes before see no live data.
+    live: std::sync::OnceLock<Sources>,
+    /// Serialises scrapes: each refreshes the live gauges before encoding.
+    scrape: Mutex<()>,
+    watchers: Gauge,
+    store_size: Gauge,
+    observers: Arc<observers::Collector>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let steps = Family::<KindState, Gauge>::default();
+        registry.register(
+            "obhost_steps",
+            "Steps in the store by kind and state (finished ones drop out as retention prunes them)",
+            steps.clone(),
+        );
+        let step_duration: Family<KindResult, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "obhost_step_duration_seconds",
+            "Time from a step attempt's start to its end, by kind and final state",
+            step_duration.clone(),
+        );
+        let steps_started = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "obhost_steps_started",
+            "Step attempts that began running, by kind",
+            steps_started.clone(),
+        );
+        let steps_finished = Family::<Finished, Counter>::default();
+        registry.register(
+            "obhost_steps_finished",
+            "Step attempts that ended, by kind, final state and error code (\"\" on success)",
+            steps_finished.clone(),
+        );
+        let grpc_requests = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "obhost_grpc_requests",
+            "gRPC calls by method and final status code",
+            grpc_requests.clone(),
+        );
+        let watchers = Gauge::default();
+        registry.register(
+            "obhost_watchers",
+            "Open WatchSteps streams",
+            watchers.clone(),
+        );
+        let report_lag = Gauge::default();
+        registry.register(
+            "obhost_report_lag_revisions",
+            "Step changes committed but not yet acknowledged by the [report] endpoint",
+            report_lag.clone(),
+        );
+        let report_failures = Counter::default();
+        registry.register(
+            "obhost_report_failures",
+            "Failed ReportSteps calls to the [report] endpoint",
+            report_failures.clone(),
+        );
+        let report_dropped = Counter::default();
+        registry.register(
+            "obhost_report_dropped",
+            "Unacknowledged step changes dropped past [report] max_unacked",
+            report_dropped.clone(),
+        );
+        let store_size = Gauge::default();
+        registry.register(
+            "obhost_store_size_bytes",
+            "Size of the state store file (obhostd.redb)",
+            store_size.clone(),
+        );
+        registry.register(
+            "obhost_store_commit_duration_seconds",
+            "Time of one state store commit (one transaction, one fsync)",
+            COMMIT_SECONDS.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: VERSION.into(),
+                commit: COMMIT.into(),
+            })
+            .set(1);
+        registry.register(
+            "obhost_build_info",
+            "Always 1; the labels say which obhostd this is",
+            build,
+        );
+        let observers = Arc::new(observers::Collector::default());
+        registry.register_collector(Box::new(observers.clone()));
+        Arc::new(Metrics {
+            registry,
+            steps,
+            step_duration,
+            steps_started,
+            steps_finished,
+            grpc_requests,
+            report_lag,
+            report_failures,
+            report_dropped,
+            tracker: Mutex::new(steps::Tracker::default()),
+            live: std::sync::OnceLock::new(),
+            scrape: Mutex::new(()),
+            watchers,
+            store_size,
+            observers,
+        })
+    }
+
+    /// Gives the scrape its live sources and starts following the change
+    /// feed. `feed` must be subscribed before the engine starts, so no change
+    /// made while resolving unfinished steps is missed.
+    pub fn attach(
+        self: &Arc<Self>,
+        sources: Sources,
+        feed: tokio::sync::broadcast::Receiver<Arc<crate::steps::StepRecord>>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let store = sources.store.clone();
+        let _ = self.live.set(sources);
+        steps::spawn_follower(self.clone(), store, feed, shutdown);
+    }
+
+    /// `[report]`: revisions committed but not yet acknowledged.
+    pub fn report_lag(&self, revisions: u64) {
+        self.report_lag
+            .set(i64::try_from(revisions).unwrap_or(i64::MAX));
+    }
+
+    /// `[report]`: one failed ReportSteps call.
+    pub fn report_failure(&self) {
+        self.report_failures.inc();
+    }
+
+    /// `[report]`: changes dropped past `max_unacked`.
+    pub fn report_dropped(&self, changes: u64) {
+        self.report_dropped.inc_by(changes);
+    }
+
+    /// The OpenMetrics text of every family. Blocking (it reads /proc and the
+    /// store): call it on a blocking thread.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = self.live.get() {
+            self.watchers
+                .set(i64::try_from(live.engine.watchers()).unwrap_or(i64::MAX));
+            let size = std::fs::metadata(live.store.path()).map_or(0, |m| m.len());
+            self.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
+            // Cheap (a table's length): tells how many finished steps
+            // retention has pruned since the last scrape.
+            if let Ok(stored) = live.store.count() {
+                self.lock_tracker().reconcile(stored, &self.steps);
+            }
+            self.observers.sample(&live.observers.all());
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    fn lock_tracker(&self) -> std::sync::MutexGuard<'_, steps::Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one finished gRPC call. `method` is bounded by [`grpc`].
+    fn grpc_request(&self, method: &str, code: &str) {
+        self.grpc_requests
+            .get_or_create(&GrpcLabels {
+                method: method.into(),
+                code: code.into(),
+            })
+            .inc();
+    }
+}
+
+/// Seconds as f64 between two times; 0 when `end` is before `start` (a clock
+/// step back).
+fn seconds_between(start: std::time::SystemTime, end: std::time::SystemTime) -> f64 {
+    end.duration_since(start)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}

@@ -71,11 +71,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         policy: policy.clone(),
     });
     let engine = opened.start(Tasks::new(deps), shutdown.clone()).await?;
+    let metrics = Metrics::new();
     if let Some(report) = &config.report {
-        crate::report::Reporter::new(report, engine.outgoing())?.spawn(shutdown.clone());
+        crate::report::Reporter::new(report, engine.outgoing(), metrics.clone())?
+            .spawn(shutdown.clone());
     }
     restrict_state_files(&state_dir);
-    let metrics = Metrics::new();
     let sources = crate::metrics::Sources {
         engine: engine.clone(),
         observers: registry.clone(),

@@ -550,3 +550,57 @@ fn idle_connections_are_capped() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The report metrics follow the reporter: failures while the receiver is
+/// away, the lag of what it has not acknowledged, changes dropped past
+/// max_unacked; the lag goes back to 0 once a receiver takes everything.
+#[tokio::test]
+async fn report_metrics_follow_the_push() {
+    let port = free_port();
+    let d = Daemon::start_with(Options {
+        config: format!(
+            "{METRICS_ON_ANY_PORT}\n[report]\nendpoint = \"http://127.0.0.1:{port}\"\nbatch_delay = \"10ms\"\nmax_backoff = \"200ms\"\nmax_unacked = 4\n"
+        ),
+        ..Options::default()
+    });
+    let addr = metrics_addr(&d);
+    for i in 0..5 {
+        let id = format!("rm-{i}");
+        run_test_step(&d, test_step(&id, 0.0)).await;
+        wait_terminal(&d, &id).await;
+    }
+    // Every change since start is unacknowledged (the lag); all but the
+    // newest four were dropped.
+    let s = scrape_until(&addr, "failures, lag and drops", |s| {
+        let lag = get(s, "obhost_report_lag_revisions", &[]).unwrap_or_default();
+        get(s, "obhost_report_failures_total", &[]).is_some_and(|v| v >= 2.0)
+            && lag >= 10.0
+            && get(s, "obhost_report_dropped_total", &[]) == Some(lag - 4.0)
+    })
+    .await;
+    assert!(get(&s, "obhost_report_failures_total", &[]).unwrap() >= 2.0);
+    // A receiver comes up: the lag drains to 0.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    #[derive(Default)]
+    struct Took;
+    #[tonic::async_trait]
+    impl obhost::proto::v1::step_reporter_server::StepReporter for Took {
+        async fn report_steps(
+            &self,
+            _: tonic::Request<pb::ReportStepsRequest>,
+        ) -> Result<tonic::Response<pb::ReportStepsResponse>, tonic::Status> {
+            Ok(tonic::Response::new(pb::ReportStepsResponse {}))
+        }
+    }
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(obhost::proto::v1::step_reporter_server::StepReporterServer::new(Took))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    scrape_until(&addr, "the lag drains", |s| {
+        get(s, "obhost_report_lag_revisions", &[]) == Some(0.0)
+    })
+    .await;
+}

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::convert;
 use crate::config::ReportConfig;
+use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::steps::StepRecord;
 use crate::steps::engine::Outgoing;
@@ -38,6 +39,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 pub struct Reporter {
     outgoing: Outgoing,
+    metrics: std::sync::Arc<Metrics>,
     client: client::Client,
     host: pb::ReporterHost,
     batch_max: usize,
@@ -48,7 +50,11 @@ pub struct Reporter {
 impl Reporter {
     /// Reads the certificates and builds the client; the connection itself is
     /// made when there is something to send (the orchestrator may be down).
-    pub fn new(config: &ReportConfig, outgoing: Outgoing) -> Result<Reporter, ClientError> {
+    pub fn new(
+        config: &ReportConfig,
+        outgoing: Outgoing,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Result<Reporter, ClientError> {
         let hostname = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -56,6 +62,7 @@ impl Reporter {
         let agent_id = config.agent_id.clone().unwrap_or_else(|| hostname.clone());
         Ok(Reporter {
             outgoing,
+            metrics,
             client: client::Client::new(config)?,
             host: pb::ReporterHost {
                 agent_id,
@@ -83,9 +90,20 @@ impl Reporter {
         let mut backoff = FIRST_BACKOFF;
         // Whether the changes waiting have had their batch_delay to gather.
         let mut gathered = false;
+        // Dropped changes already counted in the metric, not yet announced.
+        let mut counted_drops = 0;
         info!(endpoint = %self.client.endpoint(), agent_id = %self.host.agent_id, "reporting step changes");
         loop {
-            let sent = match self.outgoing.read(self.batch_max).await {
+            let read = self.outgoing.read(self.batch_max).await;
+            if let Ok(out) = &read {
+                self.metrics
+                    .report_lag(self.outgoing.durable_revision().saturating_sub(out.acked));
+                if out.dropped > counted_drops {
+                    self.metrics.report_dropped(out.dropped - counted_drops);
+                    counted_drops = out.dropped;
+                }
+            }
+            let sent = match read {
                 Ok(out) if out.changes.is_empty() && out.dropped == 0 => {
                     if changes.recv().await == Err(RecvError::Closed) {
                         return;
@@ -99,7 +117,14 @@ impl Reporter {
                     gathered = true;
                     continue;
                 }
-                Ok(out) => self.send(out).await,
+                Ok(out) => {
+                    let announced = out.dropped;
+                    let sent = self.send(out).await;
+                    if sent.is_ok() {
+                        counted_drops = counted_drops.saturating_sub(announced);
+                    }
+                    sent
+                }
                 Err(e) => Err(format!("cannot read the outbox: {e}")),
             };
             gathered = false;
@@ -109,6 +134,7 @@ impl Reporter {
                     backoff = FIRST_BACKOFF;
                 }
                 Err(e) => {
+                    self.metrics.report_failure();
                     errors.failed(self.client.endpoint(), e);
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(self.max_backoff);

@@ -604,3 +604,90 @@ async fn report_metrics_follow_the_push() {
     })
     .await;
 }
+
+/// The agent StartAgentService started is up while its health check passes,
+/// and down once it is gone; with no health check, by its process.
+#[tokio::test]
+async fn agent_service_up_follows_the_agent() {
+    use pb::health_check::Check;
+    use pb::start_agent_service_request::Service;
+    let (d, addr) = metrics_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let start = |id: &str, check: Option<Check>| pb::StartAgentServiceRequest {
+        meta: Some(meta(id)),
+        service: Some(Service::Command(pb::ServiceCommand {
+            argv: vec![
+                FAKE_OBSERVER.into(),
+                "-N".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            cwd: dir.path().display().to_string(),
+            foreground: true,
+            ..Default::default()
+        })),
+        health: check.map(|c| pb::HealthCheck { check: Some(c) }),
+    };
+    let s = scrape(&addr);
+    assert_eq!(
+        get(
+            &s,
+            "obhost_agent_service_up",
+            &[("judged_by", "health_check")]
+        ),
+        None
+    );
+    d.client()
+        .await
+        .start_agent_service(start("agent-up", Some(Check::TcpPort(port as u32))))
+        .await
+        .unwrap();
+    let step = wait_terminal(&d, "agent-up").await;
+    assert_eq!(step.state(), pb::StepState::Succeeded, "{step:#?}");
+    scrape_until(&addr, "agent up", |s| {
+        get(
+            s,
+            "obhost_agent_service_up",
+            &[("judged_by", "health_check")],
+        ) == Some(1.0)
+    })
+    .await;
+    let pid: i32 = step.outputs["pid"].parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    scrape_until(&addr, "agent down", |s| {
+        get(
+            s,
+            "obhost_agent_service_up",
+            &[("judged_by", "health_check")],
+        ) == Some(0.0)
+    })
+    .await;
+
+    // Without a health check: its process, pid and start time.
+    d.client()
+        .await
+        .start_agent_service(start("agent-proc", None))
+        .await
+        .unwrap();
+    let step = wait_terminal(&d, "agent-proc").await;
+    assert_eq!(step.state(), pb::StepState::Succeeded, "{step:#?}");
+    scrape_until(&addr, "agent up by process", |s| {
+        get(s, "obhost_agent_service_up", &[("judged_by", "process")]) == Some(1.0)
+    })
+    .await;
+    let pid: i32 = step.outputs["pid"].parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    scrape_until(&addr, "agent down by process", |s| {
+        get(s, "obhost_agent_service_up", &[("judged_by", "process")]) == Some(0.0)
+    })
+    .await;
+}

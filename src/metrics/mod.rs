@@ -13,6 +13,7 @@
 //! Label values that callers control (gRPC method names) are bounded: a hostile
 //! client must not be able to grow the registry without limit (see [`grpc`]).
 
+mod agent;
 pub mod grpc;
 pub mod http;
 mod observers;
@@ -68,6 +69,12 @@ struct GrpcLabels {
     code: String,
 }
 
+/// How "agent up" was judged: `health_check` or `process`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    judged_by: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
@@ -120,6 +127,7 @@ pub struct Metrics {
     watchers: Gauge,
     store_size: Gauge,
     observers: Arc<observers::Collector>,
+    agent_up: Family<AgentLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -209,6 +217,13 @@ impl Metrics {
             "Always 1; the labels say which obhostd this is",
             build,
         );
+        let agent_up = Family::<AgentLabels, Gauge>::default();
+        registry.register(
+            "obhost_agent_service_up",
+            "1 if the agent StartAgentService last started is up (its health check passes, or \
+             without one its process still runs); absent until one was started",
+            agent_up.clone(),
+        );
         let observers = Arc::new(observers::Collector::default());
         registry.register_collector(Box::new(observers.clone()));
         Arc::new(Metrics {
@@ -227,6 +242,7 @@ impl Metrics {
             watchers,
             store_size,
             observers,
+            agent_up,
         })
     }
 
@@ -275,10 +291,28 @@ impl Metrics {
                 self.lock_tracker().reconcile(stored, &self.steps);
             }
             self.observers.sample(&live.observers.all());
+            self.sample_agent();
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// Judges the last started agent now (outside the tracker's lock: a health
+    /// check may take up to a second).
+    fn sample_agent(&self) {
+        let started = self.lock_tracker().agent.clone();
+        let (Some(started), Ok(runtime)) = (started, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        if let Some(up) = started.up(&runtime) {
+            self.agent_up.clear();
+            self.agent_up
+                .get_or_create(&AgentLabels {
+                    judged_by: started.judged_by().into(),
+                })
+                .set(i64::from(up));
+        }
     }
 
     fn lock_tracker(&self) -> std::sync::MutexGuard<'_, steps::Tracker> {

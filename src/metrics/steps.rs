@@ -48,6 +48,8 @@ struct Entry {
 pub struct Tracker {
     steps: HashMap<String, Entry>,
     finished: BTreeMap<u64, String>,
+    /// The newest StartAgentService that succeeded: what "agent up" checks.
+    pub(super) agent: Option<super::agent::Started>,
 }
 
 impl Tracker {
@@ -57,6 +59,14 @@ impl Tracker {
         let prev = self.steps.get(r.id());
         if prev.is_some_and(|p| p.revision >= r.revision) {
             return;
+        }
+        if let Some(started) = super::agent::Started::from_record(r)
+            && self
+                .agent
+                .as_ref()
+                .is_none_or(|a| a.revision < started.revision)
+        {
+            self.agent = Some(started);
         }
         let kind = kind_name(r.spec.kind);
         if count {

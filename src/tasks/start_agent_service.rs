@@ -56,6 +56,9 @@ pub struct AgentParams {
     pub health: Option<Health>,
 }
 
+/// The output naming the agent process's start (clock ticks after boot).
+pub const AGENT_START_TICKS: &str = "process_start_ticks";
+
 pub struct StartAgentService {
     pub params: AgentParams,
     pub deps: Arc<Deps>,
@@ -87,6 +90,9 @@ impl StartAgentService {
             Service::Command(cmd) => {
                 let (id, spawned) = self.command(&ctx, cmd).await?;
                 outputs.insert("pid".to_string(), id.pid.to_string());
+                // With the pid, who the process is: a later look (metrics)
+                // must not take a reused pid for the agent.
+                outputs.insert(AGENT_START_TICKS.to_string(), id.start_ticks.to_string());
                 outputs.insert("already_running".to_string(), spawned.is_none().to_string());
                 Some((Handle::open(id).ok(), cmd, spawned))
             }

@@ -41,3 +41,65 @@ fn python_grpcio_client_speaks_the_contract() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("all checks passed"), "{text}");
 }
+
+/// A Java (or Go) orchestrator generates from the protos as shipped: every
+/// file names its Go and Java packages, and the descriptors obhostd serves by
+/// reflection carry them too.
+#[tokio::test]
+async fn the_protos_name_their_go_and_java_packages() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let d = Daemon::start();
+    let mut client = ServerReflectionClient::new(d.channel().await);
+    let reqs: Vec<ServerReflectionRequest> = [
+        "obhost.v1.HostAgent",
+        "obhost.v1.Step",
+        "obhost.v1.ObserverSpec",
+    ]
+    .iter()
+    .map(|symbol| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_string())),
+    })
+    .collect();
+    let n = reqs.len();
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = resp.message_response else {
+            panic!("unexpected reflection answer: {resp:?}");
+        };
+        all.extend(files.file_descriptor_proto);
+    }
+    let mut ours = 0;
+    for bytes in all {
+        let file = prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap();
+        if file.package() != "obhost.v1" {
+            continue;
+        }
+        ours += 1;
+        let options = file.options.clone().unwrap_or_default();
+        assert_eq!(
+            options.go_package(),
+            "obhost.dev/api/obhost/v1;obhostv1",
+            "{}",
+            file.name()
+        );
+        assert_eq!(
+            options.java_package(),
+            "dev.obhost.api.v1",
+            "{}",
+            file.name()
+        );
+        assert!(options.java_multiple_files(), "{}", file.name());
+    }
+    assert!(ours >= 3, "host_agent.proto, steps.proto, observer.proto");
+}

@@ -437,3 +437,32 @@ fn logs_fit_a_file_and_the_journal() {
     let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
     assert!(first.get("timestamp").is_none(), "{first}");
 }
+
+/// Older tools (grpcurl, Python's grpcio-reflection) ask reflection v1alpha.
+#[tokio::test]
+async fn reflection_answers_v1alpha_too() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let d = Daemon::start();
+    let mut client = ServerReflectionClient::new(d.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer: {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"obhost.v1.HostAgent".to_string()),
+        "{names:?}"
+    );
+}

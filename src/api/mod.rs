@@ -107,10 +107,18 @@ pub async fn serve(
     let descriptor = proto::ALL_DESCRIPTOR;
     #[cfg(not(feature = "test-kinds"))]
     let descriptor = proto::V1_DESCRIPTOR;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(descriptor)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and Python's grpcio-reflection still
+    // ask v1alpha, newer tools v1.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptor)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()?
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
 
@@ -138,6 +146,7 @@ pub async fn serve(
         )))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(agent);
     #[cfg(feature = "test-kinds")]
     let router = router.add_service(InterceptedService::new(

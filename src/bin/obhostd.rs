@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// The obhost daemon: runs the host-local steps of OceanBase's "Start OB server"
 /// task for the orchestrator, over gRPC.
 #[derive(Parser)]
-#[command(version)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OBHOST_GIT_COMMIT"), ")"))]
 struct Args {
     /// TOML config file (see systemd/obhostd.toml). Without it, built-in defaults.
     #[arg(long, value_name = "FILE")]

@@ -26,7 +26,7 @@ pub use output::Format;
 #[derive(Parser)]
 #[command(
     name = "obhostctl",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OBHOST_GIT_COMMIT"), ")"),
     about = "Client for obhostd, the OceanBase on-host agent"
 )]
 pub struct Cli {

@@ -744,9 +744,44 @@ fn differences(stored: &StepSpec, new: &StepSpec) -> Vec<String> {
         ));
     }
     if stored.params != new.params {
-        d.push("parameters".into());
+        let mut keys = Vec::new();
+        differing_keys(&stored.params, &new.params, "", &mut keys);
+        let shown: Vec<&str> = keys.iter().take(5).map(String::as_str).collect();
+        let more = keys.len().saturating_sub(shown.len());
+        d.push(match (shown.is_empty(), more) {
+            (true, _) => "parameters".into(),
+            (false, 0) => format!("parameters ({})", shown.join(", ")),
+            (false, n) => format!("parameters ({} and {n} more)", shown.join(", ")),
+        });
     }
     d
+}
+
+/// Dotted paths (e.g. `observer.mysql_port`) where two parameter documents
+/// differ, so a conflict names the field rather than "parameters".
+fn differing_keys(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                let null = Value::Null;
+                differing_keys(
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    &path,
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(crate::bounds::quote(at)),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -582,3 +582,23 @@ async fn a_step_waits_pending_only_while_its_key_is_busy() {
     let second = until_state(&engine, "second", StepState::Succeeded).await;
     assert!(second.started_at.unwrap() >= first.finished_at.unwrap());
 }
+
+/// ALREADY_EXISTS names the parameters that differ, not just "parameters".
+#[test]
+fn a_conflict_names_the_parameters_that_differ() {
+    let a = serde_json::json!({"observer": {"home_path": "/a", "mysql_port": 2881}, "create_dirs": true});
+    let b = serde_json::json!({"observer": {"home_path": "/a", "mysql_port": 2891}, "create_dirs": false});
+    let mut keys = Vec::new();
+    differing_keys(&a, &b, "", &mut keys);
+    assert_eq!(keys, ["create_dirs", "observer.mysql_port"]);
+    let mut stored = spec_with("x", a);
+    stored.kind = StepKind::Test;
+    let new = StepSpec {
+        params: b,
+        ..stored.clone()
+    };
+    assert_eq!(
+        differences(&stored, &new),
+        ["parameters (create_dirs, observer.mysql_port)"]
+    );
+}

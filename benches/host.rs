@@ -720,12 +720,18 @@ async fn stored_history(sizes: &Sizes) -> Vec<Row> {
     }
     walks.sort();
     let list = walks[1];
-    // After every record went through it once: what a history costs in use.
+    // After every record went through it once and the daemon is idle again
+    // (it hands a walk's freed memory back a second after the walk): what a
+    // history costs in use.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = rss_kib(d.pid());
     let n = sizes.stored;
     vec![
         Row {
-            figure: format!("RSS, {n} records of {} B, all listed", sizes.record_bytes),
+            figure: format!(
+                "RSS, {n} records of {} B, idle after listing",
+                sizes.record_bytes
+            ),
             value: format!("{:.1} MiB", rss as f64 / 1024.0),
             baseline: format!("empty {:.1} MiB", empty_rss as f64 / 1024.0),
             ratio: Some(rss as f64 / empty_rss.max(1) as f64),

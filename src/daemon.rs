@@ -77,14 +77,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .spawn(shutdown.clone());
     }
     restrict_state_files(&state_dir);
-    let sources = crate::metrics::Sources {
-        engine: engine.clone(),
-        observers: registry.clone(),
-        store,
-    };
-    metrics.attach(sources, feed, shutdown.clone());
+    // The step metrics keep a small entry per stored step (bounded by
+    // [retention] max_steps): only a daemon that serves them pays for that.
     if let Some(m) = &config.metrics {
+        let sources = crate::metrics::Sources {
+            engine: engine.clone(),
+            observers: registry.clone(),
+            store,
+        };
+        metrics.attach(sources, feed, shutdown.clone());
         crate::metrics::http::serve(m.listen, metrics.clone(), shutdown.clone()).await?;
+    } else {
+        drop(feed);
     }
     let listeners = api::listen::bind(&listen, &local, access.tls().is_some()).await?;
     notify(&[sd_notify::NotifyState::Ready]);

@@ -21,6 +21,8 @@ use crate::steps::store::{Page, PageLimit, Store, StoreError};
 #[derive(Default)]
 pub(super) struct ReadAhead {
     slot: Mutex<Option<Ahead>>,
+    /// A return of freed memory is pending (see [`trim_after_walk`]).
+    trim_pending: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A read started for the page after `after`.
@@ -53,6 +55,9 @@ impl ReadAhead {
             }
             None => read(store, filter, limit, after).await?,
         };
+        if page.exhausted && after.is_some() {
+            trim_after_walk(&self.trim_pending);
+        }
         if !page.exhausted
             && let Some(cursor) = &page.cursor
         {
@@ -82,6 +87,30 @@ impl ReadAhead {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Ahead>> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A walk through a long history decodes and frees hundreds of megabytes on
+/// several threads; glibc keeps much of that in its per-thread arenas, so RSS
+/// would stay at the walk's peak. Once a walk ends (and its last page has had
+/// a moment to be sent), hand the free memory back, at most once per second.
+fn trim_after_walk(pending: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    if pending.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let pending = pending.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let _ = tokio::task::spawn_blocking(|| {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free memory to the OS.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        })
+        .await;
+        pending.store(false, Ordering::Release);
+    });
 }
 
 async fn read(

@@ -93,6 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listeners = api::listen::bind(&listen, &local, access.tls().is_some()).await?;
     notify(&[sd_notify::NotifyState::Ready]);
     spawn_watchdog(shutdown.clone());
+    spawn_status(engine.clone(), registry.clone(), shutdown.clone());
     spawn_reload_on_hup(access.clone(), shutdown.clone())?;
 
     let services = api::Services {
@@ -184,6 +185,38 @@ fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         warn!(error = %e, "cannot notify systemd");
     }
+}
+
+/// Keeps `systemctl status obhostd` saying what the daemon is doing: one line,
+/// sent when it changes (looked at every 2 s).
+fn spawn_status(
+    engine: crate::steps::Engine,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            let observers = registry.all();
+            let running = observers.iter().filter(|o| o.identity.is_some()).count();
+            let line = format!(
+                "{} steps running; {running} of {} observers obhostd started are up",
+                engine.unfinished(),
+                observers.len()
+            );
+            if line != last {
+                notify(&[sd_notify::NotifyState::Status(&line)]);
+                last = line;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    });
 }
 
 /// Pets the watchdog at half its interval, from the runtime itself: if the

@@ -168,12 +168,21 @@ async fn sd_notify_ready_after_listening_watchdog_and_stopping() {
     // Watchdog at half of 200ms: several pets in a second.
     let start = Instant::now();
     let mut pets = 0;
+    let mut status = None;
     while start.elapsed() < Duration::from_millis(600) {
-        if recv(&mut buf).trim() == "WATCHDOG=1" {
+        let m = recv(&mut buf);
+        if m.trim() == "WATCHDOG=1" {
             pets += 1;
+        } else if let Some(s) = m.trim().strip_prefix("STATUS=") {
+            status = Some(s.to_string());
         }
     }
     assert!(pets >= 3, "only {pets} watchdog messages in 600ms");
+    // `systemctl status` shows what the daemon is doing.
+    assert_eq!(
+        status.as_deref(),
+        Some("0 steps running; 0 of 0 observers obhostd started are up")
+    );
     d.signal(Signal::SIGTERM);
     let mut saw_stopping = false;
     for _ in 0..50 {

@@ -563,6 +563,11 @@ impl Engine {
         self.shared.watchers.load(Ordering::Acquire)
     }
 
+    /// Steps PENDING or RUNNING now.
+    pub fn unfinished(&self) -> usize {
+        self.lock().active.len()
+    }
+
     /// The highest committed revision, as a reader of the store sees it.
     pub async fn revision(&self) -> u64 {
         self.shared

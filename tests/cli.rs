@@ -357,3 +357,32 @@ fn a_silent_daemon_is_a_timeout_not_a_hang() {
     assert!(err.contains("did not answer within --timeout"), "{err}");
     drop(silent);
 }
+
+/// `steps watch` outlives a restart of obhostd: it watches again from the
+/// last revision it saw and still ends with the step's outcome.
+#[tokio::test]
+async fn watch_until_done_survives_a_restart_of_obhostd() {
+    let d = Daemon::start();
+    let mut req = test_step("survivor", 2.0);
+    req.resumable = true;
+    run_test_step(&d, req).await;
+    let child = std::process::Command::new(OBHOSTCTL)
+        .args(["--addr", &d.addr, "steps", "watch", "--step", "survivor", "--until-done"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _d = d.restart_after_kill9();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("watching again after revision"), "{stderr}");
+    assert!(stdout.contains("SUCCEEDED"), "{stdout}");
+}

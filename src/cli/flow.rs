@@ -249,7 +249,7 @@ pub async fn follow(
 
 /// Times the follow of one step reconnects before it gives up (~0.5 s apart,
 /// plus each attempt's connect timeout: long enough for a restart).
-const RECONNECTS: u32 = 60;
+pub(crate) const RECONNECTS: u32 = 60;
 
 enum Watched {
     Done(Box<pb::Step>),
@@ -259,7 +259,7 @@ enum Watched {
 
 /// A daemon going away (restart, shutdown) or a watcher cut off for lagging:
 /// worth a new watch from the last revision seen.
-fn resumable(s: &tonic::Status) -> bool {
+pub(crate) fn resumable(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
         tonic::Code::Unavailable

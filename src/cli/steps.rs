@@ -175,35 +175,63 @@ async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<E
             }
         }
     }
-    let mut stream = client
-        .watch_steps(pb::WatchStepsRequest {
-            dag_id: args.dag_id.unwrap_or_default(),
-            step_ids: args.step_ids.clone(),
-            after_revision: args.after_revision.unwrap_or_default(),
-        })
-        .await?
-        .into_inner();
+    let dag_id = args.dag_id.clone().unwrap_or_default();
+    let mut after = args.after_revision.unwrap_or_default();
     let mut last: std::collections::BTreeMap<String, pb::Step> = Default::default();
-    while let Some(item) = stream.message().await? {
-        let Some(step) = item.step else { continue };
-        output::step_change(&step, format)?;
-        last.insert(step.id.clone(), step);
-        if args.until_done
-            && args
-                .step_ids
-                .iter()
-                .all(|id| last.get(id).is_some_and(output::is_terminal))
-        {
-            let ok = args.step_ids.iter().all(|id| {
-                last.get(id)
-                    .is_some_and(|s| s.state() == pb::StepState::Succeeded)
-            });
-            return Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+    let mut lost = 0;
+    loop {
+        // One watch from `after`; a daemon restart or a dropped connection
+        // ends it, and the next picks up from the last revision seen.
+        let ended: Result<(), tonic::Status> = async {
+            let mut stream = client
+                .watch_steps(pb::WatchStepsRequest {
+                    dag_id: dag_id.clone(),
+                    step_ids: args.step_ids.clone(),
+                    after_revision: after,
+                })
+                .await?
+                .into_inner();
+            while let Some(item) = stream.message().await? {
+                let Some(step) = item.step else { continue };
+                after = after.max(step.revision);
+                output::step_change(&step, format)
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                last.insert(step.id.clone(), step);
+                if args.until_done
+                    && args
+                        .step_ids
+                        .iter()
+                        .all(|id| last.get(id).is_some_and(output::is_terminal))
+                {
+                    return Ok(());
+                }
+            }
+            Err(tonic::Status::unavailable("the daemon ended the watch"))
+        }
+        .await;
+        match ended {
+            Ok(()) => {
+                let ok = args.step_ids.iter().all(|id| {
+                    last.get(id)
+                        .is_some_and(|s| s.state() == pb::StepState::Succeeded)
+                });
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            Err(s) if super::flow::resumable(&s) && lost < super::flow::RECONNECTS => {
+                lost += 1;
+                eprintln!(
+                    "lost obhostd ({}: {}); watching again after revision {after} ({lost} of {})",
+                    super::code_name(s.code()),
+                    s.message(),
+                    super::flow::RECONNECTS
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(s) => return Err(s.into()),
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -367,7 +367,15 @@ async fn watch_until_done_survives_a_restart_of_obhostd() {
     req.resumable = true;
     run_test_step(&d, req).await;
     let child = std::process::Command::new(OBHOSTCTL)
-        .args(["--addr", &d.addr, "steps", "watch", "--step", "survivor", "--until-done"])
+        .args([
+            "--addr",
+            &d.addr,
+            "steps",
+            "watch",
+            "--step",
+            "survivor",
+            "--until-done",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

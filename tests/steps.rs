@@ -351,3 +351,32 @@ async fn retention_bounds_the_store_and_keeps_running_steps() {
     );
     assert!(!ids.contains(&"old-00"), "the oldest survived: {ids:?}");
 }
+
+/// A step that did not succeed is logged at WARN with its code; one that did
+/// at INFO.
+#[tokio::test]
+async fn failures_are_logged_as_warnings_with_their_code() {
+    let d = Daemon::start();
+    let mut req = test_step("log-fail", 0.0);
+    req.fail_code = "PROBE_FAILED".into();
+    run_test_step(&d, req).await;
+    run_test_step(&d, test_step("log-ok", 0.0)).await;
+    wait_terminal(&d, "log-fail").await;
+    wait_terminal(&d, "log-ok").await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let finished = |id: &str| -> Option<serde_json::Value> {
+        d.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "step finished" && v["step"] == id)
+    };
+    while (finished("log-fail").is_none() || finished("log-ok").is_none())
+        && std::time::Instant::now() < end
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let failed = finished("log-fail").expect("logged");
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    assert_eq!(failed["code"], "PROBE_FAILED", "{failed}");
+    assert_eq!(finished("log-ok").expect("logged")["level"], "INFO");
+}

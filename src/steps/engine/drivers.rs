@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::Engine;
 use crate::steps::model::{StepError, StepRecord, StepState, codes, truncated};
@@ -225,8 +225,17 @@ impl Engine {
                 true
             })
             .await;
-        if let Some(r) = done {
-            info!(step = id, attempt, state = %r.state, message = %r.message, "step finished");
+        // A step that did not succeed is something an operator looks for in
+        // the journal: WARN, with its code.
+        match done {
+            Some(r) if r.state == StepState::Succeeded => {
+                info!(step = id, attempt, state = %r.state, detail = %r.message, "step finished");
+            }
+            Some(r) => {
+                let code = r.error.as_ref().map_or("", |e| e.code.as_str());
+                warn!(step = id, attempt, state = %r.state, code, detail = %r.message, "step finished");
+            }
+            None => {}
         }
     }
 }

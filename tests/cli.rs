@@ -123,7 +123,15 @@ fn bad_usage_is_exit_2() {
 
 #[test]
 fn demo_runs_end_to_end_and_cleans_up() {
+    let started = std::time::Instant::now();
     let (code, out, err) = obhostctl(None, &["demo"]);
+    // obhostd stops at once when the demo is done with it, rather than
+    // waiting out its 10 s shutdown_timeout for a connection left open.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "the demo took {:?}",
+        started.elapsed()
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     let dir = out
         .lines()

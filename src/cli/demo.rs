@@ -20,6 +20,28 @@ struct Scratch {
     daemon: Option<Child>,
 }
 
+impl Scratch {
+    /// SIGTERM, then waits (yielding to the runtime) for obhostd to exit.
+    async fn stop_daemon(&mut self) {
+        let Some(mut d) = self.daemon.take() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = d.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(mut d) = self.daemon.take() {
@@ -298,6 +320,11 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
     // The last pushes are a batch_delay away.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_sink.cancel();
+    // Close our connection before stopping obhostd, and let the runtime run
+    // while it stops: a client left open (or a runtime blocked in a sleep)
+    // would keep obhostd waiting out its shutdown_timeout.
+    drop(client);
+    scratch.stop_daemon().await;
     drop(scratch);
     say(if ok {
         "\ndemo done: obhostd stopped, temp dir removed".into()

@@ -402,3 +402,14 @@ async fn watch_until_done_survives_a_restart_of_obhostd() {
     assert!(stderr.contains("watching again after revision"), "{stderr}");
     assert!(stdout.contains("SUCCEEDED"), "{stdout}");
 }
+
+/// `demo -o json` prints exactly one JSON document.
+#[test]
+fn demo_json_is_one_document() {
+    let (code, out, err) = obhostctl(None, &["-o", "json", "demo"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["dag"]["status"], "SUCCEEDED", "{doc}");
+    assert_eq!(doc["observer"]["running"], true, "{doc}");
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 5, "{doc}");
+}

@@ -252,7 +252,8 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         "\nobhostctl start-observer --home {} --mysql-port {port} ... (the four host steps of 'Start OB server'):",
         home.display()
     ));
-    let started = flow::start_observer(&mut client, &args, format).await?;
+    let mut dag = None;
+    let started = flow::run(&mut client, &args, format, &mut dag).await?;
 
     let observer_status = client
         .get_observer(pb::GetObserverRequest {
@@ -311,7 +312,18 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         .into_inner()
         .steps;
     if format == Format::Json {
-        output::step_list(&steps, "", format)?;
+        // One document: the start's DAG, the observer as it ran, the stop and
+        // every step of the DAG.
+        let doc = serde_json::json!({
+            "dag": dag,
+            "observer": observer_status,
+            "stop": stop,
+            "steps": steps,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Other(e.into()))?
+        );
     } else {
         println!();
         output::step_list(&steps, "", format)?;

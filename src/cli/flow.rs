@@ -397,11 +397,31 @@ fn explain_failure(s: &pb::Step) {
     }
 }
 
-/// Runs the four steps, stopping at the first that does not succeed.
+/// `obhostctl start-observer`: the flow, and with `-o json` its DAG as one
+/// JSON document.
 pub async fn start_observer(
     client: &mut Client,
     args: &StartArgs,
     format: Format,
+) -> Result<ExitCode, CliError> {
+    let mut dag = None;
+    let code = run(client, args, format, &mut dag).await?;
+    if let Some(dag) = dag {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&dag).map_err(|e| CliError::Other(e.into()))?
+        );
+    }
+    Ok(code)
+}
+
+/// Runs the four steps, stopping at the first that does not succeed; with
+/// `-o json` the DAG (in OCP's shape) is left in `dag_out`.
+pub async fn run(
+    client: &mut Client,
+    args: &StartArgs,
+    format: Format,
+    dag_out: &mut Option<serde_json::Value>,
 ) -> Result<ExitCode, CliError> {
     let dag = args
         .dag_id
@@ -535,11 +555,8 @@ pub async fn start_observer(
             .is_some_and(|s| s.state() == pb::StepState::Succeeded)
     });
     if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&dag_json(&dag, &ids, &done))
-                .map_err(|e| CliError::Other(e.into()))?
-        );
+        // The caller prints it: part of its one JSON document.
+        *dag_out = Some(dag_json(&dag, &ids, &done));
     } else if ok {
         println!(
             "observer started and active in {:.1}s",

@@ -393,12 +393,12 @@ impl ReportConfig {
         let host = uri.host().unwrap_or("");
         match uri.scheme_str() {
             Some("https") if self.ca_file.is_none() => Err(format!(
-                "[report] endpoint '{e}' is https but ca_file is not set; set ca_file to the CA that signs                  the orchestrator's certificate (or /etc/ssl/certs/ca-certificates.crt for a public CA)"
+                "[report] endpoint '{e}' is https but ca_file is not set; set ca_file to the CA that signs the orchestrator's certificate (or /etc/ssl/certs/ca-certificates.crt for a public CA)"
             )),
             Some("https") => Ok(()),
             Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") => Ok(()),
             Some("http") => Err(format!(
-                "[report] endpoint '{e}' is plain http to another host; use https:// with ca_file                  (http:// only to 127.0.0.1)"
+                "[report] endpoint '{e}' is plain http to another host; use https:// with ca_file (http:// only to 127.0.0.1)"
             )),
             _ => Err(format!(
                 "[report] endpoint '{e}' must start with https:// (or http:// to 127.0.0.1)"

@@ -20,6 +20,39 @@ use crate::process::Reaper;
 use crate::steps::{EngineConfig, Opened, Retention};
 use crate::tasks::{Deps, Tasks};
 
+/// `obhostd --check-config`: everything a start checks before it touches the
+/// state dir or binds a port: the config's rules, the token and TLS files, the
+/// users it names, the report endpoint's certificates. Returns a one-line
+/// summary of what would run.
+pub fn check_config(config: &Config) -> anyhow::Result<String> {
+    config.validate()?;
+    let listen = config.listeners()?;
+    let access = Access::load(config)?;
+    config.local_access()?;
+    let state_dir = config.state_dir()?;
+    if let Some(report) = &config.report {
+        crate::report::check(report)?;
+    }
+    Ok(format!(
+        "config OK: listen {}; state_dir {}; tls {}; report {}; metrics {}",
+        listen
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        state_dir.display(),
+        if access.tls().is_some() { "on" } else { "off" },
+        config
+            .report
+            .as_ref()
+            .map_or("off", |r| r.endpoint.as_str()),
+        config
+            .metrics
+            .as_ref()
+            .map_or("off".to_string(), |m| m.listen.to_string()),
+    ))
+}
+
 /// Runs the daemon until `shutdown` fires. Errors are for the operator: they
 /// name the file or address at fault and what to do.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -475,3 +475,49 @@ async fn reflection_answers_v1alpha_too() {
         "{names:?}"
     );
 }
+
+/// `obhostd --check-config` says what would run, or why it would not start,
+/// without touching a state dir or binding a port.
+#[test]
+fn check_config_validates_without_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |config: &str| {
+        let path = tmp.path().join("obhostd.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(OBHOSTD)
+            .arg("--config")
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check("");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("config OK: listen unix:"), "{out}");
+    assert!(
+        !tmp.path().join("state").exists(),
+        "a check creates nothing"
+    );
+    let (code, _, err) = check("[report]\nendpoint = \"http://192.0.2.1:62950\"\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "plain http to another host; use https:// with ca_file (http:// only to 127.0.0.1)"
+        ),
+        "{err}"
+    );
+    let missing = tmp.path().join("no-such-ca.pem");
+    let (code, _, err) = check(&format!(
+        "[report]\nendpoint = \"https://ocp.example:62950\"\nca_file = \"{}\"\n",
+        missing.display()
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no-such-ca.pem"), "{err}");
+}

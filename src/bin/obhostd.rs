@@ -26,6 +26,10 @@ struct Args {
     /// Log format (overrides `log_format`). Filter with RUST_LOG, default "info".
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Check the config and the files it names (token, TLS, report CA), say
+    /// what would run, and exit: 0 if obhostd would start with it, 2 if not.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,18 @@ fn main() -> ExitCode {
     }
     if let Some(format) = args.log_format {
         config.log_format = format;
+    }
+    if args.check_config {
+        return match obhost::daemon::check_config(&config) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("obhostd: {e:#}");
+                ExitCode::from(2)
+            }
+        };
     }
     init_logging(config.log_format);
     log_panics();

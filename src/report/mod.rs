@@ -34,6 +34,11 @@ use crate::steps::engine::Outgoing;
 
 pub use client::ClientError;
 
+/// What a start would refuse about `[report]`: the endpoint and the files.
+pub fn check(config: &ReportConfig) -> Result<(), ClientError> {
+    client::Client::new(config).map(|_| ())
+}
+
 /// The first pause after a failure; it doubles up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 

@@ -286,6 +286,13 @@ async fn a_crash_at_start_is_process_exited_with_the_log() {
         "{e:?}"
     );
     assert!(zombies_of(d.pid()).is_empty());
+    // GetObserver keeps how the observer that died during its start ended.
+    let o = get_observer(&d, home.path()).await;
+    assert!(!o.running);
+    let last = o
+        .last_exit
+        .expect("the last exit of an observer that died during start");
+    assert_eq!(last.code, Some(134), "{last:?}");
 }
 
 #[tokio::test]

@@ -165,8 +165,9 @@ impl StartObserver {
         )
         .await
         .map_err(|e| self.failed(e))?;
-        self.settle(&ctx, server).await?;
-        registry.started(self.record(server, argv(server.pid), ctx.step_id(), uid));
+        let record = self.record(server, argv(server.pid), ctx.step_id(), uid);
+        self.settle(&ctx, server, &record).await?;
+        registry.started(record);
         spawned.keep();
         Ok(success(&server, &command, false, &self.spec))
     }
@@ -278,7 +279,12 @@ impl StartObserver {
     /// missing library kills it within moments) or listens on its MySQL port
     /// already (then it is past its riskiest phase, and waiting longer only
     /// delays the orchestrator; a later death is WaitObserverActive's to see).
-    async fn settle(&self, ctx: &StepContext, server: Identity) -> Result<(), StepFailure> {
+    async fn settle(
+        &self,
+        ctx: &StepContext,
+        server: Identity,
+        record: &ObserverRecord,
+    ) -> Result<(), StepFailure> {
         let settle = self.deps.policy.start_settle;
         let port = self.spec.mysql_port;
         ctx.progress(format!(
@@ -289,6 +295,17 @@ impl StartObserver {
         .await;
         let died = || async {
             let exit = launch::exit_of(self.deps.registry.reaper(), server.pid).await;
+            // GetObserver shows how it ended, as for any observer obhostd ran.
+            self.deps.registry.started(ObserverRecord {
+                identity: None,
+                last_exit: Some(exit.unwrap_or(crate::process::Exit {
+                    pid: server.pid,
+                    code: None,
+                    signal: None,
+                    at: std::time::SystemTime::now(),
+                })),
+                ..record.clone()
+            });
             let during = "right after it started";
             self.failed(LaunchError::Died(Died {
                 pid: server.pid,

@@ -21,46 +21,40 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// SIGTERM, then waits (yielding to the runtime) for obhostd to exit.
+    /// Stops obhostd on the blocking pool, so the runtime keeps running
+    /// meanwhile (a blocked runtime could not close our side of a connection,
+    /// and obhostd would wait out its shutdown_timeout for it).
     async fn stop_daemon(&mut self) {
-        let Some(mut d) = self.daemon.take() else {
-            return;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(d.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = d.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(d) = self.daemon.take() {
+            let _ = tokio::task::spawn_blocking(move || stop(d)).await;
         }
-        let _ = d.kill();
-        let _ = d.wait();
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(d.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let end = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = d.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = d.kill();
-            let _ = d.wait();
+        if let Some(d) = self.daemon.take() {
+            stop(d);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// SIGTERM, up to 15 s for obhostd to exit, then SIGKILL.
+fn stop(mut d: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = d.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = d.kill();
+    let _ = d.wait();
 }
 
 fn sibling(name: &str) -> Result<PathBuf, CliError> {

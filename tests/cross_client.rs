@@ -103,3 +103,34 @@ async fn the_protos_name_their_go_and_java_packages() {
     }
     assert!(ours >= 3, "host_agent.proto, steps.proto, observer.proto");
 }
+
+/// The protos as shipped pass `buf lint` (STANDARD rules, minus the one
+/// exception buf.yaml explains), so an orchestrator team that lints its
+/// imports does not trip over ours. buf comes from npm (`.ci/run` installs it
+/// under target/tools); outside CI a missing buf skips, saying so.
+#[test]
+fn the_protos_pass_buf_lint() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let local = root.join("target/tools/node_modules/.bin/buf");
+    let buf = if local.exists() {
+        local.into_os_string()
+    } else {
+        "buf".into()
+    };
+    let out = match Command::new(&buf).arg("lint").current_dir(root).output() {
+        Ok(out) => out,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "SKIPPED: buf not runnable ({e}); `npm install --prefix target/tools @bufbuild/buf`"
+            );
+            return;
+        }
+        Err(e) => panic!("buf is missing in CI ({e}): .ci/run must install it"),
+    };
+    assert!(
+        out.status.success(),
+        "buf lint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -521,3 +521,120 @@ fn check_config_validates_without_starting() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no-such-ca.pem"), "{err}");
 }
+
+/// `RUST_LOG=obhost=debug` tells each step's story: the driver starting with
+/// its key and deadline, every Prepare check, where the observer was looked
+/// for, what was spawned (as whom, where), each signal sent, and the step's
+/// own progress, once per change.
+#[tokio::test]
+async fn debug_logs_follow_each_step() {
+    let d = Daemon::start_with(Options {
+        env: vec![("RUST_LOG".into(), "obhost=debug".into())],
+        ..Options::default()
+    });
+    let home = Home::new();
+    let mut spec = home.spec();
+    spec.parameters.insert("memory_limit".into(), "2G".into());
+    d.client()
+        .await
+        .prepare(pb::PrepareRequest {
+            meta: Some(meta("dbg-prepare")),
+            observer: Some(spec.clone()),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_terminal(&d, "dbg-prepare").await;
+    let mut spec = spec;
+    spec.env.insert("FAKE_OBSERVER_USER".into(), "ocp".into());
+    spec.env
+        .insert("FAKE_OBSERVER_PASSWORD".into(), "right".into());
+    let (_, pid) = start_ok(&d, "dbg-start", spec).await;
+    // A wait that is refused over and over: its progress says so once.
+    d.client()
+        .await
+        .wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: Some(pb::StepMeta {
+                step_id: "dbg-wait".into(),
+                timeout: Some(secs(1.0)),
+                ..Default::default()
+            }),
+            home_path: home.path().display().to_string(),
+            mysql_port: home.mysql_port as u32,
+            user: "ocp".into(),
+            password: "wrong".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let waited = wait_terminal(&d, "dbg-wait").await;
+    assert_eq!(waited.state(), pb::StepState::TimedOut, "{waited:#?}");
+    let stop = stop_observer(&d, "dbg-stop", home.path(), 5.0, false).await;
+    assert!(!stop.id.is_empty());
+    let stopped = wait_terminal(&d, "dbg-stop").await;
+    assert_eq!(stopped.state(), pb::StepState::Succeeded, "{stopped:#?}");
+
+    let events: Vec<serde_json::Value> = d
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let debug = |message: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["level"] == "DEBUG" && e["message"] == message)
+            .collect()
+    };
+    let field = |e: &serde_json::Value, k: &str| match &e[k] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+
+    let drivers = debug("step driver started");
+    for id in ["dbg-prepare", "dbg-start", "dbg-stop"] {
+        assert!(
+            drivers.iter().any(|e| field(e, "step") == id),
+            "no driver event for {id}: {drivers:?}"
+        );
+    }
+    let checks = debug("check evaluated");
+    assert!(
+        checks.iter().any(|e| field(e, "check") == "port.mysql"),
+        "{checks:?}"
+    );
+    assert!(!debug("looked for the observer").is_empty());
+    let spawned = debug("spawned");
+    assert!(
+        spawned
+            .iter()
+            .any(|e| field(e, "command").contains(FAKE_OBSERVER)
+                && field(e, "cwd") == home.path().display().to_string()),
+        "{spawned:?}"
+    );
+    let signals = debug("signalling");
+    assert!(
+        signals
+            .iter()
+            .any(|e| field(e, "pid") == pid.to_string() && field(e, "signal") == "SIGTERM"),
+        "{signals:?}"
+    );
+    let progress: Vec<String> = debug("step progress")
+        .iter()
+        .filter(|e| field(e, "step") == "dbg-stop")
+        .map(|e| field(e, "detail"))
+        .collect();
+    assert!(
+        progress.iter().any(|m| m.starts_with("sent SIGTERM")),
+        "{progress:?}"
+    );
+    let refused: Vec<String> = debug("step progress")
+        .iter()
+        .filter(|e| field(e, "step") == "dbg-wait")
+        .map(|e| field(e, "detail"))
+        .collect();
+    assert!(refused.iter().any(|m| m.contains("refused")), "{refused:?}");
+    let mut unique = refused.clone();
+    unique.dedup();
+    assert_eq!(unique, refused, "a repeated refusal is logged once");
+}

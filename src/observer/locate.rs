@@ -88,7 +88,16 @@ fn is_observer(id: &Identity, t: &Target, recorded: Option<Identity>) -> bool {
 /// The observer of `t`, if one runs. Reads /proc (a scan of every process when
 /// the pid file names none): blocking, so async callers use [`find_async`].
 pub fn find(t: &Target, registry: &Registry) -> Found {
-    find_with(t, recorded(t, registry))
+    let recorded = recorded(t, registry);
+    let found = find_with(t, recorded);
+    tracing::debug!(
+        home = %t.home_path.display(),
+        pid_file = %t.pid_file.display(),
+        recorded_pid = recorded.map(|id| id.pid),
+        ?found,
+        "looked for the observer"
+    );
+    found
 }
 
 /// [`find`] on the blocking pool, so the runtime's threads never wait on a

@@ -65,6 +65,7 @@ impl Handle {
 
     pub fn signal(&self, sig: Signal) -> Result<(), ControlError> {
         let pid = self.identity.pid;
+        tracing::debug!(pid, signal = %sig, pidfd = self.pidfd.is_some(), "signalling");
         if self.identity.is_protected() {
             return Err(ControlError::Protected { pid });
         }

@@ -371,6 +371,17 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
     let pid = child.id() as i32;
     // Dropping `child` does not wait or kill; the reaper owns the wait.
     drop(child);
+    // Names only for the environment: its values are the request's, and may
+    // be secrets.
+    tracing::debug!(
+        pid,
+        user = %spec.user.name,
+        uid = spec.user.uid,
+        cwd = %spec.cwd.display(),
+        env = ?spec.env.keys().filter(|k| !is_forbidden_env(k)).collect::<Vec<_>>(),
+        command = %spec.display(),
+        "spawned"
+    );
     // If it already exited, an identity no live process can match still says
     // which pid it was.
     Ok(Identity::of(pid).unwrap_or(Identity {

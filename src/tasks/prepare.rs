@@ -153,8 +153,16 @@ impl Results<'_> {
                 r.expected,
                 String::new(),
             );
+            tracing::debug!(check = %r.name, "check skipped as asked");
             self.out.push(r);
         } else {
+            tracing::debug!(
+                check = %r.name,
+                status = ?r.status,
+                observed = %r.observed,
+                expected = %r.expected,
+                "check evaluated"
+            );
             self.out.push(r);
         }
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Engine;
 use crate::steps::model::{StepError, StepRecord, StepState, codes, truncated};
@@ -79,6 +79,16 @@ impl Engine {
     }
 
     pub(super) fn start_driver(&self, record: &StepRecord, task: Box<dyn StepTask>, start: Start) {
+        debug!(
+            step = record.id(),
+            attempt = record.attempt,
+            kind = ?record.spec.kind,
+            key = task.lock_key().as_deref().unwrap_or("-"),
+            waits = matches!(start, Start::Waiting { resumed: false }),
+            resumed = matches!(start, Start::Waiting { resumed: true }),
+            deadline = %humantime::format_rfc3339_seconds(record.deadline),
+            "step driver started"
+        );
         let token = self.shared.shutdown.child_token();
         self.lock()
             .runs
@@ -112,6 +122,7 @@ impl Engine {
             r = tokio::time::timeout_at(at, work) => match r {
                 Ok(outcome) => outcome,
                 Err(_) => {
+                    debug!(step = %id, attempt, "deadline reached: the task is told, then aborted");
                     // Tasks that hold something get told; the abort follows.
                     token.cancel();
                     Some(Outcome::TimedOut)
@@ -187,7 +198,9 @@ impl Engine {
             Err(_) => {
                 ctx.progress(format!("waiting for another step on {key} to finish"))
                     .await;
-                lock.lock_owned().await
+                let turn = lock.lock_owned().await;
+                debug!(step = %ctx.id, key, "the key is free: the step's turn");
+                turn
             }
         }
     }

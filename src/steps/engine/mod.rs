@@ -677,12 +677,25 @@ impl Engine {
 
     async fn update_running(&self, id: &str, attempt: u32, update: Update) {
         self.update_if_live(id, attempt, |r| match update {
+            // What a step says it is doing is also RUST_LOG=obhost=debug's
+            // account of it, once per change (a probe repeating the same
+            // refusal every few ms says it once).
             Update::Message(m) => {
                 let changed = r.message != m;
+                if changed {
+                    tracing::debug!(step = id, attempt, detail = %m, "step progress");
+                }
                 r.message = m;
                 changed
             }
-            Update::Output(k, v) => r.outputs.insert(k, v.clone()).as_ref() != Some(&v),
+            Update::Output(k, v) => {
+                let changed = r.outputs.get(&k) != Some(&v);
+                if changed {
+                    tracing::debug!(step = id, attempt, key = %k, value = %v, "step output");
+                }
+                r.outputs.insert(k, v);
+                changed
+            }
         })
         .await;
     }

@@ -65,28 +65,40 @@ async fn health_reports_serving_for_the_host_agent() {
     }
 }
 
+/// The service names reflection lists, asked in reflection version `$v`
+/// (`v1`, or `v1alpha` as older tools ask); the two differ only in types.
+macro_rules! listed_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("unexpected reflection answer: {resp:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    }};
+}
+
+/// Reflection v1 and v1alpha (grpcurl, Python's grpcio-reflection) list the
+/// same services: the HostAgent and health, never StepReporter, which is
+/// what obhostd calls, not what it serves.
 #[tokio::test]
-async fn reflection_lists_the_host_agent() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+async fn reflection_lists_the_host_agent_in_v1_and_v1alpha() {
     let d = Daemon::start();
-    let mut client = ServerReflectionClient::new(d.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection answer: {resp:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = listed_services!(v1, d.channel().await);
     assert!(
         names.contains(&"obhost.v1.HostAgent".to_string()),
         "{names:?}"
@@ -95,11 +107,19 @@ async fn reflection_lists_the_host_agent() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
-    // StepReporter is what obhostd calls, not what it serves.
     assert!(
         !names.iter().any(|n| n.contains("StepReporter")),
         "{names:?}"
     );
+    // Each version lists its own reflection service; the rest must agree.
+    let ours = |names: Vec<String>| -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| !n.starts_with("grpc.reflection."))
+            .collect()
+    };
+    let alpha = listed_services!(v1alpha, d.channel().await);
+    assert_eq!(ours(alpha), ours(names));
 }
 
 #[tokio::test]
@@ -445,35 +465,6 @@ fn logs_fit_a_file_and_the_journal() {
     let json = first_log_lines("json", &[("JOURNAL_STREAM", "8:12345")]);
     let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
     assert!(first.get("timestamp").is_none(), "{first}");
-}
-
-/// Older tools (grpcurl, Python's grpcio-reflection) ask reflection v1alpha.
-#[tokio::test]
-async fn reflection_answers_v1alpha_too() {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let d = Daemon::start();
-    let mut client = ServerReflectionClient::new(d.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("unexpected reflection answer: {resp:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"obhost.v1.HostAgent".to_string()),
-        "{names:?}"
-    );
 }
 
 /// `obhostd --check-config` says what would run, or why it would not start,

@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use obhost::proto::v1 as pb;
 
 /// The stand-in observer plays the OCP agent: a foreground process with a port.
 /// Its arguments come first: flags after them are still obhostctl's.
@@ -23,6 +26,50 @@ fn agent_args(dir: &std::path::Path, port: u16) -> Vec<String> {
         "--agent-tcp-port".into(),
         port.to_string(),
     ]
+}
+
+/// `start-observer` for `home` with the first-start fields every test gives,
+/// then `extra`. `binary: None` leaves the default (bin/observer in the home,
+/// where `install_seekdb` puts the kernel).
+fn start_args(home: &Home, binary: Option<&str>, dag: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "start-observer".into(),
+        "--home".into(),
+        home.path().display().to_string(),
+        "--mysql-port".into(),
+        home.mysql_port.to_string(),
+        "--rpc-port".into(),
+        (home.mysql_port + 1).to_string(),
+        "--zone".into(),
+        "zone1".into(),
+        "--cluster-name".into(),
+        "obhost".into(),
+        "--cluster-id".into(),
+        "1".into(),
+        "--create-dirs".into(),
+        "--dag-id".into(),
+        dag.into(),
+    ];
+    if let Some(binary) = binary {
+        args.extend(["--binary".into(), binary.into()]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// obhostctl with `args`, its output piped, left running.
+fn spawn_obhostctl(d: &Daemon, args: &[String]) -> std::process::Child {
+    std::process::Command::new(OBHOSTCTL)
+        .args(["--addr", &d.addr])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn kill_agent(d: &Daemon, id: &str) {
@@ -80,42 +127,22 @@ async fn start_observer_runs_the_four_steps_against_the_stand_in() {
     let agent_dir = tempfile::tempdir().unwrap();
     let agent_port = free_port();
     let home_s = home.path().display().to_string();
-    let port = home.mysql_port.to_string();
-    let rpc = (home.mysql_port + 1).to_string();
-    let mut args: Vec<String> = [
-        "-o",
-        "json",
-        "start-observer",
-        "--home",
-        &home_s,
-        "--binary",
-        FAKE_OBSERVER,
-        "--mysql-port",
-        &port,
-        "--rpc-port",
-        &rpc,
-        "--zone",
-        "zone1",
-        "--cluster-name",
-        "obhost",
-        "--cluster-id",
-        "1",
-        "--param",
-        "memory_limit=1G",
-        "--create-dirs",
-        "--dag-id",
+    let mut args = vec!["-o".to_string(), "json".into()];
+    args.extend(start_args(
+        &home,
+        Some(FAKE_OBSERVER),
         "222236",
-        "--wait-user",
-        "root",
-        "--wait-timeout",
-        "1m",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &[
+            "--param",
+            "memory_limit=1G",
+            "--wait-user",
+            "root",
+            "--wait-timeout",
+            "1m",
+        ],
+    ));
     args.extend(agent_args(agent_dir.path(), agent_port));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = obhostctl(Some(&d), &argv);
+    let (code, out, err) = obhostctl(Some(&d), &strs(&args));
     kill_agent(&d, "222236-agent");
     assert_eq!(code, 0, "{out}\n{err}");
     assert_flow_succeeded(&d, &out, "222236", &home_s);
@@ -134,44 +161,26 @@ async fn start_observer_runs_the_four_steps_against_real_seekdb() {
     install_seekdb(&home, &seekdb);
     let agent_dir = tempfile::tempdir().unwrap();
     let agent_port = free_port();
-    let port = home.mysql_port.to_string();
-    let rpc = (home.mysql_port + 1).to_string();
     let pid_file = home.path().join("run/seekdb.pid").display().to_string();
     let home_s = home.path().display().to_string();
-    let mut args: Vec<String> = [
-        "-o",
-        "json",
-        "start-observer",
-        "--home",
-        &home_s,
-        "--mysql-port",
-        &port,
-        "--rpc-port",
-        &rpc,
-        "--pid-file",
-        &pid_file,
-        "--zone",
-        "zone1",
-        "--cluster-name",
-        "obhost",
-        "--cluster-id",
-        "1",
-        "--param",
-        "memory_limit=2G",
-        "--create-dirs",
-        "--dag-id",
+    let mut args = vec!["-o".to_string(), "json".into()];
+    args.extend(start_args(
+        &home,
+        None,
         "111125",
-        "--wait-user",
-        "root",
-        "--wait-timeout",
-        "2m",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &[
+            "--pid-file",
+            &pid_file,
+            "--param",
+            "memory_limit=2G",
+            "--wait-user",
+            "root",
+            "--wait-timeout",
+            "2m",
+        ],
+    ));
     args.extend(agent_args(agent_dir.path(), agent_port));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = obhostctl(Some(&d), &argv);
+    let (code, out, err) = obhostctl(Some(&d), &strs(&args));
     kill_agent(&d, "111125-agent");
     assert_eq!(code, 0, "{out}\n{err}");
     assert_flow_succeeded(&d, &out, "111125", &home_s);
@@ -185,38 +194,19 @@ async fn a_failing_observer_stops_the_flow_with_its_error() {
     let d = Daemon::start();
     let home = Home::new();
     let agent_dir = tempfile::tempdir().unwrap();
-    let home_s = home.path().display().to_string();
-    let port = home.mysql_port.to_string();
-    let rpc = (home.mysql_port + 1).to_string();
-    let mut args: Vec<String> = [
-        "start-observer",
-        "--home",
-        &home_s,
-        "--binary",
-        FAKE_OBSERVER,
-        "--mysql-port",
-        &port,
-        "--rpc-port",
-        &rpc,
-        "--zone",
-        "z1",
-        "--cluster-name",
-        "c",
-        "--cluster-id",
-        "1",
-        "--param",
-        "memory_limit=1G",
-        "--create-dirs",
-        "--dag-id",
+    let mut args = start_args(
+        &home,
+        Some(FAKE_OBSERVER),
         "bad",
-        "--env",
-        "FAKE_OBSERVER_EXIT_AT_START=5",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &[
+            "--param",
+            "memory_limit=1G",
+            "--env",
+            "FAKE_OBSERVER_EXIT_AT_START=5",
+        ],
+    );
     args.extend(agent_args(agent_dir.path(), free_port()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = strs(&args);
     let (code, out, err) = obhostctl(Some(&d), &argv);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("Prepare start observer   SUCCEEDED"), "{out}");
@@ -254,58 +244,18 @@ async fn ctrl_c_leaves_the_steps_running_and_says_how_to_reattach() {
     let d = Daemon::start();
     let home = Home::new();
     let home_s = home.path().display().to_string();
-    let port = home.mysql_port.to_string();
-    let rpc = (home.mysql_port + 1).to_string();
-    let child = std::process::Command::new(OBHOSTCTL)
-        .args([
-            "--addr",
-            &d.addr,
-            "start-observer",
-            "--home",
-            &home_s,
-            "--binary",
-            FAKE_OBSERVER,
-            "--mysql-port",
-            &port,
-            "--rpc-port",
-            &rpc,
-            "--zone",
-            "zone1",
-            "--cluster-name",
-            "obhost",
-            "--cluster-id",
-            "1",
-            "--create-dirs",
-            "--dag-id",
-            "interrupted",
-            "--env",
-            "FAKE_OBSERVER_LISTEN_DELAY_MS=3000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let args = start_args(
+        &home,
+        Some(FAKE_OBSERVER),
+        "interrupted",
+        &["--env", "FAKE_OBSERVER_LISTEN_DELAY_MS=3000"],
+    );
+    let child = spawn_obhostctl(&d, &args);
     // Interrupt while the observer is still on its way up.
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let started = d
-            .client()
-            .await
-            .get_step(obhost::proto::v1::GetStepRequest {
-                step_id: "interrupted-start".into(),
-            })
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().step);
-        if started.is_some_and(|s| s.state() == obhost::proto::v1::StepState::Succeeded) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "StartObserver never succeeded"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for(&d, "interrupted-start", Duration::from_secs(20), |s| {
+        s.state() == pb::StepState::Succeeded
+    })
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -319,11 +269,7 @@ async fn ctrl_c_leaves_the_steps_running_and_says_how_to_reattach() {
         "{err}"
     );
     let wait = wait_terminal(&d, "interrupted-wait").await;
-    assert_eq!(
-        wait.state(),
-        obhost::proto::v1::StepState::Succeeded,
-        "{wait:#?}"
-    );
+    assert_eq!(wait.state(), pb::StepState::Succeeded, "{wait:#?}");
     let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
     assert_eq!(code, 0, "{err}");
 }
@@ -337,63 +283,16 @@ async fn the_flow_survives_a_restart_of_obhostd() {
     let agent_dir = tempfile::tempdir().unwrap();
     let agent_port = free_port();
     let home_s = home.path().display().to_string();
-    let port = home.mysql_port.to_string();
-    let rpc = (home.mysql_port + 1).to_string();
-    let mut args: Vec<String> = [
-        "--addr",
-        &d.addr,
-        "start-observer",
-        "--home",
-        &home_s,
-        "--binary",
-        FAKE_OBSERVER,
-        "--mysql-port",
-        &port,
-        "--rpc-port",
-        &rpc,
-        "--zone",
-        "zone1",
-        "--cluster-name",
-        "obhost",
-        "--cluster-id",
-        "1",
-        "--create-dirs",
-        "--dag-id",
+    let mut args = start_args(
+        &home,
+        Some(FAKE_OBSERVER),
         "restarted",
-        "--env",
-        "FAKE_OBSERVER_LISTEN_DELAY_MS=3000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &["--env", "FAKE_OBSERVER_LISTEN_DELAY_MS=3000"],
+    );
     args.extend(agent_args(agent_dir.path(), agent_port));
-    let child = std::process::Command::new(OBHOSTCTL)
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_obhostctl(&d, &args);
     // While WaitObserverActive waits for the port, obhostd dies and comes back.
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let wait = d
-            .client()
-            .await
-            .get_step(obhost::proto::v1::GetStepRequest {
-                step_id: "restarted-wait".into(),
-            })
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().step);
-        if wait.is_some() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "WaitObserverActive never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for(&d, "restarted-wait", Duration::from_secs(20), |_| true).await;
     let d = d.restart_after_kill9();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
@@ -409,7 +308,7 @@ async fn the_flow_survives_a_restart_of_obhostd() {
     );
     assert!(err.contains("reconnecting"), "{err}");
     let agent = get_step(&d, "restarted-agent").await;
-    assert_eq!(agent.state(), obhost::proto::v1::StepState::Succeeded);
+    assert_eq!(agent.state(), pb::StepState::Succeeded);
     let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
     assert_eq!(code, 0, "{err}");
 }

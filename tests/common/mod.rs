@@ -337,9 +337,21 @@ pub async fn wait_for(
 ) -> pb::Step {
     let end = Instant::now() + within;
     loop {
-        let s = get_step(d, id).await;
-        if pred(&s) {
-            return s;
+        // A step a CLI under test has yet to create is waited for too.
+        let s = match d
+            .client()
+            .await
+            .get_step(pb::GetStepRequest { step_id: id.into() })
+            .await
+        {
+            Ok(r) => r.into_inner().step,
+            Err(e) if e.code() == tonic::Code::NotFound => None,
+            Err(e) => panic!("GetStep {id}: {e}"),
+        };
+        if let Some(s) = &s
+            && pred(s)
+        {
+            return s.clone();
         }
         if Instant::now() > end {
             panic!("step {id} did not reach the expected state within {within:?}; last: {s:?}");

@@ -482,11 +482,7 @@ async fn pruned_steps_leave_the_gauge() {
         ..Options::default()
     });
     let addr = metrics_addr(&d);
-    for i in 0..5 {
-        let id = format!("step-{i}");
-        run_test_step(&d, test_step(&id, 0.0)).await;
-        wait_terminal(&d, &id).await;
-    }
+    run_steps_to_end(&d, "step", 5).await;
     let s = scrape_until(&addr, "the gauge down to what retention keeps", |s| {
         get(
             s,
@@ -500,15 +496,7 @@ async fn pruned_steps_leave_the_gauge() {
         get(&s, "obhost_steps_started_total", &[("kind", "TEST")]),
         Some(5.0)
     );
-    let listed = d
-        .client()
-        .await
-        .list_steps(pb::ListStepsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .steps
-        .len();
+    let listed = list_steps(&d).await.len();
     assert_eq!(listed, 2);
 }
 
@@ -564,11 +552,7 @@ async fn report_metrics_follow_the_push() {
         ..Options::default()
     });
     let addr = metrics_addr(&d);
-    for i in 0..5 {
-        let id = format!("rm-{i}");
-        run_test_step(&d, test_step(&id, 0.0)).await;
-        wait_terminal(&d, &id).await;
-    }
+    run_steps_to_end(&d, "rm", 5).await;
     // Every change since start is unacknowledged (the lag); all but the
     // newest four were dropped.
     let s = scrape_until(&addr, "failures, lag and drops", |s| {

@@ -78,14 +78,7 @@ async fn kill9_keeps_every_record_and_resolves_running_steps() {
 
     assert_eq!(get_step(&d, "done-ok").await, ok);
     assert_eq!(get_step(&d, "done-failed").await, failed);
-    let all = d
-        .client()
-        .await
-        .list_steps(pb::ListStepsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .steps;
+    let all = list_steps(&d).await;
     assert_eq!(all.len(), 5);
 
     // The interrupted step can be retried on the new daemon.

@@ -331,14 +331,7 @@ async fn retention_bounds_the_store_and_keeps_running_steps() {
         wait_terminal(&d, &format!("old-{i:02}")).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let list = d
-        .client()
-        .await
-        .list_steps(pb::ListStepsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .steps;
+    let list = list_steps(&d).await;
     let ids: Vec<&str> = list.iter().map(|s| s.id.as_str()).collect();
     assert!(list.len() <= 5, "kept {ids:?}");
     assert!(

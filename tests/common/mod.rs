@@ -324,6 +324,28 @@ pub async fn get_step(d: &Daemon, id: &str) -> pb::Step {
         .expect("step")
 }
 
+/// The first page of ListSteps with no filter.
+pub async fn list_steps(d: &Daemon) -> Vec<pb::Step> {
+    d.client()
+        .await
+        .list_steps(pb::ListStepsRequest::default())
+        .await
+        .expect("ListSteps")
+        .into_inner()
+        .steps
+}
+
+/// Runs `n` instant test steps `<prefix>-<i>`, each to its end, in order.
+pub async fn run_steps_to_end(d: &Daemon, prefix: &str, n: usize) -> Vec<pb::Step> {
+    let mut done = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        run_test_step(d, test_step(&id, 0.0)).await;
+        done.push(wait_terminal(d, &id).await);
+    }
+    done
+}
+
 pub fn is_terminal(s: &pb::Step) -> bool {
     !matches!(s.state(), pb::StepState::Pending | pb::StepState::Running)
 }

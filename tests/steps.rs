@@ -373,3 +373,107 @@ async fn failures_are_logged_as_warnings_with_their_code() {
     assert_eq!(failed["code"], "PROBE_FAILED", "{failed}");
     assert_eq!(finished("log-ok").expect("logged")["level"], "INFO");
 }
+
+/// `meta.validate_only` runs every check a start makes and starts nothing: no
+/// record, no directory, no process; a bad request gets the same error it
+/// would get for real. (obhostctl start-observer checks its four steps this
+/// way before the first one starts.)
+#[tokio::test]
+async fn validate_only_checks_every_kind_and_starts_nothing() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let dry = |id: &str| {
+        Some(pb::StepMeta {
+            step_id: id.into(),
+            validate_only: true,
+            ..Default::default()
+        })
+    };
+    let mut c = d.client().await;
+    let mut spec = home.spec();
+    spec.parameters.insert("memory_limit".into(), "1G".into());
+
+    let r = c
+        .prepare(pb::PrepareRequest {
+            meta: dry("v-prepare"),
+            observer: Some(spec.clone()),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().step, None);
+    let r = c
+        .start_observer(pb::StartObserverRequest {
+            meta: dry("v-start"),
+            observer: Some(spec.clone()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().step, None);
+    let r = c
+        .wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: dry("v-wait"),
+            home_path: spec.home_path.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().step, None);
+    let agent = |argv0: &str| pb::StartAgentServiceRequest {
+        meta: dry("v-agent"),
+        service: Some(pb::start_agent_service_request::Service::Command(
+            pb::ServiceCommand {
+                argv: vec![argv0.into(), "-m".into(), "http.server".into()],
+                cwd: home.path().display().to_string(),
+                foreground: true,
+                ..Default::default()
+            },
+        )),
+        health: None,
+    };
+    let r = c
+        .start_agent_service(agent("/usr/bin/python3"))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().step, None);
+    let r = c
+        .stop_observer(pb::StopObserverRequest {
+            meta: dry("v-stop"),
+            home_path: spec.home_path.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().step, None);
+
+    // Refused as for real: a relative program, a first start with no zone.
+    let e = c.start_agent_service(agent("python3")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("command.argv[0]"), "{e:?}");
+    let mut no_zone = spec.clone();
+    no_zone.zone.clear();
+    let e = c
+        .prepare(pb::PrepareRequest {
+            meta: dry("v-prepare-2"),
+            observer: Some(no_zone),
+            create_dirs: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // Nothing happened.
+    assert!(list_steps(&d).await.is_empty());
+    let e = c
+        .get_step(pb::GetStepRequest {
+            step_id: "v-prepare".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let made: Vec<_> = std::fs::read_dir(home.path()).unwrap().flatten().collect();
+    assert!(made.is_empty(), "created {made:?}");
+    assert!(home.processes().is_empty());
+}

@@ -46,6 +46,33 @@ impl Call {
         self.kind = kind;
     }
 
+    /// [`Call::record`] for a step-starting call, whose `Ok(None)` is a
+    /// `validate_only` request: checked, nothing started, and told so.
+    pub fn record_step(&self, result: &Result<Option<crate::proto::v1::Step>, Status>) {
+        if let Ok(None) = result {
+            let Call {
+                caller,
+                call,
+                step_id,
+                kind,
+                home,
+                user,
+            } = self;
+            info!(
+                audit = true,
+                caller,
+                call,
+                step = step_id,
+                kind,
+                home,
+                user,
+                "validated; nothing started (validate_only)"
+            );
+            return;
+        }
+        self.record(result);
+    }
+
     pub fn record<T>(&self, result: &Result<T, Status>) {
         let Call {
             caller,

@@ -56,13 +56,23 @@ impl HostAgentService {
         ObserverSpec::resolve(raw, &self.policy).map_err(status::from_spec)
     }
 
-    async fn submit(&self, spec: StepSpec, secrets: Secrets) -> Result<pb::Step, Status> {
+    /// Starts the checked step, or with `meta.validate_only` stops here: the
+    /// request passed every check a start makes, and nothing is created.
+    async fn submit(
+        &self,
+        meta: Option<&pb::StepMeta>,
+        spec: StepSpec,
+        secrets: Secrets,
+    ) -> Result<Option<pb::Step>, Status> {
+        if meta.is_some_and(|m| m.validate_only) {
+            return Ok(None);
+        }
         let record = self
             .engine
             .submit(spec, secrets)
             .await
             .map_err(status::from_engine)?;
-        Ok(convert::step(record))
+        Ok(Some(convert::step(record)))
     }
 }
 
@@ -138,11 +148,12 @@ impl HostAgent for HostAgentService {
             let params = prepare::resolve(observer, req.create_dirs, req.skip_checks, req.strict)
                 .map_err(status::from_spec)?;
             step.params = validate::encode(&params)?;
-            self.submit(step, Secrets::default()).await
+            self.submit(req.meta.as_ref(), step, Secrets::default())
+                .await
         }
         .await;
-        audit.record(&step);
-        Ok(Response::new(pb::PrepareResponse { step: Some(step?) }))
+        audit.record_step(&step);
+        Ok(Response::new(pb::PrepareResponse { step: step? }))
     }
 
     async fn start_observer(
@@ -158,13 +169,12 @@ impl HostAgent for HostAgentService {
             audit.about("start_observer", &observer.home_path, &observer.user);
             let spec = start_observer::resolve(observer).map_err(status::from_spec)?;
             step.params = validate::encode(&spec)?;
-            self.submit(step, Secrets::default()).await
+            self.submit(req.meta.as_ref(), step, Secrets::default())
+                .await
         }
         .await;
-        audit.record(&step);
-        Ok(Response::new(pb::StartObserverResponse {
-            step: Some(step?),
-        }))
+        audit.record_step(&step);
+        Ok(Response::new(pb::StartObserverResponse { step: step? }))
     }
 
     async fn wait_observer_active(
@@ -186,12 +196,12 @@ impl HostAgent for HostAgentService {
             step.params = validate::encode(&params)?;
             let mut secrets = Secrets::default();
             secrets.insert(PASSWORD, req.password);
-            self.submit(step, secrets).await
+            self.submit(req.meta.as_ref(), step, secrets).await
         }
         .await;
-        audit.record(&step);
+        audit.record_step(&step);
         Ok(Response::new(pb::WaitObserverActiveResponse {
-            step: Some(step?),
+            step: step?,
         }))
     }
 
@@ -215,13 +225,12 @@ impl HostAgent for HostAgentService {
                 audit.about("start_agent_service", &c.cwd, &c.user);
             }
             step.params = validate::encode(&params)?;
-            self.submit(step, Secrets::default()).await
+            self.submit(req.meta.as_ref(), step, Secrets::default())
+                .await
         }
         .await;
-        audit.record(&step);
-        Ok(Response::new(pb::StartAgentServiceResponse {
-            step: Some(step?),
-        }))
+        audit.record_step(&step);
+        Ok(Response::new(pb::StartAgentServiceResponse { step: step? }))
     }
 
     async fn stop_observer(
@@ -248,13 +257,12 @@ impl HostAgent for HostAgentService {
             )
             .map_err(status::from_spec)?;
             step.params = validate::encode(&params)?;
-            self.submit(step, Secrets::default()).await
+            self.submit(req.meta.as_ref(), step, Secrets::default())
+                .await
         }
         .await;
-        audit.record(&step);
-        Ok(Response::new(pb::StopObserverResponse {
-            step: Some(step?),
-        }))
+        audit.record_step(&step);
+        Ok(Response::new(pb::StopObserverResponse { step: step? }))
     }
 
     async fn get_step(

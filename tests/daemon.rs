@@ -537,7 +537,6 @@ async fn debug_logs_follow_each_step() {
         .await
         .unwrap();
     wait_terminal(&d, "dbg-prepare").await;
-    let mut spec = spec;
     spec.env.insert("FAKE_OBSERVER_USER".into(), "ocp".into());
     spec.env
         .insert("FAKE_OBSERVER_PASSWORD".into(), "right".into());

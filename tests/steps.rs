@@ -476,4 +476,16 @@ async fn validate_only_checks_every_kind_and_starts_nothing() {
     let made: Vec<_> = std::fs::read_dir(home.path()).unwrap().flatten().collect();
     assert!(made.is_empty(), "created {made:?}");
     assert!(home.processes().is_empty());
+
+    // A different request under a known id is refused as for real.
+    let done = run_steps_to_end(&d, "known", 1).await;
+    let e = c
+        .stop_observer(pb::StopObserverRequest {
+            meta: dry(&done[0].id),
+            home_path: spec.home_path.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
 }

@@ -57,7 +57,8 @@ impl HostAgentService {
     }
 
     /// Starts the checked step, or with `meta.validate_only` stops here: the
-    /// request passed every check a start makes, and nothing is created.
+    /// request passed every check a start makes (a different request under a
+    /// known id included), and nothing is created.
     async fn submit(
         &self,
         meta: Option<&pb::StepMeta>,
@@ -65,6 +66,7 @@ impl HostAgentService {
         secrets: Secrets,
     ) -> Result<Option<pb::Step>, Status> {
         if meta.is_some_and(|m| m.validate_only) {
+            self.engine.check(&spec).map_err(status::from_engine)?;
             return Ok(None);
         }
         let record = self

@@ -310,6 +310,23 @@ impl Engine {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What [`Engine::submit`] would refuse before starting anything, a
+    /// different request under a known id (ALREADY_EXISTS), for a request that
+    /// only asks to be checked. Starts and stores nothing.
+    pub fn check(&self, spec: &StepSpec) -> Result<(), EngineError> {
+        let state = self.lock();
+        if let Some(existing) = state.latest(&self.shared.store, &spec.id)? {
+            let differs = differences(&existing.spec, spec);
+            if !differs.is_empty() {
+                return Err(EngineError::Conflict {
+                    id: spec.id.clone(),
+                    differs: differs.join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Accepts a step, or returns the existing record of the same request.
     pub async fn submit(
         &self,

@@ -90,9 +90,14 @@ fn has_sgr(text: &str) -> bool {
 /// Runs obhostctl with stdout and stderr on a pseudo-terminal (120x40) and
 /// returns (exit code, everything the terminal got).
 fn on_a_terminal(d: &Daemon, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    on_a_terminal_of(120, d, args, env)
+}
+
+/// [`on_a_terminal`] with a terminal `cols` wide (0: one that does not say).
+fn on_a_terminal_of(cols: u16, d: &Daemon, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let size = nix::pty::Winsize {
         ws_row: 40,
-        ws_col: 120,
+        ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
@@ -175,6 +180,45 @@ fn a_terminal_gets_spinners_colours_and_tables() {
     assert!(!has_sgr(&out), "a colour with NO_COLOR set: {out:?}");
 }
 
+/// `steps watch --until-done` on a terminal: the changes above a spinner,
+/// and the outcome as the exit status.
+#[tokio::test]
+async fn a_watch_on_a_terminal_spins_until_done() {
+    let d = Daemon::start();
+    let mut req = test_step("tty-w", 1.0);
+    req.progress_updates = 2;
+    run_test_step(&d, req).await;
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let r = on_a_terminal(
+            &d,
+            &["steps", "watch", "--step", "tty-w", "--until-done"],
+            &[],
+        );
+        drop(d);
+        r
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("watching step tty-w"), "{out:?}");
+    assert!(out.contains("\x1b[32mSUCCEEDED"), "{out:?}");
+}
+
+/// A terminal that does not say its width still gets a readable table (not
+/// one squeezed to a character per column).
+#[tokio::test]
+async fn a_terminal_of_unknown_width_keeps_tables_whole() {
+    let d = Daemon::start();
+    let mut req = test_step("a-rather-long-step-id", 0.0);
+    req.meta.as_mut().unwrap().dag_id = "w".into();
+    run_test_step(&d, req).await;
+    wait_terminal(&d, "a-rather-long-step-id").await;
+    let (code, out) = on_a_terminal_of(0, &d, &["steps", "list"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("a-rather-long-step-id"), "{out}");
+    assert!(out.contains("STEP"), "{out}");
+}
+
 /// A step that fails shows red on a terminal and the command exits 1.
 #[test]
 fn a_failure_on_a_terminal_is_red_and_exit_1() {
@@ -251,6 +295,51 @@ async fn redirected_output_has_no_escape_byte() {
                 "{argv:?} printed an escape byte:\n{stdout:?}\n{stderr:?}"
             );
             assert!(!stdout.is_empty() || !stderr.is_empty(), "{argv:?}");
+            // With -o json stdout is exactly one document (a watch: one per
+            // line), success or failure.
+            if json {
+                if cmd[0] == "steps" && cmd[1] == "watch" {
+                    for l in stdout.lines() {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .unwrap_or_else(|e| panic!("{argv:?}: {e}: {l}"));
+                    }
+                } else {
+                    serde_json::from_str::<serde_json::Value>(&stdout)
+                        .unwrap_or_else(|e| panic!("{argv:?}: not one document ({e}):\n{stdout}"));
+                }
+            }
+        }
+    }
+}
+
+/// The demo too (it starts its own obhostd, so it takes no --addr).
+#[test]
+fn a_redirected_demo_has_no_escape_byte() {
+    for json in [false, true] {
+        let argv: &[&str] = if json {
+            &["-o", "json", "demo"]
+        } else {
+            &["demo"]
+        };
+        let out = Command::new(OBHOSTCTL)
+            .args(argv)
+            .env_remove("OBHOST_ADDR")
+            .env("TERM", "xterm-256color")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.stdout.contains(&0x1b) && !out.stderr.contains(&0x1b),
+            "{argv:?}"
+        );
+        if json {
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(doc["stop"]["createdAt"].as_str().unwrap().ends_with('Z'));
         }
     }
 }

@@ -415,6 +415,24 @@ async fn json_is_one_document_and_errors_are_json_too() {
     assert_eq!(doc["error"]["code"], "USAGE", "{doc}");
     assert_eq!(doc["error"]["exit_status"], 2);
 
+    // Usage that does not even parse: clap's words, as JSON on stdout too.
+    let (code, out, err) = obhostctl(Some(&d), &["-o", "json", "steps", "frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one document");
+    assert_eq!(doc["error"]["code"], "USAGE", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("frobnicate"),
+        "{doc}"
+    );
+    assert!(err.contains("frobnicate"), "{err}");
+    // Help is not an error.
+    let (code, out, _) = obhostctl(None, &["-o", "json", "steps", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage:"), "{out}");
+
     // Unreachable.
     let port = free_port();
     let (code, out, _) = obhostctl(

@@ -387,10 +387,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// obhostctl's whole life; `bin/obhostctl.rs` only calls this.
 pub fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => usage_exit(e),
+    };
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        Err(e) => usage_exit(e),
     };
     let format = cli.output;
     output::init(format);
@@ -429,6 +432,41 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => fail(e),
     }
+}
+
+/// A command line clap could not make sense of: its message and usage on
+/// stderr, exit 2, and, when the arguments ask for `-o json`, the error as
+/// JSON on stdout as for every other failure (help and --version are not
+/// failures: they print as usual).
+fn usage_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let failure = !matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if failure && wants_json(std::env::args_os().skip(1)) {
+        let text = e.render().to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        let _ = output::print_json(&output::error_json("USAGE", first, 2), true);
+    }
+    e.exit()
+}
+
+/// Whether raw arguments ask for JSON output (`-o json`, `-ojson`,
+/// `--output json`, `--output=json`), for errors found before they parse.
+fn wants_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    args.iter().enumerate().any(|(i, a)| {
+        matches!(a.as_str(), "-ojson" | "--output=json")
+            || (matches!(a.as_str(), "-o" | "--output")
+                && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
 }
 
 /// The first of the flags that say which obhostd to talk to that was given on

@@ -739,6 +739,9 @@ mod tests {
         assert_eq!(v["error"]["logTail"], serde_json::json!([]));
         let h = proto_json(&pb::HostInfo::default()).unwrap();
         assert_eq!(h["disks"], serde_json::json!([]));
+        let o = proto_json(&pb::ObserverStatus::default()).unwrap();
+        assert_eq!(o["listeningPorts"], serde_json::json!([]));
+        assert_eq!(o["command"], serde_json::json!([]));
     }
 
     #[test]

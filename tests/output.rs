@@ -620,3 +620,57 @@ fn demo_refuses_the_flags_it_would_ignore() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A stop that does not succeed (cancelled here, its observer ignoring
+/// SIGTERM): one document with the error beside the step, exit 1.
+#[tokio::test]
+async fn a_failed_stop_is_an_error_beside_its_step() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut args = flow_args(&home, "stubborn", agent_dir.path(), free_port());
+    args.extend(["--env".into(), "FAKE_OBSERVER_IGNORE_SIGTERM=1".into()]);
+    let (code, out, err) = obhostctl(Some(&d), &strs(&args));
+    kill_agent(&d, "stubborn-agent");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stop = Command::new(OBHOSTCTL)
+        .args(["--addr", &d.addr, "-o", "json", "stop-observer", "--home"])
+        .arg(home.path())
+        .args(["--grace", "60s", "--step-id", "stubborn-stop"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stop is made by the child: wait for it to exist, then to have
+    // sent SIGTERM.
+    let mut client = d.client().await;
+    for _ in 0..100 {
+        let req = obhost::proto::v1::GetStepRequest {
+            step_id: "stubborn-stop".into(),
+        };
+        if client.get_step(req).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    wait_for(
+        &d,
+        "stubborn-stop",
+        std::time::Duration::from_secs(10),
+        |s| s.message.contains("SIGTERM"),
+    )
+    .await;
+    let (code, _, err) = obhostctl(Some(&d), &["steps", "cancel", "stubborn-stop"]);
+    assert_eq!(code, 0, "{err}");
+    let out = tokio::task::spawn_blocking(move || stop.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one document");
+    assert_eq!(doc["error"]["code"], "CANCELLED", "{doc}");
+    assert_eq!(doc["error"]["exit_status"], 1, "{doc}");
+    assert_eq!(doc["step"]["id"], "stubborn-stop", "{doc}");
+    assert_eq!(doc["step"]["state"], "STEP_STATE_CANCELLED", "{doc}");
+}

@@ -249,22 +249,25 @@ pub fn proto_json<M: Proto>(m: &M) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Puts back the empty repeated and map fields that canonical JSON leaves out,
-/// in every message of `v` (not in well-known types, which are strings).
+/// in every message of `v` (not in well-known types, which are strings), and
+/// keeps the fields in the proto's order.
 fn with_lists(desc: &MessageDescriptor, v: &mut serde_json::Value) {
     let Some(obj) = v.as_object_mut() else { return };
     if desc.full_name().starts_with("google.protobuf.") {
         return;
     }
+    let mut given = std::mem::take(obj);
     for field in desc.fields() {
         let name = field.json_name();
-        match obj.get_mut(name) {
+        match given.remove(name) {
             None if field.is_map() => {
                 obj.insert(name.to_string(), serde_json::json!({}));
             }
             None if field.is_list() => {
                 obj.insert(name.to_string(), serde_json::json!([]));
             }
-            Some(inner) => {
+            None => {}
+            Some(mut inner) => {
                 if let Kind::Message(m) = field.kind() {
                     if field.is_list() {
                         if let Some(items) = inner.as_array_mut() {
@@ -273,13 +276,15 @@ fn with_lists(desc: &MessageDescriptor, v: &mut serde_json::Value) {
                             }
                         }
                     } else if !field.is_map() {
-                        with_lists(&m, inner);
+                        with_lists(&m, &mut inner);
                     }
                 }
+                obj.insert(name.to_string(), inner);
             }
-            None => {}
         }
     }
+    // Nothing should be left; whatever is stays, rather than vanish.
+    obj.extend(given);
 }
 
 /// Prints one JSON document (pretty) or one JSON line.

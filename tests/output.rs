@@ -674,3 +674,57 @@ async fn a_failed_stop_is_an_error_beside_its_step() {
     assert_eq!(doc["step"]["id"], "stubborn-stop", "{doc}");
     assert_eq!(doc["step"]["state"], "STEP_STATE_CANCELLED", "{doc}");
 }
+
+/// Attack: the observer's owner (an unprivileged user) writes terminal escape
+/// sequences into the observer's log, which obhostd quotes in a failed step's
+/// log tail. obhostctl shows them escaped, never raw: redirected output has no
+/// escape byte, and a terminal gets no sequence but obhostctl's own colours.
+#[tokio::test]
+async fn escape_sequences_in_an_observer_log_never_reach_the_terminal() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let log_dir = home.path().join("log");
+    std::fs::create_dir(&log_dir).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    for p in [home.path(), log_dir.as_path()] {
+        nix::unistd::chown(p, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    }
+    let log = log_dir.join("observer.log");
+    let wrote = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+            r#"printf '\033]0;pwned\007\033[2J\033[31mEVIL\rFAKE\n' >> "$0""#,
+        ])
+        .arg(&log)
+        .status()
+        .unwrap();
+    assert!(wrote.success());
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut args = flow_args(&home, "esc", agent_dir.path(), free_port());
+    args.extend(["--env".into(), "FAKE_OBSERVER_EXIT_AT_START=5".into()]);
+    let (code, out, err) = obhostctl(Some(&d), &strs(&args));
+    assert_eq!(code, 1, "{out}\n{err}");
+    // The hostile line made it into the step, as data.
+    let step = get_step(&d, "esc-start").await;
+    let tail = step.error.unwrap().log_tail.join("\n");
+    assert!(tail.contains("\x1b]0;pwned"), "{tail}");
+
+    for (what, text) in [("stdout", &out), ("stderr", &err)] {
+        assert!(!text.contains('\x1b'), "raw escape on {what}: {text:?}");
+    }
+    assert!(err.contains(r"\u{1b}]0;pwned"), "{err}");
+    let (code, out, err) = obhostctl(Some(&d), &["steps", "get", "esc-start"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    assert!(out.contains(r"\u{1b}[2J\u{1b}[31mEVIL"), "{out}");
+
+    let (code, out) = on_a_terminal(&d, &["steps", "get", "esc-start"], &[]);
+    assert_eq!(code, 0, "{out}");
+    for raw in ["\x1b]0;pwned", "\x1b[2J", "\x07"] {
+        assert!(!out.contains(raw), "{raw:?} reached the terminal: {out:?}");
+    }
+}

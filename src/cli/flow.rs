@@ -362,27 +362,33 @@ fn dag_json(dag: &str, ids: &[String], steps: &[Option<pb::Step>]) -> serde_json
 
 fn explain_failure(s: &pb::Step) {
     let Some(e) = &s.error else { return };
+    let c = output::clean;
     eprintln!(
         "obhostctl: step '{}' ({}) {}: {}",
-        s.id, s.name, e.code, e.message
+        c(&s.id),
+        c(&s.name),
+        c(&e.code),
+        c(&e.message)
     );
-    for c in s
+    for check in s
         .checks
         .iter()
-        .filter(|c| c.status() == pb::CheckStatus::Fail)
+        .filter(|check| check.status() == pb::CheckStatus::Fail)
     {
         eprintln!(
             "  failed check {}: {} (expected {})",
-            c.name, c.observed, c.expected
+            c(&check.name),
+            c(&check.observed),
+            c(&check.expected)
         );
-        if !c.hint.is_empty() {
-            eprintln!("    fix: {}", c.hint);
+        if !check.hint.is_empty() {
+            eprintln!("    fix: {}", c(&check.hint));
         }
     }
     if !e.log_tail.is_empty() {
         eprintln!("  log tail:");
         for line in &e.log_tail {
-            eprintln!("  | {line}");
+            eprintln!("  | {}", c(line));
         }
     }
 }

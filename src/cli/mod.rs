@@ -398,7 +398,8 @@ pub fn main() -> ExitCode {
     let format = cli.output;
     output::init(format);
     let fail = |e: CliError| {
-        eprintln!("obhostctl: {e}");
+        // An RPC's message is obhostd's text, quoting what a caller sent.
+        eprintln!("obhostctl: {}", output::clean(&e.to_string()));
         let status = e.exit_status();
         if format == Format::Json {
             // Scripts read stdout: the error is its one document there too.
@@ -553,7 +554,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 ExitCode::SUCCESS
             } else {
                 if let Some(e) = &step.error {
-                    eprintln!("obhostctl: {}: {}", e.code, e.message);
+                    eprintln!(
+                        "obhostctl: {}: {}",
+                        output::clean(&e.code),
+                        output::clean(&e.message)
+                    );
                 }
                 ExitCode::from(1)
             })

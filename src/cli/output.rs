@@ -152,6 +152,27 @@ pub fn size(bytes: u64) -> String {
     bytesize::ByteSize::b(bytes).display().iec().to_string()
 }
 
+/// Text from obhostd, made safe for a terminal: a control character (ESC,
+/// BEL, CR, C1 codes...) is shown escaped (`\u{1b}`), never sent raw. Step
+/// messages, checks and log tails carry what an observer, its log or its
+/// unprivileged owner wrote; raw, an escape sequence there would retitle,
+/// recolour or rewrite the operator's terminal (or reach a redirected file).
+pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 fn when(t: &Option<pbjson_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(convert::system_time)
@@ -327,11 +348,11 @@ pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
         return print_json(&proto_json(s)?, true);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "step       {}", s.id)?;
+    writeln!(out, "step       {}", clean(&s.id))?;
     if !s.dag_id.is_empty() {
-        writeln!(out, "dag        {}", s.dag_id)?;
+        writeln!(out, "dag        {}", clean(&s.dag_id))?;
     }
-    writeln!(out, "name       {}", s.name)?;
+    writeln!(out, "name       {}", clean(&s.name))?;
     writeln!(out, "state      {}", state_text(s.state(), 0))?;
     writeln!(out, "attempt    {}", s.attempt)?;
     writeln!(out, "revision   {}", s.revision)?;
@@ -339,23 +360,23 @@ pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     writeln!(out, "started    {}", when(&s.started_at))?;
     writeln!(out, "finished   {}", when(&s.finished_at))?;
     writeln!(out, "deadline   {}", when(&s.deadline))?;
-    writeln!(out, "message    {}", s.message)?;
+    writeln!(out, "message    {}", clean(&s.message))?;
     if let Some(e) = &s.error {
-        writeln!(out, "error      {}: {}", e.code, e.message)?;
+        writeln!(out, "error      {}: {}", clean(&e.code), clean(&e.message))?;
         for (k, v) in &e.details {
-            writeln!(out, "  {k} = {v}")?;
+            writeln!(out, "  {} = {}", clean(k), clean(v))?;
         }
         if !e.log_tail.is_empty() {
             writeln!(out, "log tail:")?;
             for line in &e.log_tail {
-                writeln!(out, "  | {line}")?;
+                writeln!(out, "  | {}", clean(line))?;
             }
         }
     }
     if !s.outputs.is_empty() {
         writeln!(out, "outputs:")?;
         for (k, v) in &s.outputs {
-            writeln!(out, "  {k} = {v}")?;
+            writeln!(out, "  {} = {}", clean(k), clean(v))?;
         }
     }
     if !s.checks.is_empty() {
@@ -383,15 +404,15 @@ pub fn checks(out: &mut impl Write, checks: &[pb::CheckResult]) -> std::io::Resu
         }
         let or_dash = |s: &str| {
             if bad && !s.is_empty() {
-                s.to_string()
+                clean(s).into_owned()
             } else {
                 "-".into()
             }
         };
         t.add_row(vec![
             cell,
-            Cell::new(&c.name),
-            Cell::new(&c.observed),
+            Cell::new(clean(&c.name)),
+            Cell::new(clean(&c.observed)),
             Cell::new(or_dash(&c.expected)),
             Cell::new(or_dash(&c.hint)),
         ]);
@@ -467,11 +488,11 @@ pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> a
             .map(short)
             .unwrap_or_else(|| "-".into());
         t.add_row(vec![
-            Cell::new(&s.id),
+            Cell::new(clean(&s.id)),
             state_cell(s.state()),
-            Cell::new(&s.name),
+            Cell::new(clean(&s.name)),
             Cell::new(age),
-            Cell::new(&s.message),
+            Cell::new(clean(&s.message)),
         ]);
     }
     if let Some(c) = t.column_mut(3) {
@@ -508,9 +529,9 @@ pub fn step_change(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     line(&format!(
         "rev {:<6} {:<24} {} {}",
         s.revision,
-        s.id,
+        clean(&s.id),
         state_text(s.state(), 10),
-        s.message
+        clean(&s.message)
     ));
     Ok(())
 }
@@ -585,17 +606,18 @@ impl Live {
             println!(
                 "  [{:>5.1}s] {:<24} {:<10} {}",
                 self.began.elapsed().as_secs_f64(),
-                step.name,
+                clean(&step.name),
                 state_name(step.state()),
-                step.message
+                clean(&step.message)
             );
             return;
         };
         let state = state_text(step.state(), 10);
-        self.standing = format!("{:<24} {state} {}", step.name, step.message);
+        let (name, message) = (clean(&step.name), clean(&step.message));
+        self.standing = format!("{name:<24} {state} {message}");
         if !is_terminal(step) {
-            bar.set_prefix(step.name.clone());
-            bar.set_message(format!("{state} {}", step.message));
+            bar.set_prefix(name.into_owned());
+            bar.set_message(format!("{state} {message}"));
             return;
         }
         // The result is a line of its own, ended by a newline: a finished
@@ -612,10 +634,8 @@ impl Live {
             _ => mark.to_string(),
         };
         println!(
-            "  {mark} {:<24} {state} {:>5.1}s  {}",
-            step.name,
+            "  {mark} {name:<24} {state} {:>5.1}s  {message}",
             self.shown.elapsed().as_secs_f64(),
-            step.message
         );
     }
 }
@@ -638,9 +658,9 @@ pub fn host(h: &pb::HostInfo, format: Format) -> anyhow::Result<()> {
         return print_json(&proto_json(h)?, true);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "hostname   {}", h.hostname)?;
-    writeln!(out, "os         {} ({})", h.os, h.arch)?;
-    writeln!(out, "kernel     {}", h.kernel)?;
+    writeln!(out, "hostname   {}", clean(&h.hostname))?;
+    writeln!(out, "os         {} ({})", clean(&h.os), clean(&h.arch))?;
+    writeln!(out, "kernel     {}", clean(&h.kernel))?;
     writeln!(out, "cpus       {}", h.cpus)?;
     writeln!(
         out,
@@ -648,17 +668,17 @@ pub fn host(h: &pb::HostInfo, format: Format) -> anyhow::Result<()> {
         size(h.memory_total_bytes),
         size(h.memory_available_bytes)
     )?;
-    writeln!(out, "boot id    {}", h.boot_id)?;
-    writeln!(out, "agent      obhostd {}", h.agent_version)?;
+    writeln!(out, "boot id    {}", clean(&h.boot_id))?;
+    writeln!(out, "agent      obhostd {}", clean(&h.agent_version))?;
     writeln!(out, "disks:")?;
     let mut t = table(&["MOUNT", "FS", "FREE", "TOTAL", "DEVICE"]);
     for d in &h.disks {
         t.add_row(vec![
-            Cell::new(&d.mount_point),
-            Cell::new(&d.file_system),
+            Cell::new(clean(&d.mount_point)),
+            Cell::new(clean(&d.file_system)),
             Cell::new(size(d.available_bytes)),
             Cell::new(size(d.total_bytes)),
-            Cell::new(&d.device),
+            Cell::new(clean(&d.device)),
         ]);
     }
     for i in [2, 3] {
@@ -675,7 +695,7 @@ pub fn observer(o: &pb::ObserverStatus, format: Format) -> anyhow::Result<()> {
         return print_json(&proto_json(o)?, true);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "home       {}", o.home_path)?;
+    writeln!(out, "home       {}", clean(&o.home_path))?;
     writeln!(out, "running    {}", o.running)?;
     if o.running {
         writeln!(out, "pid        {}", o.pid)?;
@@ -687,7 +707,7 @@ pub fn observer(o: &pb::ObserverStatus, format: Format) -> anyhow::Result<()> {
         writeln!(out, "cpu        {:.1}%", o.cpu_percent)?;
         writeln!(out, "threads    {}", o.threads)?;
         writeln!(out, "ports      {:?}", o.listening_ports)?;
-        writeln!(out, "command    {}", o.command.join(" "))?;
+        writeln!(out, "command    {}", clean(&o.command.join(" ")))?;
     }
     if let Some(e) = &o.last_exit {
         let how = match (e.code, e.signal) {

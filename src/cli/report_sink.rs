@@ -207,7 +207,8 @@ impl StepReporter for Sink {
         if self.format == Format::Text {
             // Through output::line: in the demo a spinner may be running.
             for line in lines {
-                super::output::line(&format!("{}{line}", self.prefix));
+                // What an agent pushed is its text: no raw control bytes.
+                super::output::line(&format!("{}{}", self.prefix, super::output::clean(&line)));
             }
         } else {
             let mut out = std::io::stdout().lock();

@@ -403,7 +403,12 @@ pub fn main() -> ExitCode {
         let status = e.exit_status();
         if format == Format::Json {
             // Scripts read stdout: the error is its one document there too.
-            let doc = output::error_json(&e.code(), &e.to_string(), status);
+            // The code has a field of its own: an RPC's message is its text.
+            let message = match &e {
+                CliError::Rpc(s) if !is_our_timeout(s) => s.message().to_string(),
+                _ => e.to_string(),
+            };
+            let doc = output::error_json(&e.code(), &message, status);
             if let Err(e) = output::print_json(&doc, true) {
                 eprintln!("obhostctl: cannot print the error as JSON: {e}");
             }

@@ -270,8 +270,7 @@ pub fn proto_json<M: Proto>(m: &M) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Puts back the empty repeated and map fields that canonical JSON leaves out,
-/// in every message of `v` (not in well-known types, which are strings), and
-/// keeps the fields in the proto's order.
+/// in every message of `v` (not in well-known types, which are strings).
 fn with_lists(desc: &MessageDescriptor, v: &mut serde_json::Value) {
     let Some(obj) = v.as_object_mut() else { return };
     if desc.full_name().starts_with("google.protobuf.") {

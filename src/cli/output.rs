@@ -72,14 +72,19 @@ fn with_current<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Prints one line to stdout; while a spinner runs, above it.
+/// Prints one line to stdout; while a spinner runs, above it. A stdout that
+/// went away (`obhostctl ... | head`) is not worth a panic: the line is lost.
 pub fn line(text: &str) {
-    with_current(|| println!("{text}"));
+    with_current(|| {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    });
 }
 
 /// Prints one line to stderr; while a spinner runs, above it.
 pub fn note(text: &str) {
-    with_current(|| eprintln!("{text}"));
+    with_current(|| {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    });
 }
 
 /// A spinner on stdout, made the current one.
@@ -602,13 +607,13 @@ impl Live {
         }
         self.last = Some(now);
         let Some(bar) = &self.bar else {
-            println!(
+            line(&format!(
                 "  [{:>5.1}s] {:<24} {:<10} {}",
                 self.began.elapsed().as_secs_f64(),
                 clean(&step.name),
                 state_name(step.state()),
                 clean(&step.message)
-            );
+            ));
             return;
         };
         let state = state_text(step.state(), 10);
@@ -632,10 +637,10 @@ impl Live {
             Some(c) if looks().colour => console::style(mark).fg(c).force_styling(true).to_string(),
             _ => mark.to_string(),
         };
-        println!(
+        line(&format!(
             "  {mark} {name:<24} {state} {:>5.1}s  {message}",
             self.shown.elapsed().as_secs_f64(),
-        );
+        ));
     }
 }
 
@@ -647,7 +652,7 @@ impl Drop for Live {
             && !bar.is_finished()
         {
             bar.finish_and_clear();
-            println!("  … {}", self.standing);
+            line(&format!("  … {}", self.standing));
         }
     }
 }

@@ -268,6 +268,8 @@ async fn redirected_output_has_no_escape_byte() {
             "plain-2".into(),
             "--until-done".into(),
         ],
+        vec!["steps".into(), "cancel".into(), "plain-1".into()],
+        vec!["steps".into(), "retry".into(), "plain-2".into()],
         vec!["host".into()],
         vec!["observer".into(), "--home".into(), home_s.clone()],
         vec!["stop-observer".into(), "--home".into(), home_s.clone()],

@@ -782,6 +782,18 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_are_shown_escaped() {
+        assert!(matches!(
+            clean("plain ünïcode"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(clean("a\x1b]0;t\x07b"), "a\\u{1b}]0;t\\u{7}b");
+        // C1 controls too (a terminal may take U+009B as ESC [).
+        assert_eq!(clean("x\u{9b}2J"), "x\\u{9b}2J");
+        assert_eq!(clean("cr\rlf\n"), "cr\\rlf\\n");
+    }
+
+    #[test]
     fn sizes_are_iec() {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(3 << 20), "3.0 MiB");

@@ -158,6 +158,26 @@ fn a_terminal_gets_spinners_colours_and_tables() {
         "no spinner: {out:?}"
     );
     assert!(out.contains("✔"), "{out:?}");
+    // Each step's result is a line of its own that nothing draws over: the
+    // text after its mark runs to a newline, with no carriage return (a
+    // redraw) before it.
+    for name in [
+        "Prepare start observer",
+        "Start observer process",
+        "Wait observer active",
+        "Start ocp agent service",
+    ] {
+        let at = out
+            .find(&format!("✔\x1b[0m {name}"))
+            .unwrap_or_else(|| panic!("no result line for {name}: {out:?}"));
+        let rest = &out[at..];
+        let end = rest.find('\n').expect("the line ends");
+        assert!(
+            !rest[..end].trim_end_matches('\r').contains('\r'),
+            "{name}'s line is drawn over: {:?}",
+            &rest[..end]
+        );
+    }
     // SUCCEEDED in green (SGR 32).
     assert!(out.contains("\x1b[32mSUCCEEDED"), "{out:?}");
 

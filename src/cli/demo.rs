@@ -182,7 +182,7 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
 
     let say = |s: String| {
         if format == Format::Text {
-            println!("{s}");
+            output::line(&s);
         }
     };
     say(format!(
@@ -258,10 +258,10 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         .observer
         .unwrap_or_default();
     say(format!(
-        "\nobserver: running={} pid={} rss={} KiB threads={} listening on {:?}",
+        "\nobserver: running={} pid={} rss={} threads={} listening on {:?}",
         observer_status.running,
         observer_status.pid,
-        observer_status.rss_bytes / 1024,
+        output::size(observer_status.rss_bytes),
         observer_status.threads,
         observer_status.listening_ports
     ));
@@ -297,7 +297,7 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         );
     }
 
-    let steps = client
+    let mut steps = client
         .list_steps(pb::ListStepsRequest {
             dag_id: "demo".into(),
             ..Default::default()
@@ -305,24 +305,30 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         .await?
         .into_inner()
         .steps;
+    output::dag_order(&mut steps);
+    let ok = started == ExitCode::SUCCESS && stop.state() == pb::StepState::Succeeded;
     if format == Format::Json {
         // One document: the start's DAG, the observer as it ran, the stop and
-        // every step of the DAG.
-        let doc = serde_json::json!({
+        // every step of the DAG (in the order they ran); on a failure its
+        // `error`, as every failing command's JSON has.
+        let mut doc = serde_json::json!({
             "dag": dag,
-            "observer": observer_status,
-            "stop": stop,
-            "steps": steps,
+            "observer": output::proto_json(&observer_status)?,
+            "stop": output::proto_json(&stop)?,
+            "steps": output::step_list_json(&steps, "")?["steps"].take(),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Other(e.into()))?
-        );
+        let failed = steps
+            .iter()
+            .chain(std::iter::once(&stop))
+            .find(|s| s.state() != pb::StepState::Succeeded);
+        if let Some(bad) = failed {
+            doc["error"] = output::step_error_json(bad)["error"].take();
+        }
+        output::print_json(&doc, true)?;
     } else {
         println!();
         output::step_list(&steps, "", format)?;
     }
-    let ok = started == ExitCode::SUCCESS && stop.state() == pb::StepState::Succeeded;
     // The last pushes are a batch_delay away.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_sink.cancel();

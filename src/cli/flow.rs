@@ -213,11 +213,11 @@ pub async fn follow(
     began: Instant,
     format: Format,
 ) -> Result<pb::Step, CliError> {
-    let mut last = (0, String::new());
+    let mut live = (format == Format::Text).then(|| output::Live::new(id, began));
     let mut after = 0;
     let mut lost = 0;
     loop {
-        let ended = match watch_once(client, id, after, began, format, &mut last).await {
+        let ended = match watch_once(client, id, after, &mut live).await {
             Ok(Watched::Done(step)) => return Ok(*step),
             Ok(Watched::Ended(rev)) => {
                 after = after.max(rev);
@@ -239,9 +239,9 @@ pub async fn follow(
             )));
         }
         if format == Format::Text {
-            eprintln!(
+            output::note(&format!(
                 "  lost obhostd while following {id} ({ended}); reconnecting ({lost} of {RECONNECTS})"
-            );
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -269,15 +269,13 @@ pub(crate) fn resumable(s: &tonic::Status) -> bool {
     )
 }
 
-/// One watch of `id` after revision `after`, printing changes; the last
-/// revision seen comes back with an error, to resume from.
+/// One watch of `id` after revision `after`, showing changes on `live` (text
+/// output); the last revision seen comes back with an error, to resume from.
 async fn watch_once(
     client: &mut Client,
     id: &str,
     after: u64,
-    began: Instant,
-    format: Format,
-    last: &mut (i32, String),
+    live: &mut Option<output::Live>,
 ) -> Result<Watched, (u64, tonic::Status)> {
     let mut seen = after;
     let mut stream = client
@@ -292,17 +290,9 @@ async fn watch_once(
     while let Some(item) = stream.message().await.map_err(|s| (seen, s))? {
         let Some(step) = item.step else { continue };
         seen = seen.max(step.revision);
-        let now = (step.state, step.message.clone());
-        if format == Format::Text && now != *last {
-            println!(
-                "  [{:>5.1}s] {:<24} {:<10} {}",
-                began.elapsed().as_secs_f64(),
-                step.name,
-                step.state().as_str_name().trim_start_matches("STEP_STATE_"),
-                step.message
-            );
+        if let Some(live) = live.as_mut() {
+            live.update(&step);
         }
-        *last = now;
         if output::is_terminal(&step) {
             return Ok(Watched::Done(Box::new(step)));
         }
@@ -372,27 +362,33 @@ fn dag_json(dag: &str, ids: &[String], steps: &[Option<pb::Step>]) -> serde_json
 
 fn explain_failure(s: &pb::Step) {
     let Some(e) = &s.error else { return };
+    let c = output::clean;
     eprintln!(
         "obhostctl: step '{}' ({}) {}: {}",
-        s.id, s.name, e.code, e.message
+        c(&s.id),
+        c(&s.name),
+        c(&e.code),
+        c(&e.message)
     );
-    for c in s
+    for check in s
         .checks
         .iter()
-        .filter(|c| c.status() == pb::CheckStatus::Fail)
+        .filter(|check| check.status() == pb::CheckStatus::Fail)
     {
         eprintln!(
             "  failed check {}: {} (expected {})",
-            c.name, c.observed, c.expected
+            c(&check.name),
+            c(&check.observed),
+            c(&check.expected)
         );
-        if !c.hint.is_empty() {
-            eprintln!("    fix: {}", c.hint);
+        if !check.hint.is_empty() {
+            eprintln!("    fix: {}", c(&check.hint));
         }
     }
     if !e.log_tail.is_empty() {
         eprintln!("  log tail:");
         for line in &e.log_tail {
-            eprintln!("  | {line}");
+            eprintln!("  | {}", c(line));
         }
     }
 }
@@ -542,11 +538,15 @@ pub async fn run(
     tokio::select! {
         r = steps => r?,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!(
-                "\ninterrupted: the steps go on in obhostd. Follow them with \
+            let text = format!(
+                "interrupted: the steps go on in obhostd. Follow them with \
                  `obhostctl steps watch --dag-id {dag}`, or run this command again with \
                  --dag-id {dag} (steps already done are not run again)"
             );
+            output::note(&format!("\n{text}"));
+            if format == Format::Json {
+                *dag_out = Some(output::error_json("INTERRUPTED", &text, 130));
+            }
             return Ok(ExitCode::from(130));
         }
     }
@@ -555,8 +555,17 @@ pub async fn run(
             .is_some_and(|s| s.state() == pb::StepState::Succeeded)
     });
     if format == Format::Json {
-        // The caller prints it: part of its one JSON document.
-        *dag_out = Some(dag_json(&dag, &ids, &done));
+        // The caller prints it: part of its one JSON document. A step that
+        // failed is the document's `error` too, as for every failing command.
+        let mut doc = dag_json(&dag, &ids, &done);
+        if let Some(bad) = done
+            .iter()
+            .flatten()
+            .find(|s| s.state() != pb::StepState::Succeeded)
+        {
+            doc["error"] = output::step_error_json(bad)["error"].take();
+        }
+        *dag_out = Some(doc);
     } else if ok {
         println!(
             "observer started and active in {:.1}s",

@@ -103,7 +103,7 @@ enum Command {
 /// as CANCELLED "Timeout expired", which says neither whose deadline nor what
 /// to do.
 fn rpc_text(s: &tonic::Status) -> String {
-    if s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired" {
+    if is_our_timeout(s) {
         return "DEADLINE_EXCEEDED: obhostd did not answer within --timeout; check that --addr \
                 is obhostd and that it is not stuck (systemctl status obhostd), or give a \
                 longer --timeout"
@@ -144,14 +144,32 @@ pub enum CliError {
 }
 
 impl CliError {
-    fn exit_code(&self) -> ExitCode {
+    fn exit_status(&self) -> u8 {
         match self {
-            CliError::Unreachable { .. } => ExitCode::from(3),
-            CliError::Rpc(s) if s.code() == tonic::Code::Unavailable => ExitCode::from(3),
-            CliError::Usage(_) => ExitCode::from(2),
-            CliError::Rpc(_) | CliError::Other(_) => ExitCode::from(1),
+            CliError::Unreachable { .. } => 3,
+            CliError::Rpc(s) if s.code() == tonic::Code::Unavailable => 3,
+            CliError::Usage(_) => 2,
+            CliError::Rpc(_) | CliError::Other(_) => 1,
         }
     }
+
+    /// The `code` of `-o json`'s error document: the RPC's status code as
+    /// the API docs spell it, UNAVAILABLE for a daemon not reached, USAGE for
+    /// bad usage, UNKNOWN for the rest.
+    fn code(&self) -> String {
+        match self {
+            CliError::Unreachable { .. } => "UNAVAILABLE".into(),
+            CliError::Rpc(s) if is_our_timeout(s) => "DEADLINE_EXCEEDED".into(),
+            CliError::Rpc(s) => code_name(s.code()),
+            CliError::Usage(_) => "USAGE".into(),
+            CliError::Other(_) => "UNKNOWN".into(),
+        }
+    }
+}
+
+/// tonic's way of saying a call ran past its deadline (our --timeout).
+fn is_our_timeout(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired"
 }
 
 /// gRPC codes as the API docs spell them (NOT_FOUND, ALREADY_EXISTS, ...).
@@ -369,7 +387,43 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// obhostctl's whole life; `bin/obhostctl.rs` only calls this.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => usage_exit(e),
+    };
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => usage_exit(e),
+    };
+    let format = cli.output;
+    output::init(format);
+    let fail = |e: CliError| {
+        // An RPC's message is obhostd's text, quoting what a caller sent.
+        eprintln!("obhostctl: {}", output::clean(&e.to_string()));
+        let status = e.exit_status();
+        if format == Format::Json {
+            // Scripts read stdout: the error is its one document there too.
+            // The code has a field of its own: an RPC's message is its text.
+            let message = match &e {
+                CliError::Rpc(s) if !is_our_timeout(s) => s.message().to_string(),
+                _ => e.to_string(),
+            };
+            let doc = output::error_json(&e.code(), &message, status);
+            if let Err(e) = output::print_json(&doc, true) {
+                eprintln!("obhostctl: cannot print the error as JSON: {e}");
+            }
+        }
+        ExitCode::from(status)
+    };
+    if let Command::Demo(_) = cli.command
+        && let Some(flag) = target_flags_given(&matches)
+    {
+        return fail(CliError::Usage(format!(
+            "demo does not use {flag}: it starts its own obhostd on a private socket and talks \
+             only to it; run `obhostctl demo` without {flag} (to drive an obhostd of yours, \
+             use `obhostctl {flag} ... start-observer`)"
+        )));
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -382,11 +436,68 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("obhostctl: {e}");
-            e.exit_code()
-        }
+        Err(e) => fail(e),
     }
+}
+
+/// A command line clap could not make sense of: its message and usage on
+/// stderr, exit 2, and, when the arguments ask for `-o json`, the error as
+/// JSON on stdout as for every other failure (help and --version are not
+/// failures: they print as usual).
+fn usage_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let failure = !matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if failure && wants_json(std::env::args_os().skip(1)) {
+        let text = e.render().to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        let _ = output::print_json(&output::error_json("USAGE", first, 2), true);
+    }
+    e.exit()
+}
+
+/// Whether raw arguments ask for JSON output (`-o json`, `-ojson`,
+/// `--output json`, `--output=json`), for errors found before they parse.
+fn wants_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    args.iter().enumerate().any(|(i, a)| {
+        matches!(a.as_str(), "-ojson" | "--output=json")
+            || (matches!(a.as_str(), "-o" | "--output")
+                && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
+}
+
+/// The first of the flags that say which obhostd to talk to that was given on
+/// the command line (not by an OBHOST_* variable of the environment, which
+/// an operator may export for every command): the demo has its own daemon and
+/// would silently ignore it.
+fn target_flags_given(matches: &clap::ArgMatches) -> Option<&'static str> {
+    let given = |m: &clap::ArgMatches, id: &str| {
+        m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    [
+        ("addr", "--addr"),
+        ("token_file", "--token-file"),
+        ("ca_file", "--ca-file"),
+        ("cert_file", "--cert-file"),
+        ("key_file", "--key-file"),
+    ]
+    .into_iter()
+    .find(|(id, _)| {
+        given(matches, id)
+            || matches
+                .subcommand_matches("demo")
+                .is_some_and(|m| given(m, id))
+    })
+    .map(|(_, flag)| flag)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
@@ -431,14 +542,28 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .await?;
             let step =
                 flow::follow(&mut client, &id, std::time::Instant::now(), cli.output).await?;
+            let ok = step.state() == pb::StepState::Succeeded;
             if cli.output == Format::Json {
-                output::step(&step, cli.output)?;
+                // The step, and when it failed `{"error": ..., "step": ...}`:
+                // one document either way.
+                let doc = if ok {
+                    output::proto_json(&step)?
+                } else {
+                    let mut doc = output::step_error_json(&step);
+                    doc["step"] = output::proto_json(&step)?;
+                    doc
+                };
+                output::print_json(&doc, true)?;
             }
-            Ok(if step.state() == pb::StepState::Succeeded {
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 if let Some(e) = &step.error {
-                    eprintln!("obhostctl: {}: {}", e.code, e.message);
+                    eprintln!(
+                        "obhostctl: {}: {}",
+                        output::clean(&e.code),
+                        output::clean(&e.message)
+                    );
                 }
                 ExitCode::from(1)
             })

@@ -1,9 +1,18 @@
-//! How obhostctl prints. Text is for a person at a terminal; JSON is the canonical
-//! protobuf JSON mapping (the same field names grpcurl shows), one document per
-//! result, or one line per change for `watch`.
+//! How obhostctl prints. Text is for a person: on a terminal it is live
+//! (spinners, colours, tables fitted to the width); redirected it is plain
+//! lines with no escape byte, for grep and logs. JSON is the canonical
+//! protobuf JSON mapping (the field names grpcurl shows, RFC 3339 `Z`
+//! timestamps), exactly one document per command, or one line per change for
+//! `watch` and `report-sink`.
 
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::sync::{LazyLock, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use comfy_table::{Cell, Color, ContentArrangement, Table};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
 
 use crate::api::convert;
 use crate::proto::v1 as pb;
@@ -12,6 +21,81 @@ use crate::proto::v1 as pb;
 pub enum Format {
     Text,
     Json,
+}
+
+/// What the text output may use, decided once from where stdout goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Looks {
+    /// stdout is a terminal (and not a dumb one): spinners and drawn tables.
+    pub live: bool,
+    /// Colours: only when live and NO_COLOR is not set (https://no-color.org).
+    pub colour: bool,
+}
+
+static LOOKS: OnceLock<Looks> = OnceLock::new();
+
+/// Decides the looks for this run; called once by `main` before any output.
+/// JSON is never decorated, wherever it goes.
+pub fn init(format: Format) -> Looks {
+    use std::io::IsTerminal;
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    let live = format == Format::Text && std::io::stdout().is_terminal() && !dumb;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let looks = Looks {
+        live,
+        colour: live && !no_color,
+    };
+    // indicatif styles its templates through console, which decides colour on
+    // its own (CLICOLOR...): make it agree with us, for both streams.
+    console::set_colors_enabled(looks.colour);
+    console::set_colors_enabled_stderr(looks.colour);
+    *LOOKS.get_or_init(|| looks)
+}
+
+/// The looks in force (plain until `init` ran: tests of this module, and
+/// anything printed before `main` decided).
+pub fn looks() -> Looks {
+    LOOKS.get().copied().unwrap_or_default()
+}
+
+/// The spinner running now, if any: a line printed meanwhile (the demo's
+/// report-sink, a reconnect notice) goes above it instead of through it. One
+/// at a time: a flow follows its steps one after the other, and a finished
+/// spinner's line stays behind as the step's result.
+static CURRENT: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn with_current<R>(f: impl FnOnce() -> R) -> R {
+    let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+    match current.as_ref().filter(|b| !b.is_finished()) {
+        Some(bar) => bar.suspend(f),
+        None => f(),
+    }
+}
+
+/// Prints one line to stdout; while a spinner runs, above it. A stdout that
+/// went away (`obhostctl ... | head`) is not worth a panic: the line is lost.
+pub fn line(text: &str) {
+    with_current(|| {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    });
+}
+
+/// Prints one line to stderr; while a spinner runs, above it.
+pub fn note(text: &str) {
+    with_current(|| {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    });
+}
+
+/// A spinner on stdout, made the current one.
+fn spinner(template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
+    bar
 }
 
 pub fn is_terminal(s: &pb::Step) -> bool {
@@ -24,8 +108,74 @@ pub fn is_terminal(s: &pb::Step) -> bool {
     )
 }
 
-fn state_name(s: pb::StepState) -> &'static str {
+pub fn state_name(s: pb::StepState) -> &'static str {
     s.as_str_name().trim_start_matches("STEP_STATE_")
+}
+
+/// A state's colour: green done, red failed or timed out, yellow cancelled,
+/// cyan running.
+fn state_colour(s: pb::StepState) -> Option<console::Color> {
+    match s {
+        pb::StepState::Succeeded => Some(console::Color::Green),
+        pb::StepState::Failed | pb::StepState::TimedOut => Some(console::Color::Red),
+        pb::StepState::Cancelled => Some(console::Color::Yellow),
+        pb::StepState::Running => Some(console::Color::Cyan),
+        _ => None,
+    }
+}
+
+/// A state's name, coloured when colours are on, padded to `width` (padding
+/// outside the escape codes, so columns line up either way).
+pub fn state_text(s: pb::StepState, width: usize) -> String {
+    let name = format!("{:<width$}", state_name(s));
+    match state_colour(s) {
+        Some(c) if looks().colour => console::style(name).fg(c).force_styling(true).to_string(),
+        _ => name,
+    }
+}
+
+/// The same colour for a table cell (comfy-table draws it itself).
+fn state_cell(s: pb::StepState) -> Cell {
+    let cell = Cell::new(state_name(s));
+    let colour = match s {
+        pb::StepState::Succeeded => Color::Green,
+        pb::StepState::Failed | pb::StepState::TimedOut => Color::Red,
+        pb::StepState::Cancelled => Color::Yellow,
+        pb::StepState::Running => Color::Cyan,
+        _ => return cell,
+    };
+    if looks().colour {
+        cell.fg(colour)
+    } else {
+        cell
+    }
+}
+
+/// Every size obhostctl prints, in IEC units ("1.5 GiB", "312.0 MiB"), so
+/// memory, disks and RSS read the same everywhere.
+pub fn size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+/// Text from obhostd, made safe for a terminal: a control character (ESC,
+/// BEL, CR, C1 codes...) is shown escaped (`\u{1b}`), never sent raw. Step
+/// messages, checks and log tails carry what an observer, its log or its
+/// unprivileged owner wrote; raw, an escape sequence there would retitle,
+/// recolour or rewrite the operator's terminal (or reach a redirected file).
+pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 fn when(t: &Option<pbjson_types::Timestamp>) -> String {
@@ -40,7 +190,130 @@ pub fn short(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
-fn print_json<T: serde::Serialize>(value: &T, pretty: bool) -> anyhow::Result<()> {
+/// A table: drawn and fitted to the terminal's width when live; off a
+/// terminal, aligned columns with no border, one record per line, so a line
+/// can be grepped and starts with its first column.
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    // A terminal that does not say its width (0 columns) would squeeze every
+    // column to one character: such a table keeps its natural width.
+    let width = console::Term::stdout().size_checked().map_or(0, |(_, w)| w);
+    if looks().live {
+        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED.with_rounded_corners())
+            .set_content_arrangement(if width >= 40 {
+                ContentArrangement::Dynamic
+            } else {
+                ContentArrangement::Disabled
+            });
+        if looks().colour {
+            t.enforce_styling();
+        }
+    } else {
+        t.load_style(comfy_table::presets::NOTHING)
+            .force_no_tty()
+            .set_content_arrangement(ContentArrangement::Disabled);
+    }
+    t.set_header(header.iter().map(|h| Cell::new(*h)));
+    if !looks().live {
+        for c in t.column_iter_mut() {
+            c.set_padding((0, 2));
+        }
+    }
+    t
+}
+
+fn print_table(out: &mut impl Write, t: &Table) -> std::io::Result<()> {
+    for l in t.lines() {
+        // Off a terminal the blank border rows are whitespace: skip them, and
+        // the padding after the last column.
+        let l = l.trim_end();
+        if !l.is_empty() {
+            writeln!(out, "{l}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The descriptors of obhost.v1 (and the testing service), for canonical JSON.
+static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
+    DescriptorPool::decode(crate::proto::ALL_DESCRIPTOR).map_err(|e| e.to_string())
+});
+
+/// A message obhostctl prints as JSON, with its full proto name.
+pub trait Proto: prost::Message {
+    const NAME: &'static str;
+}
+
+impl Proto for pb::Step {
+    const NAME: &'static str = "obhost.v1.Step";
+}
+impl Proto for pb::HostInfo {
+    const NAME: &'static str = "obhost.v1.HostInfo";
+}
+impl Proto for pb::ObserverStatus {
+    const NAME: &'static str = "obhost.v1.ObserverStatus";
+}
+
+/// The canonical proto JSON of `m`: what grpcurl prints, timestamps in UTC
+/// with `Z`. Made from the descriptors (prost-reflect), so only fields whose
+/// type is google.protobuf.Timestamp are formatted as times; a string that
+/// merely looks like a date (a step's message) is left as it is. Repeated and
+/// map fields are always present ([] and {}), so `jq '.checks[]'` works on a
+/// step without checks.
+pub fn proto_json<M: Proto>(m: &M) -> anyhow::Result<serde_json::Value> {
+    let pool = POOL
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("obhostctl's own proto descriptors do not decode: {e}"))?;
+    let desc = pool
+        .get_message_by_name(M::NAME)
+        .with_context(|| format!("no message {} in obhostctl's descriptors", M::NAME))?;
+    let dynamic = DynamicMessage::decode(desc.clone(), m.encode_to_vec().as_slice())
+        .with_context(|| format!("cannot re-read a {}", M::NAME))?;
+    let mut v = serde_json::to_value(&dynamic)?;
+    with_lists(&desc, &mut v);
+    Ok(v)
+}
+
+/// Puts back the empty repeated and map fields that canonical JSON leaves out,
+/// in every message of `v` (not in well-known types, which are strings).
+fn with_lists(desc: &MessageDescriptor, v: &mut serde_json::Value) {
+    let Some(obj) = v.as_object_mut() else { return };
+    if desc.full_name().starts_with("google.protobuf.") {
+        return;
+    }
+    let mut given = std::mem::take(obj);
+    for field in desc.fields() {
+        let name = field.json_name();
+        match given.remove(name) {
+            None if field.is_map() => {
+                obj.insert(name.to_string(), serde_json::json!({}));
+            }
+            None if field.is_list() => {
+                obj.insert(name.to_string(), serde_json::json!([]));
+            }
+            None => {}
+            Some(mut inner) => {
+                if let Kind::Message(m) = field.kind() {
+                    if field.is_list() {
+                        if let Some(items) = inner.as_array_mut() {
+                            for item in items {
+                                with_lists(&m, item);
+                            }
+                        }
+                    } else if !field.is_map() {
+                        with_lists(&m, &mut inner);
+                    }
+                }
+                obj.insert(name.to_string(), inner);
+            }
+        }
+    }
+    // Nothing should be left; whatever is stays, rather than vanish.
+    obj.extend(given);
+}
+
+/// Prints one JSON document (pretty) or one JSON line.
+pub fn print_json(value: &serde_json::Value, pretty: bool) -> anyhow::Result<()> {
     let text = if pretty {
         serde_json::to_string_pretty(value)?
     } else {
@@ -51,83 +324,166 @@ fn print_json<T: serde::Serialize>(value: &T, pretty: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// What `-o json` prints on stdout when a command fails, whatever failed: a
+/// usage error, an unreachable daemon, an RPC's status or a step that did not
+/// succeed. Scripts test `.error` and read `.error.code`.
+pub fn error_json(code: &str, message: &str, exit_status: u8) -> serde_json::Value {
+    serde_json::json!({
+        "error": {"code": code, "message": message, "exit_status": exit_status}
+    })
+}
+
+/// A step that ended badly as the `error` of a JSON document: its error code
+/// (PROCESS_EXITED, ...), else its state.
+pub fn step_error_json(s: &pb::Step) -> serde_json::Value {
+    let (code, message) = match &s.error {
+        Some(e) => (e.code.clone(), e.message.clone()),
+        None => (state_name(s.state()).to_string(), s.message.clone()),
+    };
+    error_json(
+        &code,
+        &format!("step '{}' is {}: {message}", s.id, state_name(s.state())),
+        1,
+    )
+}
+
 pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
-        return print_json(s, true);
+        return print_json(&proto_json(s)?, true);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "step       {}", s.id)?;
+    writeln!(out, "step       {}", clean(&s.id))?;
     if !s.dag_id.is_empty() {
-        writeln!(out, "dag        {}", s.dag_id)?;
+        writeln!(out, "dag        {}", clean(&s.dag_id))?;
     }
-    writeln!(out, "name       {}", s.name)?;
-    writeln!(out, "state      {}", state_name(s.state()))?;
+    writeln!(out, "name       {}", clean(&s.name))?;
+    writeln!(out, "state      {}", state_text(s.state(), 0))?;
     writeln!(out, "attempt    {}", s.attempt)?;
     writeln!(out, "revision   {}", s.revision)?;
     writeln!(out, "created    {}", when(&s.created_at))?;
     writeln!(out, "started    {}", when(&s.started_at))?;
     writeln!(out, "finished   {}", when(&s.finished_at))?;
     writeln!(out, "deadline   {}", when(&s.deadline))?;
-    writeln!(out, "message    {}", s.message)?;
+    writeln!(out, "message    {}", clean(&s.message))?;
     if let Some(e) = &s.error {
-        writeln!(out, "error      {}: {}", e.code, e.message)?;
+        writeln!(out, "error      {}: {}", clean(&e.code), clean(&e.message))?;
         for (k, v) in &e.details {
-            writeln!(out, "  {k} = {v}")?;
+            writeln!(out, "  {} = {}", clean(k), clean(v))?;
         }
         if !e.log_tail.is_empty() {
             writeln!(out, "log tail:")?;
             for line in &e.log_tail {
-                writeln!(out, "  | {line}")?;
+                writeln!(out, "  | {}", clean(line))?;
             }
         }
     }
     if !s.outputs.is_empty() {
         writeln!(out, "outputs:")?;
         for (k, v) in &s.outputs {
-            writeln!(out, "  {k} = {v}")?;
+            writeln!(out, "  {} = {}", clean(k), clean(v))?;
         }
     }
     if !s.checks.is_empty() {
         writeln!(out, "checks:")?;
-        for c in &s.checks {
-            check(&mut out, c)?;
-        }
+        checks(&mut out, &s.checks)?;
     }
     Ok(())
 }
 
-pub fn check(out: &mut impl Write, c: &pb::CheckResult) -> std::io::Result<()> {
-    let status = c.status().as_str_name().trim_start_matches("CHECK_STATUS_");
-    writeln!(out, "  {status:<7} {:<28} {}", c.name, c.observed)?;
-    if matches!(c.status(), pb::CheckStatus::Fail | pb::CheckStatus::Warn) {
-        if !c.expected.is_empty() {
-            writeln!(out, "          expected: {}", c.expected)?;
+/// Prepare's check results as a table: status, check, what the host has, and
+/// for a failure or warning what was expected and the fix.
+pub fn checks(out: &mut impl Write, checks: &[pb::CheckResult]) -> std::io::Result<()> {
+    let mut t = table(&["STATUS", "CHECK", "OBSERVED", "EXPECTED", "FIX"]);
+    for c in checks {
+        let status = c.status().as_str_name().trim_start_matches("CHECK_STATUS_");
+        let bad = matches!(c.status(), pb::CheckStatus::Fail | pb::CheckStatus::Warn);
+        let mut cell = Cell::new(status);
+        if looks().colour {
+            cell = match c.status() {
+                pb::CheckStatus::Fail => cell.fg(Color::Red),
+                pb::CheckStatus::Warn => cell.fg(Color::Yellow),
+                pb::CheckStatus::Pass => cell.fg(Color::Green),
+                _ => cell,
+            };
         }
-        if !c.hint.is_empty() {
-            writeln!(out, "          fix: {}", c.hint)?;
-        }
+        let or_dash = |s: &str| {
+            if bad && !s.is_empty() {
+                clean(s).into_owned()
+            } else {
+                "-".into()
+            }
+        };
+        t.add_row(vec![
+            cell,
+            Cell::new(clean(&c.name)),
+            Cell::new(clean(&c.observed)),
+            Cell::new(or_dash(&c.expected)),
+            Cell::new(or_dash(&c.hint)),
+        ]);
     }
-    Ok(())
+    print_table(out, &t)
 }
 
+/// Where a step kind stands in "Start OB server": what decides the order of
+/// two steps of a DAG created at the same instant.
+fn kind_rank(k: pb::StepKind) -> u8 {
+    match k {
+        pb::StepKind::PrepareStartObserver => 1,
+        pb::StepKind::StartObserverProcess => 2,
+        pb::StepKind::WaitObserverActive => 3,
+        pb::StepKind::StartAgentService => 4,
+        pb::StepKind::StopObserverProcess => 5,
+        _ => 6,
+    }
+}
+
+fn created(s: &pb::Step) -> (i64, i32) {
+    s.created_at
+        .as_ref()
+        .map_or((i64::MAX, 0), |t| (t.seconds, t.nanos))
+}
+
+/// Orders steps as they ran: the DAGs by when their first step was created,
+/// and within a DAG by creation (a flow creates a step only once the one
+/// before it succeeded, which is the DAG's dependency order: prepare, start,
+/// wait, agent, and not the ids' alphabetical agent, prepare, start, wait).
+/// Steps created at the same instant go by their place in "Start OB server",
+/// then by id. A step without a DAG is a DAG of its own.
+pub fn dag_order(steps: &mut [pb::Step]) {
+    let mut first: std::collections::HashMap<&str, (i64, i32)> = Default::default();
+    for s in steps.iter() {
+        if !s.dag_id.is_empty() {
+            let e = first.entry(s.dag_id.as_str()).or_insert((i64::MAX, 0));
+            *e = (*e).min(created(s));
+        }
+    }
+    let key = |s: &pb::Step| {
+        let group = if s.dag_id.is_empty() {
+            (created(s), s.id.clone())
+        } else {
+            (first[s.dag_id.as_str()], s.dag_id.clone())
+        };
+        (group, created(s), kind_rank(s.kind()), s.id.clone())
+    };
+    let mut keyed: Vec<_> = steps.iter().map(|s| (key(s), s.clone())).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    for (slot, (_, s)) in steps.iter_mut().zip(keyed) {
+        *slot = s;
+    }
+}
+
+/// A list of steps, in DAG order. JSON: `{"steps": [...]}`, the list always
+/// there (empty too), and `nextPageToken` when there is a next page.
 pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> anyhow::Result<()> {
+    let mut steps = steps.to_vec();
+    dag_order(&mut steps);
     if format == Format::Json {
-        return print_json(
-            &pb::ListStepsResponse {
-                steps: steps.to_vec(),
-                next_page_token: next_page_token.to_string(),
-            },
-            true,
-        );
+        return print_json(&step_list_json(&steps, next_page_token)?, true);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<24} {:<10} {:<26} {:>8}  MESSAGE",
-        "STEP", "STATE", "NAME", "AGE"
-    )?;
+    let mut t = table(&["STEP", "STATE", "NAME", "AGE", "MESSAGE"]);
     let now = SystemTime::now();
-    for s in steps {
+    for s in &steps {
         let age = s
             .created_at
             .as_ref()
@@ -135,77 +491,215 @@ pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> a
             .and_then(|t| now.duration_since(t).ok())
             .map(short)
             .unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{:<24} {:<10} {:<26} {:>8}  {}",
-            s.id,
-            state_name(s.state()),
-            s.name,
-            age,
-            s.message
-        )?;
+        t.add_row(vec![
+            Cell::new(clean(&s.id)),
+            state_cell(s.state()),
+            Cell::new(clean(&s.name)),
+            Cell::new(age),
+            Cell::new(clean(&s.message)),
+        ]);
     }
+    if let Some(c) = t.column_mut(3) {
+        c.set_cell_alignment(comfy_table::CellAlignment::Right);
+    }
+    print_table(&mut out, &t)?;
     if !next_page_token.is_empty() {
         writeln!(out, "(more: --page-token {next_page_token}, or --all)")?;
     }
     Ok(())
 }
 
+/// The JSON of a list of steps (also part of the demo's document).
+pub fn step_list_json(
+    steps: &[pb::Step],
+    next_page_token: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let items = steps
+        .iter()
+        .map(proto_json)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut doc = serde_json::json!({ "steps": items });
+    if !next_page_token.is_empty() {
+        doc["nextPageToken"] = next_page_token.into();
+    }
+    Ok(doc)
+}
+
+/// One change seen by `steps watch`: a JSON line, or a text line.
 pub fn step_change(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
-        return print_json(s, false);
+        return print_json(&proto_json(s)?, false);
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "rev {:<6} {:<24} {:<10} {}",
+    line(&format!(
+        "rev {:<6} {:<24} {} {}",
         s.revision,
-        s.id,
-        state_name(s.state()),
-        s.message
-    )?;
+        clean(&s.id),
+        state_text(s.state(), 10),
+        clean(&s.message)
+    ));
     Ok(())
+}
+
+/// `steps watch` on a terminal: a spinner under the change lines, with how
+/// long it has watched and how many steps it has seen.
+pub struct Watching(Option<ProgressBar>);
+
+impl Watching {
+    pub fn new(what: &str) -> Watching {
+        Watching(looks().live.then(|| {
+            let bar = spinner("{spinner:.cyan} {msg} {elapsed:.dim}");
+            bar.set_message(format!("watching {what}"));
+            bar
+        }))
+    }
+
+    pub fn set(&self, msg: String) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(msg);
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A step followed live: on a terminal a spinner with the step's elapsed time
+/// that gives way to a coloured result line; off a terminal a plain line for
+/// each change of state or message, with the time since the flow began.
+pub struct Live {
+    bar: Option<ProgressBar>,
+    began: Instant,
+    shown: Instant,
+    last: Option<(i32, String)>,
+    /// The spinner's line as it stands, left behind if the follow ends first.
+    standing: String,
+}
+
+impl Live {
+    /// `began`: when the flow (the command) began, for the plain lines.
+    pub fn new(label: &str, began: Instant) -> Live {
+        let bar = looks().live.then(|| {
+            let bar = spinner("  {spinner:.cyan} {prefix:<24} {msg} {elapsed:.dim}");
+            bar.set_prefix(label.to_string());
+            bar.set_message("PENDING");
+            bar
+        });
+        Live {
+            bar,
+            began,
+            shown: Instant::now(),
+            last: None,
+            standing: format!("{label:<24} PENDING"),
+        }
+    }
+
+    /// Shows a change of the step (a repeat of the same state and message
+    /// shows nothing).
+    pub fn update(&mut self, step: &pb::Step) {
+        let now = (step.state, step.message.clone());
+        if self.last.as_ref() == Some(&now) {
+            return;
+        }
+        self.last = Some(now);
+        let Some(bar) = &self.bar else {
+            line(&format!(
+                "  [{:>5.1}s] {:<24} {:<10} {}",
+                self.began.elapsed().as_secs_f64(),
+                clean(&step.name),
+                state_name(step.state()),
+                clean(&step.message)
+            ));
+            return;
+        };
+        let state = state_text(step.state(), 10);
+        let (name, message) = (clean(&step.name), clean(&step.message));
+        self.standing = format!("{name:<24} {state} {message}");
+        if !is_terminal(step) {
+            bar.set_prefix(name.into_owned());
+            bar.set_message(format!("{state} {message}"));
+            return;
+        }
+        // The result is a line of its own, ended by a newline: a finished
+        // spinner would leave the cursor on its line, for the next print to
+        // overwrite.
+        bar.finish_and_clear();
+        let mark = if step.state() == pb::StepState::Succeeded {
+            "✔"
+        } else {
+            "✘"
+        };
+        let mark = match state_colour(step.state()) {
+            Some(c) if looks().colour => console::style(mark).fg(c).force_styling(true).to_string(),
+            _ => mark.to_string(),
+        };
+        line(&format!(
+            "  {mark} {name:<24} {state} {:>5.1}s  {message}",
+            self.shown.elapsed().as_secs_f64(),
+        ));
+    }
+}
+
+impl Drop for Live {
+    /// A follow that ends before the step does (an error, Ctrl-C) leaves the
+    /// step's line as it stood, without a spinner.
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar
+            && !bar.is_finished()
+        {
+            bar.finish_and_clear();
+            line(&format!("  … {}", self.standing));
+        }
+    }
 }
 
 pub fn host(h: &pb::HostInfo, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
-        return print_json(h, true);
+        return print_json(&proto_json(h)?, true);
     }
-    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
     let mut out = std::io::stdout().lock();
-    writeln!(out, "hostname   {}", h.hostname)?;
-    writeln!(out, "os         {} ({})", h.os, h.arch)?;
-    writeln!(out, "kernel     {}", h.kernel)?;
+    writeln!(out, "hostname   {}", clean(&h.hostname))?;
+    writeln!(out, "os         {} ({})", clean(&h.os), clean(&h.arch))?;
+    writeln!(out, "kernel     {}", clean(&h.kernel))?;
     writeln!(out, "cpus       {}", h.cpus)?;
     writeln!(
         out,
         "memory     {} total, {} available",
-        gib(h.memory_total_bytes),
-        gib(h.memory_available_bytes)
+        size(h.memory_total_bytes),
+        size(h.memory_available_bytes)
     )?;
-    writeln!(out, "boot id    {}", h.boot_id)?;
-    writeln!(out, "agent      obhostd {}", h.agent_version)?;
+    writeln!(out, "boot id    {}", clean(&h.boot_id))?;
+    writeln!(out, "agent      obhostd {}", clean(&h.agent_version))?;
     writeln!(out, "disks:")?;
+    let mut t = table(&["MOUNT", "FS", "FREE", "TOTAL", "DEVICE"]);
     for d in &h.disks {
-        writeln!(
-            out,
-            "  {:<24} {:<10} {:>10} free of {:>10}  {}",
-            d.mount_point,
-            d.file_system,
-            gib(d.available_bytes),
-            gib(d.total_bytes),
-            d.device
-        )?;
+        t.add_row(vec![
+            Cell::new(clean(&d.mount_point)),
+            Cell::new(clean(&d.file_system)),
+            Cell::new(size(d.available_bytes)),
+            Cell::new(size(d.total_bytes)),
+            Cell::new(clean(&d.device)),
+        ]);
     }
+    for i in [2, 3] {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    print_table(&mut out, &t)?;
     Ok(())
 }
 
 pub fn observer(o: &pb::ObserverStatus, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
-        return print_json(o, true);
+        return print_json(&proto_json(o)?, true);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "home       {}", o.home_path)?;
+    writeln!(out, "home       {}", clean(&o.home_path))?;
     writeln!(out, "running    {}", o.running)?;
     if o.running {
         writeln!(out, "pid        {}", o.pid)?;
@@ -213,11 +707,11 @@ pub fn observer(o: &pb::ObserverStatus, format: Format) -> anyhow::Result<()> {
         if let Some(u) = o.uptime.and_then(|u| Duration::try_from(u).ok()) {
             writeln!(out, "uptime     {}", short(u))?;
         }
-        writeln!(out, "rss        {} MiB", o.rss_bytes >> 20)?;
+        writeln!(out, "rss        {}", size(o.rss_bytes))?;
         writeln!(out, "cpu        {:.1}%", o.cpu_percent)?;
         writeln!(out, "threads    {}", o.threads)?;
         writeln!(out, "ports      {:?}", o.listening_ports)?;
-        writeln!(out, "command    {}", o.command.join(" "))?;
+        writeln!(out, "command    {}", clean(&o.command.join(" ")))?;
     }
     if let Some(e) = &o.last_exit {
         let how = match (e.code, e.signal) {
@@ -228,4 +722,117 @@ pub fn observer(o: &pb::ObserverStatus, format: Format) -> anyhow::Result<()> {
         writeln!(out, "last exit  pid {} {how} at {}", e.pid, when(&e.at))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(seconds: i64, nanos: i32) -> Option<pbjson_types::Timestamp> {
+        Some(pbjson_types::Timestamp { seconds, nanos })
+    }
+
+    #[test]
+    fn timestamps_end_in_z_and_look_alike_strings_are_left_alone() {
+        let s = pb::Step {
+            id: "a".into(),
+            created_at: ts(1_700_000_000, 0),
+            started_at: ts(1_700_000_001, 500_000_000),
+            message: "retry at 2023-11-14T22:13:20+00:00".into(),
+            ..Default::default()
+        };
+        let v = proto_json(&s).unwrap();
+        assert_eq!(v["createdAt"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["startedAt"], "2023-11-14T22:13:21.500Z");
+        assert_eq!(v["message"], "retry at 2023-11-14T22:13:20+00:00");
+        // Lists and maps are there even when empty.
+        assert_eq!(v["checks"], serde_json::json!([]));
+        assert_eq!(v["outputs"], serde_json::json!({}));
+        // The rest is the mapping pbjson printed before.
+        let old = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["id"], old["id"]);
+        assert_eq!(v["state"], old["state"]);
+    }
+
+    #[test]
+    fn nested_lists_are_filled_too() {
+        let s = pb::Step {
+            id: "a".into(),
+            error: Some(pb::StepError {
+                code: "X".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = proto_json(&s).unwrap();
+        assert_eq!(v["error"]["logTail"], serde_json::json!([]));
+        let h = proto_json(&pb::HostInfo::default()).unwrap();
+        assert_eq!(h["disks"], serde_json::json!([]));
+        let o = proto_json(&pb::ObserverStatus::default()).unwrap();
+        assert_eq!(o["listeningPorts"], serde_json::json!([]));
+        assert_eq!(o["command"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn an_empty_list_is_an_empty_array() {
+        assert_eq!(
+            step_list_json(&[], "").unwrap(),
+            serde_json::json!({"steps": []})
+        );
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert!(matches!(
+            clean("plain ünïcode"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(clean("a\x1b]0;t\x07b"), "a\\u{1b}]0;t\\u{7}b");
+        // C1 controls too (a terminal may take U+009B as ESC [).
+        assert_eq!(clean("x\u{9b}2J"), "x\\u{9b}2J");
+        assert_eq!(clean("cr\rlf\n"), "cr\\rlf\\n");
+    }
+
+    #[test]
+    fn sizes_are_iec() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(3 << 20), "3.0 MiB");
+        assert_eq!(size(16 << 30), "16.0 GiB");
+    }
+
+    #[test]
+    fn steps_go_in_dag_order_then_dags_by_creation() {
+        let step = |id: &str, dag: &str, secs: i64, kind: pb::StepKind| {
+            let mut s = pb::Step {
+                id: id.into(),
+                dag_id: dag.into(),
+                created_at: ts(secs, 0),
+                ..Default::default()
+            };
+            s.set_kind(kind);
+            s
+        };
+        use pb::StepKind as K;
+        let mut steps = vec![
+            step("d-agent", "d", 13, K::StartAgentService),
+            step("d-prepare", "d", 10, K::PrepareStartObserver),
+            step("a-prepare", "a", 20, K::PrepareStartObserver),
+            step("d-start", "d", 11, K::StartObserverProcess),
+            step("d-wait", "d", 11, K::WaitObserverActive),
+            step("loose", "", 15, K::StopObserverProcess),
+        ];
+        dag_order(&mut steps);
+        let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "d-prepare",
+                "d-start",
+                "d-wait",
+                "d-agent",
+                "loose",
+                "a-prepare"
+            ]
+        );
+    }
 }

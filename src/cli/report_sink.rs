@@ -183,7 +183,8 @@ impl StepReporter for Sink {
                 Format::Json => serde_json::json!({
                     "agent_id": req.agent_id,
                     "duplicate": duplicate,
-                    "step": step,
+                    "step": super::output::proto_json(step)
+                        .map_err(|e| Status::internal(format!("cannot print: {e:#}")))?,
                 })
                 .to_string(),
                 Format::Text => format!(
@@ -203,15 +204,18 @@ impl StepReporter for Sink {
         }
         agent.through = agent.through.max(through);
         drop(agents);
-        let mut out = std::io::stdout().lock();
-        for line in lines {
-            let prefix = if self.format == Format::Text {
-                self.prefix
-            } else {
-                ""
-            };
-            writeln!(out, "{prefix}{line}")
-                .map_err(|e| Status::internal(format!("cannot print: {e}")))?;
+        if self.format == Format::Text {
+            // Through output::line: in the demo a spinner may be running.
+            for line in lines {
+                // What an agent pushed is its text: no raw control bytes.
+                super::output::line(&format!("{}{}", self.prefix, super::output::clean(&line)));
+            }
+        } else {
+            let mut out = std::io::stdout().lock();
+            for line in lines {
+                writeln!(out, "{line}")
+                    .map_err(|e| Status::internal(format!("cannot print: {e}")))?;
+            }
         }
         Ok(Response::new(pb::ReportStepsResponse {}))
     }

@@ -10,7 +10,7 @@ use crate::proto::v1 as pb;
 
 #[derive(Subcommand)]
 pub enum StepsCommand {
-    /// List steps, by step id.
+    /// List steps: each DAG's in the order they ran, DAGs by creation.
     List(ListArgs),
     /// Show one step.
     Get {
@@ -176,6 +176,13 @@ async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<E
         }
     }
     let dag_id = args.dag_id.clone().unwrap_or_default();
+    let what = match (args.step_ids.len(), dag_id.is_empty()) {
+        (0, true) => "every step".to_string(),
+        (0, false) => format!("DAG {dag_id}"),
+        (1, _) => format!("step {}", args.step_ids[0]),
+        (n, _) => format!("{n} steps"),
+    };
+    let spinner = output::Watching::new(&what);
     let mut after = args.after_revision.unwrap_or_default();
     let mut last: std::collections::BTreeMap<String, pb::Step> = Default::default();
     let mut lost = 0;
@@ -197,6 +204,11 @@ async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<E
                 output::step_change(&step, format)
                     .map_err(|e| tonic::Status::internal(e.to_string()))?;
                 last.insert(step.id.clone(), step);
+                let running = last.values().filter(|s| !output::is_terminal(s)).count();
+                spinner.set(format!(
+                    "watching {what}: {} seen, {running} not done, revision {after}",
+                    last.len()
+                ));
                 if args.until_done
                     && args
                         .step_ids
@@ -211,10 +223,19 @@ async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<E
         .await;
         match ended {
             Ok(()) => {
-                let ok = args.step_ids.iter().all(|id| {
+                drop(spinner);
+                let bad = args.step_ids.iter().find_map(|id| {
                     last.get(id)
-                        .is_some_and(|s| s.state() == pb::StepState::Succeeded)
+                        .filter(|s| s.state() != pb::StepState::Succeeded)
                 });
+                let ok = bad.is_none();
+                if let Some(bad) = bad {
+                    // The last JSON line says the watch failed, and why, as
+                    // every failing command's JSON does.
+                    if format == Format::Json {
+                        output::print_json(&output::step_error_json(bad), false)?;
+                    }
+                }
                 return Ok(if ok {
                     ExitCode::SUCCESS
                 } else {
@@ -223,12 +244,12 @@ async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<E
             }
             Err(s) if super::flow::resumable(&s) && lost < super::flow::RECONNECTS => {
                 lost += 1;
-                eprintln!(
+                output::note(&format!(
                     "lost obhostd ({}: {}); watching again after revision {after} ({lost} of {})",
                     super::code_name(s.code()),
                     s.message(),
                     super::flow::RECONNECTS
-                );
+                ));
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
             Err(s) => return Err(s.into()),

@@ -264,6 +264,9 @@ fn step_ids_are_comma_separated_and_counted() {
         err.contains("--step-ids needs 4 ids") && err.contains("got 3"),
         "{err}"
     );
+    // Prepare finds the port taken, so the flow stops after creating b1.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", home.mysql_port)).unwrap();
+    let port = home.mysql_port.to_string();
     let (_, _, err) = obhostctl(
         Some(&d),
         &[
@@ -272,6 +275,15 @@ fn step_ids_are_comma_separated_and_counted() {
             home.path().to_str().unwrap(),
             "--step-ids",
             "b1,b2,b3,b4",
+            "--binary",
+            FAKE_OBSERVER,
+            "--mysql-port",
+            &port,
+            "--agent-program",
+            "/bin/sleep",
+            "--agent-arg",
+            "60",
+            "--agent-foreground",
             "--zone",
             "z1",
             "--cluster-name",
@@ -280,8 +292,8 @@ fn step_ids_are_comma_separated_and_counted() {
             "1",
         ],
     );
-    // Accepted as four ids: the flow ran and named them (it may fail later
-    // on this bare home, which is not what is tested here).
+    drop(holder);
+    // Accepted as four ids: the flow ran and named them.
     assert!(
         !err.contains("unexpected") && !err.contains("--step-ids needs"),
         "{err}"

@@ -244,12 +244,14 @@ async fn ctrl_c_leaves_the_steps_running_and_says_how_to_reattach() {
     let d = Daemon::start();
     let home = Home::new();
     let home_s = home.path().display().to_string();
-    let args = start_args(
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut args = start_args(
         &home,
         Some(FAKE_OBSERVER),
         "interrupted",
         &["--env", "FAKE_OBSERVER_LISTEN_DELAY_MS=3000"],
     );
+    args.extend(agent_args(agent_dir.path(), free_port()));
     let child = spawn_obhostctl(&d, &args);
     // Interrupt while the observer is still on its way up.
     wait_for(&d, "interrupted-start", Duration::from_secs(20), |s| {
@@ -311,4 +313,36 @@ async fn the_flow_survives_a_restart_of_obhostd() {
     assert_eq!(agent.state(), pb::StepState::Succeeded);
     let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
     assert_eq!(code, 0, "{err}");
+}
+
+/// The four requests are checked by obhostd before the first starts: an
+/// agent argument it would refuse (a relative program) stops the flow before
+/// Prepare creates a directory or an observer runs, naming the step and the
+/// field.
+#[tokio::test]
+async fn a_bad_agent_argument_is_refused_before_any_step_starts() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let mut args = start_args(&home, Some(FAKE_OBSERVER), "early", &[]);
+    args.extend(["--agent-program".into(), "python3".into()]);
+    let (code, out, err) = obhostctl(Some(&d), &strs(&args));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("step 'early-agent' (Start ocp agent service) would be refused")
+            && err.contains("no step was started")
+            && err.contains("command.argv[0]"),
+        "{err}"
+    );
+    assert!(list_steps(&d).await.is_empty());
+    let made: Vec<_> = std::fs::read_dir(home.path()).unwrap().flatten().collect();
+    assert!(made.is_empty(), "Prepare ran: {made:?}");
+    assert!(home.processes().is_empty());
+
+    // -o json: the same refusal as one error document.
+    let mut json = vec!["-o".to_string(), "json".into()];
+    json.extend(args);
+    let (code, out, _) = obhostctl(Some(&d), &strs(&json));
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["error"]["code"], "INVALID_ARGUMENT", "{doc}");
 }

@@ -413,6 +413,132 @@ pub async fn start_observer(
 
 /// Runs the four steps, stopping at the first that does not succeed; with
 /// `-o json` the DAG (in OCP's shape) is left in `dag_out`.
+/// One of the flow's four requests. All four are built, and checked by
+/// obhostd, before the first is sent: a bad agent argument is reported before
+/// Prepare creates a directory or an observer starts.
+#[derive(Clone)]
+enum FlowRequest {
+    Prepare(pb::PrepareRequest),
+    Start(pb::StartObserverRequest),
+    Wait(pb::WaitObserverActiveRequest),
+    Agent(pb::StartAgentServiceRequest),
+}
+
+impl FlowRequest {
+    /// Sends it; with `validate_only`, obhostd checks it and starts nothing.
+    /// The answer's step: `None` when only checked (an obhostd that predates
+    /// validate_only ignores it and answers with a started step).
+    async fn send(
+        &self,
+        client: &mut Client,
+        validate_only: bool,
+    ) -> Result<Option<pb::Step>, tonic::Status> {
+        let mut r = self.clone();
+        let meta = match &mut r {
+            FlowRequest::Prepare(r) => &mut r.meta,
+            FlowRequest::Start(r) => &mut r.meta,
+            FlowRequest::Wait(r) => &mut r.meta,
+            FlowRequest::Agent(r) => &mut r.meta,
+        };
+        if let Some(m) = meta {
+            m.validate_only = validate_only;
+        }
+        Ok(match r {
+            FlowRequest::Prepare(r) => client.prepare(r).await?.into_inner().step,
+            FlowRequest::Start(r) => client.start_observer(r).await?.into_inner().step,
+            FlowRequest::Wait(r) => client.wait_observer_active(r).await?.into_inner().step,
+            FlowRequest::Agent(r) => client.start_agent_service(r).await?.into_inner().step,
+        })
+    }
+}
+
+fn flow_requests(
+    args: &StartArgs,
+    ids: &[String],
+    dag: &str,
+    spec: &pb::ObserverSpec,
+    password: &str,
+) -> Vec<FlowRequest> {
+    use pb::start_agent_service_request::Service;
+    let service = if let Some(unit) = &args.agent_unit {
+        Some(Service::SystemdUnit(unit.clone()))
+    } else if let Some(program) = &args.agent_program {
+        let mut argv = vec![program.clone()];
+        argv.extend(args.agent_args.iter().cloned());
+        Some(Service::Command(pb::ServiceCommand {
+            argv,
+            cwd: args.agent_cwd.clone().unwrap_or_default(),
+            pid_file: args.agent_pid_file.clone().unwrap_or_default(),
+            foreground: args.agent_foreground,
+            ..Default::default()
+        }))
+    } else {
+        None
+    };
+    let check = match (args.agent_tcp_port, &args.agent_http_url) {
+        (Some(p), _) => Some(pb::health_check::Check::TcpPort(p)),
+        (_, Some(u)) => Some(pb::health_check::Check::HttpUrl(u.clone())),
+        _ => None,
+    };
+    vec![
+        FlowRequest::Prepare(pb::PrepareRequest {
+            meta: meta(&ids[0], dag, None),
+            observer: Some(spec.clone()),
+            create_dirs: args.create_dirs,
+            skip_checks: args.skip_checks.clone(),
+            strict: args.strict,
+        }),
+        FlowRequest::Start(pb::StartObserverRequest {
+            meta: meta(&ids[1], dag, None),
+            observer: Some(spec.clone()),
+        }),
+        FlowRequest::Wait(pb::WaitObserverActiveRequest {
+            meta: meta(&ids[2], dag, args.wait_timeout),
+            home_path: args.home.clone(),
+            mysql_port: args.mysql_port.unwrap_or_default(),
+            user: args.wait_user.clone().unwrap_or_default(),
+            password: password.to_string(),
+            sql: args.wait_sql.clone().unwrap_or_default(),
+        }),
+        FlowRequest::Agent(pb::StartAgentServiceRequest {
+            meta: meta(&ids[3], dag, None),
+            service,
+            health: check.map(|c| pb::HealthCheck { check: Some(c) }),
+        }),
+    ]
+}
+
+/// Has obhostd check every request of the flow (`validate_only`), so that
+/// nothing starts unless all four would be accepted. A refusal keeps its
+/// code and says which step it was. An obhostd too old to know
+/// validate_only starts the first request for real; the flow then simply
+/// goes on from it (same id, same request: nothing runs twice).
+async fn check_all(
+    client: &mut Client,
+    ids: &[String],
+    requests: &[FlowRequest],
+) -> Result<(), CliError> {
+    for (i, request) in requests.iter().enumerate() {
+        match request.send(client, true).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::Unavailable => return Err(s.into()),
+            Err(s) => {
+                return Err(CliError::Rpc(tonic::Status::new(
+                    s.code(),
+                    format!(
+                        "step '{}' ({}) would be refused, so no step was started: {}",
+                        ids[i],
+                        STEPS[i].1,
+                        s.message()
+                    ),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(
     client: &mut Client,
     args: &StartArgs,
@@ -452,76 +578,16 @@ pub async fn run(
         None => String::new(),
     };
     let spec = args.spec()?;
+    let requests = flow_requests(args, &ids, &dag, &spec, &password);
+    check_all(client, &ids, &requests).await?;
     let began = Instant::now();
     if format == Format::Text {
         println!("Starting the observer of {} (DAG {dag}):", args.home);
     }
     let mut done: Vec<Option<pb::Step>> = vec![None, None, None, None];
     let steps = async {
-        for (i, id) in ids.iter().enumerate() {
-            match i {
-                0 => {
-                    client
-                        .prepare(pb::PrepareRequest {
-                            meta: meta(id, &dag, None),
-                            observer: Some(spec.clone()),
-                            create_dirs: args.create_dirs,
-                            skip_checks: args.skip_checks.clone(),
-                            strict: args.strict,
-                        })
-                        .await?;
-                }
-                1 => {
-                    client
-                        .start_observer(pb::StartObserverRequest {
-                            meta: meta(id, &dag, None),
-                            observer: Some(spec.clone()),
-                        })
-                        .await?;
-                }
-                2 => {
-                    client
-                        .wait_observer_active(pb::WaitObserverActiveRequest {
-                            meta: meta(id, &dag, args.wait_timeout),
-                            home_path: args.home.clone(),
-                            mysql_port: args.mysql_port.unwrap_or_default(),
-                            user: args.wait_user.clone().unwrap_or_default(),
-                            password: password.clone(),
-                            sql: args.wait_sql.clone().unwrap_or_default(),
-                        })
-                        .await?;
-                }
-                _ => {
-                    use pb::start_agent_service_request::Service;
-                    let service = if let Some(unit) = &args.agent_unit {
-                        Some(Service::SystemdUnit(unit.clone()))
-                    } else if let Some(program) = &args.agent_program {
-                        let mut argv = vec![program.clone()];
-                        argv.extend(args.agent_args.iter().cloned());
-                        Some(Service::Command(pb::ServiceCommand {
-                            argv,
-                            cwd: args.agent_cwd.clone().unwrap_or_default(),
-                            pid_file: args.agent_pid_file.clone().unwrap_or_default(),
-                            foreground: args.agent_foreground,
-                            ..Default::default()
-                        }))
-                    } else {
-                        None
-                    };
-                    let check = match (args.agent_tcp_port, &args.agent_http_url) {
-                        (Some(p), _) => Some(pb::health_check::Check::TcpPort(p)),
-                        (_, Some(u)) => Some(pb::health_check::Check::HttpUrl(u.clone())),
-                        _ => None,
-                    };
-                    client
-                        .start_agent_service(pb::StartAgentServiceRequest {
-                            meta: meta(id, &dag, None),
-                            service,
-                            health: check.map(|c| pb::HealthCheck { check: Some(c) }),
-                        })
-                        .await?;
-                }
-            }
+        for (i, (id, request)) in ids.iter().zip(&requests).enumerate() {
+            request.send(client, false).await?;
             let step = follow(client, id, began, format).await?;
             let ok = step.state() == pb::StepState::Succeeded;
             if !ok {

@@ -120,17 +120,20 @@ impl Engine {
             // the next start resolves this step: either way, nothing to commit.
             () = token.cancelled() => None,
             r = tokio::time::timeout_at(at, work) => match r {
-                Ok(outcome) => outcome,
+                Ok(done) => done,
                 Err(_) => {
                     debug!(step = %id, attempt, "deadline reached: the task is told, then aborted");
                     // Tasks that hold something get told; the abort follows.
                     token.cancel();
-                    Some(Outcome::TimedOut)
+                    Some((Outcome::TimedOut, None))
                 }
             },
         };
-        if let Some(outcome) = outcome {
+        if let Some((outcome, turn)) = outcome {
             self.finish(&id, attempt, outcome).await;
+            // Only now may the next step on the key start: a watcher never
+            // sees it RUNNING beside this one, which is still RUNNING.
+            drop(turn);
         }
         let mut state = self.lock();
         if state.runs.get(&id).is_some_and(|(a, _)| *a == attempt) {
@@ -143,12 +146,14 @@ impl Engine {
     }
 
     /// Waits for the key, marks RUNNING, runs the task in a task of its own.
+    /// A task that ends hands back the key's turn, for the driver to release
+    /// once the outcome is committed.
     async fn work(
         self,
         run: Run,
         task: Box<dyn StepTask>,
         token: CancellationToken,
-    ) -> Option<Outcome> {
+    ) -> Option<(Outcome, Option<Turn>)> {
         let resumed = matches!(run.start, Start::Waiting { resumed: true });
         let ctx = StepContext {
             sink: Arc::new(self.clone()),
@@ -175,18 +180,22 @@ impl Engine {
         // The task gets a tokio task of its own: the deadline is then enforced
         // by the driver, outside it, whatever the task does, and its panic comes
         // back as a JoinError. The key's turn goes with it, so the next step on
-        // the key starts only once this task is really gone. Dropping the
-        // handle (deadline, cancel, shutdown) aborts the task.
+        // the key starts only once this task is really gone (a panic or an
+        // abort drops it with the task). Dropping the handle (deadline,
+        // cancel, shutdown) aborts the task.
         let handle = AbortOnDropHandle::new(self.shared.drivers.spawn(async move {
-            let _turn = turn;
-            task.run(ctx).await
+            let result = task.run(ctx).await;
+            (result, turn)
         }));
         Some(match handle.await {
-            Ok(result) => Outcome::Done(result),
-            Err(e) => Outcome::Crashed(match e.try_into_panic() {
-                Ok(payload) => panic_text(payload.as_ref()),
-                Err(e) => e.to_string(),
-            }),
+            Ok((result, turn)) => (Outcome::Done(result), turn),
+            Err(e) => (
+                Outcome::Crashed(match e.try_into_panic() {
+                    Ok(payload) => panic_text(payload.as_ref()),
+                    Err(e) => e.to_string(),
+                }),
+                None,
+            ),
         })
     }
 

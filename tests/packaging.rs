@@ -2,12 +2,14 @@
 //! verify` and keeps the settings the design depends on; the example config is
 //! accepted by the real daemon; `-V` names the build; completions and man pages
 //! come out of the real obhostctl and render; the stand-in observer stays out
-//! of the product.
+//! of the product; and the .deb (scripts/build-deb.sh) installs, verifies and
+//! purges cleanly.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Instant;
 
 use clap::CommandFactory;
 
@@ -48,9 +50,12 @@ fn the_unit_verifies_and_keeps_what_the_design_needs() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let unit = tmp.path().join("obhostd.service");
-    std::fs::write(&unit, UNIT.replace("/usr/local/bin/obhostd", OBHOSTD)).unwrap();
+    assert!(UNIT.contains("ExecStart=/usr/bin/obhostd "));
+    std::fs::write(&unit, UNIT.replace("/usr/bin/obhostd", OBHOSTD)).unwrap();
+    // --man=no: man:obhostd(8) exists only once the .deb is installed; the
+    // .deb test verifies the installed unit with its man page.
     let out = Command::new("systemd-analyze")
-        .arg("verify")
+        .args(["verify", "--man=no"])
         .arg(&unit)
         .output()
         .unwrap();
@@ -321,6 +326,11 @@ fn man_pages_render_and_document_every_command_and_option() {
     let obhostd = rendered_text(&tmp.path().join("man/obhostd.8"));
     assert!(obhostd.contains("obhostd(8)") || obhostd.contains("OBHOSTD(8)"));
     assert!(obhostd.contains("--check-config"));
+    assert!(
+        obhostd.contains("FILES/etc/obhost/obhostd.toml"),
+        "{obhostd}"
+    );
+    assert!(obhostd.contains("SEEALSOobhostctl(1)"), "{obhostd}");
 }
 
 #[test]
@@ -357,4 +367,293 @@ fn completion_scripts_parse_in_their_shells() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bash"));
+}
+
+/// A release build has no stand-in observer next to obhostctl: the demo says
+/// how to build one instead of failing somewhere in its first step.
+#[test]
+fn the_demo_without_the_stand_in_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bin, name) in [(OBHOSTCTL, "obhostctl"), (OBHOSTD, "obhostd")] {
+        let to = dir.path().join(name);
+        if std::fs::hard_link(bin, &to).is_err() {
+            std::fs::copy(bin, &to).unwrap();
+        }
+    }
+    let out = Command::new(dir.path().join("obhostctl"))
+        .arg("demo")
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let stand_in = dir.path().join("obhost-fake-observer");
+    assert!(
+        said.contains(&format!("'{}'", stand_in.display()))
+            && said.contains("`cargo build --release --features fake-observer`"),
+        "{said}"
+    );
+    // Nothing was started or created on the way to that message.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+/// Purges the package when the .deb test ends, passed or not, so a failed
+/// assertion leaves no obhost installed on the machine.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "obhost"]).output();
+    }
+}
+
+/// The last word of dpkg's status: "installed", "config-files", "not-installed"
+/// ("" when dpkg never heard of the package).
+fn dpkg_state(package: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .last()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// The symbol table and debug-info sections a binary still carries (`readelf
+/// -S`). `.debug_gdb_scripts` is no debug info (rustc's loaded, 34-byte
+/// pointer to its gdb pretty-printers) and `strip` rightly keeps it.
+fn unstripped_sections(binary: &str) -> Vec<String> {
+    stdout(Command::new("readelf").args(["-S", "--wide", binary]))
+        .split_whitespace()
+        .filter(|w| *w == ".symtab" || (w.starts_with(".debug_") && *w != ".debug_gdb_scripts"))
+        .map(String::from)
+        .collect()
+}
+
+/// The one-command package, end to end: `scripts/build-deb.sh` (a release
+/// build of its own into target/release, which the test binaries in
+/// target/debug do not share: SLOW, minutes on a 2-core machine, and done once
+/// here), `dpkg -i`, every file where the unit and the docs say, stripped
+/// binaries that name their build, the installed unit verified (its man page
+/// included), the installed config accepted, no stand-in observer, then
+/// `dpkg --purge` removing all of it. Needs root, dpkg and cargo-deb; refuses to
+/// run where obhost is already installed (it would purge it).
+#[test]
+fn the_deb_installs_verifies_and_purges() {
+    let ci = std::env::var_os("CI").is_some();
+    let skip = |why: &str| {
+        if ci {
+            panic!("{why} in CI: .ci/run must provide it");
+        }
+        eprintln!("SKIPPED: {why}");
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return skip("the .deb test needs root (dpkg -i)");
+    }
+    if !require_tool("dpkg") || !require_tool("readelf") || !require_tool("systemd-analyze") {
+        return;
+    }
+    if Command::new("cargo-deb").arg("--version").output().is_err() {
+        return skip("cargo-deb is not installed (cargo install cargo-deb --locked)");
+    }
+    if !matches!(dpkg_state("obhost").as_str(), "" | "not-installed") {
+        return skip(
+            "obhost is installed on this machine (or its config is), and this test would purge it",
+        );
+    }
+
+    let started = Instant::now();
+    let out = run(Command::new("sh")
+        .arg("scripts/build-deb.sh")
+        .current_dir(manifest_dir())
+        .env("CARGO_NET_OFFLINE", "true"));
+    let built = started.elapsed();
+    let deb = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.ends_with(".deb"))
+        .map(PathBuf::from)
+        .expect("build-deb.sh names the .deb it built");
+    assert!(deb.is_file(), "{} is no file", deb.display());
+
+    let contents = stdout(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    assert!(
+        !contents.contains("fake-observer"),
+        "the package ships the stand-in observer:\n{contents}"
+    );
+
+    let _purge = Installed;
+    // Slim container images exclude man pages and docs from every install
+    // (dpkg.cfg.d path-exclude); an operator's host does not, so neither may we.
+    run(Command::new("dpkg")
+        .args([
+            "--path-include=/usr/share/man/*",
+            "--path-include=/usr/share/doc/obhost/*",
+            "-i",
+        ])
+        .arg(&deb));
+    assert_eq!(dpkg_state("obhost"), "installed");
+
+    let repo = |p: &str| std::fs::read(manifest_dir().join(p)).unwrap();
+    // Installed as shipped, where the unit and the README say.
+    for (installed, source) in [
+        (
+            "/lib/systemd/system/obhostd.service",
+            "systemd/obhostd.service",
+        ),
+        ("/etc/obhost/obhostd.toml", "systemd/obhostd.toml"),
+        (
+            "/usr/share/doc/obhost/examples/obhostd.toml",
+            "systemd/obhostd.toml",
+        ),
+        ("/usr/share/doc/obhost/README.md", "README.md"),
+    ] {
+        assert_eq!(
+            std::fs::read(installed).unwrap_or_default(),
+            repo(source),
+            "{installed} is not {source}"
+        );
+    }
+    let mut files = vec![
+        "/usr/bin/obhostd",
+        "/usr/bin/obhostctl",
+        "/usr/share/man/man8/obhostd.8.gz",
+        "/usr/share/man/man1/obhostctl.1.gz",
+        "/usr/share/man/man1/obhostctl-steps.1.gz",
+        "/usr/share/man/man1/obhostctl-steps-watch.1.gz",
+        "/usr/share/man/man1/obhostctl-start-observer.1.gz",
+        "/usr/share/bash-completion/completions/obhostctl",
+        "/usr/share/zsh/vendor-completions/_obhostctl",
+        "/usr/share/fish/vendor_completions.d/obhostctl.fish",
+    ];
+    for f in &files {
+        assert!(Path::new(f).is_file(), "{f} not installed");
+    }
+    assert!(!Path::new("/usr/bin/obhost-fake-observer").exists());
+    // Neither enabled nor started: the operator writes the config first.
+    assert!(
+        !Path::new("/etc/systemd/system/multi-user.target.wants/obhostd.service").exists(),
+        "the package enabled obhostd"
+    );
+    let conffiles = stdout(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "obhost"]));
+    assert!(
+        conffiles.contains("/etc/obhost/obhostd.toml"),
+        "the config is no conffile: {conffiles:?}"
+    );
+    // The unit names what the package installed.
+    let unit = std::fs::read_to_string("/lib/systemd/system/obhostd.service").unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert_eq!(exec, "/usr/bin/obhostd");
+    let docs = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Documentation="))
+        .unwrap();
+    assert!(docs.contains("man:obhostd(8)"), "{docs}");
+    for doc in docs.split_whitespace() {
+        if let Some(path) = doc.strip_prefix("file://") {
+            assert!(
+                Path::new(path).is_file(),
+                "Documentation={doc} is not installed"
+            );
+        }
+    }
+
+    // Stripped, and naming the commit and its date (SOURCE_DATE_EPOCH).
+    for bin in ["/usr/bin/obhostd", "/usr/bin/obhostctl"] {
+        let left = unstripped_sections(bin);
+        assert!(left.is_empty(), "{bin} is not stripped: {left:?}");
+    }
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let commit_date = git(&["log", "-1", "--format=%ct"])
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|secs| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string()[..10]
+                .to_string()
+        });
+    for (bin, name) in [
+        ("/usr/bin/obhostd", "obhostd"),
+        ("/usr/bin/obhostctl", "obhostctl"),
+    ] {
+        let (commit, date) = version_of(bin, name);
+        assert_eq!(commit, head, "{bin}");
+        if let Some(want) = &commit_date {
+            assert_eq!(&date, want, "{bin} -V: the build date is not the commit's");
+        }
+    }
+
+    // The installed unit verifies, its man: documentation included.
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "/lib/systemd/system/obhostd.service"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("obhostd")).collect();
+    assert!(
+        ours.is_empty(),
+        "warnings about the unit:\n{}",
+        ours.join("\n")
+    );
+    let page = stdout(Command::new("man").args(["-w", "obhostd"]));
+    assert_eq!(page.trim(), "/usr/share/man/man8/obhostd.8.gz");
+
+    run(Command::new("/usr/bin/obhostd").args([
+        "--config",
+        "/etc/obhost/obhostd.toml",
+        "--check-config",
+    ]));
+    run(Command::new("bash")
+        .arg("-c")
+        .arg("source /usr/share/bash-completion/completions/obhostctl && complete -p obhostctl"));
+    // No stand-in next to the packaged obhostctl: the demo says how to get one.
+    let demo = Command::new("/usr/bin/obhostctl")
+        .arg("demo")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&demo.stderr);
+    assert_eq!(demo.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("/usr/bin/obhost-fake-observer")
+            && said.contains("cargo build --release --features fake-observer"),
+        "{said}"
+    );
+
+    // Purge removes every file the package installed, the conffile included.
+    let listed = stdout(Command::new("dpkg-query").args(["-L", "obhost"]));
+    let installed: Vec<&str> = listed.lines().filter(|p| Path::new(p).is_file()).collect();
+    assert!(installed.len() >= files.len(), "{listed}");
+    run(Command::new("dpkg").args(["--purge", "obhost"]));
+    files.extend(installed);
+    files.push("/etc/obhost/obhostd.toml");
+    files.push("/lib/systemd/system/obhostd.service");
+    for f in &files {
+        assert!(!Path::new(f).exists(), "{f} is left after dpkg --purge");
+    }
+    assert!(matches!(
+        dpkg_state("obhost").as_str(),
+        "" | "not-installed"
+    ));
+    eprintln!(
+        "the .deb test: build-deb.sh took {:.0?}, install/verify/purge {:.0?}",
+        built,
+        started.elapsed() - built
+    );
 }

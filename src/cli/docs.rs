@@ -50,8 +50,14 @@ pub fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
     let mut cli = Cli::command().disable_help_subcommand(true);
     cli.build();
     let mut written = Vec::new();
-    render_tree(cli, "1", &args.out, &mut written)?;
-    render_tree(DaemonArgs::command(), "8", &args.out, &mut written)?;
+    render_tree(cli, "1", &args.out, &mut written, OBHOSTCTL_EXTRA)?;
+    render_tree(
+        DaemonArgs::command(),
+        "8",
+        &args.out,
+        &mut written,
+        OBHOSTD_EXTRA,
+    )?;
     let list: String = written
         .iter()
         .map(|p| format!("{}\n", p.display()))
@@ -60,14 +66,37 @@ pub fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What clap cannot say: where the files are and where to read on (roff,
+/// appended to the top page of each binary).
+const OBHOSTD_EXTRA: &str = r#".nh
+.SH FILES
+.TP
+/etc/obhost/obhostd.toml
+The configuration (\fB\-\-config\fR); every key with its default is in
+/usr/share/doc/obhost/examples/obhostd.toml.
+Check it with \fBobhostd \-\-config FILE \-\-check\-config\fR.
+.TP
+/var/lib/obhostd/obhostd.redb
+The step store (state_dir).
+.TP
+/run/obhost/obhostd.sock
+The default socket.
+.SH SEE ALSO
+\fBobhostctl\fR(1), \fBsystemctl\fR(1), /usr/share/doc/obhost/README.md
+"#;
+const OBHOSTCTL_EXTRA: &str = r#".SH SEE ALSO
+\fBobhostd\fR(8), /usr/share/doc/obhost/README.md
+"#;
+
 fn render_tree(
     cmd: clap::Command,
     section: &str,
     dir: &Path,
     written: &mut Vec<PathBuf>,
+    extra: &str,
 ) -> Result<(), CliError> {
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        render_tree(sub.clone(), section, dir, written)?;
+        render_tree(sub.clone(), section, dir, written, "")?;
     }
     let man = clap_mangen::Man::new(cmd)
         .section(section)
@@ -81,7 +110,10 @@ fn render_tree(
     let path = dir.join(man.get_filename());
     let mut page = Vec::new();
     man.render(&mut page)
-        .and_then(|()| std::fs::write(&path, page))
+        .and_then(|()| {
+            page.extend_from_slice(extra.as_bytes());
+            std::fs::write(&path, page)
+        })
         .map_err(|e| {
             CliError::Other(anyhow::anyhow!(
                 "cannot write man page '{}': {e}; check that --out is a writable directory",

@@ -76,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=OBHOST_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=OBHOST_BUILD_DATE={}", build_date()?);
     let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]).unwrap_or_default();
     for path in ["HEAD", branch.as_str()] {
         if let Some(p) = git(&["rev-parse", "--git-path", path]).map(PathBuf::from)
@@ -86,4 +87,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// The build's UTC date (YYYY-MM-DD) for `-V`: SOURCE_DATE_EPOCH when set
+/// (reproducible builds, <https://reproducible-builds.org/specs/source-date-epoch/>;
+/// scripts/build-deb.sh sets it to the commit's time), else now. Without it, the
+/// date is when this script last ran: it reruns when HEAD or proto/ change.
+fn build_date() -> Result<String, Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let when = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(secs) => {
+            let secs: u64 = secs.trim().parse().map_err(|_| {
+                format!("SOURCE_DATE_EPOCH={secs:?} is not a number of seconds since 1970; unset it or give e.g. $(git log -1 --format=%ct)")
+            })?;
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+        }
+        Err(_) => std::time::SystemTime::now(),
+    };
+    // RFC 3339 in UTC ("2026-11-29T12:00:00Z"): its first ten bytes are the date.
+    let stamp = humantime::format_rfc3339_seconds(when).to_string();
+    Ok(stamp.get(..10).unwrap_or(&stamp).to_string())
 }

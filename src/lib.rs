@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod confined;
 pub mod daemon;
+pub mod daemon_cli;
 pub mod host;
 pub mod metrics;
 pub mod observer;

@@ -1,5 +1,10 @@
 //! `obhost-fake-observer`: a stand-in for OceanBase's `observer` binary.
 //!
+//! Built only with the `fake-observer` feature (the tests turn it on through the
+//! crate's dev-dependency on itself; `cargo build --release --features
+//! fake-observer` for `obhostctl demo`): it accepts root with no password, so it
+//! must never ship as a product binary.
+//!
 //! Integration tests and the demo need something obhost can start, wait for, probe over
 //! the MySQL protocol and stop, without a real (multi-GB, root-hungry) observer. This
 //! binary takes the real command line, behaves like the real process where obhost can
@@ -48,6 +53,7 @@ use opensrv_mysql::{
     AsyncMysqlIntermediary, AsyncMysqlShim, Column, ColumnFlags, ColumnType, InitWriter,
     OkResponse, ParamParser, QueryResultWriter, StatementMetaWriter,
 };
+use sha1::{Digest, Sha1};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -489,51 +495,11 @@ impl<W: AsyncWrite + Send + Unpin> AsyncMysqlShim<W> for Backend {
 
 /// mysql_native_password: SHA1(pw) XOR SHA1(salt + SHA1(SHA1(pw))).
 fn native_scramble(salt: &[u8], password: &[u8]) -> [u8; 20] {
-    let stage1 = sha1(password);
-    let token = sha1(&[salt, &sha1(&stage1)].concat());
+    let stage1: [u8; 20] = Sha1::digest(password).into();
+    let token: [u8; 20] = Sha1::new()
+        .chain_update(salt)
+        .chain_update(Sha1::digest(stage1))
+        .finalize()
+        .into();
     std::array::from_fn(|i| stage1[i] ^ token[i])
-}
-
-/// Plain SHA-1 (FIPS 180-1); only for the MySQL handshake.
-fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&(data.len() as u64 * 8).to_be_bytes());
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (wi, word) in w.iter_mut().zip(block.chunks_exact(4)) {
-            *wi = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..20 => ((b & c) | (!b & d), 0x5A827999),
-                20..40 => (b ^ c ^ d, 0x6ED9EBA1),
-                40..60 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
-                _ => (b ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
-        }
-        for (hv, v) in h.iter_mut().zip([a, b, c, d, e]) {
-            *hv = hv.wrapping_add(v);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (o, v) in out.chunks_exact_mut(4).zip(h) {
-        o.copy_from_slice(&v.to_be_bytes());
-    }
-    out
 }

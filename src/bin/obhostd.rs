@@ -1,39 +1,15 @@
 //! obhostd: parse flags, load config, set up logging, run. Everything else is in
 //! the library (`obhost::daemon`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use obhost::config::{Config, LogFormat};
+use obhost::daemon_cli::DaemonArgs;
 use tokio_util::sync::CancellationToken;
 
-/// The obhost daemon: runs the host-local steps of OceanBase's "Start OB server"
-/// task for the orchestrator, over gRPC.
-#[derive(Parser)]
-#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OBHOST_GIT_COMMIT"), ")"))]
-struct Args {
-    /// TOML config file (see systemd/obhostd.toml). Without it, built-in defaults.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Address to serve gRPC on (repeatable; overrides `listen`): unix:/path or
-    /// ip:port. TCP needs [auth] token_file or [tls] client_ca_file.
-    #[arg(long, value_name = "ADDR")]
-    listen: Vec<obhost::config::ListenAddr>,
-    /// Where the step store lives (overrides `state_dir`).
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Log format (overrides `log_format`). Filter with RUST_LOG, default "info".
-    #[arg(long, value_enum)]
-    log_format: Option<LogFormat>,
-    /// Check the config and the files it names (token, TLS, report CA), say
-    /// what would run, and exit: 0 if obhostd would start with it, 2 if not.
-    #[arg(long)]
-    check_config: bool,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = DaemonArgs::parse();
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,

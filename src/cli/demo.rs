@@ -161,7 +161,17 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
     let obhostd = sibling("obhostd")?;
-    let stand_in = sibling("obhost-fake-observer")?;
+    // The stand-in is built only with the `fake-observer` feature (never
+    // packaged), and the demo needs it even with --observer: it plays the agent.
+    let stand_in = sibling("obhost-fake-observer").map_err(|_| {
+        CliError::Usage(format!(
+            "the stand-in observer '{}' is not next to obhostctl: it is built only with the \
+             `fake-observer` feature, and the demo runs it (as the OCP agent even with \
+             --observer); build with `cargo build --release --features fake-observer`, then \
+             run ./target/release/obhostctl demo",
+            obhostd.with_file_name("obhost-fake-observer").display()
+        ))
+    })?;
     let dir = std::env::temp_dir().join(format!("obhost-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CliError::Other(e.into()))?;
     let mut scratch = Scratch { dir, daemon: None };

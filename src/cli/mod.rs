@@ -5,6 +5,7 @@
 //! badly, for commands that wait), 2 bad usage, 3 the daemon could not be reached.
 
 mod demo;
+mod docs;
 pub mod flow;
 mod output;
 mod report_sink;
@@ -26,7 +27,7 @@ pub use output::Format;
 #[derive(Parser)]
 #[command(
     name = "obhostctl",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OBHOST_GIT_COMMIT"), ")"),
+    version = crate::daemon_cli::VERSION,
     about = "Client for obhostd, the OceanBase on-host agent"
 )]
 pub struct Cli {
@@ -97,6 +98,12 @@ enum Command {
     /// each change (-o json: a JSON object per line), flagging gaps and
     /// duplicates. Stops on Ctrl-C.
     ReportSink(report_sink::SinkArgs),
+    /// Print a shell completion script on stdout, e.g. `obhostctl completions
+    /// bash > /etc/bash_completion.d/obhostctl` (the .deb installs them).
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (obhostctl.1, one per subcommand, obhostd.8) into
+    /// --out DIR, for an install from source; the .deb ships them.
+    Man(docs::ManArgs),
 }
 
 /// A status as the operator reads it. tonic reports a call past its deadline
@@ -507,6 +514,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             report_sink::run(args, cli.output).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Completions(args) => return docs::completions(&args),
+        Command::Man(args) => return docs::man(&args),
         other => other,
     };
     let mut client = connect_to(&Target {
@@ -520,7 +529,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     .await?;
     match command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
-        Command::Demo(_) | Command::ReportSink(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::ReportSink(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
         Command::StartObserver(args) => flow::start_observer(&mut client, &args, cli.output).await,
         Command::StopObserver {
             home,

@@ -119,7 +119,7 @@ fn checked_path_text(field: &str, value: &str) -> Result<PathBuf, SpecError> {
     let p = Path::new(value);
     if !p.is_absolute() {
         return Err(invalid(format!(
-            "{field} '{}' is not absolute; give the full path, e.g. /home/admin/oceanbase",
+            "{field} '{}' is not absolute; give the full path, starting with '/'",
             bounds::quote(value)
         )));
     }

@@ -10,67 +10,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
+use common::flow::*;
 use common::*;
-
-/// The stand-in plays the OCP agent (a foreground process with a port).
-fn flow_args(home: &Home, dag: &str, agent_dir: &std::path::Path, agent_port: u16) -> Vec<String> {
-    let port = home.mysql_port;
-    [
-        "start-observer",
-        "--home",
-        home.path().to_str().unwrap(),
-        "--binary",
-        FAKE_OBSERVER,
-        "--mysql-port",
-        &port.to_string(),
-        "--rpc-port",
-        &(port + 1).to_string(),
-        "--zone",
-        "zone1",
-        "--cluster-name",
-        "obhost",
-        "--cluster-id",
-        "1",
-        "--param",
-        "memory_limit=1G",
-        "--create-dirs",
-        "--dag-id",
-        dag,
-        "--agent-program",
-        FAKE_OBSERVER,
-        "--agent-arg=-N",
-        "--agent-arg=-p",
-        "--agent-arg",
-        &agent_port.to_string(),
-        "--agent-cwd",
-        agent_dir.to_str().unwrap(),
-        "--agent-foreground",
-        "--agent-tcp-port",
-        &agent_port.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Kills the stand-in agent a flow started (obhostd leaves services running).
-fn kill_agent(d: &Daemon, id: &str) {
-    let (_, out, _) = obhostctl(Some(d), &["-o", "json", "steps", "get", id]);
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out)
-        && let Some(pid) = v["outputs"]["pid"]
-            .as_str()
-            .and_then(|p| p.parse::<i32>().ok())
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 /// An SGR sequence (colour, bold, dim...): ESC [ digits/semicolons m.
 fn has_sgr(text: &str) -> bool {

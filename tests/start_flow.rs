@@ -6,85 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::flow::*;
 use common::*;
 use obhost::proto::v1 as pb;
-
-/// The stand-in observer plays the OCP agent: a foreground process with a port.
-/// Its arguments come first: flags after them are still obhostctl's.
-fn agent_args(dir: &std::path::Path, port: u16) -> Vec<String> {
-    vec![
-        "--agent-program".into(),
-        FAKE_OBSERVER.into(),
-        "--agent-arg=-N".into(),
-        "--agent-arg".into(),
-        "-p".into(),
-        "--agent-arg".into(),
-        port.to_string(),
-        "--agent-cwd".into(),
-        dir.display().to_string(),
-        "--agent-foreground".into(),
-        "--agent-tcp-port".into(),
-        port.to_string(),
-    ]
-}
-
-/// `start-observer` for `home` with the first-start fields every test gives,
-/// then `extra`. `binary: None` leaves the default (bin/observer in the home,
-/// where `install_seekdb` puts the kernel).
-fn start_args(home: &Home, binary: Option<&str>, dag: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "start-observer".into(),
-        "--home".into(),
-        home.path().display().to_string(),
-        "--mysql-port".into(),
-        home.mysql_port.to_string(),
-        "--rpc-port".into(),
-        (home.mysql_port + 1).to_string(),
-        "--zone".into(),
-        "zone1".into(),
-        "--cluster-name".into(),
-        "obhost".into(),
-        "--cluster-id".into(),
-        "1".into(),
-        "--create-dirs".into(),
-        "--dag-id".into(),
-        dag.into(),
-    ];
-    if let Some(binary) = binary {
-        args.extend(["--binary".into(), binary.into()]);
-    }
-    args.extend(extra.iter().map(|a| a.to_string()));
-    args
-}
-
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
-
-/// obhostctl with `args`, its output piped, left running.
-fn spawn_obhostctl(d: &Daemon, args: &[String]) -> std::process::Child {
-    std::process::Command::new(OBHOSTCTL)
-        .args(["--addr", &d.addr])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn kill_agent(d: &Daemon, id: &str) {
-    let (_, out, _) = obhostctl(Some(d), &["-o", "json", "steps", "get", id]);
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out)
-        && let Some(pid) = v["outputs"]["pid"]
-            .as_str()
-            .and_then(|p| p.parse::<i32>().ok())
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
 
 /// What a successful flow must show: the DAG in OCP's shape, each of the four
 /// steps SUCCEEDED with its times, and the observer really running.

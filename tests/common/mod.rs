@@ -15,6 +15,7 @@ use obhost::proto::v1 as pb;
 use obhost::proto::v1::host_agent_client::HostAgentClient;
 use tonic::transport::Channel;
 
+pub mod flow;
 pub mod tls;
 
 pub const OBHOSTD: &str = env!("CARGO_BIN_EXE_obhostd");

@@ -75,6 +75,25 @@ async fn calls_over_the_socket_are_logged_with_the_callers_uid() {
         "{e}"
     );
 
+    // Only checked (validate_only): said so, never "accepted".
+    let mut dry = prepare("audit-dry", true);
+    dry.meta.as_mut().unwrap().validate_only = true;
+    client.prepare(dry).await.unwrap();
+    let e = event(
+        &d,
+        "Prepare",
+        "audit-dry",
+        "validated; nothing started (validate_only)",
+    )
+    .await;
+    assert_eq!(e["level"], "INFO");
+    assert_eq!(e["caller"], me);
+    assert!(
+        !audit_events(&d)
+            .iter()
+            .any(|e| e["step"] == "audit-dry" && e["message"] == "accepted")
+    );
+
     run_test_step(&d, test_step("audit-long", 30.0)).await;
     client
         .cancel_step(pb::CancelStepRequest {

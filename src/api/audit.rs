@@ -8,10 +8,36 @@
 use std::path::Path;
 
 use tonic::{Request, Status};
-use tracing::{info, warn};
+use tracing::Level;
 
 use super::peer::Peer;
 use crate::bounds::quote;
+
+/// One audit event: every one carries the same fields, only the level (a
+/// constant, as tracing requires) and the outcome differ.
+macro_rules! audit_event {
+    ($level:expr, $call:expr, $($outcome:tt)+) => {{
+        let Call {
+            caller,
+            call,
+            step_id,
+            kind,
+            home,
+            user,
+        } = $call;
+        tracing::event!(
+            $level,
+            audit = true,
+            caller,
+            call,
+            step = step_id,
+            kind,
+            home,
+            user,
+            $($outcome)+
+        )
+    }};
+}
 
 /// One mutating call, as the audit trail will tell it.
 pub struct Call {
@@ -49,58 +75,22 @@ impl Call {
     /// [`Call::record`] for a step-starting call, whose `Ok(None)` is a
     /// `validate_only` request: checked, nothing started, and told so.
     pub fn record_step(&self, result: &Result<Option<crate::proto::v1::Step>, Status>) {
-        if let Ok(None) = result {
-            let Call {
-                caller,
-                call,
-                step_id,
-                kind,
-                home,
-                user,
-            } = self;
-            info!(
-                audit = true,
-                caller,
-                call,
-                step = step_id,
-                kind,
-                home,
-                user,
+        match result {
+            Ok(None) => audit_event!(
+                Level::INFO,
+                self,
                 "validated; nothing started (validate_only)"
-            );
-            return;
+            ),
+            other => self.record(other),
         }
-        self.record(result);
     }
 
     pub fn record<T>(&self, result: &Result<T, Status>) {
-        let Call {
-            caller,
-            call,
-            step_id,
-            kind,
-            home,
-            user,
-        } = self;
         match result {
-            Ok(_) => info!(
-                audit = true,
-                caller,
-                call,
-                step = step_id,
-                kind,
-                home,
-                user,
-                "accepted"
-            ),
-            Err(s) => warn!(
-                audit = true,
-                caller,
-                call,
-                step = step_id,
-                kind,
-                home,
-                user,
+            Ok(_) => audit_event!(Level::INFO, self, "accepted"),
+            Err(s) => audit_event!(
+                Level::WARN,
+                self,
                 code = ?s.code(),
                 reason = s.message(),
                 "refused"

@@ -134,3 +134,62 @@ fn the_protos_pass_buf_lint() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Python's grpcio-reflection, which asks reflection v1alpha as grpcurl's
+/// older releases do, lists the services and resolves the HostAgent's methods
+/// and the Step message from what obhostd serves, with no proto file.
+#[test]
+fn python_grpcio_reflection_lists_and_resolves_the_services() {
+    let has = Command::new("python3")
+        .args(["-c", "import grpc_reflection"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install grpcio-reflection"
+        );
+        eprintln!("SKIPPED: pip install grpcio-reflection");
+        return;
+    }
+    let d = Daemon::start();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("python3")
+        .arg(format!("{root}/tests/clients/python_reflection.py"))
+        .arg(&d.addr)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let services: Vec<&str> = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert!(services.contains(&"obhost.v1.HostAgent"), "{doc}");
+    assert!(services.contains(&"grpc.health.v1.Health"), "{doc}");
+    assert!(
+        !services.iter().any(|s| s.contains("StepReporter")),
+        "{doc}"
+    );
+    let methods = doc["methods"].as_array().unwrap();
+    for m in [
+        "Prepare",
+        "StartObserver",
+        "WaitObserverActive",
+        "StartAgentService",
+        "WatchSteps",
+    ] {
+        assert!(methods.iter().any(|x| x == m), "{m} missing: {doc}");
+    }
+    assert!(
+        doc["step_fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "revision"),
+        "{doc}"
+    );
+}

@@ -1,0 +1,43 @@
+"""Python's grpcio-reflection (which asks reflection v1alpha) against obhostd:
+lists the services, then resolves HostAgent's methods and a message from the
+descriptors obhostd serves, with no proto file at hand. Prints one JSON
+document; the Rust test (tests/cross_client.rs) judges it.
+
+usage: python_reflection.py ADDR   (unix:/path or host:port)
+"""
+
+import json
+import sys
+
+import grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+
+def main() -> None:
+    addr = sys.argv[1]
+    # grpcio sends a Unix socket's %-encoded path as the HTTP/2 :authority,
+    # which h2 (under tonic) refuses as malformed: name the host instead, as
+    # the README says for every grpcio client of the socket.
+    options = [("grpc.default_authority", "localhost")] if addr.startswith("unix:") else []
+    with grpc.insecure_channel(addr, options=options) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = sorted(db.get_services())
+        pool = DescriptorPool(db)
+        agent = pool.FindServiceByName("obhost.v1.HostAgent")
+        step = pool.FindMessageTypeByName("obhost.v1.Step")
+        print(
+            json.dumps(
+                {
+                    "services": services,
+                    "methods": [m.name for m in agent.methods],
+                    "step_fields": [f.name for f in step.fields],
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

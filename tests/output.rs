@@ -690,3 +690,31 @@ async fn escape_sequences_in_an_observer_log_never_reach_the_terminal() {
         assert!(!out.contains(raw), "{raw:?} reached the terminal: {out:?}");
     }
 }
+
+/// `obhostctl ... | head`: when stdout's reader has gone, obhostctl exits as
+/// a tool killed by SIGPIPE would (141), saying nothing: no "Broken pipe"
+/// error and no panic, in text and JSON.
+#[tokio::test]
+async fn a_reader_that_went_away_ends_it_quietly() {
+    let d = Daemon::start();
+    run_steps_to_end(&d, "pipe", 3).await;
+    for args in [
+        &["steps", "list"][..],
+        &["host"],
+        &["-o", "json", "steps", "list"],
+        &["steps", "get", "pipe-0"],
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = Command::new(OBHOSTCTL)
+            .args(["--addr", &d.addr])
+            .args(args)
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

@@ -151,6 +151,17 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// Whether this is stdout's reader having gone away (EPIPE).
+    fn is_broken_pipe(&self) -> bool {
+        match self {
+            CliError::Other(e) => e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }),
+            _ => false,
+        }
+    }
+
     fn exit_status(&self) -> u8 {
         match self {
             CliError::Unreachable { .. } => 3,
@@ -405,6 +416,12 @@ pub fn main() -> ExitCode {
     let format = cli.output;
     output::init(format);
     let fail = |e: CliError| {
+        // The reader went away (`| head`): nothing left to tell it, and
+        // nobody to tell. Exit as a tool killed by SIGPIPE would, which shells
+        // know; the steps, if any, go on in obhostd.
+        if e.is_broken_pipe() {
+            return ExitCode::from(128 + libc::SIGPIPE as u8);
+        }
         // An RPC's message is obhostd's text, quoting what a caller sent.
         eprintln!("obhostctl: {}", output::clean(&e.to_string()));
         let status = e.exit_status();

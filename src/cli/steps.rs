@@ -230,6 +230,20 @@ async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<E
                 });
                 let ok = bad.is_none();
                 if let Some(bad) = bad {
+                    // Exit 1 says only that it did not succeed; stderr says
+                    // how it ended, as for every failing command.
+                    let (code, message) = bad
+                        .error
+                        .as_ref()
+                        .map(|e| (e.code.as_str(), e.message.as_str()))
+                        .unwrap_or(("", bad.message.as_str()));
+                    eprintln!(
+                        "obhostctl: step '{}' ended {}: {}: {}",
+                        output::clean(&bad.id),
+                        bad.state().as_str_name().trim_start_matches("STEP_STATE_"),
+                        output::clean(code),
+                        output::clean(message)
+                    );
                     // The last JSON line says the watch failed, and why, as
                     // every failing command's JSON does.
                     if format == Format::Json {

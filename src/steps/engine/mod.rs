@@ -366,12 +366,42 @@ impl Engine {
                 };
             }
         };
-        if let Err(e) = pending.wait().await {
-            self.lock().secrets.remove(record.id());
-            return Err(e.into());
-        }
-        self.start_driver(&record, task, start);
+        self.start_once_committed(pending, record.clone(), task, start)
+            .await?;
         Ok((*record).clone())
+    }
+
+    /// Starts the step's driver once its record is durable, in a task of its
+    /// own: the caller's future may be dropped while it waits (an RPC whose
+    /// client went away), and a step already committed RUNNING must still be
+    /// run, not left to the next restart.
+    async fn start_once_committed(
+        &self,
+        pending: commit::Pending,
+        record: Arc<StepRecord>,
+        task: Box<dyn crate::steps::StepTask>,
+        start: drivers::Start,
+    ) -> Result<(), EngineError> {
+        let engine = self.clone();
+        let started = self.shared.drivers.spawn(async move {
+            match pending.wait().await {
+                Ok(()) => {
+                    engine.start_driver(&record, task, start);
+                    Ok(())
+                }
+                Err(e) => {
+                    engine.lock().secrets.remove(record.id());
+                    Err(e)
+                }
+            }
+        });
+        match started.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(EngineError::Store(StoreError::Write {
+                path: Default::default(),
+                cause: format!("starting the step's driver failed: {e}"),
+            })),
+        }
     }
 
     /// Builds the task and stages the PENDING record of a new step.
@@ -521,9 +551,9 @@ impl Engine {
             let (record, pending) = self.stage(&mut state, next, Some(previous))?;
             (record, pending, task, start)
         };
-        pending.wait().await?;
+        self.start_once_committed(pending, record.clone(), task, start)
+            .await?;
         info!(step = id, attempt = record.attempt, "step retried");
-        self.start_driver(&record, task, start);
         Ok((*record).clone())
     }
 

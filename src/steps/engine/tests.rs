@@ -152,14 +152,20 @@ async fn next(w: &mut Watch) -> StepRecord {
 async fn until_state(engine: &Engine, id: &str, state: StepState) -> StepRecord {
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = engine.get(id).await.unwrap();
-        if r.state == state {
-            return r;
+        // Not found yet: a step whose commit is still on its way.
+        let r = match engine.get(id).await {
+            Err(EngineError::NotFound(_)) => None,
+            other => Some(other.unwrap()),
+        };
+        if let Some(r) = &r
+            && r.state == state
+        {
+            return r.clone();
         }
         assert!(
             tokio::time::Instant::now() < until,
-            "{id} stuck at {}",
-            r.state
+            "{id} stuck at {:?}",
+            r.map(|r| r.state)
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -601,4 +607,25 @@ fn a_conflict_names_the_parameters_that_differ() {
         differences(&stored, &new),
         ["parameters (create_dirs, observer.mysql_port)"]
     );
+}
+
+/// A caller that goes away once its step is staged (an RPC whose client hung
+/// up: tonic drops the handler's future) must not leave a committed step that
+/// nothing runs until the next restart. The submit is polled once, then
+/// dropped mid-commit.
+#[tokio::test]
+async fn a_step_whose_caller_went_away_mid_commit_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    for i in 0..5 {
+        let id = format!("orphan-{i}");
+        let submit = engine.submit(
+            spec_with(&id, serde_json::json!({"sleep_ms": 0})),
+            Secrets::default(),
+        );
+        // Polled once (staged, waiting for its commit), then dropped.
+        let dropped = tokio::time::timeout(Duration::ZERO, submit).await;
+        assert!(dropped.is_err(), "the submit finished on its first poll");
+        until_state(&engine, &id, StepState::Succeeded).await;
+    }
 }

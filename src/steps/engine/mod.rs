@@ -505,12 +505,28 @@ impl Engine {
         let Some((record, pending)) = staged else {
             return self.get(id).await;
         };
-        pending.wait().await?;
-        let run = self.lock().runs.remove(id);
-        if let Some((_, token)) = run {
-            token.cancel();
+        // In a task of its own, as a start is (start_once_committed): a caller
+        // gone mid-commit must not leave a step CANCELLED whose task runs on.
+        let engine = self.clone();
+        let step = id.to_string();
+        let stopped = self.shared.drivers.spawn(async move {
+            pending.wait().await?;
+            let run = engine.lock().runs.remove(&step);
+            if let Some((_, token)) = run {
+                token.cancel();
+            }
+            info!(step, "step cancelled");
+            Ok::<(), StoreError>(())
+        });
+        match stopped.await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(EngineError::Store(StoreError::Write {
+                    path: Default::default(),
+                    cause: format!("cancelling the step's task failed: {e}"),
+                }));
+            }
         }
-        info!(step = id, "step cancelled");
         Ok((*record).clone())
     }
 

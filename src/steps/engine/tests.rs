@@ -629,3 +629,25 @@ async fn a_step_whose_caller_went_away_mid_commit_still_runs() {
         until_state(&engine, &id, StepState::Succeeded).await;
     }
 }
+
+/// The same for CancelStep: a caller gone once CANCELLED is staged must not
+/// leave the step's task running behind its CANCELLED record.
+#[tokio::test]
+async fn a_cancel_whose_caller_went_away_mid_commit_still_stops_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let spec = spec_with("long", serde_json::json!({"sleep_ms": 30_000}));
+    engine.submit(spec, Secrets::default()).await.unwrap();
+    let cancel = engine.cancel("long");
+    let dropped = tokio::time::timeout(Duration::ZERO, cancel).await;
+    assert!(dropped.is_err(), "the cancel finished on its first poll");
+    until_state(&engine, "long", StepState::Cancelled).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.lock().runs.contains_key("long") {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the cancelled step's task still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -230,36 +230,22 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::steps::{StepError, StepSpec};
+    use crate::steps::StepError;
 
     fn record(id: &str, state: StepState, attempt: u32, revision: u64) -> StepRecord {
         let now = SystemTime::now();
-        StepRecord {
-            spec: StepSpec {
-                id: id.into(),
-                dag_id: String::new(),
-                kind: StepKind::Test,
-                name: "t".into(),
-                timeout: Duration::from_secs(30),
-                params: serde_json::Value::Null,
-            },
-            state,
-            attempt,
-            revision,
-            created_at: now,
-            started_at: Some(now),
-            finished_at: state.is_terminal().then_some(now),
-            deadline: now + Duration::from_secs(30),
-            message: String::new(),
-            error: (state == StepState::Failed).then(|| StepError {
-                code: "BOOM".into(),
-                message: "m".into(),
-                details: Default::default(),
-                log_tail: Vec::new(),
-            }),
-            outputs: Default::default(),
-            checks: Vec::new(),
-        }
+        let mut r = StepRecord::for_test(id, state, attempt, revision);
+        r.spec.timeout = Duration::from_secs(30);
+        r.started_at = Some(now);
+        r.finished_at = state.is_terminal().then_some(now);
+        r.deadline = now + Duration::from_secs(30);
+        r.error = (state == StepState::Failed).then(|| StepError {
+            code: "BOOM".into(),
+            message: "m".into(),
+            details: Default::default(),
+            log_tail: Vec::new(),
+        });
+        r
     }
 
     fn steps(m: &Metrics, state: &str) -> i64 {

@@ -281,32 +281,10 @@ impl ErrorLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::{StepKind, StepSpec, StepState};
-    use std::time::SystemTime;
+    use crate::steps::StepState;
 
     fn change(id: &str, revision: u64, state: StepState) -> StepRecord {
-        let now = SystemTime::now();
-        StepRecord {
-            spec: StepSpec {
-                id: id.into(),
-                dag_id: String::new(),
-                kind: StepKind::Test,
-                name: "t".into(),
-                timeout: Duration::from_secs(1),
-                params: serde_json::Value::Null,
-            },
-            state,
-            attempt: 1,
-            revision,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            deadline: now,
-            message: String::new(),
-            error: None,
-            outputs: Default::default(),
-            checks: Vec::new(),
-        }
+        StepRecord::for_test(id, state, 1, revision)
     }
 
     #[test]

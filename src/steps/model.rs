@@ -460,24 +460,24 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A bare record of a test step, for the unit tests that need one (engine,
+/// reporter, metrics): no times beyond "now", no error, no outputs.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> StepRecord {
+impl StepRecord {
+    pub(crate) fn for_test(id: &str, state: StepState, attempt: u32, revision: u64) -> StepRecord {
         let now = SystemTime::now();
         StepRecord {
             spec: StepSpec {
-                id: "s".into(),
+                id: id.into(),
                 dag_id: String::new(),
                 kind: StepKind::Test,
                 name: "t".into(),
                 timeout: Duration::from_secs(1),
                 params: serde_json::Value::Null,
             },
-            state: StepState::Failed,
-            attempt: 1,
-            revision: 1,
+            state,
+            attempt,
+            revision,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -487,6 +487,15 @@ mod tests {
             outputs: BTreeMap::new(),
             checks: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> StepRecord {
+        StepRecord::for_test("s", StepState::Failed, 1, 1)
     }
 
     #[test]

@@ -100,20 +100,12 @@ fn spec_with(id: &str, params: serde_json::Value) -> StepSpec {
 
 fn record(id: &str, state: StepState, revision: u64, params: serde_json::Value) -> StepRecord {
     let now = SystemTime::now();
-    StepRecord {
-        spec: spec_with(id, params),
-        state,
-        attempt: 1,
-        revision,
-        created_at: now,
-        started_at: None,
-        finished_at: state.is_terminal().then_some(now),
-        deadline: now + Duration::from_secs(30),
-        message: "seeded".into(),
-        error: None,
-        outputs: BTreeMap::new(),
-        checks: Vec::new(),
-    }
+    let mut r = StepRecord::for_test(id, state, 1, revision);
+    r.spec = spec_with(id, params);
+    r.finished_at = state.is_terminal().then_some(now);
+    r.deadline = now + Duration::from_secs(30);
+    r.message = "seeded".into();
+    r
 }
 
 /// `n` FAILED records with revisions 1..=n, written in one transaction.

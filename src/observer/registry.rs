@@ -175,7 +175,9 @@ impl Registry {
             pid: id.pid,
             code: None,
             signal: None,
+            core_dumped: false,
             at: SystemTime::now(),
+            start_ticks: Some(id.start_ticks),
         });
         info!(home = %home.display(), pid = id.pid, status = %exit.describe(), "observer exited");
         r.identity = None;

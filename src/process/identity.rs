@@ -30,6 +30,9 @@ pub struct Stat {
     pub session: i32,
     pub start_ticks: u64,
     pub comm: String,
+    /// Field 52: a zombie's wait status (Linux 3.5+), the only word of how a
+    /// process ended when its parent, not obhostd, collects it.
+    pub exit_code: Option<i32>,
 }
 
 /// Parses /proc/<pid>/stat. The command name is in parentheses and may itself
@@ -46,6 +49,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         session: rest.get(3)?.parse().ok()?,
         start_ticks: rest.get(19)?.parse().ok()?,
         comm,
+        exit_code: rest.get(49).and_then(|c| c.parse().ok()),
     })
 }
 
@@ -58,7 +62,7 @@ pub fn stat(pid: i32) -> Option<Stat> {
 }
 
 /// This boot's id, as 128 bits (0 if the kernel does not say).
-fn current_boot() -> u128 {
+pub(super) fn current_boot() -> u128 {
     static BOOT: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     *BOOT.get_or_init(|| {
         crate::host::boot_id()

@@ -3,23 +3,30 @@
 //!
 //! - **Foreground**: the spawned process is the server; obhostd writes its pid
 //!   file (when there is one).
-//! - **Daemonizing**: the launcher must exit 0, then the pid file must name a
-//!   live process obhostd accepts: one the launcher handed to obhostd (the
-//!   subreaper, see [`Identity::daemonized_from`]) or one the caller vouches for
-//!   by its own identity rules (e.g. `observer::locate`). The pid file is looked
-//!   at at once and then every few ms: the real launcher exits before its
-//!   server writes it, and a fixed pause would only add latency to every start.
+//! - **Daemonizing** ([`Follow`]): the launcher must exit 0, and the pid file
+//!   must name a live process obhostd accepts: one the launcher handed to
+//!   obhostd (the subreaper, see [`Identity::daemonized_from`]) or one the
+//!   caller vouches for by its own identity rules (e.g. `observer::locate`).
+//!   The pid file is looked at at once and then every few ms: the real launcher
+//!   exits before its server writes it, and a fixed pause would only add
+//!   latency to every start. Beside it, a census of the launch's processes
+//!   ([`tree`](super::tree)) ends the wait the moment nothing of the launch is
+//!   alive, and a pid file that names a dead process ends it too: a start never
+//!   waits for its deadline with nothing left to wait for.
 //!
 //! Whatever fails after the spawn comes back as a [`Died`] with the same exit
-//! details (code, signal) for every caller, and the [`Spawned`] guard kills what
-//! was spawned unless the caller keeps it. Blocking work (fork/exec, the pid
-//! file's fsync) runs on the blocking pool, never on the runtime's threads.
+//! details (code, signal, core dump, how long it lived) for every caller, and
+//! the [`Spawned`] guard kills what was spawned unless the caller keeps it.
+//! Blocking work (fork/exec, the pid file's fsync, /proc walks) runs on the
+//! blocking pool, never on the runtime's threads.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::pidfile::{self, PidFile};
+use super::tree::{Census, Launch, Snapshot};
 use super::{Exit, Identity, Reaper, SpawnError, SpawnSpec, Spawned, spawn};
 
 /// How the started program becomes its server.
@@ -39,6 +46,8 @@ pub struct Died {
     pub exit: Option<Exit>,
     /// When it happened, for the message ("while daemonizing").
     pub during: &'static str,
+    /// When it started, for how long it lived.
+    pub started: Option<SystemTime>,
 }
 
 impl Died {
@@ -47,9 +56,14 @@ impl Died {
         describe(self.exit)
     }
 
-    /// `pid`, `exit_code`, `signal`: the step error's details.
+    /// `pid`, `exit_code` or `signal` (+ `core_dumped`), `lived`: the step
+    /// error's details.
     pub fn details(&self) -> BTreeMap<String, String> {
-        exit_details(self.pid, self.exit)
+        let mut d = exit_details(self.pid, self.exit);
+        if let Some(lived) = lived(self.started, self.exit) {
+            d.insert("lived".into(), lived);
+        }
+        d
     }
 }
 
@@ -69,9 +83,17 @@ pub fn exit_details(pid: i32, exit: Option<Exit>) -> BTreeMap<String, String> {
         }
         if let Some(s) = e.signal {
             d.insert("signal".into(), s.to_string());
+            d.insert("core_dumped".into(), e.core_dumped.to_string());
         }
     }
     d
+}
+
+/// How long a process lived, to the millisecond ("1s 203ms"), when both ends
+/// are known.
+pub fn lived(started: Option<SystemTime>, exit: Option<Exit>) -> Option<String> {
+    let d = exit?.at.duration_since(started?).ok()?;
+    Some(humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string())
 }
 
 /// The exit of a process that just died, if it was our child: the reaper sees
@@ -98,17 +120,96 @@ pub enum LaunchError {
     Panicked(String),
 }
 
-/// Spawns `spec` off the runtime and returns the launcher, guarded: dropping
-/// the guard kills it (and what it forked) unless obhostd is shutting down.
-pub async fn spawn_guarded(
+/// Vouches for a pid file's process beyond "handed to obhostd by this
+/// launcher" (e.g. the observer of this home by `observer::locate`'s rules).
+pub type Accept = Arc<dyn Fn(&Identity) -> bool + Send + Sync>;
+
+/// A program spawned and being followed to its server.
+pub struct Launched {
+    pub launcher: Identity,
+    pub spawned: Spawned,
+    reaper: Reaper,
+    /// Foreground: the pid file to write for the launcher, taken once.
+    foreground: Option<Option<PathBuf>>,
+    follow: Option<Follow>,
+}
+
+/// What the launch did, as it happened: stages for the step's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The launcher exited 0 (a non-zero exit is a [`Died`]).
+    LauncherExited(Exit),
+    /// The pid file names this pid (not accepted as the server yet).
+    PidFile(i32),
+    /// The server: alive, identified, accepted. The last event.
+    Server(Identity),
+}
+
+/// Spawns `spec` off the runtime, guarded: dropping [`Launched::spawned`]
+/// kills what the launch made unless obhostd is shutting down.
+pub async fn start(
     spec: SpawnSpec,
+    mode: &Mode,
+    reaper: &Reaper,
     shutting_down: impl Fn() -> bool + Send + Sync + 'static,
-) -> Result<(Identity, Spawned), LaunchError> {
+) -> Result<Launched, LaunchError> {
     let uid = spec.user.uid;
+    let before = match mode {
+        Mode::Daemonizing { pid_file } => {
+            let p = pid_file.clone();
+            tokio::task::spawn_blocking(move || pidfile::read(&p))
+                .await
+                .map_err(|e| LaunchError::Panicked(e.to_string()))?
+        }
+        Mode::Foreground { .. } => None,
+    };
     let launcher = tokio::task::spawn_blocking(move || spawn(&spec))
         .await
         .map_err(|e| LaunchError::Panicked(e.to_string()))??;
-    Ok((launcher, Spawned::new(launcher, uid, shutting_down)))
+    let mut spawned = Spawned::new(launcher, uid, shutting_down);
+    let (foreground, follow) = match mode {
+        Mode::Foreground { pid_file } => (Some(pid_file.clone()), None),
+        Mode::Daemonizing { pid_file } => {
+            let follow = Follow::new(launcher, pid_file, before, &mut spawned, reaper);
+            (None, Some(follow))
+        }
+    };
+    Ok(Launched {
+        launcher,
+        spawned,
+        reaper: reaper.clone(),
+        foreground,
+        follow,
+    })
+}
+
+impl Launched {
+    /// The next thing the launch did; an error as soon as it cannot produce
+    /// a server any more. Never returns while something of the launch lives
+    /// and nothing changed: the step's deadline bounds it.
+    pub async fn next(&mut self, accept: &Accept) -> Result<Event, LaunchError> {
+        if let Some(pid_file) = self.foreground.take() {
+            if let Some(p) = pid_file {
+                write_pid_file(&p, self.launcher.pid).await?;
+            }
+            return Ok(Event::Server(self.launcher));
+        }
+        match self.follow.as_mut() {
+            Some(follow) => follow.next(&mut self.spawned, &self.reaper, accept).await,
+            None => Err(LaunchError::Panicked(
+                "was asked for more after it named its server".into(),
+            )),
+        }
+    }
+
+    /// The server, past every intermediate event.
+    pub async fn server(&mut self, accept: &Accept) -> Result<Identity, LaunchError> {
+        loop {
+            if let Event::Server(id) = self.next(accept).await? {
+                return Ok(id);
+            }
+        }
+    }
 }
 
 /// Writes a pid file off the runtime (it fsyncs).
@@ -123,63 +224,246 @@ pub async fn write_pid_file(path: &Path, pid: i32) -> Result<(), LaunchError> {
         })
 }
 
-/// Finds the server of `launcher` (spawned by [`spawn_guarded`] as `uid`) and
-/// records it in `spawned`. `accept` may vouch for a pid file's process beyond
-/// "handed to obhostd by this launcher" (e.g. a process obhostd recorded).
-/// Never returns while the pid file names nothing acceptable: the step's
-/// deadline bounds it.
-pub async fn server(
+/// A daemonizing launch being followed to its server: the launcher's exit,
+/// the pid file and the census of the launch's processes, looked at together
+/// so that a death is seen at once whatever the order in which launcher,
+/// server and pid file came and went.
+struct Follow {
     launcher: Identity,
-    spawned: &mut Spawned,
-    mode: &Mode,
-    reaper: &Reaper,
-    accept: impl Fn(&Identity) -> bool + Send + Sync + 'static,
-) -> Result<Identity, LaunchError> {
-    let pid_file = match mode {
-        Mode::Foreground { pid_file } => {
-            if let Some(p) = pid_file {
-                write_pid_file(p, launcher.pid).await?;
-            }
-            return Ok(launcher);
+    pid_file: PathBuf,
+    /// The pid the pid file named before the spawn: a stale file the launch
+    /// has not rewritten yet says nothing about this launch.
+    before: Option<i32>,
+    tree: Arc<Mutex<Launch>>,
+    launcher_exit: Option<Exit>,
+    /// The pid the pid file last named, once reported.
+    named: Option<i32>,
+    /// A dead pid the pid file named at the previous look: a death is only
+    /// believed when two looks agree (a file caught mid-write may name a
+    /// number no process has).
+    named_dead: Option<i32>,
+    pacer: crate::probe::Pacer,
+    started: Instant,
+    last_census: Option<Instant>,
+    reaps_seen: u64,
+}
+
+/// The census is taken on every look this long after the spawn (a launch
+/// forks in its first moments), then at most this often, and at once
+/// whenever obhostd reaps a child.
+const CENSUS_EAGER: Duration = Duration::from_millis(100);
+const CENSUS_EVERY: Duration = Duration::from_millis(50);
+
+struct Look {
+    pid_file: PidFile,
+    accepted: bool,
+    census: Option<Census>,
+}
+
+impl Follow {
+    fn new(
+        launcher: Identity,
+        pid_file: &Path,
+        before: Option<i32>,
+        spawned: &mut Spawned,
+        reaper: &Reaper,
+    ) -> Follow {
+        let tree = Arc::new(Mutex::new(Launch::new(launcher, spawned.uid())));
+        spawned.track(tree.clone());
+        reaper.claim(launcher, launcher);
+        Follow {
+            launcher,
+            pid_file: pid_file.to_path_buf(),
+            before,
+            tree,
+            launcher_exit: None,
+            named: None,
+            named_dead: None,
+            pacer: crate::probe::Pacer::default(),
+            started: Instant::now(),
+            last_census: None,
+            reaps_seen: reaper.reaps(),
         }
-        Mode::Daemonizing { pid_file } => pid_file,
-    };
-    let exit = reaper.wait(launcher.pid).await;
-    if exit.code != Some(0) {
-        return Err(LaunchError::Died(Died {
-            pid: launcher.pid,
-            exit: Some(exit),
-            during: "while daemonizing",
-        }));
     }
-    let uid = spawned.uid();
-    // Reading the pid file and vouching (which may walk /proc) block: they run
-    // on the blocking pool, never on the runtime's threads.
-    let accept = std::sync::Arc::new(accept);
-    let mut pacer = crate::probe::Pacer::default();
-    loop {
-        let (file, accept) = (pid_file.clone(), accept.clone());
-        let seen = tokio::task::spawn_blocking(move || match pidfile::inspect(&file) {
-            PidFile::Live(id) if id.daemonized_from(&launcher, uid) || accept(&id) => Ok(id),
-            other => Err(other),
+
+    async fn next(
+        &mut self,
+        spawned: &mut Spawned,
+        reaper: &Reaper,
+        accept: &Accept,
+    ) -> Result<Event, LaunchError> {
+        loop {
+            if self.launcher_exit.is_none()
+                && let Some(exit) = reaper.exit_of(self.launcher.pid)
+            {
+                self.launcher_exit = Some(exit);
+                if exit.code != Some(0) {
+                    return Err(self.died(self.launcher, reaper, "while daemonizing"));
+                }
+                return Ok(Event::LauncherExited(exit));
+            }
+            let reaps = reaper.reaps();
+            let look = self.look(spawned.uid(), reaper, accept).await;
+            match look.pid_file {
+                PidFile::Live(id) if look.accepted => {
+                    spawned.server(id);
+                    reaper.claim(self.launcher, id);
+                    return Ok(Event::Server(id));
+                }
+                PidFile::Live(Identity { pid, .. }) | PidFile::Stale(Some(pid))
+                    if self.named != Some(pid) && self.before != Some(pid) =>
+                {
+                    self.named = Some(pid);
+                    return Ok(Event::PidFile(pid));
+                }
+                PidFile::Stale(Some(pid)) if self.before != Some(pid) => {
+                    if self.named_dead == Some(pid) {
+                        return Err(self.named_is_dead(pid, reaper));
+                    }
+                    self.named_dead = Some(pid);
+                    continue;
+                }
+                _ => self.named_dead = None,
+            }
+            if self.launcher_exit.is_some() && look.census.is_some_and(|c| c.is_empty()) {
+                return Err(self.nothing_left(reaper));
+            }
+            // Wake early when a child is reaped: its death is then seen at once.
+            let pause = self.pacer.next_pause();
+            let _ = tokio::time::timeout(pause, reaper.reaped_after(reaps)).await;
+        }
+    }
+
+    /// One look, off the runtime: the pid file, whether its process is
+    /// acceptable, and the census when it is due.
+    async fn look(&mut self, uid: u32, reaper: &Reaper, accept: &Accept) -> Look {
+        let reaps = reaper.reaps();
+        let due = self.started.elapsed() < CENSUS_EAGER
+            || reaps != self.reaps_seen
+            || self
+                .last_census
+                .is_none_or(|at| at.elapsed() >= CENSUS_EVERY);
+        if due {
+            self.reaps_seen = reaps;
+            self.last_census = Some(Instant::now());
+        }
+        let (file, launcher, tree, accept) = (
+            self.pid_file.clone(),
+            self.launcher,
+            self.tree.clone(),
+            accept.clone(),
+        );
+        let claims = reaper.clone();
+        tokio::task::spawn_blocking(move || {
+            // The census before the pid file: a server that writes the file
+            // and dies between the two is then seen dead, never missed.
+            let census = due.then(|| {
+                let snap = Snapshot::take();
+                let mut tree = tree.lock().unwrap_or_else(|p| p.into_inner());
+                tree.census(&snap, |id| claims.claimed_by_other(id, &launcher))
+            });
+            let pid_file = pidfile::inspect(&file);
+            let accepted = match &pid_file {
+                PidFile::Live(id) => id.daemonized_from(&launcher, uid) || accept(id),
+                _ => false,
+            };
+            Look {
+                pid_file,
+                accepted,
+                census,
+            }
         })
         .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        match seen {
-            Ok(id) => {
-                spawned.server(id);
-                return Ok(id);
-            }
-            Err(PidFile::Stale(Some(pid))) if reaper.exit_of(pid).is_some() => {
-                return Err(LaunchError::Died(Died {
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// How `id`, a process of this launch, ended: the status obhostd reaped
+    /// (if it reaped this very process), else the status /proc showed while
+    /// it was a zombie (its parent collected it), else unknown.
+    fn died(&self, id: Identity, reaper: &Reaper, during: &'static str) -> LaunchError {
+        let seen = {
+            let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            tree.seen_status(&id)
+        };
+        let exit = reaper
+            .exit_of_process(&id)
+            .or_else(|| seen.map(|s| Exit::from_status(id.pid, s)));
+        LaunchError::Died(Died {
+            pid: id.pid,
+            exit,
+            during,
+            started: id.start_time(),
+        })
+    }
+
+    /// The pid file names `pid`, dead at two looks. A member of this launch
+    /// is reported as it ended; any other pid is a server that wrote its file
+    /// and died before the census saw it, or a file naming nobody.
+    fn named_is_dead(&self, pid: i32, reaper: &Reaper) -> LaunchError {
+        let member = {
+            let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            tree.known(pid)
+        };
+        match member {
+            Some(id) => self.died(id, reaper, "after it wrote its pid file"),
+            None => {
+                // Never seen alive by the census (it lived between two looks),
+                // but obhostd may have reaped it: then the exit says who it was.
+                let exit = reaper.exit_of(pid).filter(|e| e.at >= self.started_at());
+                let started = exit.and_then(|e| {
+                    let ticks = e.start_ticks?;
+                    Identity {
+                        start_ticks: ticks,
+                        ..self.launcher
+                    }
+                    .start_time()
+                });
+                LaunchError::Died(Died {
                     pid,
-                    exit: reaper.exit_of(pid),
-                    during: "right after it started",
-                }));
+                    exit,
+                    during: match exit {
+                        Some(_) => "after it wrote its pid file",
+                        None => "(named by the pid file) is not running",
+                    },
+                    started,
+                })
             }
-            Err(_) => {}
         }
-        pacer.pause().await;
+    }
+
+    fn started_at(&self) -> SystemTime {
+        SystemTime::now() - self.started.elapsed()
+    }
+
+    /// The launcher exited 0 and the census found nothing alive: the launch
+    /// is over without a server. The process to blame is the one the pid file
+    /// named, else the last member that ended badly, else the launcher.
+    fn nothing_left(&self, reaper: &Reaper) -> LaunchError {
+        let (named, bad) = {
+            let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            let named = self.named.and_then(|pid| tree.known(pid));
+            let bad = tree
+                .members()
+                .chain(tree.presumed())
+                .filter(|m| *m != self.launcher)
+                .filter(|m| {
+                    let exit = reaper
+                        .exit_of_process(m)
+                        .or_else(|| tree.seen_status(m).map(|s| Exit::from_status(m.pid, s)));
+                    exit.is_some_and(|e| e.code != Some(0))
+                })
+                .last();
+            (named, bad)
+        };
+        match (named, bad) {
+            (Some(id), _) => self.died(id, reaper, "after it wrote its pid file"),
+            (None, Some(id)) => self.died(id, reaper, "before any server wrote the pid file"),
+            (None, None) => self.died(
+                self.launcher,
+                reaper,
+                "and nothing it started is running: no server wrote the pid file",
+            ),
+        }
     }
 }
 
@@ -194,7 +478,9 @@ mod tests {
             pid: 7,
             code: Some(3),
             signal: None,
+            core_dumped: false,
             at,
+            start_ticks: None,
         };
         let d = exit_details(7, Some(code));
         assert_eq!(d["pid"], "7");
@@ -220,6 +506,7 @@ mod tests {
             pid: 42,
             exit: None,
             during: "while daemonizing",
+            started: None,
         };
         assert_eq!(
             LaunchError::Died(died).to_string(),

@@ -16,6 +16,7 @@ pub mod reaper;
 pub mod sockdiag;
 pub mod spawn;
 pub mod spawned;
+pub mod tree;
 
 pub use control::{ControlError, Handle};
 pub use identity::Identity;

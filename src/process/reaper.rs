@@ -12,13 +12,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+
+use super::Identity;
+use super::identity;
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,10 +29,29 @@ pub struct Exit {
     pub pid: i32,
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    #[serde(default)]
+    pub core_dumped: bool,
     pub at: SystemTime,
+    /// The start time (clock ticks since boot) of the process that ended, read
+    /// while it was a zombie: which process of that pid this was.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
 }
 
 impl Exit {
+    /// An exit known from a raw wait status (a zombie's, read from /proc).
+    pub fn from_status(pid: i32, status: i32) -> Exit {
+        let signal = status & 0x7f;
+        Exit {
+            pid,
+            code: (signal == 0).then_some((status >> 8) & 0xff),
+            signal: (signal != 0).then_some(signal),
+            core_dumped: signal != 0 && status & 0x80 != 0,
+            at: SystemTime::now(),
+            start_ticks: None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match (self.code, self.signal) {
             (Some(c), _) => format!("exited with code {c}"),
@@ -37,9 +59,14 @@ impl Exit {
                 let name = nix::sys::signal::Signal::try_from(s)
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_else(|_| format!("signal {s}"));
-                format!("was killed by {name}")
+                let core = if self.core_dumped {
+                    " (core dumped)"
+                } else {
+                    ""
+                };
+                format!("was killed by {name}{core}")
             }
-            _ => "ended (exit status unknown: it was not obhostd's child)".into(),
+            _ => "ended (exit status unknown: obhostd did not collect it)".into(),
         }
     }
 }
@@ -52,6 +79,11 @@ pub struct Reaper {
     exits: Arc<Mutex<HashMap<i32, Exit>>>,
     /// Bumped on every reap, so waiters wake and look.
     tick: watch::Sender<u64>,
+    /// Which launch each of obhostd's children belongs to, by identity: the
+    /// launcher of every launch in progress and every server a launch kept
+    /// (keyed by pid, forgotten when that pid is reaped). A launch's census
+    /// never presumes a process another launch owns (see `tree`).
+    claims: Arc<Mutex<HashMap<i32, (Identity, Identity)>>>,
 }
 
 impl Reaper {
@@ -64,6 +96,7 @@ impl Reaper {
         let reaper = Reaper {
             exits: Arc::new(Mutex::new(HashMap::new())),
             tick: watch::channel(0).0,
+            claims: Arc::default(),
         };
         let r = reaper.clone();
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
@@ -84,10 +117,23 @@ impl Reaper {
 
     fn reap_all(&self) {
         loop {
+            // Peek first (WNOWAIT): while the child is a zombie its start time
+            // is still in /proc, and the exit is recorded with it, so that it
+            // is never mistaken for the exit of a later process of that pid.
+            let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let start_ticks = match waitid(Id::All, peek) {
+                Ok(status) => status
+                    .pid()
+                    .and_then(|p| identity::stat(p.as_raw()))
+                    .map(|s| s.start_ticks),
+                Err(_) => None,
+            };
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.record(pid.as_raw(), Some(code), None),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    self.record(pid.as_raw(), None, Some(sig as i32))
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.record(pid.as_raw(), Some(code), None, false, start_ticks)
+                }
+                Ok(WaitStatus::Signaled(pid, sig, core)) => {
+                    self.record(pid.as_raw(), None, Some(sig as i32), core, start_ticks)
                 }
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
                 Ok(other) => debug!(?other, "child state change"),
@@ -100,13 +146,26 @@ impl Reaper {
         }
     }
 
-    fn record(&self, pid: i32, code: Option<i32>, signal: Option<i32>) {
+    fn record(
+        &self,
+        pid: i32,
+        code: Option<i32>,
+        signal: Option<i32>,
+        core_dumped: bool,
+        start_ticks: Option<u64>,
+    ) {
         let exit = Exit {
             pid,
             code,
             signal,
+            core_dumped,
             at: SystemTime::now(),
+            start_ticks,
         };
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
         info!(pid, status = %exit.describe(), "child reaped");
         let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
         if exits.len() >= REMEMBERED
@@ -126,6 +185,48 @@ impl Reaper {
             .unwrap_or_else(|p| p.into_inner())
             .get(&pid)
             .copied()
+    }
+
+    /// The exit of the process `id` if we reaped it: that very process, not
+    /// an earlier one of the same pid.
+    pub fn exit_of_process(&self, id: &Identity) -> Option<Exit> {
+        self.exit_of(id.pid).filter(|e| match e.start_ticks {
+            Some(t) => t == id.start_ticks,
+            // Unknown (the zombie was gone from /proc): it ended after the
+            // process started, within the start time's one-second grain.
+            None => id
+                .start_time()
+                .is_some_and(|s| e.at + Duration::from_secs(1) >= s),
+        })
+    }
+
+    /// How many children were reaped so far; see [`Reaper::reaped_after`].
+    pub fn reaps(&self) -> u64 {
+        *self.tick.borrow()
+    }
+
+    /// Returns once more than `seen` children were reaped in all.
+    pub async fn reaped_after(&self, seen: u64) {
+        let mut rx = self.tick.subscribe();
+        let _ = rx.wait_for(|n| *n > seen).await;
+    }
+
+    /// Records that `id`, one of obhostd's children, belongs to the launch
+    /// of `launcher` (until `id`'s pid is reaped).
+    pub fn claim(&self, launcher: Identity, id: Identity) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.pid, (id, launcher));
+    }
+
+    /// True when `id` belongs to a launch other than `launcher`'s.
+    pub fn claimed_by_other(&self, id: &Identity, launcher: &Identity) -> bool {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id.pid)
+            .is_some_and(|(claimed, owner)| claimed == id && owner != launcher)
     }
 
     /// Waits until we reap `pid`. Only for our own children: anything else never
@@ -156,6 +257,7 @@ mod tests {
         Reaper {
             exits: Arc::new(Mutex::new(HashMap::new())),
             tick: watch::channel(0).0,
+            claims: Arc::default(),
         }
     }
 
@@ -166,19 +268,21 @@ mod tests {
             pid: 1,
             code,
             signal,
+            core_dumped: false,
             at,
+            start_ticks: None,
         };
         assert_eq!(e(Some(0), None).describe(), "exited with code 0");
         assert_eq!(e(None, Some(9)).describe(), "was killed by SIGKILL");
         assert_eq!(e(None, Some(99)).describe(), "was killed by signal 99");
-        assert!(e(None, None).describe().contains("not obhostd's child"));
+        assert!(e(None, None).describe().contains("did not collect it"));
     }
 
     #[tokio::test]
     async fn a_recorded_exit_is_what_wait_returns() {
         let r = detached();
         assert_eq!(r.exit_of(4242), None);
-        r.record(4242, Some(3), None);
+        r.record(4242, Some(3), None, false, None);
         assert_eq!(r.exit_of(4242).map(|e| e.code), Some(Some(3)));
         let e = tokio::time::timeout(std::time::Duration::from_secs(1), r.wait(4242))
             .await
@@ -190,7 +294,7 @@ mod tests {
     fn the_oldest_exits_are_forgotten_beyond_the_bound() {
         let r = detached();
         for pid in 1..=(REMEMBERED as i32 + 10) {
-            r.record(pid, Some(0), None);
+            r.record(pid, Some(0), None, false, None);
         }
         let exits = r.exits.lock().unwrap();
         assert_eq!(exits.len(), REMEMBERED);

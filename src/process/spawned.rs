@@ -8,13 +8,18 @@
 //! down: a restart of the daemon never kills what it started (the step is
 //! resumed and finds the process again).
 
+use std::sync::{Arc, Mutex};
+
 use super::control;
-use super::identity::{self, Identity};
+use super::identity::Identity;
+use super::tree::Launch;
 
 pub struct Spawned {
     launcher: Identity,
     server: Option<Identity>,
     uid: u32,
+    /// Every process the launch certainly made, as its census found them.
+    tree: Option<Arc<Mutex<Launch>>>,
     shutting_down: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -28,6 +33,7 @@ impl Spawned {
             launcher,
             server: None,
             uid,
+            tree: None,
             shutting_down: Box::new(shutting_down),
         }
     }
@@ -40,6 +46,11 @@ impl Spawned {
     /// The server process the launcher left running (daemonizing mode).
     pub fn server(&mut self, id: Identity) {
         self.server = Some(id);
+    }
+
+    /// The census of the launch: what it finds is stopped with the rest.
+    pub fn track(&mut self, tree: Arc<Mutex<Launch>>) {
+        self.tree = Some(tree);
     }
 
     /// The start succeeded: what was spawned now lives on its own.
@@ -55,9 +66,16 @@ impl Drop for Spawned {
         }
         let mut doomed: Vec<Identity> = self.server.into_iter().collect();
         doomed.push(self.launcher);
-        // A daemonizing launcher leads its own session (setsid); what it forked
-        // and has not been identified yet is still in it.
-        doomed.extend(session_members(self.launcher.pid, self.uid));
+        // What the launch forked and has not been named the server: every
+        // process its census saw in its tree, by identity. A process that
+        // merely got one of their pids since is another process and is left
+        // alone (kill_now checks the identity through a pidfd).
+        if let Some(tree) = &self.tree {
+            let tree = tree.lock().unwrap_or_else(|p| p.into_inner());
+            doomed.extend(tree.members().filter(|m| m.runs_as(self.uid)));
+        }
+        doomed.sort_by_key(|i| i.pid);
+        doomed.dedup();
         for id in doomed {
             match control::kill_now(&id) {
                 Ok(()) => tracing::info!(pid = id.pid, "stopped what a failed start spawned"),
@@ -68,17 +86,4 @@ impl Drop for Spawned {
             }
         }
     }
-}
-
-/// Live processes of session `sid` that run as `uid`.
-fn session_members(sid: i32, uid: u32) -> Vec<Identity> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| identity::stat(*pid).is_some_and(|s| s.session == sid))
-        .filter_map(Identity::of)
-        .filter(|id| id.runs_as(uid))
-        .collect()
 }

@@ -98,7 +98,19 @@ pub trait TaskFactory: Send + Sync + 'static {
 pub enum Update {
     Message(String),
     Output(String, String),
+    /// A stage reached: `outputs.stage`, `outputs.stage_since` and the message
+    /// change in one commit, so a watcher never sees a stage without its time.
+    /// The message reads "`detail` (stage `name` since `since`)"; `since` is
+    /// the time the stage was first reached, kept while it is repeated.
+    Stage {
+        name: String,
+        detail: String,
+    },
 }
+
+/// The output keys of a step's current stage (see [`StepContext::stage`]).
+pub const STAGE: &str = "stage";
+pub const STAGE_SINCE: &str = "stage_since";
 
 /// Where a task's progress goes: the engine in the daemon, a fake in unit
 /// tests. Tasks see only this (through [`StepContext`]), so a task module never
@@ -187,6 +199,19 @@ impl StepContext {
         self.sink
             .update(&self.id, self.attempt, Update::Message(message.into()))
             .await;
+    }
+
+    /// Records that the step reached stage `name` now, with a one-line
+    /// `message` about it. The stage and its start (RFC 3339, ms) are kept in
+    /// `outputs.stage` / `outputs.stage_since` and named in the message, so an
+    /// orchestrator tells a slow step (a stage held long, but moving) from a
+    /// stuck one, and a timeout can say which stage it was held in.
+    pub async fn stage(&self, name: &str, detail: impl Into<String>) {
+        let update = Update::Stage {
+            name: name.to_string(),
+            detail: detail.into(),
+        };
+        self.sink.update(&self.id, self.attempt, update).await;
     }
 
     /// Records an output before the step ends (e.g. the pid right after a spawn,

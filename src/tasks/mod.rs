@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::observer::{ObserverSpec, Policy, Registry};
-use crate::process::launch::LaunchError;
+use crate::process::Identity;
+use crate::process::launch::{Accept, Event, LaunchError, Launched};
 use crate::steps::model::codes::Code;
-use crate::steps::{Secrets, StepFailure, StepKind, StepTask, TaskFactory};
+use crate::steps::{Secrets, StepContext, StepFailure, StepKind, StepTask, TaskFactory};
 
 pub mod prepare;
 pub mod start_agent_service;
@@ -74,6 +75,60 @@ pub(crate) fn launch_failed(e: LaunchError, what: &str, log_tail: Vec<String>) -
     };
     f.error.log_tail = log_tail;
     f
+}
+
+/// Follows a launch to its server, recording each stage as it is reached
+/// (`launched` is the caller's, before the spawn's first event): the launcher's
+/// exit, the pid file naming a pid, and the server found. A death ends it at
+/// once as `fail` says.
+pub(crate) async fn follow_launch(
+    ctx: &StepContext,
+    launched: &mut Launched,
+    accept: &Accept,
+    pid_file: Option<&Path>,
+    fail: impl Fn(LaunchError) -> StepFailure,
+) -> Result<Identity, StepFailure> {
+    let file = pid_file
+        .map(|p| format!("'{}'", p.display()))
+        .unwrap_or_else(|| "the pid file".into());
+    loop {
+        match launched.next(accept).await.map_err(&fail)? {
+            Event::LauncherExited(_) => {
+                let pid = launched.launcher.pid;
+                ctx.stage(
+                    stage::LAUNCHER_EXITED,
+                    format!(
+                        "the launcher (pid {pid}) exited 0; waiting for {file} to name its server"
+                    ),
+                )
+                .await
+            }
+            Event::PidFile(pid) => {
+                ctx.stage(
+                    stage::PID_FILE,
+                    format!(
+                        "{file} names pid {pid}; checking that it is the server this launch made"
+                    ),
+                )
+                .await
+            }
+            Event::Server(id) => return Ok(id),
+        }
+    }
+}
+
+/// The stages of a start, in the order they are reached (DESIGN.md): each is
+/// `outputs.stage` while it is the latest.
+pub mod stage {
+    pub const LAUNCHED: &str = "launched";
+    pub const LAUNCHER_EXITED: &str = "launcher_exited";
+    pub const PID_FILE: &str = "pid_file";
+    pub const SERVER_ALIVE: &str = "server_alive";
+    pub const RPC_LISTENING: &str = "rpc_listening";
+    pub const MYSQL_LISTENING: &str = "mysql_listening";
+    pub const HANDSHAKE: &str = "handshake";
+    pub const LOGIN: &str = "login";
+    pub const QUERY: &str = "query";
 }
 
 /// Decodes a kind's stored parameters, naming the kind when they do not fit (a

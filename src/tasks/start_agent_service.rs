@@ -19,7 +19,7 @@ use crate::probe::{
     self,
     health::{self, Health},
 };
-use crate::process::launch::{self, Died, LaunchError};
+use crate::process::launch::{self, Accept, Died, LaunchError};
 use crate::process::pidfile::{self, PidFile};
 use crate::process::spawn::Output;
 use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned, inspect, spawn};
@@ -239,25 +239,21 @@ impl StartAgentService {
         };
         ctx.progress(format!("starting: {}", spec.display())).await;
         let registry = self.deps.registry.clone();
-        let (launched, mut spawned) = launch::spawn_guarded(spec, move || registry.shutting_down())
+        let reaper = registry.reaper().clone();
+        let mut launched = launch::start(spec, &mode, &reaper, move || registry.shutting_down())
             .await
             .map_err(|e| self.failed(e, cmd))?;
-        ctx.output("pid", launched.pid.to_string()).await;
-        if !cmd.foreground {
-            ctx.progress(format!(
-                "waiting for the launcher (pid {}) to daemonize",
-                launched.pid
-            ))
-            .await;
-        }
-        let reaper = self.deps.registry.reaper();
+        ctx.output("pid", launched.launcher.pid.to_string()).await;
         let ours = cmd.clone();
-        let server = launch::server(launched, &mut spawned, &mode, reaper, move |id| {
-            Self::running(&ours, uid) == Some(*id)
+        let accept: Accept = Arc::new(move |id| Self::running(&ours, uid) == Some(*id));
+        let pid_file = (!cmd.foreground)
+            .then_some(cmd.pid_file.as_deref())
+            .flatten();
+        let server = super::follow_launch(ctx, &mut launched, &accept, pid_file, |e| {
+            self.failed(e, cmd)
         })
-        .await
-        .map_err(|e| self.failed(e, cmd))?;
-        Ok((server, Some(spawned)))
+        .await?;
+        Ok((server, Some(launched.spawned)))
     }
 
     /// A launch that failed, with the service's output in log_tail.
@@ -285,10 +281,15 @@ impl StartAgentService {
                 let (handle, cmd) = watched.and_then(|(h, c)| Some((h?, c))).ok_or_else(|| {
                     StepFailure::new(Code::Internal, "the agent's death was seen without a handle on it")
                 })?;
-                let pid = handle.identity().pid;
-                let exit = launch::exit_of(self.deps.registry.reaper(), pid).await;
+                let id = handle.identity();
+                let reaper = self.deps.registry.reaper();
+                let exit = match launch::exit_of(reaper, id.pid).await {
+                    Some(_) => reaper.exit_of_process(&id),
+                    None => None,
+                };
                 let during = "before it became healthy";
-                Err(self.failed(LaunchError::Died(Died { pid, exit, during }), cmd))
+                let started = id.start_time();
+                Err(self.failed(LaunchError::Died(Died { pid: id.pid, exit, during, started }), cmd))
             }
         }
     }

@@ -15,13 +15,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Deps, fail_with_log};
+use super::{Deps, fail_with_log, stage};
 use crate::observer::locate::{self, Found, Target};
 use crate::observer::{ObserverRecord, ObserverSpec, SpecError, command, log_tail};
 use crate::probe;
 use crate::process::inspect::{self, PortOwner};
-use crate::process::launch::{self, Died, LaunchError};
-use crate::process::{Handle, Identity, RunAs, SpawnError, SpawnSpec, Spawned};
+use crate::process::launch::{self, Accept, Died, LaunchError, Launched};
+use crate::process::{Handle, Identity, RunAs, SpawnError, SpawnSpec};
 use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
@@ -143,32 +143,26 @@ impl StartObserver {
         if let Some(done) = self.found_running(&ctx, uid).await? {
             return Ok(done);
         }
-        let (launcher, mut spawned, command) = self.spawn(&ctx, user).await?;
+        let (mut launched, command) = self.spawn(&ctx, user).await?;
+        let launcher = launched.launcher;
         ctx.output("launcher_pid", launcher.pid.to_string()).await;
-        if !self.spec.foreground {
-            ctx.progress(format!(
-                "waiting for the launcher (pid {}) to daemonize and for {}",
-                launcher.pid,
-                self.spec.pid_file.display()
-            ))
-            .await;
-        }
+        ctx.stage(
+            stage::LAUNCHED,
+            format!("launched pid {}: {command}", launcher.pid),
+        )
+        .await;
         let registry = &self.deps.registry;
         let target = self.target(uid);
         let vouch = registry.clone();
-        let server = launch::server(
-            launcher,
-            &mut spawned,
-            &self.mode(),
-            registry.reaper(),
-            move |id| locate::belongs_to(id, &target, &vouch),
-        )
-        .await
-        .map_err(|e| self.failed(e))?;
+        let accept: Accept = Arc::new(move |id| locate::belongs_to(id, &target, &vouch));
+        let pid_file = (!self.spec.foreground).then_some(self.spec.pid_file.as_path());
+        let server =
+            super::follow_launch(&ctx, &mut launched, &accept, pid_file, |e| self.failed(e))
+                .await?;
         let record = self.record(server, argv(server.pid), ctx.step_id(), uid);
         self.settle(&ctx, server, &record).await?;
         registry.started(record);
-        spawned.keep();
+        launched.spawned.keep();
         Ok(success(&server, &command, false, &self.spec))
     }
 
@@ -240,7 +234,7 @@ impl StartObserver {
         &self,
         ctx: &StepContext,
         user: Result<RunAs, SpawnError>,
-    ) -> Result<(Identity, Spawned, String), StepFailure> {
+    ) -> Result<(Launched, String), StepFailure> {
         let spec = &self.spec;
         spec.check_binary()
             .map_err(|m| StepFailure::new(Code::BinaryNotFound, format!("observer.binary {m}")))?;
@@ -269,10 +263,11 @@ impl StartObserver {
         let command = run.display();
         ctx.progress(format!("starting: {command}")).await;
         let registry = self.deps.registry.clone();
-        let (launcher, spawned) = launch::spawn_guarded(run, move || registry.shutting_down())
+        let reaper = registry.reaper().clone();
+        let launched = launch::start(run, &self.mode(), &reaper, move || registry.shutting_down())
             .await
             .map_err(|e| self.failed(e))?;
-        Ok((launcher, spawned, command))
+        Ok((launched, command))
     }
 
     /// Succeeds once the server has survived `start_settle` (a bad flag or a
@@ -287,14 +282,21 @@ impl StartObserver {
     ) -> Result<(), StepFailure> {
         let settle = self.deps.policy.start_settle;
         let port = self.spec.mysql_port;
-        ctx.progress(format!(
-            "observer running (pid {}); watching it for {} or until it listens on port {port}",
-            server.pid,
-            humantime::format_duration(settle)
-        ))
+        ctx.stage(
+            stage::SERVER_ALIVE,
+            format!(
+                "observer running (pid {}); watching it for {} or until it listens on port {port}",
+                server.pid,
+                humantime::format_duration(settle)
+            ),
+        )
         .await;
         let died = || async {
-            let exit = launch::exit_of(self.deps.registry.reaper(), server.pid).await;
+            let reaper = self.deps.registry.reaper();
+            let exit = match launch::exit_of(reaper, server.pid).await {
+                Some(_) => reaper.exit_of_process(&server),
+                None => None,
+            };
             // GetObserver shows how it ended, as for any observer obhostd ran.
             self.deps.registry.started(ObserverRecord {
                 identity: None,
@@ -302,15 +304,17 @@ impl StartObserver {
                     pid: server.pid,
                     code: None,
                     signal: None,
+                    core_dumped: false,
                     at: std::time::SystemTime::now(),
+                    start_ticks: Some(server.start_ticks),
                 })),
                 ..record.clone()
             });
-            let during = "right after it started";
             self.failed(LaunchError::Died(Died {
                 pid: server.pid,
                 exit,
-                during,
+                during: "right after it started",
+                started: server.start_time(),
             }))
         };
         let Ok(handle) = Handle::open(server) else {
@@ -319,7 +323,10 @@ impl StartObserver {
         tokio::select! {
             () = handle.exited() => Err(died().await),
             () = tokio::time::sleep(settle) => Ok(()),
-            () = listening(port, server.pid) => Ok(()),
+            () = listening(port, server.pid) => {
+                ctx.stage(stage::MYSQL_LISTENING, format!("observer (pid {}) listens on MySQL port {port}", server.pid)).await;
+                Ok(())
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use super::Engine;
 use crate::steps::model::{StepError, StepRecord, StepState, codes, truncated};
-use crate::steps::task::{StepContext, StepFailure, StepResult, StepTask};
+use crate::steps::task::{STAGE, STAGE_SINCE, StepContext, StepFailure, StepResult, StepTask};
 
 /// What a driver needs to know of the attempt it runs.
 struct Run {
@@ -301,16 +301,38 @@ fn apply_outcome(r: &mut StepRecord, outcome: Outcome) {
         }
         Outcome::TimedOut => {
             let timeout = humantime::format_duration(r.spec.timeout);
+            let held = held_stage(&r.outputs);
             let message = format!(
-                "step did not finish within its timeout of {timeout}; last: {}. \
+                "step did not finish within its timeout of {timeout}; {}last: {}. \
                  Give a longer meta.timeout, or fix what it waited for and RetryStep",
+                held.as_ref()
+                    .map(|(stage, held)| format!("held at stage {stage} for {held}; "))
+                    .unwrap_or_default(),
                 r.message
             );
+            let mut error = StepError::new(codes::DEADLINE_EXCEEDED, message.clone());
+            if let Some((stage, _)) = held {
+                error.details.insert(STAGE.to_string(), stage);
+            }
             r.state = StepState::TimedOut;
-            r.error = Some(StepError::new(codes::DEADLINE_EXCEEDED, message.clone()));
+            r.error = Some(error);
             r.message = message;
         }
     }
+}
+
+/// The stage a step was in when it timed out, and how long it had been there
+/// (to the second): what the orchestrator needs to tell a start that was
+/// still moving from one stuck in one place.
+fn held_stage(outputs: &BTreeMap<String, String>) -> Option<(String, String)> {
+    let stage = outputs.get(STAGE)?.clone();
+    let held = outputs
+        .get(STAGE_SINCE)
+        .and_then(|s| humantime::parse_rfc3339(s).ok())
+        .and_then(|since| SystemTime::now().duration_since(since).ok())
+        .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+        .unwrap_or_else(|| "an unknown time".into());
+    Some((stage, held))
 }
 
 /// A panic's message, as far as it is text.

@@ -36,7 +36,7 @@ pub use outbox::Outgoing;
 
 use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
 use super::store::{DEFAULT_CACHE_BYTES, Loaded, PageLimit, Store, StoreError, Write};
-use super::task::{BoxFuture, StepSink, TaskFactory, Update};
+use super::task::{BoxFuture, STAGE, STAGE_SINCE, StepSink, TaskFactory, Update};
 use super::watch::{Watch, WatchSlot};
 
 #[derive(Debug, Clone)]
@@ -757,6 +757,24 @@ impl Engine {
                     tracing::debug!(step = id, attempt, key = %k, value = %v, "step output");
                 }
                 r.outputs.insert(k, v);
+                changed
+            }
+            Update::Stage { name, detail } => {
+                // Within a stage only the detail moves: the stage keeps the
+                // time it was first reached.
+                let same = r.outputs.get(STAGE) == Some(&name);
+                let since = match r.outputs.get(STAGE_SINCE) {
+                    Some(since) if same => since.clone(),
+                    _ => humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                };
+                let message = format!("{detail} (stage {name} since {since})");
+                let changed = !same || r.message != message;
+                if !same {
+                    tracing::debug!(step = id, attempt, stage = %name, detail = %detail, "step stage");
+                }
+                r.outputs.insert(STAGE.to_string(), name);
+                r.outputs.insert(STAGE_SINCE.to_string(), since);
+                r.message = message;
                 changed
             }
         })

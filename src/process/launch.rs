@@ -298,7 +298,12 @@ impl Follow {
             {
                 self.launcher_exit = Some(exit);
                 if exit.code != Some(0) {
-                    return Err(self.died(self.launcher, reaper, "while daemonizing"));
+                    return Err(LaunchError::Died(Died {
+                        pid: exit.pid,
+                        exit: Some(exit),
+                        during: "while daemonizing",
+                        started: self.launcher.start_time(),
+                    }));
                 }
                 return Ok(Event::LauncherExited(exit));
             }

@@ -121,14 +121,13 @@ impl Reaper {
             // is still in /proc, and the exit is recorded with it, so that it
             // is never mistaken for the exit of a later process of that pid.
             let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-            let start_ticks = match waitid(Id::All, peek) {
-                Ok(status) => status
-                    .pid()
-                    .and_then(|p| identity::stat(p.as_raw()))
-                    .map(|s| s.start_ticks),
-                Err(_) => None,
-            };
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            let peeked = waitid(Id::All, peek).ok().and_then(|s| s.pid());
+            let start_ticks = peeked
+                .and_then(|p| identity::stat(p.as_raw()))
+                .map(|s| s.start_ticks);
+            // Reap the very child peeked at, so the start time is its own.
+            let which = peeked.unwrap_or(Pid::from_raw(-1));
+            match waitpid(which, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
                     self.record(pid.as_raw(), Some(code), None, false, start_ticks)
                 }

@@ -18,14 +18,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Deps, fail_with_log};
+use super::{Deps, fail_with_log, stage};
+use crate::observer::ObserverRecord;
 use crate::observer::locate::{self, Found, Target};
 use crate::observer::spec::{self, Policy, SpecError};
 use crate::probe::{
     self,
     mysql::{self, Credentials, ProbeError},
 };
-use crate::process::{Handle, Identity, launch};
+use crate::process::{Exit, Handle, Identity, inspect, launch};
 use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepSuccess, StepTask};
@@ -109,35 +110,90 @@ const PASSWORD_PAUSE: Duration = Duration::from_millis(200);
 impl WaitObserverActive {
     async fn wait(self: Box<Self>, ctx: StepContext) -> StepResult {
         let id = self.observer().await?;
-        let handle = Handle::open(id).map_err(|_| {
-            fail_with_log(
-                Code::ProcessExited,
-                format!("the observer (pid {}) exited before the wait began", id.pid),
-                &self.params.home_path,
-            )
-        })?;
+        let Ok(handle) = Handle::open(id) else {
+            return Err(self.exited(id).await);
+        };
+        ctx.stage(
+            stage::SERVER_ALIVE,
+            format!("observer running (pid {}); waiting for its ports", id.pid),
+        )
+        .await;
         tokio::select! {
             () = self.until_active(&ctx, id.pid) => Ok(self.success(id.pid)),
-            () = handle.exited() => Err(self.exited(id.pid).await),
+            () = handle.exited() => Err(self.exited(id).await),
         }
     }
 
-    /// The observer that must become active: it must run already.
+    /// The observer that must become active: it must run already. One that
+    /// obhostd started and that has died since is reported as that death (how
+    /// it ended, its log), never as "start it first": it was started.
     async fn observer(&self) -> Result<Identity, StepFailure> {
         let p = &self.params;
         let registry = self.deps.registry.clone();
         let target = Target::for_home(&p.home_path, &registry);
-        match locate::find_async(target, registry).await {
+        match locate::find_async(target, registry.clone()).await {
             Found::Running(id) => Ok(id),
-            Found::Stale(_) | Found::NotRunning => Err(fail_with_log(
-                Code::ProcessNotRunning,
-                format!(
-                    "no observer is running for home_path '{}'; start it (StartObserver) before waiting for it",
-                    p.home_path.display()
-                ),
-                &p.home_path,
-            )),
+            Found::Stale(_) | Found::NotRunning => {
+                if let Some(record) = registry.get(&p.home_path) {
+                    let exit = match record.identity {
+                        // Died a moment ago: the registry has yet to hear.
+                        Some(id) if !id.is_alive() => {
+                            Some(self.exit_of(id).await.unwrap_or(Exit {
+                                pid: id.pid,
+                                code: None,
+                                signal: None,
+                                core_dumped: false,
+                                at: std::time::SystemTime::now(),
+                                start_ticks: Some(id.start_ticks),
+                            }))
+                        }
+                        Some(_) => None,
+                        None => record.last_exit,
+                    };
+                    if let Some(exit) = exit {
+                        return Err(self.ended(&record, exit));
+                    }
+                }
+                Err(fail_with_log(
+                    Code::ProcessNotRunning,
+                    format!(
+                        "no observer is running for home_path '{}'; start it (StartObserver) before waiting for it",
+                        p.home_path.display()
+                    ),
+                    &p.home_path,
+                ))
+            }
         }
+    }
+
+    /// The observer obhostd last started here has ended: PROCESS_EXITED with
+    /// how, when, and the step that started it.
+    fn ended(&self, record: &ObserverRecord, exit: Exit) -> StepFailure {
+        let at = humantime::format_rfc3339_seconds(exit.at);
+        let mut f = fail_with_log(
+            Code::ProcessExited,
+            format!(
+                "the observer obhostd started for '{}' (pid {}, by step '{}') {} at {at}, before this wait began; its log is in log_tail. Fix what it reports, then start it again (StartObserver)",
+                record.home_path.display(),
+                exit.pid,
+                record.started_by,
+                exit.describe(),
+            ),
+            &self.params.home_path,
+        );
+        f.error.details = launch::exit_details(exit.pid, Some(exit));
+        let started = exit.start_ticks.and_then(|t| {
+            Identity {
+                pid: exit.pid,
+                start_ticks: t,
+                boot: record.identity.map(|i| i.boot).unwrap_or_default(),
+            }
+            .start_time()
+        });
+        if let Some(lived) = launch::lived(started, Some(exit)) {
+            f.error.details.insert("lived".into(), lived);
+        }
+        f
     }
 
     /// Returns once the observer answers (and, with a user, logs in and the
@@ -157,10 +213,22 @@ impl WaitObserverActive {
                 password: password.as_deref().unwrap_or(""),
                 sql: &p.sql,
             });
-            match mysql::probe(p.mysql_port, pid, creds.as_ref()).await {
+            let result = mysql::probe(p.mysql_port, pid, creds.as_ref()).await;
+            if let Some(reached) = reached(&result, creds.is_some()) {
+                let detail = match &result {
+                    Ok(()) => format!("observer (pid {pid}) answered on port {}", p.mysql_port),
+                    Err(e) => e.to_string(),
+                };
+                ctx.stage(reached, detail).await;
+            }
+            match result {
                 Ok(()) => return,
                 Err(e @ ProbeError::NotListening(_)) => {
-                    ctx.progress(e.to_string()).await;
+                    if self.rpc_listening(pid).await {
+                        ctx.stage(stage::RPC_LISTENING, e.to_string()).await;
+                    } else {
+                        ctx.progress(e.to_string()).await;
+                    }
                     if was_closed {
                         // Something accepts but nothing listens where the probe
                         // looks: do not spin on the socket table.
@@ -180,6 +248,31 @@ impl WaitObserverActive {
         }
     }
 
+    /// Whether the observer listens on its RPC port (known when obhostd
+    /// started it): the stage before MySQL, which comes up last.
+    async fn rpc_listening(&self, pid: i32) -> bool {
+        let Some(port) = self
+            .deps
+            .registry
+            .get(&self.params.home_path)
+            .map(|r| r.rpc_port)
+            .filter(|p| *p != self.params.mysql_port && *p != 0)
+        else {
+            return false;
+        };
+        if probe::connect_loopback(port).await.is_err() {
+            return false;
+        }
+        tokio::task::spawn_blocking(move || {
+            matches!(
+                inspect::loopback_port_owner(port, pid),
+                inspect::PortOwner::Only
+            )
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// `Some(None)`: no password needed; `None`: needed but not in memory (a
     /// resumed wait), so the step says so and waits for the caller to resend.
     async fn password(&self, ctx: &StepContext) -> Option<Option<String>> {
@@ -196,17 +289,32 @@ impl WaitObserverActive {
         pw.map(Some)
     }
 
-    async fn exited(&self, pid: i32) -> StepFailure {
-        let exit = launch::exit_of(self.deps.registry.reaper(), pid).await;
+    /// How the observer `id` ended, if obhostd reaped it (within a moment
+    /// of its death).
+    async fn exit_of(&self, id: Identity) -> Option<Exit> {
+        let reaper = self.deps.registry.reaper();
+        launch::exit_of(reaper, id.pid).await?;
+        reaper.exit_of_process(&id)
+    }
+
+    async fn exited(&self, id: Identity) -> StepFailure {
+        let exit = self.exit_of(id).await;
         let mut f = fail_with_log(
             Code::ProcessExited,
             format!(
-                "the observer (pid {pid}) {} while waiting for it to become active",
+                "the observer (pid {}) {} while waiting for it to become active",
+                id.pid,
                 launch::describe(exit)
             ),
             &self.params.home_path,
         );
-        f.error.details = launch::exit_details(pid, exit);
+        f.error.details = launch::Died {
+            pid: id.pid,
+            exit,
+            during: "",
+            started: id.start_time(),
+        }
+        .details();
         f
     }
 
@@ -228,6 +336,19 @@ impl WaitObserverActive {
         };
         success.outputs.insert("pid".into(), pid.to_string());
         success
+    }
+}
+
+/// The furthest stage a probe's outcome shows: an error names the step it
+/// stopped at, so the one before it was reached.
+fn reached(result: &Result<(), ProbeError>, login: bool) -> Option<&'static str> {
+    match result {
+        Ok(()) if login => Some(stage::QUERY),
+        Ok(()) => Some(stage::HANDSHAKE),
+        Err(ProbeError::NotListening(_) | ProbeError::NotTheObserver { .. }) => None,
+        Err(ProbeError::NoHandshake { .. }) => Some(stage::MYSQL_LISTENING),
+        Err(ProbeError::LoginRefused { .. }) => Some(stage::HANDSHAKE),
+        Err(ProbeError::QueryFailed(_) | ProbeError::NoRows) => Some(stage::LOGIN),
     }
 }
 

@@ -267,3 +267,181 @@ async fn pid_file_names_a_dead_pid() {
     }
     assert!(!alive(launcher), "the launcher was stopped");
 }
+
+/// A start held in one stage past its deadline says which stage, and how
+/// long it was held there.
+#[tokio::test]
+async fn a_timeout_names_the_stage_it_was_held_in() {
+    let d = Daemon::start();
+    let home = Home::new();
+    // The server lives on but never writes its pid file.
+    let spec = script(&home, "( exec sleep 30 & )\nexit 0");
+    d.client()
+        .await
+        .start_observer(pb::StartObserverRequest {
+            meta: Some(pb::StepMeta {
+                timeout: Some(secs(1.5)),
+                ..meta("held")
+            }),
+            observer: Some(spec),
+        })
+        .await
+        .unwrap();
+    let s = wait_for(&d, "held", Duration::from_secs(20), is_terminal).await;
+    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    let e = error(&s);
+    assert_eq!(e.details["stage"], "launcher_exited", "{e:#?}");
+    assert!(
+        e.message.contains("held at stage launcher_exited for 1s"),
+        "{e:#?}"
+    );
+    assert_eq!(s.outputs["stage"], "launcher_exited");
+    assert!(s.outputs.contains_key("stage_since"));
+}
+
+/// Every change of a step, as a WatchSteps client sees it: the stages of
+/// StartObserver and WaitObserverActive arrive in their order.
+#[tokio::test]
+async fn stages_are_seen_in_order_by_a_watcher() {
+    use tokio_stream::StreamExt;
+    const ORDER: [&str; 9] = [
+        "launched",
+        "launcher_exited",
+        "pid_file",
+        "server_alive",
+        "rpc_listening",
+        "mysql_listening",
+        "handshake",
+        "login",
+        "query",
+    ];
+    let d = Daemon::start();
+    let home = Home::new();
+    let mut stream = d
+        .client()
+        .await
+        .watch_steps(pb::WatchStepsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    start_ok(&d, "st-start", home.spec()).await;
+    d.client()
+        .await
+        .wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: Some(meta("st-wait")),
+            home_path: home.path().display().to_string(),
+            mysql_port: home.mysql_port as u32,
+            user: "root".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let s = wait_terminal(&d, "st-wait").await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+    {
+        let step = msg.step.unwrap();
+        if let Some(stage) = step.outputs.get("stage") {
+            let stages = seen.entry(step.id.clone()).or_default();
+            if stages.last() != Some(stage) {
+                stages.push(stage.clone());
+            }
+            if step.state() == pb::StepState::Running {
+                assert!(
+                    step.message.contains(&format!("(stage {stage} since ")),
+                    "the message names the stage: {step:#?}"
+                );
+            }
+        }
+    }
+    for (id, must) in [
+        ("st-start", &["launched", "server_alive"][..]),
+        (
+            "st-wait",
+            &["server_alive", "handshake", "login", "query"][..],
+        ),
+    ] {
+        let stages = &seen[id];
+        let at: Vec<usize> = stages
+            .iter()
+            .map(|s| ORDER.iter().position(|o| o == s).expect("a known stage"))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{id}: {stages:?}");
+        for m in must {
+            assert!(
+                stages.iter().any(|s| s == m),
+                "{id} reached {m}: {stages:?}"
+            );
+        }
+    }
+}
+
+/// The real kernel whose MySQL port is taken: it daemonizes, writes its pid
+/// file and fails about a second later. Start then Wait: the failing step is
+/// FAILED within 5 s of seekdb's exit, with its exit code and its own ERROR
+/// lines and error code.
+#[tokio::test]
+async fn seekdb_whose_port_is_taken_fails_with_its_own_words() {
+    let Some(seekdb) = seekdb() else { return };
+    let d = Daemon::start();
+    let home = Home::new();
+    install_seekdb(&home, &seekdb);
+    let taken = std::net::TcpListener::bind(("127.0.0.1", home.mysql_port)).unwrap();
+    start_observer(&d, "sdb-taken", seekdb_spec(&home))
+        .await
+        .unwrap();
+    let start = wait_for(&d, "sdb-taken", Duration::from_secs(60), is_terminal).await;
+    let failed = if start.state() == pb::StepState::Failed {
+        start
+    } else {
+        assert_eq!(start.state(), pb::StepState::Succeeded, "{start:#?}");
+        d.client()
+            .await
+            .wait_observer_active(pb::WaitObserverActiveRequest {
+                meta: Some(meta("sdb-taken-wait")),
+                home_path: home.path().display().to_string(),
+                mysql_port: home.mysql_port as u32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        wait_for(&d, "sdb-taken-wait", Duration::from_secs(60), is_terminal).await
+    };
+    drop(taken);
+    assert_eq!(failed.state(), pb::StepState::Failed, "{failed:#?}");
+    let e = error(&failed);
+    assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
+    assert_eq!(
+        e.details.get("exit_code").map(String::as_str),
+        Some("1"),
+        "{e:#?}"
+    );
+    assert!(
+        e.log_tail.iter().any(|l| l.contains(" ERROR ")),
+        "seekdb's own ERROR lines: {e:#?}"
+    );
+    assert!(e.details.contains_key("ob_errcode"), "{e:#?}");
+    let o = get_observer(&d, home.path()).await;
+    let exit = o.last_exit.expect("GetObserver shows how it ended");
+    let t = exit.at.unwrap();
+    let died = SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32);
+    let t = failed.finished_at.clone().unwrap();
+    let finished = SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32);
+    let after = finished.duration_since(died).unwrap_or_default();
+    assert!(
+        after < Duration::from_secs(5),
+        "FAILED {after:?} after seekdb died"
+    );
+}
+
+/// A failure carries the last stage the start reached.
+#[tokio::test]
+async fn a_failure_names_the_last_stage_reached() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let spec = script(&home, &format!("{DIED}\nexit 7"));
+    let s = fails_at_once(&d, &home, "staged-fail", spec).await;
+    assert_eq!(error(&s).details["stage"], "launched", "{s:#?}");
+}

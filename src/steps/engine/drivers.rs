@@ -277,10 +277,18 @@ fn apply_outcome(r: &mut StepRecord, outcome: Outcome) {
             r.checks = success.checks;
         }
         Outcome::Done(Err(StepFailure {
-            error,
+            mut error,
             outputs,
             checks,
         })) => {
+            // The last stage reached is part of every failure of a staged
+            // step: how far it got is half of why it failed.
+            if let Some(stage) = r.outputs.get(STAGE) {
+                error
+                    .details
+                    .entry(STAGE.to_string())
+                    .or_insert_with(|| stage.clone());
+            }
             r.state = StepState::Failed;
             r.message = error.message.clone();
             r.error = Some(error);

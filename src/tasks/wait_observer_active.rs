@@ -203,6 +203,8 @@ impl WaitObserverActive {
         let p = &self.params;
         let mut retry = RETRY_FIRST;
         let mut was_closed = false;
+        // The furthest of PROBED reached so far.
+        let mut at: Option<usize> = None;
         loop {
             let Some(password) = self.password(ctx).await else {
                 tokio::time::sleep(PASSWORD_PAUSE).await;
@@ -219,7 +221,16 @@ impl WaitObserverActive {
                     Ok(()) => format!("observer (pid {pid}) answered on port {}", p.mysql_port),
                     Err(e) => e.to_string(),
                 };
-                ctx.stage(reached, detail).await;
+                // One probe may pass several stages at once (a ready observer
+                // greets, logs in and answers in a millisecond): each is
+                // still reported, in order, so every watcher sees the same
+                // sequence however fast the observer is.
+                let to = PROBED.iter().position(|s| *s == reached).unwrap_or(0);
+                let from = at.map_or(0, |a| a + 1).min(to);
+                for s in &PROBED[from..=to] {
+                    ctx.stage(s, detail.clone()).await;
+                }
+                at = Some(at.map_or(to, |a| a.max(to)));
             }
             match result {
                 Ok(()) => return,
@@ -338,6 +349,14 @@ impl WaitObserverActive {
         success
     }
 }
+
+/// The stages a MySQL probe passes through, in order.
+const PROBED: [&str; 4] = [
+    stage::MYSQL_LISTENING,
+    stage::HANDSHAKE,
+    stage::LOGIN,
+    stage::QUERY,
+];
 
 /// The furthest stage a probe's outcome shows: an error names the step it
 /// stopped at, so the one before it was reached.

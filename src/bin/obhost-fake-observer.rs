@@ -35,6 +35,11 @@
 //! - `FAKE_OBSERVER_IGNORE_SIGTERM=1`: log SIGTERM and carry on.
 //! - `FAKE_OBSERVER_DIE_OF_SIGKILL_ON_TERM=1`: on SIGTERM, SIGKILL itself (as the real
 //!   observer does).
+//! - `FAKE_OBSERVER_ALLOC_MIB=<n>`: once the server runs (after daemonizing and writing
+//!   its pid file; at once with `-N`), allocate n MiB, write to every page so it is
+//!   really resident, and keep it while running. In a memory cgroup with a smaller limit
+//!   the kernel's OOM killer kills it, as it kills an observer whose memory_limit does
+//!   not fit.
 //!
 //! SIGTERM/SIGINT otherwise: log, remove the pid file (if it still holds our pid), exit 0.
 
@@ -228,6 +233,7 @@ fn main() {
         }
         log(&format!("wrote pid file {}", path.display()));
     }
+    let _held = env_num::<usize>("FAKE_OBSERVER_ALLOC_MIB").map(hold_memory);
     println!(
         "fake observer: server pid {}, mysql port {}",
         getpid(),
@@ -249,6 +255,24 @@ fn main() {
     }
     log(&format!("exiting with code {code}"));
     exit(code)
+}
+
+/// Allocates `mib` MiB and writes one byte in every page, so the memory is
+/// resident (an untouched allocation is only address space, which no limit sees).
+fn hold_memory(mib: usize) -> Vec<u8> {
+    log(&format!(
+        "allocating {mib} MiB as asked (FAKE_OBSERVER_ALLOC_MIB)"
+    ));
+    let Some(bytes) = mib.checked_mul(1 << 20) else {
+        die(2, &format!("FAKE_OBSERVER_ALLOC_MIB={mib} is too large"));
+    };
+    let mut mem = vec![0u8; bytes];
+    for page in mem.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&mem);
+    log(&format!("holding {mib} MiB"));
+    mem
 }
 
 /// The launcher: exits 0 once the child's pid is in the pid file, 1 if the child died first.

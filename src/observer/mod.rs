@@ -3,6 +3,7 @@
 //! the OS work itself goes through `process`.
 
 pub mod command;
+pub mod diagnosis;
 pub mod locate;
 pub mod registry;
 pub mod spec;

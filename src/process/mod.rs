@@ -11,6 +11,7 @@ pub mod control;
 pub mod identity;
 pub mod inspect;
 pub mod launch;
+pub mod oom;
 pub mod pidfile;
 pub mod reaper;
 pub mod sockdiag;

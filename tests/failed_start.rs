@@ -57,7 +57,7 @@ async fn fails_at_once(d: &Daemon, home: &Home, id: &str, spec: pb::ObserverSpec
     let s = wait_for(d, id, Duration::from_secs(70), is_terminal).await;
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
     let died = died_at(home.path()).expect("the script recorded its death");
-    let t = s.finished_at.clone().unwrap();
+    let t = s.finished_at.unwrap();
     let finished = SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32);
     let after = finished.duration_since(died).unwrap_or_default();
     assert!(
@@ -427,7 +427,7 @@ async fn seekdb_whose_port_is_taken_fails_with_its_own_words() {
     let exit = o.last_exit.expect("GetObserver shows how it ended");
     let t = exit.at.unwrap();
     let died = SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32);
-    let t = failed.finished_at.clone().unwrap();
+    let t = failed.finished_at.unwrap();
     let finished = SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32);
     let after = finished.duration_since(died).unwrap_or_default();
     assert!(

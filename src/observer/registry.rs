@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::diagnosis::LogMark;
 use crate::process::{Exit, Handle, Identity, Reaper, pidfile};
 use crate::steps::Committer;
 use crate::steps::store::{Store, Write};
@@ -43,6 +44,10 @@ pub struct ObserverRecord {
     pub command: Vec<String>,
     pub started_by: String,
     pub last_exit: Option<Exit>,
+    /// Where the observer's logs stood when obhostd started it: a report of
+    /// its death shows only what this run wrote.
+    #[serde(default)]
+    pub log_mark: LogMark,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +304,7 @@ mod tests {
             command: vec!["observer".into()],
             started_by: "s1".into(),
             last_exit: None,
+            log_mark: LogMark::default(),
         }
     }
 

@@ -116,6 +116,11 @@ impl Identity {
         })
     }
 
+    /// The boot this daemon runs in, as identities record it.
+    pub fn this_boot() -> u128 {
+        current_boot()
+    }
+
     /// True while this very process is alive.
     pub fn is_alive(&self) -> bool {
         Identity::of(self.pid).is_some_and(|now| now == *self)

@@ -46,8 +46,9 @@ pub struct Died {
     pub exit: Option<Exit>,
     /// When it happened, for the message ("while daemonizing").
     pub during: &'static str,
-    /// When it started, for how long it lived.
-    pub started: Option<SystemTime>,
+    /// Which process it was, when known: for how long it lived, and to ask
+    /// the kernel's log whether the OOM killer ended it.
+    pub id: Option<Identity>,
 }
 
 impl Died {
@@ -60,7 +61,7 @@ impl Died {
     /// error's details.
     pub fn details(&self) -> BTreeMap<String, String> {
         let mut d = exit_details(self.pid, self.exit);
-        if let Some(lived) = lived(self.started, self.exit) {
+        if let Some(lived) = lived(self.id.and_then(|i| i.start_time()), self.exit) {
             d.insert("lived".into(), lived);
         }
         d
@@ -302,7 +303,7 @@ impl Follow {
                         pid: exit.pid,
                         exit: Some(exit),
                         during: "while daemonizing",
-                        started: self.launcher.start_time(),
+                        id: Some(self.launcher),
                     }));
                 }
                 return Ok(Event::LauncherExited(exit));
@@ -397,7 +398,7 @@ impl Follow {
             pid: id.pid,
             exit,
             during,
-            started: id.start_time(),
+            id: Some(id),
         })
     }
 
@@ -415,13 +416,12 @@ impl Follow {
                 // Never seen alive by the census (it lived between two looks),
                 // but obhostd may have reaped it: then the exit says who it was.
                 let exit = reaper.exit_of(pid).filter(|e| e.at >= self.started_at());
-                let started = exit.and_then(|e| {
-                    let ticks = e.start_ticks?;
-                    Identity {
-                        start_ticks: ticks,
-                        ..self.launcher
-                    }
-                    .start_time()
+                let id = exit.and_then(|e| {
+                    Some(Identity {
+                        pid,
+                        start_ticks: e.start_ticks?,
+                        boot: self.launcher.boot,
+                    })
                 });
                 LaunchError::Died(Died {
                     pid,
@@ -430,7 +430,7 @@ impl Follow {
                         Some(_) => "after it wrote its pid file",
                         None => "(named by the pid file) is not running",
                     },
-                    started,
+                    id,
                 })
             }
         }
@@ -511,7 +511,7 @@ mod tests {
             pid: 42,
             exit: None,
             during: "while daemonizing",
-            started: None,
+            id: None,
         };
         assert_eq!(
             LaunchError::Died(died).to_string(),

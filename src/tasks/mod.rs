@@ -7,9 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::observer::diagnosis::{self, LogMark};
 use crate::observer::{ObserverSpec, Policy, Registry};
-use crate::process::Identity;
 use crate::process::launch::{Accept, Event, LaunchError, Launched};
+use crate::process::{Exit, Identity};
 use crate::steps::model::codes::Code;
 use crate::steps::{Secrets, StepContext, StepFailure, StepKind, StepTask, TaskFactory};
 
@@ -51,22 +52,24 @@ pub(crate) fn fail_with_log(code: Code, message: String, home: &Path) -> StepFai
 }
 
 /// How a launch that failed after the spawn reads as a step failure, the same
-/// for the observer and the agent: PROCESS_EXITED with the exit details when
-/// the process died, else what went wrong. `what` names the program ("the
-/// observer"), `log_tail` is its output.
-pub(crate) fn launch_failed(e: LaunchError, what: &str, log_tail: Vec<String>) -> StepFailure {
+/// for the observer and the agent: PROCESS_EXITED with the exit details (and
+/// whether the kernel's OOM killer did it) when the process died, else what
+/// went wrong. `what` names the program ("the observer"), `log_tail` is its
+/// output.
+pub(crate) async fn launch_failed(
+    e: LaunchError,
+    what: &str,
+    log_tail: Vec<String>,
+) -> StepFailure {
     let mut f = match &e {
         LaunchError::Died(died) => {
             let mut f = StepFailure::new(
                 Code::ProcessExited,
-                format!(
-                    "{what} (pid {}) {} {}; its output is in log_tail",
-                    died.pid,
-                    died.how(),
-                    died.during
-                ),
+                format!("{what} (pid {}) {} {}", died.pid, died.how(), died.during),
             );
             f.error.details = died.details();
+            oom(&mut f, died.id, died.exit).await;
+            f.error.message.push_str("; its output is in log_tail");
             f
         }
         LaunchError::Spawn(_) => StepFailure::new(Code::SpawnFailed, e.to_string()),
@@ -75,6 +78,57 @@ pub(crate) fn launch_failed(e: LaunchError, what: &str, log_tail: Vec<String>) -
     };
     f.error.log_tail = log_tail;
     f
+}
+
+/// Adds to a failure whether the kernel's OOM killer ended the process
+/// (`details.oom_killed`), when a SIGKILL ended it and the kernel's log can
+/// tell: a SIGKILL from nobody in particular and one from the kernel for want
+/// of memory call for different fixes.
+pub(crate) async fn oom(f: &mut StepFailure, id: Option<Identity>, exit: Option<Exit>) {
+    let (
+        Some(id),
+        Some(Exit {
+            signal: Some(9), ..
+        }),
+    ) = (id, exit)
+    else {
+        return;
+    };
+    let killed = tokio::task::spawn_blocking(move || crate::process::oom::oom_killed(&id))
+        .await
+        .ok()
+        .flatten();
+    let Some(killed) = killed else {
+        return;
+    };
+    f.error
+        .details
+        .insert("oom_killed".into(), killed.to_string());
+    if killed {
+        f.error.message.push_str(
+            ": the kernel's OOM killer ended it for want of memory (give the host or its cgroup more memory, or lower the observer's memory_limit)",
+        );
+    }
+}
+
+/// What the observer's own logs say about its end, since `mark`: its ERROR
+/// lines (then the launcher's output) become `log_tail`, the first OceanBase
+/// error code `details.ob_errcode`, and a known code's meaning and fix end
+/// the message.
+pub(crate) async fn explain(f: &mut StepFailure, home: &Path, mark: &LogMark) {
+    let (home, mark) = (home.to_path_buf(), mark.clone());
+    let d = tokio::task::spawn_blocking(move || diagnosis::diagnose(&home, &mark))
+        .await
+        .unwrap_or_default();
+    f.error.log_tail = d.lines;
+    if let Some(code) = d.ob_errcode {
+        let said = match d.hint {
+            Some(hint) => format!("; the observer's log reports {hint}"),
+            None => format!("; the observer's log reports error code {code}"),
+        };
+        f.error.message.push_str(&said);
+        f.error.details.insert("ob_errcode".into(), code);
+    }
 }
 
 /// Follows a launch to its server, recording each stage as it is reached
@@ -86,13 +140,12 @@ pub(crate) async fn follow_launch(
     launched: &mut Launched,
     accept: &Accept,
     pid_file: Option<&Path>,
-    fail: impl Fn(LaunchError) -> StepFailure,
-) -> Result<Identity, StepFailure> {
+) -> Result<Identity, LaunchError> {
     let file = pid_file
         .map(|p| format!("'{}'", p.display()))
         .unwrap_or_else(|| "the pid file".into());
     loop {
-        match launched.next(accept).await.map_err(&fail)? {
+        match launched.next(accept).await? {
             Event::LauncherExited(_) => {
                 let pid = launched.launcher.pid;
                 ctx.stage(

@@ -240,27 +240,34 @@ impl StartAgentService {
         ctx.progress(format!("starting: {}", spec.display())).await;
         let registry = self.deps.registry.clone();
         let reaper = registry.reaper().clone();
-        let mut launched = launch::start(spec, &mode, &reaper, move || registry.shutting_down())
-            .await
-            .map_err(|e| self.failed(e, cmd))?;
+        let started = launch::start(spec, &mode, &reaper, move || registry.shutting_down()).await;
+        let mut launched = match started {
+            Ok(launched) => launched,
+            Err(e) => return Err(self.failed(e, cmd).await),
+        };
         ctx.output("pid", launched.launcher.pid.to_string()).await;
         let ours = cmd.clone();
         let accept: Accept = Arc::new(move |id| Self::running(&ours, uid) == Some(*id));
         let pid_file = (!cmd.foreground)
             .then_some(cmd.pid_file.as_deref())
             .flatten();
-        let server = super::follow_launch(ctx, &mut launched, &accept, pid_file, |e| {
-            self.failed(e, cmd)
-        })
-        .await?;
+        let server = match super::follow_launch(ctx, &mut launched, &accept, pid_file).await {
+            Ok(server) => server,
+            Err(e) => return Err(self.failed(e, cmd).await),
+        };
         Ok((server, Some(launched.spawned)))
     }
 
     /// A launch that failed, with the service's output in log_tail.
-    fn failed(&self, e: LaunchError, cmd: &CommandSpec) -> StepFailure {
-        let uid = RunAs::lookup(&cmd.user).ok().map(|u| u.uid);
-        let tail = crate::confined::tail(&cmd.output_file(), uid, 20);
-        super::launch_failed(e, "the agent service", tail)
+    async fn failed(&self, e: LaunchError, cmd: &CommandSpec) -> StepFailure {
+        let (user, out) = (cmd.user.clone(), cmd.output_file());
+        let tail = tokio::task::spawn_blocking(move || {
+            let uid = RunAs::lookup(&user).ok().map(|u| u.uid);
+            crate::confined::tail(&out, uid, 20)
+        })
+        .await
+        .unwrap_or_default();
+        super::launch_failed(e, "the agent service", tail).await
     }
 
     async fn healthy(
@@ -288,8 +295,8 @@ impl StartAgentService {
                     None => None,
                 };
                 let during = "before it became healthy";
-                let started = id.start_time();
-                Err(self.failed(LaunchError::Died(Died { pid: id.pid, exit, during, started }), cmd))
+                let died = Died { pid: id.pid, exit, during, id: Some(id) };
+                Err(self.failed(LaunchError::Died(died), cmd).await)
             }
         }
     }

@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{Deps, fail_with_log, stage};
+use crate::observer::diagnosis::LogMark;
 use crate::observer::locate::{self, Found, Target};
-use crate::observer::{ObserverRecord, ObserverSpec, SpecError, command, log_tail};
+use crate::observer::{ObserverRecord, ObserverSpec, SpecError, command};
 use crate::probe;
 use crate::process::inspect::{self, PortOwner};
 use crate::process::launch::{self, Accept, Died, LaunchError, Launched};
@@ -119,6 +120,7 @@ impl StartObserver {
             command,
             started_by: step.to_string(),
             last_exit: None,
+            log_mark: LogMark::default(),
         }
     }
 
@@ -133,8 +135,12 @@ impl StartObserver {
         }
     }
 
-    fn failed(&self, e: LaunchError) -> StepFailure {
-        super::launch_failed(e, "observer", log_tail(&self.spec.home_path))
+    /// A launch that failed, explained by what the observer logged since
+    /// `mark` (its ERROR lines and error code, then the launcher's output).
+    async fn failed(&self, e: LaunchError, mark: &LogMark) -> StepFailure {
+        let mut f = super::launch_failed(e, "observer", Vec::new()).await;
+        super::explain(&mut f, &self.spec.home_path, mark).await;
+        f
     }
 
     async fn start(self: Box<Self>, ctx: StepContext) -> StepResult {
@@ -143,7 +149,13 @@ impl StartObserver {
         if let Some(done) = self.found_running(&ctx, uid).await? {
             return Ok(done);
         }
-        let (mut launched, command) = self.spawn(&ctx, user).await?;
+        // Where the logs stand before the spawn: a failure shows only what
+        // this start wrote.
+        let home = self.spec.home_path.clone();
+        let mark = tokio::task::spawn_blocking(move || LogMark::take(&home))
+            .await
+            .unwrap_or_default();
+        let (mut launched, command) = self.spawn(&ctx, user, &mark).await?;
         let launcher = launched.launcher;
         ctx.output("launcher_pid", launcher.pid.to_string()).await;
         ctx.stage(
@@ -156,11 +168,15 @@ impl StartObserver {
         let vouch = registry.clone();
         let accept: Accept = Arc::new(move |id| locate::belongs_to(id, &target, &vouch));
         let pid_file = (!self.spec.foreground).then_some(self.spec.pid_file.as_path());
-        let server =
-            super::follow_launch(&ctx, &mut launched, &accept, pid_file, |e| self.failed(e))
-                .await?;
-        let record = self.record(server, argv(server.pid), ctx.step_id(), uid);
-        self.settle(&ctx, server, &record).await?;
+        let server = match super::follow_launch(&ctx, &mut launched, &accept, pid_file).await {
+            Ok(server) => server,
+            Err(e) => return Err(self.failed(e, &mark).await),
+        };
+        let record = ObserverRecord {
+            log_mark: mark.clone(),
+            ..self.record(server, argv(server.pid), ctx.step_id(), uid)
+        };
+        self.settle(&ctx, server, &record, &mark).await?;
         registry.started(record);
         launched.spawned.keep();
         Ok(success(&server, &command, false, &self.spec))
@@ -234,6 +250,7 @@ impl StartObserver {
         &self,
         ctx: &StepContext,
         user: Result<RunAs, SpawnError>,
+        mark: &LogMark,
     ) -> Result<(Launched, String), StepFailure> {
         let spec = &self.spec;
         spec.check_binary()
@@ -264,9 +281,12 @@ impl StartObserver {
         ctx.progress(format!("starting: {command}")).await;
         let registry = self.deps.registry.clone();
         let reaper = registry.reaper().clone();
-        let launched = launch::start(run, &self.mode(), &reaper, move || registry.shutting_down())
-            .await
-            .map_err(|e| self.failed(e))?;
+        let launched =
+            match launch::start(run, &self.mode(), &reaper, move || registry.shutting_down()).await
+            {
+                Ok(launched) => launched,
+                Err(e) => return Err(self.failed(e, mark).await),
+            };
         Ok((launched, command))
     }
 
@@ -279,6 +299,7 @@ impl StartObserver {
         ctx: &StepContext,
         server: Identity,
         record: &ObserverRecord,
+        mark: &LogMark,
     ) -> Result<(), StepFailure> {
         let settle = self.deps.policy.start_settle;
         let port = self.spec.mysql_port;
@@ -310,12 +331,13 @@ impl StartObserver {
                 })),
                 ..record.clone()
             });
-            self.failed(LaunchError::Died(Died {
+            let died = Died {
                 pid: server.pid,
                 exit,
                 during: "right after it started",
-                started: server.start_time(),
-            }))
+                id: Some(server),
+            };
+            self.failed(LaunchError::Died(died), mark).await
         };
         let Ok(handle) = Handle::open(server) else {
             return Err(died().await);

@@ -151,7 +151,7 @@ impl WaitObserverActive {
                         None => record.last_exit,
                     };
                     if let Some(exit) = exit {
-                        return Err(self.ended(&record, exit));
+                        return Err(self.ended(&record, exit).await);
                     }
                 }
                 Err(fail_with_log(
@@ -168,31 +168,38 @@ impl WaitObserverActive {
 
     /// The observer obhostd last started here has ended: PROCESS_EXITED with
     /// how, when, and the step that started it.
-    fn ended(&self, record: &ObserverRecord, exit: Exit) -> StepFailure {
+    async fn ended(&self, record: &ObserverRecord, exit: Exit) -> StepFailure {
         let at = humantime::format_rfc3339_seconds(exit.at);
-        let mut f = fail_with_log(
+        let mut f = StepFailure::new(
             Code::ProcessExited,
             format!(
-                "the observer obhostd started for '{}' (pid {}, by step '{}') {} at {at}, before this wait began; its log is in log_tail. Fix what it reports, then start it again (StartObserver)",
+                "the observer obhostd started for '{}' (pid {}, by step '{}') {} at {at}, before this wait began",
                 record.home_path.display(),
                 exit.pid,
                 record.started_by,
                 exit.describe(),
             ),
-            &self.params.home_path,
         );
-        f.error.details = launch::exit_details(exit.pid, Some(exit));
-        let started = exit.start_ticks.and_then(|t| {
-            Identity {
-                pid: exit.pid,
-                start_ticks: t,
-                boot: record.identity.map(|i| i.boot).unwrap_or_default(),
-            }
-            .start_time()
+        let id = exit.start_ticks.map(|start_ticks| Identity {
+            pid: exit.pid,
+            start_ticks,
+            boot: record
+                .identity
+                .map(|i| i.boot)
+                .unwrap_or_else(Identity::this_boot),
         });
-        if let Some(lived) = launch::lived(started, Some(exit)) {
-            f.error.details.insert("lived".into(), lived);
+        f.error.details = launch::Died {
+            pid: exit.pid,
+            exit: Some(exit),
+            during: "",
+            id,
         }
+        .details();
+        super::oom(&mut f, id, Some(exit)).await;
+        f.error
+            .message
+            .push_str("; fix what its log (log_tail) reports, then start it again (StartObserver)");
+        super::explain(&mut f, &self.params.home_path, &record.log_mark).await;
         f
     }
 
@@ -310,22 +317,31 @@ impl WaitObserverActive {
 
     async fn exited(&self, id: Identity) -> StepFailure {
         let exit = self.exit_of(id).await;
-        let mut f = fail_with_log(
+        let mut f = StepFailure::new(
             Code::ProcessExited,
             format!(
                 "the observer (pid {}) {} while waiting for it to become active",
                 id.pid,
                 launch::describe(exit)
             ),
-            &self.params.home_path,
         );
         f.error.details = launch::Died {
             pid: id.pid,
             exit,
             during: "",
-            started: id.start_time(),
+            id: Some(id),
         }
         .details();
+        super::oom(&mut f, Some(id), exit).await;
+        f.error.message.push_str("; its log is in log_tail");
+        let mark = self
+            .deps
+            .registry
+            .get(&self.params.home_path)
+            .filter(|r| r.identity == Some(id))
+            .map(|r| r.log_mark)
+            .unwrap_or_default();
+        super::explain(&mut f, &self.params.home_path, &mark).await;
         f
     }
 

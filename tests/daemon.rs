@@ -618,8 +618,11 @@ async fn debug_logs_follow_each_step() {
         progress.iter().any(|m| m.starts_with("sent SIGTERM")),
         "{progress:?}"
     );
-    let refused: Vec<String> = debug("step progress")
+    // A message comes with a stage the first time ("step stage"), as
+    // progress within it after ("step progress").
+    let refused: Vec<String> = events
         .iter()
+        .filter(|e| e["message"] == "step stage" || e["message"] == "step progress")
         .filter(|e| field(e, "step") == "dbg-wait")
         .map(|e| field(e, "detail"))
         .collect();

@@ -7,6 +7,8 @@
 //! /sys/fs/cgroup/unified, else v1 at /sys/fs/cgroup/memory). Without them the
 //! test is skipped with the reason; under `CI` it fails instead.
 
+mod common;
+
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -207,4 +209,50 @@ fn an_oom_kill_is_told_apart_from_a_plain_sigkill() {
     assert_eq!(id, alive);
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert_eq!(oom_killed(&id), Some(false), "{id:?}");
+}
+
+/// Through obhostd: an observer the OOM killer ends while it starts is
+/// reported as such, beside its SIGKILL. Its launcher joins the cgroup before
+/// it execs the stand-in, so the server it forks is born there.
+#[tokio::test]
+async fn an_observer_the_oom_killer_ends_is_reported_oom_killed() {
+    let Some(cg) = memory_cgroup(&format!("obhost-oom-step-{}", std::process::id())) else {
+        return;
+    };
+    let d = common::Daemon::start();
+    let home = common::Home::new();
+    let bin = home.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("observer");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > '{}' || exit 99\nexec '{FAKE_OBSERVER}' \"$@\"\n",
+            cg.dir.join("cgroup.procs").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut spec = home.spec();
+    spec.binary = script.display().to_string();
+    spec.env
+        .insert("FAKE_OBSERVER_ALLOC_MIB".into(), ALLOC_MIB.to_string());
+    spec.env
+        .insert("FAKE_OBSERVER_NEVER_LISTEN".into(), "1".into());
+    common::start_observer(&d, "oom-start", spec).await.unwrap();
+    let s = common::wait_terminal(&d, "oom-start").await;
+    let e = s.error.clone().expect("the start failed");
+    assert_eq!(e.code, "PROCESS_EXITED", "{s:#?}");
+    assert_eq!(
+        e.details.get("signal").map(String::as_str),
+        Some("9"),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e.details.get("oom_killed").map(String::as_str),
+        Some("true"),
+        "{e:#?}"
+    );
+    assert!(e.message.contains("OOM killer"), "{e:#?}");
+    assert!(cgroup_oom_kills(&cg.dir).is_some_and(|n| n >= 1));
 }

@@ -210,8 +210,9 @@ impl WaitObserverActive {
         let p = &self.params;
         let mut retry = RETRY_FIRST;
         let mut was_closed = false;
-        // The furthest of PROBED reached so far.
+        // The furthest of PROBED reached so far, and the step's stage.
         let mut at: Option<usize> = None;
+        let mut current = stage::SERVER_ALIVE;
         loop {
             let Some(password) = self.password(ctx).await else {
                 tokio::time::sleep(PASSWORD_PAUSE).await;
@@ -223,30 +224,34 @@ impl WaitObserverActive {
                 sql: &p.sql,
             });
             let result = mysql::probe(p.mysql_port, pid, creds.as_ref()).await;
-            if let Some(reached) = reached(&result, creds.is_some()) {
-                let detail = match &result {
-                    Ok(()) => format!("observer (pid {pid}) answered on port {}", p.mysql_port),
-                    Err(e) => e.to_string(),
-                };
-                // One probe may pass several stages at once (a ready observer
-                // greets, logs in and answers in a millisecond): each is
-                // still reported, in order, so every watcher sees the same
-                // sequence however fast the observer is.
-                let to = PROBED.iter().position(|s| *s == reached).unwrap_or(0);
-                let from = at.map_or(0, |a| a + 1).min(to);
-                for s in &PROBED[from..=to] {
-                    ctx.stage(s, detail.clone()).await;
+            let detail = match &result {
+                Ok(()) => format!("observer (pid {pid}) answered on port {}", p.mysql_port),
+                Err(e) => e.to_string(),
+            };
+            // One probe may pass several stages at once (a ready observer
+            // greets, logs in and answers in a millisecond): each is still
+            // reported, in order, so every watcher sees the same sequence
+            // however fast the observer is. Only forward: a stage once
+            // reached stays the step's stage, and later messages say why it
+            // has not moved on.
+            if let Some(to) =
+                reached(&result, creds.is_some()).and_then(|r| PROBED.iter().position(|s| *s == r))
+                && at.is_none_or(|a| to > a)
+            {
+                for s in &PROBED[at.map_or(0, |a| a + 1)..to] {
+                    ctx.stage(s, self.passed(s, pid)).await;
                 }
-                at = Some(at.map_or(to, |a| a.max(to)));
+                ctx.stage(PROBED[to], detail.clone()).await;
+                at = Some(to);
+                current = PROBED[to];
             }
             match result {
                 Ok(()) => return,
-                Err(e @ ProbeError::NotListening(_)) => {
-                    if self.rpc_listening(pid).await {
-                        ctx.stage(stage::RPC_LISTENING, e.to_string()).await;
-                    } else {
-                        ctx.progress(e.to_string()).await;
+                Err(ProbeError::NotListening(_)) => {
+                    if current == stage::SERVER_ALIVE && self.rpc_listening(pid).await {
+                        current = stage::RPC_LISTENING;
                     }
+                    ctx.stage(current, detail).await;
                     if was_closed {
                         // Something accepts but nothing listens where the probe
                         // looks: do not spin on the socket table.
@@ -256,13 +261,27 @@ impl WaitObserverActive {
                     was_closed = true;
                     retry = RETRY_FIRST;
                 }
-                Err(e) => {
-                    ctx.progress(e.to_string()).await;
+                Err(_) => {
+                    ctx.stage(current, detail).await;
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(RETRY_MAX);
                     was_closed = false;
                 }
             }
+        }
+    }
+
+    /// What reaching stage `s` meant, for a stage a probe passed on its way
+    /// further (the furthest one gets the probe's own words).
+    fn passed(&self, s: &str, pid: i32) -> String {
+        let port = self.params.mysql_port;
+        match s {
+            stage::MYSQL_LISTENING => format!("observer (pid {pid}) listens on port {port}"),
+            stage::HANDSHAKE => {
+                format!("observer (pid {pid}) sent its MySQL handshake on port {port}")
+            }
+            stage::LOGIN => format!("'{}' logged in on port {port}", self.params.user),
+            other => format!("reached {other}"),
         }
     }
 

@@ -771,6 +771,8 @@ impl Engine {
                 let changed = !same || r.message != message;
                 if !same {
                     tracing::debug!(step = id, attempt, stage = %name, detail = %detail, "step stage");
+                } else if changed {
+                    tracing::debug!(step = id, attempt, detail = %detail, "step progress");
                 }
                 r.outputs.insert(STAGE.to_string(), name);
                 r.outputs.insert(STAGE_SINCE.to_string(), since);

@@ -98,9 +98,19 @@ impl StopObserver {
         let handle = match Handle::open(id) {
             Ok(h) => h,
             Err(_) => {
+                // Died between the look and the stop: say how, when obhostd
+                // collected it (a stop is often what follows a failed start).
+                let exit = crate::process::launch::exit_of(registry.reaper(), id.pid).await;
+                let exit = exit.and(registry.reaper().exit_of_process(&id));
                 outputs.insert("already_stopped".to_string(), "true".to_string());
+                if let Some(e) = exit {
+                    outputs.insert("exit".to_string(), e.describe());
+                }
                 return Ok(StepSuccess {
-                    message: "observer exited on its own".into(),
+                    message: match exit {
+                        Some(e) => format!("observer (pid {}) had exited on its own: it {}", id.pid, e.describe()),
+                        None => "observer exited on its own".into(),
+                    },
                     outputs,
                     checks: Vec::new(),
                 });

@@ -336,6 +336,19 @@ impl HostAgent for Echo {
     ) -> Result<Response<pb::GetHostInfoResponse>, Status> {
         Err(Status::unimplemented("echo"))
     }
+    type TailObserverLogStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<pb::TailObserverLogResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+    async fn tail_observer_log(
+        &self,
+        _r: Request<pb::TailObserverLogRequest>,
+    ) -> Result<Response<Self::TailObserverLogStream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
 }
 
 async fn echo_server(step: pb::Step) -> String {

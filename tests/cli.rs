@@ -311,6 +311,7 @@ fn help_documents_every_option_with_real_defaults() {
         &["start-observer"],
         &["stop-observer"],
         &["observer"],
+        &["observer", "logs"],
         &["host"],
         &["report-sink"],
         &["demo"],

@@ -10,6 +10,7 @@ pub mod listen;
 mod peer;
 mod service;
 mod status;
+mod tail;
 #[cfg(feature = "test-kinds")]
 mod testing;
 mod tls;
@@ -133,7 +134,7 @@ pub async fn serve(
         ],
     );
     let agent = InterceptedService::new(
-        HostAgentServer::new(service::HostAgentService::new(services))
+        HostAgentServer::new(service::HostAgentService::new(services, shutdown.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor.clone(),
     );

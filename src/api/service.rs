@@ -8,12 +8,15 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use super::{audit, convert, status, validate};
+use super::{audit, convert, status, tail, validate};
 use crate::proto::v1 as pb;
 use crate::proto::v1::host_agent_server::HostAgent;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::bounds::quote;
+use crate::observer::log::Tail;
 use crate::observer::spec::checked_path;
 use crate::observer::{ObserverSpec, Policy, Registry};
 use crate::steps::model::validate_id;
@@ -36,15 +39,22 @@ pub struct HostAgentService {
     registry: Arc<Registry>,
     policy: Policy,
     agent: crate::config::AgentServiceConfig,
+    /// Open TailObserverLog streams, against their limit.
+    tails: tail::Slots,
+    /// Fires at shutdown: TailObserverLog streams end with UNAVAILABLE (the
+    /// engine's watches see the same token).
+    shutdown: CancellationToken,
 }
 
 impl HostAgentService {
-    pub fn new(s: super::Services) -> Self {
+    pub fn new(s: super::Services, shutdown: CancellationToken) -> Self {
         HostAgentService {
             engine: s.engine,
             registry: s.registry,
             policy: s.policy,
             agent: s.agent,
+            tails: tail::Slots::new(s.metrics.log_tails()),
+            shutdown,
         }
     }
 
@@ -448,6 +458,44 @@ impl HostAgent for HostAgentService {
         Ok(Response::new(pb::GetHostInfoResponse {
             host: Some(convert::host_info(facts)),
         }))
+    }
+
+    type TailObserverLogStream = Pin<Box<dyn Stream<Item = tail::Item> + Send + 'static>>;
+
+    /// Audited like the calls that change things: it has root read a file in a
+    /// dir another user controls, on the caller's behalf.
+    async fn tail_observer_log(
+        &self,
+        request: Request<pb::TailObserverLogRequest>,
+    ) -> Result<Response<Self::TailObserverLogStream>, Status> {
+        let mut audit = audit::Call::new(&request, "TailObserverLog", "");
+        let req = request.into_inner();
+        audit.about(
+            "tail_observer_log",
+            std::path::Path::new(&req.home_path),
+            "",
+        );
+        let opened = async {
+            let slot = self.tails.acquire()?;
+            let policy = self.policy.clone();
+            let lines = validate::tail_lines(req.lines);
+            let (errors_only, follow) = (req.errors_only, req.follow);
+            // Resolving the home and finding the tail's start read the disk:
+            // both on the blocking pool, once per request.
+            let tail = tokio::task::spawn_blocking(move || {
+                let home = checked_path("home_path", &req.home_path, &policy)
+                    .map_err(status::from_spec)?;
+                Tail::open(&home, lines, errors_only, follow).map_err(status::from_log)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("opening the observer's log failed: {e}")))??;
+            Ok::<_, Status>(tail::spawn(tail, follow, self.shutdown.clone(), slot))
+        }
+        .await;
+        audit.record(&opened);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(opened?),
+        )))
     }
 }
 

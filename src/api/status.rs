@@ -40,3 +40,21 @@ pub fn from_spec(e: crate::observer::SpecError) -> Status {
         crate::observer::SpecError::Denied(m) => Status::permission_denied(m),
     }
 }
+
+/// TailObserverLog: a missing home or log is NOT_FOUND, a link or a stranger's
+/// file in the way PERMISSION_DENIED (the caller's to fix: the message says
+/// which file), a failed read the daemon's fault.
+pub fn from_log(e: crate::observer::log::LogError) -> Status {
+    use crate::observer::log::LogError;
+    match e {
+        LogError::NoHome(_) | LogError::NoLog(_) => Status::not_found(e.to_string()),
+        LogError::NotADir(_) => Status::invalid_argument(e.to_string()),
+        LogError::Refused { .. } => Status::permission_denied(e.to_string()),
+        LogError::Io { .. } => {
+            error!(error = ?anyhow::Error::from(e), "reading an observer's log failed");
+            Status::internal(
+                "obhostd could not read the observer's log; see the daemon's log (journalctl -u obhostd)",
+            )
+        }
+    }
+}

@@ -14,6 +14,16 @@ use crate::steps::{StepKind, StepSpec};
 /// can plan around, and a typo of "600h" should not park a step for weeks.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// TailObserverLog's `lines`: 0 (unset) is the default; more than the
+/// limit is taken as the limit, as ListSteps takes its page_size.
+pub fn tail_lines(lines: u32) -> usize {
+    use crate::observer::log::{DEFAULT_LINES, MAX_LINES};
+    match usize::try_from(lines).unwrap_or(MAX_LINES) {
+        0 => DEFAULT_LINES,
+        n => n.min(MAX_LINES),
+    }
+}
+
 pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message.into())
 }

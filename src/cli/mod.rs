@@ -7,6 +7,7 @@
 mod demo;
 mod docs;
 pub mod flow;
+mod observer;
 mod output;
 mod report_sink;
 mod steps;
@@ -85,12 +86,9 @@ enum Command {
         #[arg(long)]
         step_id: Option<String>,
     },
-    /// Show the observer of a home (GetObserver).
-    Observer {
-        /// The observer's home, e.g. /home/admin/oceanbase.
-        #[arg(long)]
-        home: String,
-    },
+    /// Show the observer of a home (GetObserver: `observer --home H`), or its
+    /// log (`observer logs --home H`).
+    Observer(observer::ObserverArgs),
     /// Run the job end to end on this machine, needing nothing installed: start a
     /// private obhostd, start and stop an observer through it, clean up.
     Demo(demo::DemoArgs),
@@ -596,16 +594,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 ExitCode::from(1)
             })
         }
-        Command::Observer { home } => {
-            let o = client
-                .get_observer(pb::GetObserverRequest { home_path: home })
-                .await?
-                .into_inner()
-                .observer
-                .unwrap_or_default();
-            output::observer(&o, cli.output)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Observer(args) => observer::run(args, &mut client, cli.output).await,
         Command::Host => {
             let host = client
                 .get_host_info(pb::GetHostInfoRequest {})

@@ -253,6 +253,9 @@ impl Proto for pb::HostInfo {
 impl Proto for pb::ObserverStatus {
     const NAME: &'static str = "obhost.v1.ObserverStatus";
 }
+impl Proto for pb::TailObserverLogResponse {
+    const NAME: &'static str = "obhost.v1.TailObserverLogResponse";
+}
 
 /// The canonical proto JSON of `m`: what grpcurl prints, timestamps in UTC
 /// with `Z`. Made from the descriptors (prost-reflect), so only fields whose
@@ -310,6 +313,59 @@ fn with_lists(desc: &MessageDescriptor, v: &mut serde_json::Value) {
     }
     // Nothing should be left; whatever is stays, rather than vanish.
     obj.extend(given);
+}
+
+/// Lines of the observer's log, as they are but for control characters
+/// (escaped, as all text from obhostd: the log is the observer's user's to
+/// write). A write that fails (the reader went away) is an error, so a follow
+/// into `| head` ends instead of reading on for nobody.
+pub fn log_lines(lines: &[String]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        writeln!(out, "{}", clean(l))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `observer logs -o json` without --follow: one document,
+/// `{"lines": [...]}` (a TailObserverLogResponse holding every line), written
+/// as the messages come so up to 10,000 lines of 64 KiB never sit in memory.
+/// Pretty-printed like every other document.
+pub struct LinesDocument {
+    empty: bool,
+}
+
+impl LinesDocument {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> LinesDocument {
+        LinesDocument { empty: true }
+    }
+
+    pub fn add(&mut self, lines: &[String]) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            let sep = if self.empty {
+                "{\n  \"lines\": [\n"
+            } else {
+                ",\n"
+            };
+            write!(out, "{sep}    {}", serde_json::to_string(l)?)?;
+            self.empty = false;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    pub fn end(self) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if self.empty {
+            writeln!(out, "{{\n  \"lines\": []\n}}")?;
+        } else {
+            writeln!(out, "\n  ]\n}}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Prints one JSON document (pretty) or one JSON line.

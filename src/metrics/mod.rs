@@ -125,6 +125,8 @@ pub struct Metrics {
     /// Serialises scrapes: each refreshes the live gauges before encoding.
     scrape: Mutex<()>,
     watchers: Gauge,
+    /// Open TailObserverLog streams, kept by the streams themselves.
+    log_tails: Gauge,
     store_size: Gauge,
     observers: Arc<observers::Collector>,
     agent_up: Family<AgentLabels, Gauge>,
@@ -175,6 +177,12 @@ impl Metrics {
             "obhost_watchers",
             "Open WatchSteps streams",
             watchers.clone(),
+        );
+        let log_tails = Gauge::default();
+        registry.register(
+            "obhost_log_tails",
+            "Open TailObserverLog streams",
+            log_tails.clone(),
         );
         let report_lag = Gauge::default();
         registry.register(
@@ -240,6 +248,7 @@ impl Metrics {
             live: std::sync::OnceLock::new(),
             scrape: Mutex::new(()),
             watchers,
+            log_tails,
             store_size,
             observers,
             agent_up,
@@ -258,6 +267,12 @@ impl Metrics {
         let store = sources.store.clone();
         let _ = self.live.set(sources);
         steps::spawn_follower(self.clone(), store, feed, shutdown);
+    }
+
+    /// The gauge of open TailObserverLog streams: each stream holds one count
+    /// while it is open (see `api::service`), so a scrape needs no source.
+    pub fn log_tails(&self) -> Gauge {
+        self.log_tails.clone()
     }
 
     /// `[report]`: revisions committed but not yet acknowledged.

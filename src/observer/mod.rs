@@ -1,10 +1,12 @@
 //! The observer: its spec, command line, registry of what obhostd started, and
 //! how to find one running. Shared by the observer step kinds and GetObserver;
-//! the OS work itself goes through `process`.
+//! the OS work itself goes through `process`. `log` reads the observer's own log
+//! for TailObserverLog.
 
 pub mod command;
 pub mod diagnosis;
 pub mod locate;
+pub mod log;
 pub mod registry;
 pub mod spec;
 pub mod status;

@@ -652,23 +652,29 @@ async fn escape_sequences_in_an_observer_log_never_reach_the_terminal() {
         nix::unistd::chown(p, Some(nobody.uid), Some(nobody.gid)).unwrap();
     }
     let log = log_dir.join("observer.log");
-    let wrote = Command::new("setpriv")
+    // The hostile ERROR lines keep coming while the start runs: a failure
+    // shows only what was logged since its start.
+    let mut writer = Command::new("setpriv")
         .args([
             "--reuid=nobody",
             "--regid=nogroup",
             "--clear-groups",
             "sh",
             "-c",
-            r#"printf '\033]0;pwned\007\033[2J\033[31mEVIL\rFAKE\n' >> "$0""#,
+            r#"for i in $(seq 500); do printf '[2026-01-01 00:00:00.000000] ERROR \033]0;pwned\007\033[2J\033[31mEVIL\rFAKE\n' >> "$0"; sleep 0.01; done"#,
         ])
         .arg(&log)
-        .status()
+        .spawn()
         .unwrap();
-    assert!(wrote.success());
+    while !log.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let agent_dir = tempfile::tempdir().unwrap();
     let mut args = flow_args(&home, "esc", agent_dir.path(), free_port());
     args.extend(["--env".into(), "FAKE_OBSERVER_EXIT_AT_START=5".into()]);
     let (code, out, err) = obhostctl(Some(&d), &strs(&args));
+    let _ = writer.kill();
+    let _ = writer.wait();
     assert_eq!(code, 1, "{out}\n{err}");
     // The hostile line made it into the step, as data.
     let step = get_step(&d, "esc-start").await;

@@ -109,12 +109,21 @@ struct Faults {
     creds: (String, String),
 }
 
+/// Logs at INFO, in OceanBase's line format (`[date time] LEVEL [MODULE] ...`),
+/// so obhostd reads the stand-in's log as it reads a real observer's.
 fn log(msg: &str) {
-    let line = format!(
-        "[{}] [{}] {msg}\n",
-        humantime::format_rfc3339_millis(SystemTime::now()),
-        getpid()
-    );
+    log_at("INFO", msg);
+}
+
+/// Logs a failure at ERROR, as the real observer logs why it stops.
+fn log_error(msg: &str) {
+    log_at("ERROR", msg);
+}
+
+fn log_at(level: &str, msg: &str) {
+    let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    let stamp = now.trim_end_matches('Z').replacen('T', " ", 1);
+    let line = format!("[{stamp}] {level} [SERVER] [{}] {msg}\n", getpid());
     let res = OpenOptions::new()
         .create(true)
         .append(true)
@@ -126,7 +135,7 @@ fn log(msg: &str) {
 
 /// Log, tell stderr, and exit with `code`.
 fn die(code: i32, msg: &str) -> ! {
-    log(msg);
+    log_error(msg);
     eprintln!("fake observer: {msg}");
     exit(code)
 }
@@ -369,7 +378,7 @@ async fn serve(args: Args, faults: Faults) -> (i32, bool) {
                 Event::BindFailed(msg) => return fatal(msg),
             },
             () = crash => {
-                log("crashing as asked (FAKE_OBSERVER_CRASH_AFTER_MS)");
+                log_error("crashing as asked (FAKE_OBSERVER_CRASH_AFTER_MS)");
                 return (134, false);
             }
         }
@@ -377,15 +386,16 @@ async fn serve(args: Args, faults: Faults) -> (i32, bool) {
 }
 
 fn fatal(msg: String) -> (i32, bool) {
-    log(&msg);
+    log_error(&msg);
     eprintln!("fake observer: {msg}");
     (1, true)
 }
 
 async fn bind(port: u16, what: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{port} ({what} port {port}): {e}"))
+    TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+        // OceanBase's OB_SERVER_LISTEN_ERROR, as the real observer reports it.
+        format!("[errcode=-4004] cannot listen on 127.0.0.1:{port} ({what} port {port}): {e}")
+    })
 }
 
 async fn listen(mysql_port: u16, rpc_port: Option<u16>, faults: Faults, tx: mpsc::Sender<Event>) {

@@ -108,7 +108,11 @@ impl StopObserver {
                 }
                 return Ok(StepSuccess {
                     message: match exit {
-                        Some(e) => format!("observer (pid {}) had exited on its own: it {}", id.pid, e.describe()),
+                        Some(e) => format!(
+                            "observer (pid {}) had exited on its own: it {}",
+                            id.pid,
+                            e.describe()
+                        ),
                         None => "observer exited on its own".into(),
                     },
                     outputs,

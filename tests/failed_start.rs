@@ -418,9 +418,16 @@ async fn seekdb_whose_port_is_taken_fails_with_its_own_words() {
         Some("1"),
         "{e:#?}"
     );
+    // seekdb's own error lines, read through the wrapper's observer.log link:
+    // ERROR when it wrote its "observer start fail" (most runs), else its
+    // EDIAG diagnostics (it sometimes exits 1 before that line).
+    let header = format!("==> {} <==", home.path().join("log/observer.log").display());
+    assert_eq!(e.log_tail.first(), Some(&header), "{e:#?}");
     assert!(
-        e.log_tail.iter().any(|l| l.contains(" ERROR ")),
-        "seekdb's own ERROR lines: {e:#?}"
+        e.log_tail
+            .iter()
+            .any(|l| l.contains("] ERROR ") || l.contains("] EDIAG ")),
+        "seekdb's own error lines: {e:#?}"
     );
     assert!(e.details.contains_key("ob_errcode"), "{e:#?}");
     let o = get_observer(&d, home.path()).await;

@@ -338,3 +338,54 @@ async fn a_daemon_stopping_mid_start_leaves_the_service_running() {
     )
     .unwrap();
 }
+
+/// A daemonizing agent command whose server dies before it writes its pid
+/// file: the step fails at once with the server's exit code, as a failed
+/// observer start does (the same census of the launch decides).
+#[tokio::test]
+async fn a_daemonizing_agent_whose_server_dies_fails_at_once() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let daemonizing = pb::ServiceCommand {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "( sh -c 'echo agent server cannot bind >&2; sleep 0.2; exit 6' & ); exit 0".into(),
+        ],
+        cwd: dir.path().display().to_string(),
+        pid_file: dir.path().join("agent.pid").display().to_string(),
+        foreground: false,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let s = run(
+        &d,
+        req(
+            "agent-daemon-dies",
+            Some(Service::Command(daemonizing)),
+            Some(Check::TcpPort(port as u32)),
+            60.0,
+        ),
+    )
+    .await;
+    assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
+    let e = s.error.unwrap();
+    assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
+    assert_eq!(
+        e.details.get("exit_code").map(String::as_str),
+        Some("6"),
+        "{e:#?}"
+    );
+    assert!(
+        e.log_tail
+            .iter()
+            .any(|l| l.contains("agent server cannot bind")),
+        "{e:#?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

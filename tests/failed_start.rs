@@ -452,3 +452,42 @@ async fn a_failure_names_the_last_stage_reached() {
     let s = fails_at_once(&d, &home, "staged-fail", spec).await;
     assert_eq!(error(&s).details["stage"], "launched", "{s:#?}");
 }
+
+/// The observer obhostd started died before WaitObserverActive began: the wait
+/// reports that death (how, which step started it, its ERROR lines), not
+/// "start it first".
+#[tokio::test]
+async fn a_wait_after_the_observer_died_reports_its_death() {
+    let d = Daemon::start();
+    let home = Home::new();
+    // Listens at once (so the start succeeds), then crashes.
+    let spec = home.spec_with_env("FAKE_OBSERVER_CRASH_AFTER_MS", "300");
+    let (_, pid) = start_ok(&d, "died-start", spec).await;
+    while alive(pid) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.client()
+        .await
+        .wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: Some(meta("died-wait")),
+            home_path: home.path().display().to_string(),
+            mysql_port: home.mysql_port as u32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let s = wait_terminal(&d, "died-wait").await;
+    assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
+    let e = error(&s);
+    assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
+    assert_eq!(e.details["pid"], pid.to_string(), "{e:#?}");
+    assert_eq!(e.details["exit_code"], "134", "{e:#?}");
+    assert!(e.message.contains("by step 'died-start'"), "{e:#?}");
+    assert!(!e.message.contains("before waiting for it"), "{e:#?}");
+    assert!(
+        e.log_tail
+            .iter()
+            .any(|l| l.contains("ERROR") && l.contains("crashing")),
+        "{e:#?}"
+    );
+}

@@ -134,6 +134,8 @@ async fn a_failing_observer_stops_the_flow_with_its_error() {
     let (code, out, err) = obhostctl(Some(&d), &argv);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("Prepare start observer   SUCCEEDED"), "{out}");
+    // The start's stages are shown as they are reached.
+    assert!(out.contains("(stage launched since "), "{out}");
     assert!(
         err.contains("step 'bad-start' (Start observer process) PROCESS_EXITED"),
         "{err}"

@@ -93,10 +93,10 @@ async fn server_dies_before_its_launcher_exits() {
     let spec = script(
         &home,
         &format!(
-            "( sh -c 'echo $$ > run/observer.pid; echo \"{ERROR_LINE}\" >> log/observer.log; exit 1' & )\n\
+            "( sh -c 'echo $$ > run/observer.pid; echo \"{ERROR_LINE}\" >> log/observer.log; {DIED}; exit 1' & )\n\
              while [ ! -s run/observer.pid ]; do sleep 0.01; done\n\
              while kill -0 $(cat run/observer.pid) 2>/dev/null; do sleep 0.01; done\n\
-             {DIED}\nexit 0"
+             exit 0"
         ),
     );
     let s = fails_at_once(&d, &home, "before-launcher", spec).await;
@@ -125,8 +125,8 @@ async fn server_collected_by_its_launcher_still_fails_at_once() {
     let spec = script(
         &home,
         &format!(
-            "sh -c 'echo $$ > run/observer.pid; echo \"{ERROR_LINE}\" >> log/observer.log; exit 1' &\n\
-             wait $!\n{DIED}\nexit 0"
+            "sh -c 'echo $$ > run/observer.pid; echo \"{ERROR_LINE}\" >> log/observer.log; {DIED}; exit 1' &\n\
+             wait $!\nexit 0"
         ),
     );
     let s = fails_at_once(&d, &home, "collected", spec).await;
@@ -488,6 +488,37 @@ async fn a_wait_after_the_observer_died_reports_its_death() {
         e.log_tail
             .iter()
             .any(|l| l.contains("ERROR") && l.contains("crashing")),
+        "{e:#?}"
+    );
+}
+
+/// The stand-in whose MySQL port is taken (the issue's second measurement:
+/// FAILED in 0.1 s one run, TIMED_OUT after 2 min the next): FAILED at once,
+/// every run, in OceanBase's terms (OB_SERVER_LISTEN_ERROR).
+#[tokio::test]
+async fn the_stand_in_on_a_taken_port_fails_at_once_in_oceanbases_terms() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", home.mysql_port)).unwrap();
+    let started = std::time::Instant::now();
+    start_observer(&d, "taken", home.spec()).await.unwrap();
+    let s = wait_for(&d, "taken", Duration::from_secs(60), is_terminal).await;
+    drop(taken);
+    assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let e = error(&s);
+    assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
+    assert_eq!(e.details["exit_code"], "1", "{e:#?}");
+    assert_eq!(e.details["ob_errcode"], "-4004", "{e:#?}");
+    assert!(e.message.contains("OB_SERVER_LISTEN_ERROR"), "{e:#?}");
+    assert!(
+        e.log_tail
+            .iter()
+            .any(|l| l.contains("cannot listen on 127.0.0.1")),
         "{e:#?}"
     );
 }

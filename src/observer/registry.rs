@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -176,14 +176,7 @@ impl Registry {
         if r.identity != Some(id) {
             return;
         }
-        let exit = exit.unwrap_or(Exit {
-            pid: id.pid,
-            code: None,
-            signal: None,
-            core_dumped: false,
-            at: SystemTime::now(),
-            start_ticks: Some(id.start_ticks),
-        });
+        let exit = exit.unwrap_or(Exit::unknown(&id));
         info!(home = %home.display(), pid = id.pid, status = %exit.describe(), "observer exited");
         r.identity = None;
         r.last_exit = Some(exit);

@@ -332,7 +332,7 @@ impl Follow {
                 _ => self.named_dead = None,
             }
             if self.launcher_exit.is_some() && look.census.is_some_and(|c| c.is_empty()) {
-                return Err(self.nothing_left(reaper));
+                return Err(self.nothing_left(reaper, spawned.uid()));
             }
             // Wake early when a child is reaped: its death is then seen at once.
             let pause = self.pacer.next_pause();
@@ -443,8 +443,8 @@ impl Follow {
     /// The launcher exited 0 and the census found nothing alive: the launch
     /// is over without a server. The process to blame is the one the pid file
     /// named, else the last member that ended badly, else the launcher.
-    fn nothing_left(&self, reaper: &Reaper) -> LaunchError {
-        let (named, bad) = {
+    fn nothing_left(&self, reaper: &Reaper, uid: u32) -> LaunchError {
+        let (named, mut bad) = {
             let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
             let named = self.named.and_then(|pid| tree.known(pid));
             let bad = tree
@@ -460,6 +460,26 @@ impl Follow {
                 .last();
             (named, bad)
         };
+        if bad.is_none() {
+            // A server forked, handed to obhostd and dead between two looks is
+            // in no census, but obhostd reaped it: by the rule a census
+            // presumes with (a child of obhostd, of the launch's user, started
+            // since the launcher), it was this launch's.
+            bad = reaper
+                .exits_since(self.started_at())
+                .into_iter()
+                .filter(|e| e.pid != self.launcher.pid && e.code != Some(0))
+                .filter(|e| e.uid == Some(uid))
+                .filter_map(|e| {
+                    let start_ticks = e.start_ticks.filter(|t| *t >= self.launcher.start_ticks)?;
+                    Some(Identity {
+                        pid: e.pid,
+                        start_ticks,
+                        boot: self.launcher.boot,
+                    })
+                })
+                .next_back();
+        }
         match (named, bad) {
             (Some(id), _) => self.died(id, reaper, "after it wrote its pid file"),
             (None, Some(id)) => self.died(id, reaper, "before any server wrote the pid file"),

@@ -36,9 +36,27 @@ pub struct Exit {
     /// while it was a zombie: which process of that pid this was.
     #[serde(default)]
     pub start_ticks: Option<u64>,
+    /// Whom it ran as (the owner of /proc/<pid> while it was a zombie): which
+    /// launch a child that died unseen may have belonged to.
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 impl Exit {
+    /// The end of `id` when nothing says how it ended (it was not obhostd's
+    /// child, or its status was collected by its parent).
+    pub fn unknown(id: &Identity) -> Exit {
+        Exit {
+            pid: id.pid,
+            code: None,
+            signal: None,
+            core_dumped: false,
+            at: SystemTime::now(),
+            start_ticks: Some(id.start_ticks),
+            uid: None,
+        }
+    }
+
     /// An exit known from a raw wait status (a zombie's, read from /proc).
     pub fn from_status(pid: i32, status: i32) -> Exit {
         let signal = status & 0x7f;
@@ -49,6 +67,7 @@ impl Exit {
             core_dumped: signal != 0 && status & 0x80 != 0,
             at: SystemTime::now(),
             start_ticks: None,
+            uid: None,
         }
     }
 
@@ -125,14 +144,30 @@ impl Reaper {
             let start_ticks = peeked
                 .and_then(|p| identity::stat(p.as_raw()))
                 .map(|s| s.start_ticks);
+            let uid = peeked.and_then(|p| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(format!("/proc/{p}"))
+                    .ok()
+                    .map(|m| m.uid())
+            });
             // Reap the very child peeked at, so the start time is its own.
             let which = peeked.unwrap_or(Pid::from_raw(-1));
             match waitpid(which, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
-                    self.record(pid.as_raw(), Some(code), None, false, start_ticks)
+                    let exit = self.exit(pid.as_raw(), Some(code), None, false);
+                    self.record(Exit {
+                        start_ticks,
+                        uid,
+                        ..exit
+                    })
                 }
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                    self.record(pid.as_raw(), None, Some(sig as i32), core, start_ticks)
+                    let exit = self.exit(pid.as_raw(), None, Some(sig as i32), core);
+                    self.record(Exit {
+                        start_ticks,
+                        uid,
+                        ..exit
+                    })
                 }
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
                 Ok(other) => debug!(?other, "child state change"),
@@ -145,22 +180,20 @@ impl Reaper {
         }
     }
 
-    fn record(
-        &self,
-        pid: i32,
-        code: Option<i32>,
-        signal: Option<i32>,
-        core_dumped: bool,
-        start_ticks: Option<u64>,
-    ) {
-        let exit = Exit {
+    fn exit(&self, pid: i32, code: Option<i32>, signal: Option<i32>, core_dumped: bool) -> Exit {
+        Exit {
             pid,
             code,
             signal,
             core_dumped,
             at: SystemTime::now(),
-            start_ticks,
-        };
+            start_ticks: None,
+            uid: None,
+        }
+    }
+
+    fn record(&self, exit: Exit) {
+        let pid = exit.pid;
         self.claims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -197,6 +230,20 @@ impl Reaper {
                 .start_time()
                 .is_some_and(|s| e.at + Duration::from_secs(1) >= s),
         })
+    }
+
+    /// Every exit recorded since `since`, oldest first.
+    pub fn exits_since(&self, since: SystemTime) -> Vec<Exit> {
+        let mut exits: Vec<Exit> = self
+            .exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.at >= since)
+            .copied()
+            .collect();
+        exits.sort_by_key(|e| e.at);
+        exits
     }
 
     /// How many children were reaped so far; see [`Reaper::reaped_after`].
@@ -270,6 +317,7 @@ mod tests {
             core_dumped: false,
             at,
             start_ticks: None,
+            uid: None,
         };
         assert_eq!(e(Some(0), None).describe(), "exited with code 0");
         assert_eq!(e(None, Some(9)).describe(), "was killed by SIGKILL");
@@ -281,7 +329,7 @@ mod tests {
     async fn a_recorded_exit_is_what_wait_returns() {
         let r = detached();
         assert_eq!(r.exit_of(4242), None);
-        r.record(4242, Some(3), None, false, None);
+        r.record(r.exit(4242, Some(3), None, false));
         assert_eq!(r.exit_of(4242).map(|e| e.code), Some(Some(3)));
         let e = tokio::time::timeout(std::time::Duration::from_secs(1), r.wait(4242))
             .await
@@ -293,7 +341,7 @@ mod tests {
     fn the_oldest_exits_are_forgotten_beyond_the_bound() {
         let r = detached();
         for pid in 1..=(REMEMBERED as i32 + 10) {
-            r.record(pid, Some(0), None, false, None);
+            r.record(r.exit(pid, Some(0), None, false));
         }
         let exits = r.exits.lock().unwrap();
         assert_eq!(exits.len(), REMEMBERED);

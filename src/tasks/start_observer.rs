@@ -321,14 +321,7 @@ impl StartObserver {
             // GetObserver shows how it ended, as for any observer obhostd ran.
             self.deps.registry.started(ObserverRecord {
                 identity: None,
-                last_exit: Some(exit.unwrap_or(crate::process::Exit {
-                    pid: server.pid,
-                    code: None,
-                    signal: None,
-                    core_dumped: false,
-                    at: std::time::SystemTime::now(),
-                    start_ticks: Some(server.start_ticks),
-                })),
+                last_exit: Some(exit.unwrap_or(crate::process::Exit::unknown(&server))),
                 ..record.clone()
             });
             let died = Died {

@@ -138,14 +138,7 @@ impl WaitObserverActive {
                     let exit = match record.identity {
                         // Died a moment ago: the registry has yet to hear.
                         Some(id) if !id.is_alive() => {
-                            Some(self.exit_of(id).await.unwrap_or(Exit {
-                                pid: id.pid,
-                                code: None,
-                                signal: None,
-                                core_dumped: false,
-                                at: std::time::SystemTime::now(),
-                                start_ticks: Some(id.start_ticks),
-                            }))
+                            Some(self.exit_of(id).await.unwrap_or(Exit::unknown(&id)))
                         }
                         Some(_) => None,
                         None => record.last_exit,

@@ -56,7 +56,9 @@ async fn fails_at_once(d: &Daemon, home: &Home, id: &str, spec: pb::ObserverSpec
         .expect("StartObserver accepted");
     let s = wait_for(d, id, Duration::from_secs(70), is_terminal).await;
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
-    let died = died_at(home.path()).expect("the script recorded its death");
+    let Some(died) = died_at(home.path()) else {
+        panic!("FAILED before the script recorded its last death: {s:#?}");
+    };
     let t = s.finished_at.unwrap();
     let finished = SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32);
     let after = finished.duration_since(died).unwrap_or_default();
@@ -84,8 +86,10 @@ fn pid_in(home: &Home, name: &str) -> String {
         .to_string()
 }
 
-/// The server writes its pid file and dies while its launcher still runs (it
-/// was handed to obhostd at once: `( ... & )`); the launcher exits 0 after.
+/// The server writes its pid file and dies while its launcher still runs: the
+/// launcher has become `sleep`, which never collects its child, so the
+/// server's exit code is read from its zombie (a shell would collect it: see
+/// the next test).
 #[tokio::test]
 async fn server_dies_before_its_launcher_exits() {
     let d = Daemon::start();
@@ -93,21 +97,26 @@ async fn server_dies_before_its_launcher_exits() {
     let spec = script(
         &home,
         &format!(
-            "( sh -c 'echo $$ > run/observer.pid; echo \"{ERROR_LINE}\" >> log/observer.log; {DIED}; exit 1' & )\n\
-             while [ ! -s run/observer.pid ]; do sleep 0.01; done\n\
-             while kill -0 $(cat run/observer.pid) 2>/dev/null; do sleep 0.01; done\n\
-             exit 0"
+            "sh -c 'echo $$ > run/observer.pid; echo \"{ERROR_LINE}\" >> log/observer.log; {DIED}; exit 1' &\n\
+             exec sleep 30"
         ),
     );
     let s = fails_at_once(&d, &home, "before-launcher", spec).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details["pid"],
+        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
-    assert_eq!(e.details["exit_code"], "1", "{e:#?}");
+    assert_eq!(
+        e.details
+            .get("exit_code")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "1",
+        "{e:#?}"
+    );
     assert!(e.details.contains_key("lived"), "{e:#?}");
     assert!(
         e.log_tail.iter().any(|l| l.contains("errcode=-4016")),
@@ -133,7 +142,7 @@ async fn server_collected_by_its_launcher_still_fails_at_once() {
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details["pid"],
+        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
@@ -162,11 +171,18 @@ async fn server_dies_after_its_launcher_exits() {
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details["pid"],
+        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
-    assert_eq!(e.details["exit_code"], "3", "{e:#?}");
+    assert_eq!(
+        e.details
+            .get("exit_code")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "3",
+        "{e:#?}"
+    );
 }
 
 /// The launcher refuses to start: its exit code and output are the report.
@@ -181,7 +197,14 @@ async fn launcher_exits_non_zero() {
     let s = fails_at_once(&d, &home, "launcher-fails", spec).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(e.details["exit_code"], "2", "{e:#?}");
+    assert_eq!(
+        e.details
+            .get("exit_code")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "2",
+        "{e:#?}"
+    );
     assert!(
         e.log_tail.iter().any(|l| l.contains("unknown option -Q")),
         "{e:#?}"
@@ -201,7 +224,14 @@ async fn pid_file_never_written() {
     let s = fails_at_once(&d, &home, "no-pid-file", spec).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(e.details["exit_code"], "5", "{e:#?}");
+    assert_eq!(
+        e.details
+            .get("exit_code")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "5",
+        "{e:#?}"
+    );
 }
 
 /// A launcher that exits 0 and leaves nothing running.
@@ -234,7 +264,14 @@ async fn pid_file_is_a_symlink() {
     let s = fails_at_once(&d, &home, "symlink", spec).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(e.details["exit_code"], "6", "{e:#?}");
+    assert_eq!(
+        e.details
+            .get("exit_code")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "6",
+        "{e:#?}"
+    );
 }
 
 /// The pid file names a process that is already dead while the launcher
@@ -253,7 +290,7 @@ async fn pid_file_names_a_dead_pid() {
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details["pid"],
+        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
@@ -272,7 +309,10 @@ async fn pid_file_names_a_dead_pid() {
 /// long it was held there.
 #[tokio::test]
 async fn a_timeout_names_the_stage_it_was_held_in() {
-    let d = Daemon::start();
+    let d = Daemon::start_with(Options {
+        env: vec![("RUST_LOG".into(), "obhost=trace".into())],
+        ..Options::default()
+    });
     let home = Home::new();
     // The server lives on but never writes its pid file.
     let spec = script(&home, "( exec sleep 30 & )\nexit 0");
@@ -288,9 +328,31 @@ async fn a_timeout_names_the_stage_it_was_held_in() {
         .await
         .unwrap();
     let s = wait_for(&d, "held", Duration::from_secs(20), is_terminal).await;
-    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    let log = d.log_text();
+    let census: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("census")
+                || l.contains("walked")
+                || l.contains("spawned")
+                || l.contains("reaped")
+        })
+        .collect();
+    assert_eq!(
+        s.state(),
+        pb::StepState::TimedOut,
+        "{s:#?}\n{}",
+        census.join("\n")
+    );
     let e = error(&s);
-    assert_eq!(e.details["stage"], "launcher_exited", "{e:#?}");
+    assert_eq!(
+        e.details
+            .get("stage")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "launcher_exited",
+        "{e:#?}"
+    );
     assert!(
         e.message.contains("held at stage launcher_exited for 1s"),
         "{e:#?}"
@@ -450,7 +512,15 @@ async fn a_failure_names_the_last_stage_reached() {
     let home = Home::new();
     let spec = script(&home, &format!("{DIED}\nexit 7"));
     let s = fails_at_once(&d, &home, "staged-fail", spec).await;
-    assert_eq!(error(&s).details["stage"], "launched", "{s:#?}");
+    assert_eq!(
+        error(&s)
+            .details
+            .get("stage")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "launched",
+        "{s:#?}"
+    );
 }
 
 /// The observer obhostd started died before WaitObserverActive began: the wait
@@ -480,8 +550,19 @@ async fn a_wait_after_the_observer_died_reports_its_death() {
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(e.details["pid"], pid.to_string(), "{e:#?}");
-    assert_eq!(e.details["exit_code"], "134", "{e:#?}");
+    assert_eq!(
+        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
+        pid.to_string(),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e.details
+            .get("exit_code")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "134",
+        "{e:#?}"
+    );
     assert!(e.message.contains("by step 'died-start'"), "{e:#?}");
     assert!(!e.message.contains("before waiting for it"), "{e:#?}");
     assert!(
@@ -512,8 +593,22 @@ async fn the_stand_in_on_a_taken_port_fails_at_once_in_oceanbases_terms() {
     );
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(e.details["exit_code"], "1", "{e:#?}");
-    assert_eq!(e.details["ob_errcode"], "-4004", "{e:#?}");
+    assert_eq!(
+        e.details
+            .get("exit_code")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "1",
+        "{e:#?}"
+    );
+    assert_eq!(
+        e.details
+            .get("ob_errcode")
+            .map(String::as_str)
+            .unwrap_or("<none>"),
+        "-4004",
+        "{e:#?}"
+    );
     assert!(e.message.contains("OB_SERVER_LISTEN_ERROR"), "{e:#?}");
     assert!(
         e.log_tail

@@ -116,6 +116,16 @@ impl Identity {
         })
     }
 
+    /// The identity of `pid`, a child that may have exited already but not
+    /// been reaped (a zombie keeps its start time).
+    pub fn of_child(pid: i32) -> Option<Identity> {
+        Some(Identity {
+            pid,
+            start_ticks: stat(pid)?.start_ticks,
+            boot: current_boot(),
+        })
+    }
+
     /// The boot this daemon runs in, as identities record it.
     pub fn this_boot() -> u128 {
         current_boot()

@@ -164,9 +164,19 @@ pub async fn start(
         }
         Mode::Foreground { .. } => None,
     };
-    let launcher = tokio::task::spawn_blocking(move || spawn(&spec))
+    let mut launcher = tokio::task::spawn_blocking(move || spawn(&spec))
         .await
         .map_err(|e| LaunchError::Panicked(e.to_string()))??;
+    if launcher.boot == 0 {
+        // Reaped before spawn could look: the reaper read its start time.
+        if let Some(ticks) = reaper.exit_of(launcher.pid).and_then(|e| e.start_ticks) {
+            launcher = Identity {
+                pid: launcher.pid,
+                start_ticks: ticks,
+                boot: Identity::this_boot(),
+            };
+        }
+    }
     let mut spawned = Spawned::new(launcher, uid, shutting_down);
     let (foreground, follow) = match mode {
         Mode::Foreground { pid_file } => (Some(pid_file.clone()), None),
@@ -247,6 +257,8 @@ struct Follow {
     started: Instant,
     last_census: Option<Instant>,
     reaps_seen: u64,
+    /// The last census found nothing of the launch alive.
+    seen_empty: bool,
 }
 
 /// The census is taken on every look this long after the spawn (a launch
@@ -254,6 +266,27 @@ struct Follow {
 /// whenever obhostd reaps a child.
 const CENSUS_EAGER: Duration = Duration::from_millis(100);
 const CENSUS_EVERY: Duration = Duration::from_millis(50);
+
+/// How `id` ended, if that can be known now: obhostd reaped it, or it is a
+/// zombie whose status /proc still shows (a child not collected yet, by
+/// obhostd's reaper a moment from now or by its own parent). Asked in that
+/// order and the reaper once more, so a reap between the two looks is not
+/// missed.
+fn exit_now(id: &Identity, reaper: &Reaper) -> Option<Exit> {
+    reaper
+        .exit_of_process(id)
+        .or_else(|| {
+            let s = super::identity::stat(id.pid)?;
+            if s.state != 'Z' || s.start_ticks != id.start_ticks {
+                return None;
+            }
+            Some(Exit {
+                start_ticks: Some(id.start_ticks),
+                ..Exit::from_status(id.pid, s.exit_code?)
+            })
+        })
+        .or_else(|| reaper.exit_of_process(id))
+}
 
 struct Look {
     pid_file: PidFile,
@@ -284,6 +317,7 @@ impl Follow {
             started: Instant::now(),
             last_census: None,
             reaps_seen: reaper.reaps(),
+            seen_empty: false,
         }
     }
 
@@ -331,8 +365,27 @@ impl Follow {
                 }
                 _ => self.named_dead = None,
             }
-            if self.launcher_exit.is_some() && look.census.is_some_and(|c| c.is_empty()) {
-                return Err(self.nothing_left(reaper, spawned.uid()));
+            if let Some(census) = look.census {
+                // A /proc walk is no snapshot: a process read under a parent
+                // that exits before the walk reaches it (its child moving to
+                // obhostd meanwhile) is in neither place. So "nothing alive"
+                // must hold at two walks in a row; the second is taken at once.
+                let empty = self.launcher_exit.is_some() && census.is_empty();
+                if empty {
+                    tracing::debug!(
+                        launcher = self.launcher.pid,
+                        again = self.seen_empty,
+                        "the census found nothing of the launch alive"
+                    );
+                }
+                if empty && self.seen_empty {
+                    return Err(self.nothing_left(reaper, spawned.uid()));
+                }
+                self.seen_empty = empty;
+                if empty {
+                    self.last_census = None;
+                    continue;
+                }
             }
             // Wake early when a child is reaped: its death is then seen at once.
             let pause = self.pacer.next_pause();
@@ -391,9 +444,7 @@ impl Follow {
             let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
             tree.seen_status(&id)
         };
-        let exit = reaper
-            .exit_of_process(&id)
-            .or_else(|| seen.map(|s| Exit::from_status(id.pid, s)));
+        let exit = exit_now(&id, reaper).or_else(|| seen.map(|s| Exit::from_status(id.pid, s)));
         LaunchError::Died(Died {
             pid: id.pid,
             exit,
@@ -413,8 +464,18 @@ impl Follow {
         match member {
             Some(id) => self.died(id, reaper, "after it wrote its pid file"),
             None => {
-                // Never seen alive by the census (it lived between two looks),
-                // but obhostd may have reaped it: then the exit says who it was.
+                // Never seen alive by the census (it lived between two looks):
+                // still a zombie, or reaped by obhostd, it says who it was.
+                let zombie = super::identity::stat(pid)
+                    .filter(|s| s.state == 'Z' && s.start_ticks >= self.launcher.start_ticks);
+                if let Some(s) = zombie {
+                    let id = Identity {
+                        pid,
+                        start_ticks: s.start_ticks,
+                        boot: self.launcher.boot,
+                    };
+                    return self.died(id, reaper, "after it wrote its pid file");
+                }
                 let exit = reaper.exit_of(pid).filter(|e| e.at >= self.started_at());
                 let id = exit.and_then(|e| {
                     Some(Identity {
@@ -452,8 +513,7 @@ impl Follow {
                 .chain(tree.presumed())
                 .filter(|m| *m != self.launcher)
                 .filter(|m| {
-                    let exit = reaper
-                        .exit_of_process(m)
+                    let exit = exit_now(m, reaper)
                         .or_else(|| tree.seen_status(m).map(|s| Exit::from_status(m.pid, s)));
                     exit.is_some_and(|e| e.code != Some(0))
                 })
@@ -506,6 +566,7 @@ mod tests {
             core_dumped: false,
             at,
             start_ticks: None,
+            uid: None,
         };
         let d = exit_details(7, Some(code));
         assert_eq!(d["pid"], "7");

@@ -151,32 +151,39 @@ impl Reaper {
                     .map(|m| m.uid())
             });
             // Reap the very child peeked at, so the start time is its own.
+            // The table stays locked from the reap to the record: whoever sees
+            // the process gone from /proc and then asks `exit_of` gets its exit,
+            // never a moment in between where it is in neither place.
             let which = peeked.unwrap_or(Pid::from_raw(-1));
-            match waitpid(which, Some(WaitPidFlag::WNOHANG)) {
+            let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+            let exit = match waitpid(which, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
-                    let exit = self.exit(pid.as_raw(), Some(code), None, false);
-                    self.record(Exit {
-                        start_ticks,
-                        uid,
-                        ..exit
-                    })
+                    self.exit(pid.as_raw(), Some(code), None, false)
                 }
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                    let exit = self.exit(pid.as_raw(), None, Some(sig as i32), core);
-                    self.record(Exit {
-                        start_ticks,
-                        uid,
-                        ..exit
-                    })
+                    self.exit(pid.as_raw(), None, Some(sig as i32), core)
                 }
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-                Ok(other) => debug!(?other, "child state change"),
+                Ok(other) => {
+                    debug!(?other, "child state change");
+                    continue;
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     warn!(error = %e, "waitpid failed");
                     return;
                 }
-            }
+            };
+            Self::remember(
+                &mut exits,
+                Exit {
+                    start_ticks,
+                    uid,
+                    ..exit
+                },
+            );
+            drop(exits);
+            self.recorded(&exit);
         }
     }
 
@@ -192,21 +199,32 @@ impl Reaper {
         }
     }
 
+    #[cfg(test)]
     fn record(&self, exit: Exit) {
-        let pid = exit.pid;
-        self.claims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pid);
-        info!(pid, status = %exit.describe(), "child reaped");
-        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        Self::remember(
+            &mut self.exits.lock().unwrap_or_else(|p| p.into_inner()),
+            exit,
+        );
+        self.recorded(&exit);
+    }
+
+    fn remember(exits: &mut HashMap<i32, Exit>, exit: Exit) {
         if exits.len() >= REMEMBERED
             && let Some(oldest) = exits.values().min_by_key(|e| e.at).map(|e| e.pid)
         {
             exits.remove(&oldest);
         }
-        exits.insert(pid, exit);
-        drop(exits);
+        exits.insert(exit.pid, exit);
+    }
+
+    /// After an exit is in the table: the pid's claim is over, and waiters
+    /// wake.
+    fn recorded(&self, exit: &Exit) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&exit.pid);
+        info!(pid = exit.pid, status = %exit.describe(), "child reaped");
         self.tick.send_modify(|t| *t += 1);
     }
 

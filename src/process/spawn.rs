@@ -382,9 +382,11 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
         command = %spec.display(),
         "spawned"
     );
-    // If it already exited, an identity no live process can match still says
-    // which pid it was.
-    Ok(Identity::of(pid).unwrap_or(Identity {
+    // Read even from a zombie: a launcher that exited at once is still this
+    // pid's process until it is reaped. Once reaped, an identity no live
+    // process can match still says which pid it was (the launch then takes
+    // its start time from the reaper's record of the exit).
+    Ok(Identity::of_child(pid).unwrap_or(Identity {
         pid,
         start_ticks: 0,
         boot: 0,

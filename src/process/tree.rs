@@ -74,6 +74,7 @@ impl Snapshot {
                 }
             }
         }
+        tracing::trace!(processes = procs.len(), "walked /proc");
         Snapshot { procs, me }
     }
 
@@ -278,6 +279,15 @@ impl Launch {
                     status: Some(status),
                 });
             }
+        }
+        if certain.is_empty() && presumed.is_empty() {
+            let orphans: Vec<String> = snap
+                .procs
+                .values()
+                .filter(|p| p.ppid == snap.me)
+                .map(|p| format!("{}:{}:{}:{:?}", p.id.pid, p.id.start_ticks, p.uid, p.zombie))
+                .collect();
+            tracing::trace!(launcher = ?self.launcher, uid = self.uid, ?orphans, "empty census");
         }
         for p in &presumed {
             if self.presumed.len() < PRESUMED_KEPT {

@@ -10,7 +10,6 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -19,47 +18,14 @@ use tonic::Code;
 
 const ATTACKER: &str = "obhost-attacker";
 
-/// The attacker: a plain user with no privileges, created once per machine.
+/// The unprivileged user of these tests, made once per machine.
 fn attacker() -> (u32, u32) {
-    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
-    *IDS.get_or_init(|| {
-        if nix::unistd::User::from_name(ATTACKER).unwrap().is_none() {
-            let ok = Command::new("useradd")
-                .args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                ])
-                .arg(ATTACKER)
-                .status()
-                .expect("useradd (the tests run as root)");
-            assert!(ok.success(), "useradd {ATTACKER} failed");
-        }
-        let u = nix::unistd::User::from_name(ATTACKER).unwrap().unwrap();
-        (u.uid.as_raw(), u.gid.as_raw())
-    })
+    system_user(ATTACKER)
 }
 
-/// Runs a shell script as the attacker; it must succeed.
+/// Runs a shell script as that user; it must succeed.
 fn as_attacker(script: &str) {
-    let (uid, gid) = attacker();
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "as {ATTACKER}: {script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_as(ATTACKER, script)
 }
 
 /// A home owned by the attacker, which runs the stand-in observer as itself.

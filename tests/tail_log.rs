@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -385,47 +384,14 @@ async fn homes_missing_relative_or_outside_allowed_roots_are_refused() {
 
 const OWNER: &str = "obhost-tailer";
 
-/// The observer's user: a plain user with no privileges, created once.
+/// The unprivileged user of these tests, made once per machine.
 fn owner() -> (u32, u32) {
-    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
-    *IDS.get_or_init(|| {
-        if nix::unistd::User::from_name(OWNER).unwrap().is_none() {
-            let ok = Command::new("useradd")
-                .args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                ])
-                .arg(OWNER)
-                .status()
-                .expect("useradd (the tests run as root)");
-            assert!(ok.success(), "useradd {OWNER} failed");
-        }
-        let u = nix::unistd::User::from_name(OWNER).unwrap().unwrap();
-        (u.uid.as_raw(), u.gid.as_raw())
-    })
+    system_user(OWNER)
 }
 
-/// Runs a shell script as the observer's user; it must succeed.
+/// Runs a shell script as that user; it must succeed.
 fn as_owner(script: &str) {
-    let (uid, gid) = owner();
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "as {OWNER}: {script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_as(OWNER, script)
 }
 
 const SECRET: &str = "root-only-secret-4b1d";

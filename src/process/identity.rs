@@ -190,7 +190,8 @@ impl Identity {
     }
 }
 
-fn clock_ticks() -> Option<u64> {
+/// Clock ticks per second (CLK_TCK), the unit of /proc's start times.
+pub(crate) fn clock_ticks() -> Option<u64> {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

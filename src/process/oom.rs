@@ -56,7 +56,7 @@ pub fn oom_killed(id: &Identity) -> Option<bool> {
     if id.boot != me.boot {
         return None;
     }
-    let start = start_usec(id.start_ticks, clock_ticks()?)?
+    let start = start_usec(id.start_ticks, super::identity::clock_ticks()?)?
         .saturating_sub(suspended_usec())
         .saturating_sub(SLACK_USEC);
     let log = read_kmsg().ok()?;
@@ -152,14 +152,6 @@ fn start_usec(ticks: u64, ticks_per_sec: u64) -> Option<u64> {
         return None;
     }
     u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(ticks_per_sec)).ok()
-}
-
-fn clock_ticks() -> Option<u64> {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .and_then(|t| u64::try_from(t).ok())
-        .filter(|t| *t > 0)
 }
 
 /// How long the machine has been suspended since boot: CLOCK_BOOTTIME counts

@@ -726,3 +726,49 @@ pub fn seed_store(dir: &Path, n: usize, pad: usize) {
         store.put_all(&records).expect("seed");
     }
 }
+
+/// A plain system user with no privileges (no home, no shell), made once per
+/// machine with `useradd`: the unprivileged user an attack is mounted as.
+pub fn system_user(name: &str) -> (u32, u32) {
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let ok = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(name)
+            .status()
+            .expect("useradd (the tests run as root)");
+        // A test running beside this one may have made it meanwhile.
+        assert!(
+            ok.success() || nix::unistd::User::from_name(name).unwrap().is_some(),
+            "useradd {name} failed"
+        );
+    }
+    let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// Runs a shell script as `name` (made by [`system_user`]) with no groups; it
+/// must succeed.
+pub fn run_as(name: &str, script: &str) {
+    let (uid, gid) = system_user(name);
+    let out = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "as {name}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -207,6 +207,12 @@ fn chown_fd(fd: &impl AsFd, owner: Option<Owner>) -> io::Result<()> {
 
 /// Creates `dir` and its missing parents, each new one owned by `owner`, and
 /// returns the dirs it created. Existing components are never chowned.
+///
+/// A new dir is born its owner's: the one `mkdirat` runs with this thread's
+/// filesystem uid and gid switched to the owner's ([`make_dir`]), so nothing is
+/// chowned by name afterwards. A chown of "the dir we just made" would reach
+/// whatever the owner renamed into its place in between (a root-owned dir of
+/// theirs, say), and "owned by root" does not mean "made by us".
 pub fn create_dirs(dir: &Path, owner: Option<Owner>, mode: u32) -> io::Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     let mut cur = dir;
@@ -224,22 +230,85 @@ pub fn create_dirs(dir: &Path, owner: Option<Owner>, mode: u32) -> io::Result<Ve
     let mut made = Vec::new();
     let mut path = cur.to_path_buf();
     for name in missing.into_iter().rev() {
-        match mkdirat(&base, name, Mode::from_bits_truncate(mode)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let new = make_dir(&base, name, mode, owner)?;
         path.push(name);
         let fd = open_in(&base, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
-        let st = fstat(&fd)?;
-        // Chown only what we made: a dir that raced into existence (made by the
-        // dir's owner) keeps its owner.
-        if st.st_uid == Uid::effective().as_raw() {
-            chown_fd(&fd, owner)?;
+        if new {
+            made.push(path.clone());
         }
-        made.push(path.clone());
         base = fd;
     }
     Ok(made)
+}
+
+/// Makes `name` in `parent` owned by `owner`; false when it existed already
+/// (then it is left as it is).
+///
+/// As root with an owner, the dir is made with the thread's filesystem ids
+/// set to the owner's, so it is theirs from birth. When the owner may not
+/// write `parent` (a root-owned parent such as /data), root makes it and
+/// chowns it through its descriptor; that is safe only where no other user
+/// can rename anything into `parent`, which is checked first.
+fn make_dir(parent: &OwnedFd, name: &OsStr, mode: u32, owner: Option<Owner>) -> io::Result<bool> {
+    let mode = Mode::from_bits_truncate(mode);
+    let Some((uid, gid)) = owner.filter(|_| Uid::effective().is_root()) else {
+        return created(mkdirat(parent, name, mode));
+    };
+    let as_owner = {
+        let _ids = FsIds::switch(uid, gid);
+        mkdirat(parent, name, mode)
+    };
+    match as_owner {
+        Err(Errno::EACCES | Errno::EPERM) => {}
+        other => return created(other),
+    }
+    let st = fstat(parent)?;
+    let others_may_write = st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0;
+    if st.st_uid != 0 || others_may_write {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "cannot create {name:?} for uid {uid}: uid {uid} may not write its parent dir, and that dir is not root's alone (owner uid {}, mode {:o}); create it by hand, owned by that user",
+                st.st_uid,
+                st.st_mode & 0o7777
+            ),
+        ));
+    }
+    if !created(mkdirat(parent, name, mode))? {
+        return Ok(false);
+    }
+    let fd = open_in(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+    chown_fd(&fd, owner)?;
+    Ok(true)
+}
+
+fn created(r: nix::Result<()>) -> io::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// This thread's filesystem uid and gid, switched to another user's until
+/// dropped (Linux keeps them per thread, so nothing else in obhostd is
+/// affected). The gid goes first and comes back last: switching it needs
+/// the privileges the uid switch gives up.
+struct FsIds;
+
+impl FsIds {
+    fn switch(uid: u32, gid: u32) -> FsIds {
+        nix::unistd::setfsgid(Gid::from_raw(gid));
+        nix::unistd::setfsuid(Uid::from_raw(uid));
+        FsIds
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        nix::unistd::setfsuid(Uid::effective());
+        nix::unistd::setfsgid(Gid::effective());
+    }
 }
 
 /// Checks that an existing file may be used for the observer's user: a regular

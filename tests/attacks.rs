@@ -678,3 +678,91 @@ async fn oversized_fields_are_refused_with_short_messages() {
         }
     );
 }
+
+/// Swaps `rootdir` and `run` in the dir given as its argument, as fast as it
+/// can, for at most 20 s.
+const RENAME_RACER: &str = r#"
+import os, sys, time
+os.chdir(sys.argv[1])
+end = time.time() + 20
+while time.time() < end:
+    for _ in range(1000):
+        try:
+            os.rename("rootdir", "run")
+            os.rename("run", "rootdir")
+        except OSError:
+            pass
+"#;
+
+/// Attack (issue 17, 1): while root creates `run/` in the attacker's home for
+/// it (Prepare with create_dirs), the attacker keeps swapping a root-owned dir
+/// of the home in and out of the name `run`. Before, the dir that obhostd then
+/// opened got chowned when it was root's, whoever made it: after ~70 tries
+/// the root-owned dir was the attacker's. Now a new dir is born the
+/// attacker's and nothing is chowned by name: the root dir stays root's.
+#[tokio::test]
+async fn a_root_dir_renamed_into_place_is_never_chowned() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    let rootdir = home.path().join("rootdir");
+    std::fs::create_dir(&rootdir).unwrap();
+    std::fs::set_permissions(&rootdir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ino = std::fs::metadata(&rootdir).unwrap().ino();
+    let (uid, gid) = attacker();
+    // Bounded: the racer stops by itself after 20 s, and is killed at the end.
+    let mut racer = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            // The system's python: root's own (pyenv) is not the attacker's to run.
+            "/usr/bin/python3",
+            "-c",
+            RENAME_RACER,
+        ])
+        .arg(home.path())
+        // Not the test's cwd, which the attacker may not enter.
+        .current_dir("/")
+        .spawn()
+        .unwrap();
+    let mut spec = home.spec();
+    spec.user = ATTACKER.into();
+    spec.parameters.insert("memory_limit".into(), "2G".into());
+    for i in 0..150 {
+        let id = format!("race-{i}");
+        d.client()
+            .await
+            .prepare(pb::PrepareRequest {
+                meta: Some(meta(&id)),
+                observer: Some(spec.clone()),
+                create_dirs: true,
+                ..Default::default()
+            })
+            .await
+            .expect("accepted");
+        wait_for(&d, &id, Duration::from_secs(30), is_terminal).await;
+        assert!(
+            racer.try_wait().unwrap().is_none(),
+            "the racer runs all along"
+        );
+        // Take away what obhostd made (never the root dir), so the next
+        // Prepare makes `run` again.
+        let run = home.path().join("run");
+        if std::fs::metadata(&run).is_ok_and(|m| m.ino() != ino) {
+            let _ = std::fs::remove_dir_all(&run);
+        }
+    }
+    let _ = racer.kill();
+    let _ = racer.wait();
+    // Wherever the root dir is now (rootdir or run), it is still root's.
+    let found: Vec<(PathBuf, u32)> = ["rootdir", "run"]
+        .iter()
+        .map(|n| home.path().join(n))
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(&p).ok()?;
+            (m.ino() == ino).then_some((p, m.uid()))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "the root dir is somewhere: {found:?}");
+    assert_eq!(found[0].1, 0, "the root dir was chowned: {found:?}");
+}

@@ -652,8 +652,10 @@ async fn escape_sequences_in_an_observer_log_never_reach_the_terminal() {
         nix::unistd::chown(p, Some(nobody.uid), Some(nobody.gid)).unwrap();
     }
     let log = log_dir.join("observer.log");
-    // The hostile ERROR lines keep coming while the start runs: a failure
-    // shows only what was logged since its start.
+    // The hostile ERROR lines keep coming, as fast as a shell writes them,
+    // while the start runs (a failure shows only what was logged since its
+    // start); the writer is killed once obhostctl is done, and stops by
+    // itself after 30 s.
     let mut writer = Command::new("setpriv")
         .args([
             "--reuid=nobody",
@@ -661,7 +663,7 @@ async fn escape_sequences_in_an_observer_log_never_reach_the_terminal() {
             "--clear-groups",
             "sh",
             "-c",
-            r#"for i in $(seq 500); do printf '[2026-01-01 00:00:00.000000] ERROR \033]0;pwned\007\033[2J\033[31mEVIL\rFAKE\n' >> "$0"; sleep 0.01; done"#,
+            r#"end=$(( $(date +%s) + 30 )); while [ $(date +%s) -lt $end ]; do for i in 1 2 3 4 5 6 7 8 9 10; do printf '[2026-01-01 00:00:00.000000] ERROR \033]0;pwned\007\033[2J\033[31mEVIL\rFAKE\n' >> "$0"; done; done"#,
         ])
         .arg(&log)
         .spawn()

@@ -75,6 +75,12 @@ fn died_at(home: &Path) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
 
+/// A detail of a step error, "<none>" when it is missing (an assertion then
+/// shows the whole error).
+fn detail<'a>(e: &'a pb::StepError, key: &str) -> &'a str {
+    e.details.get(key).map(String::as_str).unwrap_or("<none>")
+}
+
 fn error(s: &pb::Step) -> &pb::StepError {
     s.error.as_ref().expect("a failed step has an error")
 }
@@ -105,18 +111,11 @@ async fn server_dies_before_its_launcher_exits() {
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
+        detail(e, "pid"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
-    assert_eq!(
-        e.details
-            .get("exit_code")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "1",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "exit_code"), "1", "{e:#?}");
     assert!(e.details.contains_key("lived"), "{e:#?}");
     assert!(
         e.log_tail.iter().any(|l| l.contains("errcode=-4016")),
@@ -142,7 +141,7 @@ async fn server_collected_by_its_launcher_still_fails_at_once() {
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
+        detail(e, "pid"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
@@ -171,18 +170,11 @@ async fn server_dies_after_its_launcher_exits() {
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
+        detail(e, "pid"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
-    assert_eq!(
-        e.details
-            .get("exit_code")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "3",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "exit_code"), "3", "{e:#?}");
 }
 
 /// The launcher refuses to start: its exit code and output are the report.
@@ -197,14 +189,7 @@ async fn launcher_exits_non_zero() {
     let s = fails_at_once(&d, &home, "launcher-fails", spec).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(
-        e.details
-            .get("exit_code")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "2",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "exit_code"), "2", "{e:#?}");
     assert!(
         e.log_tail.iter().any(|l| l.contains("unknown option -Q")),
         "{e:#?}"
@@ -224,14 +209,7 @@ async fn pid_file_never_written() {
     let s = fails_at_once(&d, &home, "no-pid-file", spec).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(
-        e.details
-            .get("exit_code")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "5",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "exit_code"), "5", "{e:#?}");
 }
 
 /// A launcher that exits 0 and leaves nothing running.
@@ -264,14 +242,7 @@ async fn pid_file_is_a_symlink() {
     let s = fails_at_once(&d, &home, "symlink", spec).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(
-        e.details
-            .get("exit_code")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "6",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "exit_code"), "6", "{e:#?}");
 }
 
 /// The pid file names a process that is already dead while the launcher
@@ -290,7 +261,7 @@ async fn pid_file_names_a_dead_pid() {
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
-        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
+        detail(e, "pid"),
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
@@ -345,14 +316,7 @@ async fn a_timeout_names_the_stage_it_was_held_in() {
         census.join("\n")
     );
     let e = error(&s);
-    assert_eq!(
-        e.details
-            .get("stage")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "launcher_exited",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "stage"), "launcher_exited", "{e:#?}");
     assert!(
         e.message.contains("held at stage launcher_exited for 1s"),
         "{e:#?}"
@@ -512,15 +476,7 @@ async fn a_failure_names_the_last_stage_reached() {
     let home = Home::new();
     let spec = script(&home, &format!("{DIED}\nexit 7"));
     let s = fails_at_once(&d, &home, "staged-fail", spec).await;
-    assert_eq!(
-        error(&s)
-            .details
-            .get("stage")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "launched",
-        "{s:#?}"
-    );
+    assert_eq!(detail(error(&s), "stage"), "launched", "{s:#?}");
 }
 
 /// The observer obhostd started died before WaitObserverActive began: the wait
@@ -550,19 +506,8 @@ async fn a_wait_after_the_observer_died_reports_its_death() {
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(
-        e.details.get("pid").map(String::as_str).unwrap_or("<none>"),
-        pid.to_string(),
-        "{e:#?}"
-    );
-    assert_eq!(
-        e.details
-            .get("exit_code")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "134",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "pid"), pid.to_string(), "{e:#?}");
+    assert_eq!(detail(e, "exit_code"), "134", "{e:#?}");
     assert!(e.message.contains("by step 'died-start'"), "{e:#?}");
     assert!(!e.message.contains("before waiting for it"), "{e:#?}");
     assert!(
@@ -593,22 +538,8 @@ async fn the_stand_in_on_a_taken_port_fails_at_once_in_oceanbases_terms() {
     );
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    assert_eq!(
-        e.details
-            .get("exit_code")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "1",
-        "{e:#?}"
-    );
-    assert_eq!(
-        e.details
-            .get("ob_errcode")
-            .map(String::as_str)
-            .unwrap_or("<none>"),
-        "-4004",
-        "{e:#?}"
-    );
+    assert_eq!(detail(e, "exit_code"), "1", "{e:#?}");
+    assert_eq!(detail(e, "ob_errcode"), "-4004", "{e:#?}");
     assert!(e.message.contains("OB_SERVER_LISTEN_ERROR"), "{e:#?}");
     assert!(
         e.log_tail

@@ -151,7 +151,14 @@ impl Registry {
             let handle = match Handle::open(id) {
                 Ok(h) => h,
                 Err(_) => {
-                    registry.record_exit(&home, id, None);
+                    // Died before it could be watched (a start that just
+                    // succeeded can lose its observer a moment later): the
+                    // reaper still has how it ended when it was our child.
+                    let exit =
+                        tokio::time::timeout(Duration::from_secs(1), registry.reaper.wait(id.pid))
+                            .await
+                            .ok();
+                    registry.record_exit(&home, id, exit);
                     return;
                 }
             };

@@ -323,8 +323,17 @@ impl WaitObserverActive {
     /// of its death).
     async fn exit_of(&self, id: Identity) -> Option<Exit> {
         let reaper = self.deps.registry.reaper();
-        launch::exit_of(reaper, id.pid).await?;
-        reaper.exit_of_process(&id)
+        let by_pid = launch::exit_of(reaper, id.pid).await?;
+        let exit = reaper.exit_of_process(&id);
+        if exit.is_none() {
+            tracing::debug!(
+                pid = id.pid,
+                start_ticks = id.start_ticks,
+                reaped_start_ticks = ?by_pid.start_ticks,
+                "the exit obhostd reaped for this pid is not this observer's"
+            );
+        }
+        exit
     }
 
     async fn exited(&self, id: Identity) -> StepFailure {

@@ -106,6 +106,13 @@ pub async fn exit_of(reaper: &Reaper, pid: i32) -> Option<Exit> {
         .ok()
 }
 
+/// [`exit_of`] for the process `id` itself: its exit, never that of an
+/// earlier process that had the same pid.
+pub async fn exit_of_process(reaper: &Reaper, id: &Identity) -> Option<Exit> {
+    exit_of(reaper, id.pid).await?;
+    reaper.exit_of_process(id)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("{0}")]

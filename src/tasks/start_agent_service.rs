@@ -290,10 +290,7 @@ impl StartAgentService {
                 })?;
                 let id = handle.identity();
                 let reaper = self.deps.registry.reaper();
-                let exit = match launch::exit_of(reaper, id.pid).await {
-                    Some(_) => reaper.exit_of_process(&id),
-                    None => None,
-                };
+                let exit = launch::exit_of_process(reaper, &id).await;
                 let during = "before it became healthy";
                 let died = Died { pid: id.pid, exit, during, id: Some(id) };
                 Err(self.failed(LaunchError::Died(died), cmd).await)

@@ -314,10 +314,7 @@ impl StartObserver {
         .await;
         let died = || async {
             let reaper = self.deps.registry.reaper();
-            let exit = match launch::exit_of(reaper, server.pid).await {
-                Some(_) => reaper.exit_of_process(&server),
-                None => None,
-            };
+            let exit = launch::exit_of_process(reaper, &server).await;
             // GetObserver shows how it ended, as for any observer obhostd ran.
             self.deps.registry.started(ObserverRecord {
                 identity: None,

@@ -100,8 +100,7 @@ impl StopObserver {
             Err(_) => {
                 // Died between the look and the stop: say how, when obhostd
                 // collected it (a stop is often what follows a failed start).
-                let exit = crate::process::launch::exit_of(registry.reaper(), id.pid).await;
-                let exit = exit.and(registry.reaper().exit_of_process(&id));
+                let exit = crate::process::launch::exit_of_process(registry.reaper(), &id).await;
                 outputs.insert("already_stopped".to_string(), "true".to_string());
                 if let Some(e) = exit {
                     outputs.insert("exit".to_string(), e.describe());

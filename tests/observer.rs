@@ -564,12 +564,14 @@ async fn runs_as_another_user_with_its_groups() {
         eprintln!("SKIPPED: not root, cannot create a user");
         return;
     }
-    let _ = std::process::Command::new("groupadd")
-        .arg("obhostgrp")
-        .status();
-    let _ = std::process::Command::new("useradd")
-        .args(["-m", "-G", "obhostgrp", "obhosttest"])
-        .status();
+    user_db_locked(|| {
+        let _ = std::process::Command::new("groupadd")
+            .arg("obhostgrp")
+            .status();
+        let _ = std::process::Command::new("useradd")
+            .args(["-m", "-G", "obhostgrp", "obhosttest"])
+            .status();
+    });
     let user = nix::unistd::User::from_name("obhosttest")
         .unwrap()
         .expect("user created");

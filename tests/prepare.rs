@@ -163,9 +163,11 @@ async fn a_dir_the_user_cannot_write_fails_with_the_chown_fix() {
         eprintln!("SKIPPED: not root, cannot create a user");
         return;
     }
-    let _ = std::process::Command::new("useradd")
-        .args(["-m", "obhosttest"])
-        .status();
+    let _ = user_db_locked(|| {
+        std::process::Command::new("useradd")
+            .args(["-m", "obhosttest"])
+            .status()
+    });
     let d = Daemon::start();
     let home = Home::new(); // owned by root, mode 0700
     let mut spec = home.spec();

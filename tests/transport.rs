@@ -29,10 +29,12 @@ impl TestUser {
         let name = format!("obt{tag}{}", std::process::id() % 100_000);
         // Other tests may be adding users: /etc/passwd's lock is retried.
         for _ in 0..50 {
-            let out = Command::new("useradd")
-                .args(["-M", "-U", "-s", "/usr/sbin/nologin", &name])
-                .output()
-                .expect("useradd (tests run as root)");
+            let out = user_db_locked(|| {
+                Command::new("useradd")
+                    .args(["-M", "-U", "-s", "/usr/sbin/nologin", &name])
+                    .output()
+                    .expect("useradd (tests run as root)")
+            });
             if out.status.success() {
                 return TestUser { name };
             }
@@ -75,9 +77,7 @@ impl TestUser {
 impl Drop for TestUser {
     fn drop(&mut self) {
         for _ in 0..50 {
-            if Command::new("userdel")
-                .arg(&self.name)
-                .output()
+            if user_db_locked(|| Command::new("userdel").arg(&self.name).output())
                 .is_ok_and(|o| o.status.success())
             {
                 return;

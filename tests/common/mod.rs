@@ -727,28 +727,43 @@ pub fn seed_store(dir: &Path, n: usize, pad: usize) {
     }
 }
 
+/// Runs `f` (which adds or removes users) while no other test, in this process
+/// or another, does: two `useradd`s at once were seen to both write
+/// /etc/passwd, the second replacing the first's user with another uid, so a
+/// home chowned to the first uid no longer belonged to the user by name.
+pub fn user_db_locked<T>(f: impl FnOnce() -> T) -> T {
+    static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/obhost-tests-useradd.lock")
+        .expect("open the tests' useradd lock");
+    lock.lock().expect("lock the tests' useradd lock");
+    f()
+}
+
 /// A plain system user with no privileges (no home, no shell), made once per
 /// machine with `useradd`: the unprivileged user an attack is mounted as.
 pub fn system_user(name: &str) -> (u32, u32) {
-    if nix::unistd::User::from_name(name).unwrap().is_none() {
-        let ok = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg(name)
-            .status()
-            .expect("useradd (the tests run as root)");
-        // A test running beside this one may have made it meanwhile.
-        assert!(
-            ok.success() || nix::unistd::User::from_name(name).unwrap().is_some(),
-            "useradd {name} failed"
-        );
-    }
-    let u = nix::unistd::User::from_name(name).unwrap().unwrap();
-    (u.uid.as_raw(), u.gid.as_raw())
+    user_db_locked(|| {
+        if nix::unistd::User::from_name(name).unwrap().is_none() {
+            let ok = std::process::Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                ])
+                .arg(name)
+                .status()
+                .expect("useradd (the tests run as root)");
+            assert!(ok.success(), "useradd {name} failed");
+        }
+        let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+        (u.uid.as_raw(), u.gid.as_raw())
+    })
 }
 
 /// Runs a shell script as `name` (made by [`system_user`]) with no groups; it

@@ -5,7 +5,8 @@
 //!
 //! Needs root and a memory cgroup controller (v2 at /sys/fs/cgroup or
 //! /sys/fs/cgroup/unified, else v1 at /sys/fs/cgroup/memory). Without them the
-//! test is skipped with the reason; under `CI` it fails instead.
+//! test is skipped with the reason; under `CI` it fails instead. The last test
+//! does the same to the real kernel (seekdb) while it serves.
 
 mod common;
 
@@ -23,11 +24,15 @@ use nix::unistd::Pid;
 use obhost::process::Identity;
 use obhost::process::identity::stat;
 use obhost::process::oom::{cgroup_oom_kills, oom_killed};
+use obhost::proto::v1 as pb;
 
 const FAKE_OBSERVER: &str = env!("CARGO_BIN_EXE_obhost-fake-observer");
 /// The cgroup's limit, and what the stand-in is asked to hold (4 times it).
 const LIMIT_MIB: u64 = 64;
 const ALLOC_MIB: u64 = 256;
+/// The cgroup seekdb runs in: it needs about 130 MiB once ready, and a client
+/// then fills its memtables past this.
+const SEEKDB_LIMIT_MIB: u64 = 320;
 
 /// A memory cgroup made for one test, removed when dropped (its processes are
 /// reaped by then).
@@ -51,13 +56,13 @@ fn unavailable(why: &str) -> Option<Cgroup> {
     None
 }
 
-/// A memory cgroup limited to LIMIT_MIB with no swap, v2 where the host has the
-/// memory controller there, else v1.
-fn memory_cgroup(name: &str) -> Option<Cgroup> {
+/// A memory cgroup limited to `limit_mib` with no swap, v2 where the host has
+/// the memory controller there, else v1.
+fn memory_cgroup(name: &str, limit_mib: u64) -> Option<Cgroup> {
     if !nix::unistd::Uid::effective().is_root() {
         return unavailable("making a memory cgroup needs root");
     }
-    let limit = (LIMIT_MIB << 20).to_string();
+    let limit = (limit_mib << 20).to_string();
     for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         let root = Path::new(root);
         let controllers = std::fs::read_to_string(root.join("cgroup.controllers"));
@@ -176,7 +181,10 @@ fn identity_at_exit(child: &mut Child) -> (Identity, std::process::ExitStatus) {
 
 #[test]
 fn an_oom_kill_is_told_apart_from_a_plain_sigkill() {
-    let Some(cg) = memory_cgroup(&format!("obhost-oom-test-{}", std::process::id())) else {
+    let Some(cg) = memory_cgroup(
+        &format!("obhost-oom-test-{}", std::process::id()),
+        LIMIT_MIB,
+    ) else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -216,7 +224,10 @@ fn an_oom_kill_is_told_apart_from_a_plain_sigkill() {
 /// it execs the stand-in, so the server it forks is born there.
 #[tokio::test]
 async fn an_observer_the_oom_killer_ends_is_reported_oom_killed() {
-    let Some(cg) = memory_cgroup(&format!("obhost-oom-step-{}", std::process::id())) else {
+    let Some(cg) = memory_cgroup(
+        &format!("obhost-oom-step-{}", std::process::id()),
+        LIMIT_MIB,
+    ) else {
         return;
     };
     let d = common::Daemon::start();
@@ -243,6 +254,121 @@ async fn an_observer_the_oom_killer_ends_is_reported_oom_killed() {
     let s = common::wait_terminal(&d, "oom-start").await;
     let e = s.error.clone().expect("the start failed");
     assert_eq!(e.code, "PROCESS_EXITED", "{s:#?}");
+    assert_eq!(
+        e.details.get("signal").map(String::as_str),
+        Some("9"),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e.details.get("oom_killed").map(String::as_str),
+        Some("true"),
+        "{e:#?}"
+    );
+    assert!(e.message.contains("OOM killer"), "{e:#?}");
+    assert!(cgroup_oom_kills(&cg.dir).is_some_and(|n| n >= 1));
+}
+
+/// The real kernel, OOM-killed while it serves: seekdb (about 130 MiB once
+/// ready) runs in a cgroup of SEEKDB_LIMIT_MIB, a client inserts rows until
+/// the kernel kills it, and the WaitObserverActive that follows reports that
+/// death as the OOM killer's.
+#[tokio::test]
+async fn seekdb_the_oom_killer_ends_is_reported_oom_killed() {
+    use mysql_async::prelude::Queryable;
+    let Some(seekdb) = common::seekdb() else {
+        return;
+    };
+    let Some(cg) = memory_cgroup(
+        &format!("obhost-oom-seekdb-{}", std::process::id()),
+        SEEKDB_LIMIT_MIB,
+    ) else {
+        return;
+    };
+    let d = common::Daemon::start();
+    let home = common::Home::new();
+    common::install_seekdb(&home, &seekdb);
+    let bin = home.path().join("bin");
+    std::fs::rename(bin.join("observer"), bin.join("observer-seekdb")).unwrap();
+    std::fs::write(
+        bin.join("observer"),
+        format!(
+            "#!/bin/sh\necho $$ > '{}' || exit 99\nexec \"$(dirname \"$0\")/observer-seekdb\" \"$@\"\n",
+            cg.dir.join("cgroup.procs").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("observer"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut spec = common::seekdb_spec(&home);
+    spec.binary = bin.join("observer").display().to_string();
+    common::start_observer(&d, "sdb-oom-start", spec)
+        .await
+        .unwrap();
+    let s = common::wait_terminal(&d, "sdb-oom-start").await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    let pid: i32 = s.outputs["pid"].parse().unwrap();
+    let wait = |id: &'static str| pb::WaitObserverActiveRequest {
+        meta: Some(common::meta(id)),
+        home_path: home.path().display().to_string(),
+        mysql_port: home.mysql_port as u32,
+        ..Default::default()
+    };
+    d.client()
+        .await
+        .wait_observer_active(wait("sdb-oom-ready"))
+        .await
+        .unwrap();
+    let s = common::wait_terminal(&d, "sdb-oom-ready").await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+
+    // 80 MiB of rows a statement, into memtables that stay in memory.
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(home.mysql_port)
+        .user(Some("root"));
+    let mut conn = mysql_async::Conn::new(opts)
+        .await
+        .expect("connect to seekdb");
+    conn.query_drop("CREATE DATABASE oom").await.unwrap();
+    conn.query_drop("CREATE TABLE oom.big (a BIGINT PRIMARY KEY, s VARCHAR(4000))")
+        .await
+        .unwrap();
+    let mut lost = false;
+    for i in 0..40 {
+        let insert = format!(
+            "INSERT INTO oom.big SELECT {i} * 100000 + ROW_NUMBER() OVER (), REPEAT('x', 4000) FROM TABLE(GENERATOR(20000))"
+        );
+        if let Err(e) = conn.query_drop(insert).await {
+            eprintln!("insert {i}: {e}");
+            lost = true;
+            break;
+        }
+    }
+    assert!(
+        lost,
+        "seekdb held 3 GiB of rows in a {SEEKDB_LIMIT_MIB} MiB cgroup"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !common::alive(pid),
+        "seekdb {pid} still runs after the insert failed"
+    );
+
+    d.client()
+        .await
+        .wait_observer_active(wait("sdb-oom-wait"))
+        .await
+        .unwrap();
+    let s = common::wait_terminal(&d, "sdb-oom-wait").await;
+    let e = s.error.clone().expect("the wait failed");
+    assert_eq!(e.code, "PROCESS_EXITED", "{s:#?}");
+    assert_eq!(e.details.get("pid"), Some(&pid.to_string()), "{e:#?}");
     assert_eq!(
         e.details.get("signal").map(String::as_str),
         Some("9"),

@@ -124,8 +124,9 @@ async fn server_dies_before_its_launcher_exits() {
 }
 
 /// The issue's own reproduction: the server is the launcher's direct child,
-/// which the launcher (a shell) collects, so obhostd may never see its status;
-/// the step still fails at once and names the server.
+/// which the launcher (a shell) collects, so obhostd never reaps it: the step
+/// still fails at once, names the server, and has its exit code from the
+/// kernel's exit events.
 #[tokio::test]
 async fn server_collected_by_its_launcher_still_fails_at_once() {
     let d = Daemon::start();
@@ -145,11 +146,33 @@ async fn server_collected_by_its_launcher_still_fails_at_once() {
         pid_in(&home, "run/observer.pid"),
         "{e:#?}"
     );
-    if let Some(code) = e.details.get("exit_code") {
-        assert_eq!(code, "1", "{e:#?}");
-    } else {
-        assert!(e.message.contains("exit status unknown"), "{e:#?}");
-    }
+    // The kernel announced its exit to obhostd (the process-events
+    // connector), though obhostd never reaped it.
+    assert_eq!(detail(e, "exit_code"), "1", "{e:#?}");
+}
+
+/// As above, but the server lives long enough to be seen alive (a member of
+/// the launch's census) before it dies and its launcher collects it.
+#[tokio::test]
+async fn server_seen_alive_then_collected_by_its_launcher() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let spec = script(
+        &home,
+        &format!(
+            "sh -c 'echo $$ > run/observer.pid; sleep 0.5; echo \"{ERROR_LINE}\" >> log/observer.log; {DIED}; exit 4' &\n\
+             wait $!\nexit 0"
+        ),
+    );
+    let s = fails_at_once(&d, &home, "seen-collected", spec).await;
+    let e = error(&s);
+    assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
+    assert_eq!(
+        detail(e, "pid"),
+        pid_in(&home, "run/observer.pid"),
+        "{e:#?}"
+    );
+    assert_eq!(detail(e, "exit_code"), "4", "{e:#?}");
 }
 
 /// The launcher exits 0 first; only then does its server write the pid file
@@ -439,15 +462,9 @@ async fn seekdb_whose_port_is_taken_fails_with_its_own_words() {
     assert_eq!(failed.state(), pb::StepState::Failed, "{failed:#?}");
     let e = error(&failed);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
-    // Exit code 1, as seekdb ends. Once in a clean-clone CI run a wait that
-    // began after seekdb died said "exit status unknown": seekdb had died
-    // between the start's success and the registry's watch, which then
-    // recorded no status (fixed: it asks the reaper). Should any other path
-    // still lose the status, the message says so; a wrong code never passes.
-    match e.details.get("exit_code") {
-        Some(code) => assert_eq!(code, "1", "{e:#?}"),
-        None => assert!(e.message.contains("exit status unknown"), "{e:#?}"),
-    }
+    // Exit code 1, as seekdb ends: from the reaper, or from the kernel's
+    // exit events when the registry's watch began after seekdb was reaped.
+    assert_eq!(detail(e, "exit_code"), "1", "{e:#?}");
     // seekdb's own error lines, read through the wrapper's observer.log link:
     // ERROR when it wrote its "observer start fail" (most runs), else its
     // EDIAG diagnostics (it sometimes exits 1 before that line).

@@ -109,6 +109,9 @@ pub async fn exit_of(reaper: &Reaper, pid: i32) -> Option<Exit> {
 /// [`exit_of`] for the process `id` itself: its exit, never that of an
 /// earlier process that had the same pid.
 pub async fn exit_of_process(reaper: &Reaper, id: &Identity) -> Option<Exit> {
+    if let Some(exit) = reaper.exit_of_process(id) {
+        return Some(exit);
+    }
     exit_of(reaper, id.pid).await?;
     reaper.exit_of_process(id)
 }
@@ -483,7 +486,7 @@ impl Follow {
                     };
                     return self.died(id, reaper, "after it wrote its pid file");
                 }
-                let exit = reaper.exit_of(pid).filter(|e| e.at >= self.started_at());
+                let exit = reaper.exit_since(pid, self.started_at());
                 let id = exit.and_then(|e| {
                     Some(Identity {
                         pid,

@@ -8,6 +8,7 @@
 //! - obhostd is a subreaper and reaps every child in one place ([`Reaper`]).
 
 pub mod control;
+pub mod exits;
 pub mod identity;
 pub mod inspect;
 pub mod launch;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::Identity;
+use super::exits::ExitEvents;
 use super::identity;
 
 /// How a child ended.
@@ -85,7 +86,7 @@ impl Exit {
                 };
                 format!("was killed by {name}{core}")
             }
-            _ => "ended (exit status unknown: obhostd did not collect it)".into(),
+            _ => "ended (exit status unknown: neither obhostd nor the kernel's exit events saw it)".into(),
         }
     }
 }
@@ -103,6 +104,9 @@ pub struct Reaper {
     /// (keyed by pid, forgotten when that pid is reaped). A launch's census
     /// never presumes a process another launch owns (see `tree`).
     claims: Arc<Mutex<HashMap<i32, (Identity, Identity)>>>,
+    /// Exits of processes obhostd never reaps (collected by their own
+    /// parent), from the kernel; None where it cannot listen.
+    elsewhere: Option<ExitEvents>,
 }
 
 impl Reaper {
@@ -112,10 +116,16 @@ impl Reaper {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             warn!(error = %e, "cannot become a child subreaper; exit codes of daemonizing observers will be unknown");
         }
+        let elsewhere = ExitEvents::listen()
+            .inspect_err(|e| {
+                warn!(error = %e, "cannot listen for process exits; the exit status of a server its launcher collects will be unknown")
+            })
+            .ok();
         let reaper = Reaper {
             exits: Arc::new(Mutex::new(HashMap::new())),
             tick: watch::channel(0).0,
             claims: Arc::default(),
+            elsewhere,
         };
         let r = reaper.clone();
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
@@ -237,17 +247,28 @@ impl Reaper {
             .copied()
     }
 
-    /// The exit of the process `id` if we reaped it: that very process, not
-    /// an earlier one of the same pid.
+    /// The exit of the process `id`: that very process, not an earlier one of
+    /// the same pid. Reaped by obhostd, else announced by the kernel (its
+    /// parent collected it).
     pub fn exit_of_process(&self, id: &Identity) -> Option<Exit> {
-        self.exit_of(id.pid).filter(|e| match e.start_ticks {
-            Some(t) => t == id.start_ticks,
-            // Unknown (the zombie was gone from /proc): it ended after the
-            // process started, within the start time's one-second grain.
-            None => id
-                .start_time()
-                .is_some_and(|s| e.at + Duration::from_secs(1) >= s),
-        })
+        self.exit_of(id.pid)
+            .filter(|e| match e.start_ticks {
+                Some(t) => t == id.start_ticks,
+                // Unknown (the zombie was gone from /proc): it ended after the
+                // process started, within the start time's one-second grain.
+                None => id
+                    .start_time()
+                    .is_some_and(|s| e.at + Duration::from_secs(1) >= s),
+            })
+            .or_else(|| self.elsewhere.as_ref()?.exit_of_process(id))
+    }
+
+    /// The latest exit of a process of `pid` since `since`, wherever it was
+    /// collected: for a pid whose start time was never seen.
+    pub fn exit_since(&self, pid: i32, since: SystemTime) -> Option<Exit> {
+        self.exit_of(pid)
+            .filter(|e| e.at >= since)
+            .or_else(|| self.elsewhere.as_ref()?.exit_of(pid, since))
     }
 
     /// Every exit recorded since `since`, oldest first.
@@ -322,6 +343,7 @@ mod tests {
             exits: Arc::new(Mutex::new(HashMap::new())),
             tick: watch::channel(0).0,
             claims: Arc::default(),
+            elsewhere: None,
         }
     }
 
@@ -340,7 +362,7 @@ mod tests {
         assert_eq!(e(Some(0), None).describe(), "exited with code 0");
         assert_eq!(e(None, Some(9)).describe(), "was killed by SIGKILL");
         assert_eq!(e(None, Some(99)).describe(), "was killed by signal 99");
-        assert!(e(None, None).describe().contains("did not collect it"));
+        assert!(e(None, None).describe().contains("exit status unknown"));
     }
 
     #[tokio::test]

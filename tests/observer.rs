@@ -351,6 +351,37 @@ async fn the_observer_survives_kill9_of_obhostd_and_is_readopted() {
     assert!(home.processes().is_empty());
 }
 
+/// An observer re-adopted after obhostd's restart is init's child, never
+/// reaped by obhostd: how it ended still comes through (the kernel's exit
+/// events), not "exit status unknown".
+#[tokio::test]
+async fn a_readopted_observer_that_dies_is_reported_with_its_status() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let s = started(&d, "adopted-1", home.spec()).await;
+    let pid = pid_of(&s);
+    let d = d.restart_after_kill9();
+    assert!(get_observer(&d, home.path()).await.running);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = get_observer(&d, home.path()).await.last_exit {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-adopted observer's death was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.pid as i32, pid, "{exit:?}");
+    assert_eq!(exit.signal, Some(9), "{exit:?}");
+}
+
 #[tokio::test]
 async fn kill9_during_a_start_resolves_the_step_without_a_duplicate() {
     let d = Daemon::start_with(Options {

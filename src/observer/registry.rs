@@ -13,14 +13,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::diagnosis::LogMark;
-use crate::process::{Exit, Handle, Identity, Reaper, pidfile};
+use crate::process::{Exit, Handle, Identity, Reaper, launch, pidfile};
 use crate::steps::Committer;
 use crate::steps::store::{Store, Write};
 
@@ -153,11 +152,8 @@ impl Registry {
                 Err(_) => {
                     // Died before it could be watched (a start that just
                     // succeeded can lose its observer a moment later): the
-                    // reaper still has how it ended when it was our child.
-                    let exit =
-                        tokio::time::timeout(Duration::from_secs(1), registry.reaper.wait(id.pid))
-                            .await
-                            .ok();
+                    // reaper still has how it ended.
+                    let exit = launch::exit_of_process(&registry.reaper, &id).await;
                     registry.record_exit(&home, id, exit);
                     return;
                 }
@@ -165,9 +161,10 @@ impl Registry {
             tokio::select! {
                 () = registry.shutdown.cancelled() => {}
                 () = handle.exited() => {
-                    // Ours (subreaper) yields a status within moments; a process
-                    // re-adopted after a restart is init's, and never will.
-                    let exit = tokio::time::timeout(Duration::from_secs(1), registry.reaper.wait(id.pid)).await.ok();
+                    // Ours (subreaper) is reaped within moments; a process
+                    // re-adopted after a restart is init's, and its status
+                    // comes from the kernel's exit events.
+                    let exit = launch::exit_of_process(&registry.reaper, &id).await;
                     registry.record_exit(&home, id, exit);
                 }
             }

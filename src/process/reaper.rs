@@ -86,7 +86,8 @@ impl Exit {
                 };
                 format!("was killed by {name}{core}")
             }
-            _ => "ended (exit status unknown: neither obhostd nor the kernel's exit events saw it)".into(),
+            _ => "ended (exit status unknown: neither obhostd nor the kernel's exit events saw it)"
+                .into(),
         }
     }
 }

@@ -287,6 +287,7 @@ fn upgrade_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn record(home: &str) -> ObserverRecord {
         ObserverRecord {

@@ -8,10 +8,11 @@
 //! and the launcher's output stood), and a failure calls [`diagnose`], which
 //! keeps only what was written after the mark:
 //!
-//! - the last ERROR lines (EDIAG, OceanBase 4.x's diagnostic error level, counts
-//!   as ERROR) of `observer.log`, then those of `observer.log.wf` (OceanBase
-//!   writes its WARN and ERROR lines there too; a line already shown from
-//!   `observer.log` is not repeated);
+//! - the last WARN and ERROR lines (EDIAG, OceanBase 4.x's diagnostic error
+//!   level, counts as ERROR; WDIAG as WARN) of `observer.log`, then those of
+//!   `observer.log.wf` (OceanBase writes its WARN and ERROR lines there too; a
+//!   line already shown from `observer.log` is not repeated). ERROR and WARN
+//!   lines are bounded apart, so WARN noise never pushes an ERROR out;
 //! - then the last lines of `log/obhost_observer.out`, the launcher's captured
 //!   output (a start that fails before the observer logs anything says why there);
 //! - the OceanBase error code of the first ERROR line since the mark that names
@@ -63,6 +64,8 @@ pub const OUT: &str = "log/obhost_observer.out";
 
 /// At most this many ERROR lines of each log.
 pub const MAX_ERROR_LINES: usize = 20;
+/// And at most this many WARN lines, besides.
+pub const MAX_WARN_LINES: usize = 10;
 /// At most this many lines of the launcher's output.
 pub const MAX_OUT_LINES: usize = 10;
 /// A line longer than this is cut (a step record carries every line).
@@ -124,7 +127,7 @@ impl LogMark {
     }
 }
 
-/// What the observer of `home` wrote since `since`: its ERROR lines, the
+/// What the observer of `home` wrote since `since`: its WARN and ERROR lines, the
 /// launcher's output, and the first OceanBase error code with a hint.
 pub fn diagnose(home: &Path, since: &LogMark) -> Diagnosis {
     let mut d = Diagnosis::default();
@@ -136,11 +139,15 @@ pub fn diagnose(home: &Path, since: &LogMark) -> Diagnosis {
     for (name, mark) in [(LOG, since.log), (WF, since.wf)] {
         let remember = name == LOG;
         let mut errors = Last::new(MAX_ERROR_LINES);
+        let mut warnings = Last::new(MAX_WARN_LINES);
+        let mut seq = 0u64;
         let read = read_since(home, name, owner, mark, SCAN_WINDOW, |line| {
-            let Some(level) = error_level(line) else {
+            let Some(level) = level(line) else {
                 return;
             };
-            codes.see(level, line);
+            if level != Level::Warn {
+                codes.see(level, line);
+            }
             let h = hash(line);
             if remember {
                 if shown.len() < MAX_REMEMBERED {
@@ -149,15 +156,23 @@ pub fn diagnose(home: &Path, since: &LogMark) -> Diagnosis {
             } else if shown.contains(&h) {
                 return;
             }
-            errors.push(line.to_string());
+            seq += 1;
+            let kept = if level == Level::Warn {
+                &mut warnings
+            } else {
+                &mut errors
+            };
+            kept.push((seq, line.to_string()));
         });
-        section(&mut d.lines, home, name, read, errors);
+        section(&mut d.lines, home, name, read, errors.merge(warnings));
     }
     let mut out = Last::new(MAX_OUT_LINES);
+    let mut seq = 0u64;
     let read = read_since(home, OUT, owner, since.out, OUT_WINDOW, |line| {
-        out.push(line.to_string())
+        seq += 1;
+        out.push((seq, line.to_string()))
     });
-    section(&mut d.lines, home, OUT, read, out);
+    section(&mut d.lines, home, OUT, read, out.merge(Last::new(0)));
     d.ob_errcode = codes.best();
     d.hint = d
         .ob_errcode
@@ -170,13 +185,19 @@ pub fn diagnose(home: &Path, since: &LogMark) -> Diagnosis {
 /// Appends one file's lines under its header; a file that was refused says so
 /// (the operator should know a log was there but not read), a missing one is
 /// left out.
-fn section(out: &mut Vec<String>, home: &Path, name: &str, read: io::Result<()>, lines: Last) {
+fn section(
+    out: &mut Vec<String>,
+    home: &Path,
+    name: &str,
+    read: io::Result<()>,
+    lines: Vec<String>,
+) {
     let header = format!("==> {} <==", home.join(name).display());
     match read {
-        Ok(()) if lines.0.is_empty() => {}
+        Ok(()) if lines.is_empty() => {}
         Ok(()) => {
             out.push(header);
-            out.extend(lines.0);
+            out.extend(lines);
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
@@ -288,10 +309,11 @@ fn scan_lines(mut r: impl Read, skip_first: bool, mut each: impl FnMut(&str)) ->
     Ok(())
 }
 
-/// The level of an OceanBase log line when it is an error level: the word after
-/// the `[timestamp] ` that opens every line (`[2026-12-06 03:50:01.123456] ERROR
-/// [SERVER] ...`). Continuation lines (no timestamp) have none.
-fn error_level(line: &str) -> Option<Level> {
+/// The level of an OceanBase log line when it is WARN or an error level: the
+/// word after the `[timestamp] ` that opens every line (`[2026-12-06
+/// 03:50:01.123456] ERROR [SERVER] ...`). Continuation lines (no timestamp)
+/// have none.
+fn level(line: &str) -> Option<Level> {
     let rest = line.strip_prefix('[')?;
     let close = rest.find("] ")?;
     let stamp = rest.get(..close)?;
@@ -306,6 +328,7 @@ fn error_level(line: &str) -> Option<Level> {
     match rest.get(close + 2..)?.split_whitespace().next()? {
         "ERROR" | "FATAL" => Some(Level::Error),
         "EDIAG" => Some(Level::Diag),
+        "WARN" | "WDIAG" => Some(Level::Warn),
         _ => None,
     }
 }
@@ -316,6 +339,9 @@ enum Level {
     Error,
     /// EDIAG: a 4.x developer diagnostic at error level.
     Diag,
+    /// WARN (and 4.x's WDIAG): context around the errors, never their code,
+    /// and kept apart so that a flood of them cannot push the errors out.
+    Warn,
 }
 
 /// The OceanBase error code a line names: `errcode=-N` first, else `ret=-N`.
@@ -358,6 +384,7 @@ impl FirstCodes {
         let slot = match level {
             Level::Error => &mut self.error,
             Level::Diag => &mut self.diag,
+            Level::Warn => return,
         };
         if slot.is_none() {
             *slot = errcode(line);
@@ -369,19 +396,29 @@ impl FirstCodes {
     }
 }
 
-/// The last `n` items pushed.
-struct Last(VecDeque<String>, usize);
+/// The last `n` lines pushed, each with its place in the file.
+struct Last(VecDeque<(u64, String)>, usize);
 
 impl Last {
     fn new(n: usize) -> Last {
         Last(VecDeque::with_capacity(n), n)
     }
 
-    fn push(&mut self, s: String) {
+    fn push(&mut self, line: (u64, String)) {
+        if self.1 == 0 {
+            return;
+        }
         if self.0.len() == self.1 {
             self.0.pop_front();
         }
-        self.0.push_back(s);
+        self.0.push_back(line);
+    }
+
+    /// Both sets of lines, in the order the file has them.
+    fn merge(self, other: Last) -> Vec<String> {
+        let mut all: Vec<(u64, String)> = self.0.into_iter().chain(other.0).collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, line)| line).collect()
     }
 }
 

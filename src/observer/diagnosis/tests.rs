@@ -39,7 +39,7 @@ impl Home {
 #[test]
 fn real_seekdb_lines_are_parsed() {
     let lines: Vec<&str> = SEEKDB.lines().filter(|l| !l.starts_with('#')).collect();
-    let levels: Vec<Option<Level>> = lines.iter().map(|l| error_level(l)).collect();
+    let levels: Vec<Option<Level>> = lines.iter().map(|l| level(l)).collect();
     // INFO, EDIAG (bootstrap's -4109), a continuation line, ...
     assert_eq!(levels[0], None);
     assert_eq!(levels[2], Some(Level::Diag));
@@ -47,7 +47,7 @@ fn real_seekdb_lines_are_parsed() {
     assert_eq!(levels[3], None, "a continuation line has no level");
     let errors: Vec<&&str> = lines
         .iter()
-        .filter(|l| error_level(l) == Some(Level::Error))
+        .filter(|l| level(l) == Some(Level::Error))
         .collect();
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("observer start fail"));
@@ -84,10 +84,7 @@ fn only_error_lines_since_a_first_start_and_the_operators_code() {
     assert_eq!(d.lines[0], log);
     // 5 error lines (EDIAG + ERROR), no INFO, no continuation line.
     let errors = &d.lines[1..6];
-    assert!(
-        errors.iter().all(|l| error_level(l).is_some()),
-        "{errors:#?}"
-    );
+    assert!(errors.iter().all(|l| level(l).is_some()), "{errors:#?}");
     assert!(d.lines[6].starts_with("==> ") && d.lines[6].ends_with("obhost_observer.out <=="));
     assert_eq!(
         d.lines[7],
@@ -177,9 +174,38 @@ fn the_wf_file_adds_only_what_observer_log_did_not_show() {
     let d = diagnose(&h.path, &LogMark::default());
     let wf = format!("==> {} <==", h.path.join(WF).display());
     let at = d.lines.iter().position(|l| *l == wf).unwrap();
-    assert_eq!(d.lines[at + 1..].len(), 1, "{:#?}", d.lines);
-    assert!(d.lines[at + 1].contains("only in wf"));
+    assert_eq!(d.lines[at + 1..].len(), 2, "{:#?}", d.lines);
+    assert!(d.lines[at + 1].contains("a warning"));
+    assert!(d.lines[at + 2].contains("only in wf"));
     assert_eq!(d.ob_errcode.as_deref(), Some("-4016"));
+}
+
+/// WARN lines come with the errors, in the file's order, bounded apart: a
+/// flood of them never pushes an ERROR line out, and their codes are never
+/// taken for the failure's.
+#[test]
+fn warn_lines_are_shown_but_never_crowd_out_errors() {
+    let h = home();
+    h.append(LOG, &line("INFO", "starting"));
+    h.append(LOG, &line("WARN", "[errcode=-4012] slow disk"));
+    h.append(LOG, &line("ERROR", "[errcode=-4016] observer start fail"));
+    for i in 0..100 {
+        h.append(LOG, &line("WARN", &format!("retrying {i}")));
+    }
+    let d = diagnose(&h.path, &LogMark::default());
+    let body = &d.lines[1..];
+    assert_eq!(body.len(), 1 + MAX_WARN_LINES, "{body:#?}");
+    assert!(body[0].contains("observer start fail"), "{body:#?}");
+    assert!(body[1].contains("retrying 90"), "{body:#?}");
+    assert!(body[MAX_WARN_LINES].contains("retrying 99"), "{body:#?}");
+    assert!(!d.lines.iter().any(|l| l.contains("starting")));
+    assert_eq!(d.ob_errcode.as_deref(), Some("-4016"));
+    // A WARN line's code alone is not the failure's.
+    let h = home();
+    h.append(LOG, &line("WARN", "[errcode=-4012] slow disk"));
+    let d = diagnose(&h.path, &LogMark::default());
+    assert_eq!(d.lines.len(), 2, "{:#?}", d.lines);
+    assert_eq!(d.ob_errcode, None);
 }
 
 #[test]

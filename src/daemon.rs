@@ -30,6 +30,17 @@ pub fn check_config(config: &Config) -> anyhow::Result<String> {
     let access = Access::load(config)?;
     config.local_access()?;
     let state_dir = config.state_dir()?;
+    if state_dir.exists() {
+        check_state_owner(&state_dir)?;
+        // A dir open to others is narrowed to 0700 at start (see
+        // prepare_state_dir); only what leads to it must already be safe.
+        let mode = std::fs::metadata(&state_dir)
+            .map(|m| std::os::unix::fs::MetadataExt::mode(&m))
+            .unwrap_or(0);
+        if mode & 0o022 == 0 {
+            check_state_path(&state_dir)?;
+        }
+    }
     if let Some(report) = &config.report {
         crate::report::check(report)?;
     }
@@ -162,6 +173,7 @@ fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
                 dir.display()
             )
         })?;
+    check_state_owner(dir)?;
     let meta = std::fs::metadata(dir)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -176,7 +188,60 @@ fn prepare_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
             },
         )?;
     }
+    check_state_path(dir)
+}
+
+/// The state dir decides what root runs: a step stored there is run again
+/// after a restart. So it, its files and every dir on the way to it must be
+/// changeable by obhostd's user (and root) alone; another user's dir, or a
+/// store they could swap in, is refused before anything is read from it.
+fn check_state_owner(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot read state dir '{}'", dir.display()))?;
+    if meta.uid() != me {
+        anyhow::bail!(
+            "state dir '{}' belongs to uid {}, not to obhostd's user (uid {me}): that user could put steps in it that obhostd would run; \
+             check what it holds, then `chown -R {me} {}`, or point state_dir elsewhere",
+            dir.display(),
+            meta.uid(),
+            dir.display()
+        );
+    }
+    for name in [crate::steps::store::STATE_FILE, "observers.json"] {
+        let path = dir.join(name);
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !m.is_file() || m.uid() != me {
+            anyhow::bail!(
+                "state file '{}' is {}, not a file of obhostd's user (uid {me}): another user may have put it there; \
+                 move it away (obhostd starts afresh without it) or restore the original",
+                path.display(),
+                if m.file_type().is_symlink() {
+                    "a symbolic link".to_string()
+                } else if !m.is_file() {
+                    "not a regular file".to_string()
+                } else {
+                    format!("owned by uid {}", m.uid())
+                },
+            );
+        }
+    }
     Ok(())
+}
+
+/// No dir on the way to the state dir may be writable by other users: they
+/// could rename it away and put their own in its place.
+fn check_state_path(dir: &std::path::Path) -> anyhow::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    crate::trusted::check(dir, &[me]).map_err(|e| {
+        anyhow::anyhow!(
+            "state dir '{}' is not safe: {e}; put it under a dir only root can write (the default is /var/lib/obhost)",
+            dir.display()
+        )
+    })
 }
 
 /// The store and registry files may predate the umask above: make them 0600.

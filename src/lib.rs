@@ -20,3 +20,4 @@ pub mod proto;
 pub mod report;
 pub mod steps;
 pub mod tasks;
+pub mod trusted;

@@ -766,3 +766,130 @@ async fn a_root_dir_renamed_into_place_is_never_chowned() {
     assert_eq!(found.len(), 1, "the root dir is somewhere: {found:?}");
     assert_eq!(found[0].1, 0, "the root dir was chowned: {found:?}");
 }
+
+/// Runs obhostd on `state_dir` (a socket of its own elsewhere) and returns its
+/// exit code and stderr; one that listens (or still runs after 10 s) accepted
+/// the state dir, and is killed: None.
+fn obhostd_on_state_dir(state_dir: &Path) -> (Option<i32>, String) {
+    let sock = tempfile::tempdir().unwrap();
+    let listening = sock.path().join("s.sock");
+    let mut child = std::process::Command::new(OBHOSTD)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.path().join("s.sock").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if listening.exists() || std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            return (None, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A base dir only root can write, for state dirs the attacks below set up.
+fn root_base() -> tempfile::TempDir {
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    base
+}
+
+/// The attacker's own dir, with a store of their making in it, named as
+/// obhostd's state dir: refused before anything in it is read or changed.
+#[test]
+fn a_state_dir_another_user_owns_is_refused() {
+    let (uid, gid) = attacker();
+    let base = root_base();
+    let state = base.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(uid), Some(gid)).unwrap();
+    as_attacker(&format!(
+        "chmod 755 {s} && printf 'a store with a step of mine' > {s}/obhostd.redb",
+        s = state.display()
+    ));
+    let (code, err) = obhostd_on_state_dir(&state);
+    assert_eq!(code, Some(1), "obhostd accepted it: {err}");
+    assert!(
+        err.contains(&format!("belongs to uid {uid}, not to obhostd's user")),
+        "{err}"
+    );
+    assert!(err.contains("chown -R"), "says what to do: {err}");
+    let meta = std::fs::metadata(&state).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o755), "touched");
+    assert_eq!(
+        std::fs::read_to_string(state.join("obhostd.redb")).unwrap(),
+        "a store with a step of mine"
+    );
+}
+
+/// root's own state dir, but in a dir the attacker can write (not sticky):
+/// they could rename it away and put theirs in its place.
+#[test]
+fn a_state_dir_in_a_dir_others_can_write_is_refused() {
+    let (uid, gid) = attacker();
+    let base = root_base();
+    let open = base.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::os::unix::fs::chown(&open, Some(uid), Some(gid)).unwrap();
+    let state = open.join("state");
+    std::fs::create_dir(&state).unwrap();
+    let (code, err) = obhostd_on_state_dir(&state);
+    assert_eq!(code, Some(1), "obhostd accepted it: {err}");
+    assert!(
+        err.contains(&format!(
+            "belongs to uid {uid}, who could replace what it holds"
+        )),
+        "{err}"
+    );
+    assert!(!state.join("obhostd.redb").exists(), "a store was made");
+    // World-writable and not sticky, owned by root: the same.
+    std::os::unix::fs::chown(&open, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, err) = obhostd_on_state_dir(&state);
+    assert_eq!(code, Some(1), "obhostd accepted it: {err}");
+    assert!(err.contains("can be written by every user"), "{err}");
+    assert!(!state.join("obhostd.redb").exists(), "a store was made");
+}
+
+/// A store swapped into root's state dir: a file of the attacker's, or a
+/// link to one, is refused, not loaded.
+#[test]
+fn a_store_file_of_another_user_is_refused() {
+    let (uid, gid) = attacker();
+    let base = root_base();
+    let state = base.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let store = state.join("obhostd.redb");
+    std::fs::write(&store, "the attacker's store").unwrap();
+    std::os::unix::fs::chown(&store, Some(uid), Some(gid)).unwrap();
+    let (code, err) = obhostd_on_state_dir(&state);
+    assert_eq!(code, Some(1), "obhostd accepted it: {err}");
+    assert!(err.contains(&format!("owned by uid {uid}")), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&store).unwrap(),
+        "the attacker's store"
+    );
+    std::fs::remove_file(&store).unwrap();
+    let theirs = base.path().join("theirs.redb");
+    std::fs::write(&theirs, "the attacker's store").unwrap();
+    std::os::unix::fs::symlink(&theirs, &store).unwrap();
+    let (code, err) = obhostd_on_state_dir(&state);
+    assert_eq!(code, Some(1), "obhostd accepted it: {err}");
+    assert!(err.contains("a symbolic link"), "{err}");
+    // Its own state dir, as it would make it: served.
+    std::fs::remove_file(&store).unwrap();
+    let (code, err) = obhostd_on_state_dir(&state);
+    assert_eq!(code, None, "obhostd refused its own state dir: {err}");
+}

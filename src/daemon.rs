@@ -113,6 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let deps = Arc::new(Deps {
         registry: registry.clone(),
         policy: policy.clone(),
+        agent: config.agent_service.clone(),
     });
     let engine = opened.start(Tasks::new(deps), shutdown.clone()).await?;
     let metrics = Metrics::new();

@@ -893,3 +893,94 @@ fn a_store_file_of_another_user_is_refused() {
     let (code, err) = obhostd_on_state_dir(&state);
     assert_eq!(code, None, "obhostd refused its own state dir: {err}");
 }
+
+/// RetryStep of a step made under a looser policy, after the administrator
+/// took the attacker's user out of allowed_users: the same request made anew
+/// is PERMISSION_DENIED, and so is the retried run, before anything runs.
+#[tokio::test]
+async fn a_retry_is_judged_by_todays_policy() {
+    let d = Daemon::start_with(Options {
+        config: format!("allowed_users = [\"root\", \"{ATTACKER}\"]\n"),
+        ..Options::default()
+    });
+    let home = attacker_home();
+    let mut spec = attacker_spec(&home);
+    spec.env
+        .insert("FAKE_OBSERVER_EXIT_AT_START".into(), "3".into());
+    let s = start_terminal(&d, "loose", spec.clone()).await;
+    assert_eq!(error_code(&s), "PROCESS_EXITED", "{s:#?}");
+    let out = home.path().join("log/obhost_observer.out");
+    let before = std::fs::read(&out).unwrap();
+
+    let mut stopped = d.kill9();
+    stopped.config = "allowed_users = [\"root\"]\n".into();
+    let d = stopped.start();
+    let e = start_observer(&d, "loose-again", spec).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    d.client()
+        .await
+        .retry_step(pb::RetryStepRequest {
+            step_id: "loose".into(),
+        })
+        .await
+        .expect("the retry is accepted, and judged when it runs");
+    let s = wait_for(&d, "loose", Duration::from_secs(30), |s| {
+        s.attempt == 2 && is_terminal(s)
+    })
+    .await;
+    assert_eq!(error_code(&s), "PERMISSION_DENIED", "{s:#?}");
+    let message = &s.error.as_ref().unwrap().message;
+    assert!(message.contains("not in allowed_users"), "{message}");
+    assert!(home.processes().is_empty(), "the retry ran something");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the retry ran the launcher"
+    );
+}
+
+/// A start that was running when obhostd died, resumed by a daemon whose
+/// allowed_roots no longer hold its home: FAILED PERMISSION_DENIED, and the
+/// observer it had spawned is left running (a restart never kills one).
+#[tokio::test]
+async fn a_resumed_start_is_judged_by_todays_policy() {
+    let home = Home::new();
+    let root = home.path().parent().unwrap().to_path_buf();
+    let d = Daemon::start_with(Options {
+        config: format!(
+            "allowed_roots = [\"{}\", \"{BUILD}\"]\n[observer]\nstart_settle = \"30s\"\n",
+            root.display()
+        ),
+        ..Options::default()
+    });
+    let spec = home.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", "60000");
+    start_observer(&d, "resumed", spec).await.unwrap();
+    wait_for(&d, "resumed", Duration::from_secs(10), |s| {
+        s.outputs
+            .get("stage")
+            .is_some_and(|st| st == "server_alive")
+    })
+    .await;
+    let procs = home.processes();
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    let pid = procs[0];
+    let mut stopped = d.kill9();
+    // The stand-in's binary is still allowed; the home no longer is.
+    stopped.config = format!("allowed_roots = [\"{BUILD}\"]\n[observer]\nstart_settle = \"30s\"\n");
+    let d = stopped.start();
+    let s = wait_for(&d, "resumed", Duration::from_secs(30), is_terminal).await;
+    assert_eq!(error_code(&s), "PERMISSION_DENIED", "{s:#?}");
+    let message = &s.error.as_ref().unwrap().message;
+    assert!(message.contains("outside allowed_roots"), "{message}");
+    assert!(alive(pid), "the restart killed the observer");
+}
+
+/// Where the stand-in observer is built.
+const BUILD: &str = env!("CARGO_MANIFEST_DIR");
+
+fn error_code(s: &pb::Step) -> &str {
+    s.error
+        .as_ref()
+        .map(|e| e.code.as_str())
+        .unwrap_or("<none>")
+}

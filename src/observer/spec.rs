@@ -107,6 +107,19 @@ pub fn checked_path(field: &str, value: &str, policy: &Policy) -> Result<PathBuf
     check_roots(field, value, &clean, real, policy)
 }
 
+/// A stored path, resolved again, must lead where it led when the step was
+/// made: a link changed since would point the step somewhere never judged.
+pub fn same_path(field: &str, stored: &Path, now: PathBuf) -> Result<(), SpecError> {
+    if now == stored {
+        return Ok(());
+    }
+    Err(SpecError::Denied(format!(
+        "{field} '{}' now leads to '{}', not where it led when the step was made; make the request again",
+        bounds::quote(&stored.to_string_lossy()),
+        bounds::quote(&now.to_string_lossy())
+    )))
+}
+
 /// The checks on the text alone: absolute, bounded, no NUL, no `..`.
 fn checked_path_text(field: &str, value: &str) -> Result<PathBuf, SpecError> {
     if value.is_empty() {
@@ -452,6 +465,36 @@ impl ObserverSpec {
             env: raw.env,
             extra_args: raw.extra_args,
         })
+    }
+
+    /// Judges a stored spec by the policy as it is now: a retry or a resume
+    /// runs what was allowed when the step was made, and an administrator may
+    /// have tightened `allowed_roots` or `allowed_users` since. Each path must
+    /// still be allowed and still lead where it led; the user must still be
+    /// allowed. Blocking (it resolves paths and looks the user up).
+    pub fn recheck(&self, policy: &Policy) -> Result<(), SpecError> {
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        same_path(
+            "observer.home_path",
+            &self.home_path,
+            checked_path("observer.home_path", &text(&self.home_path), policy)?,
+        )?;
+        checked_program("observer.binary", &text(&self.binary), policy)?;
+        checked_file("observer.pid_file", &text(&self.pid_file), policy)?;
+        same_path(
+            "observer.data_dir",
+            &self.data_dir,
+            checked_path("observer.data_dir", &text(&self.data_dir), policy)?,
+        )?;
+        if let Some(redo) = &self.redo_dir {
+            same_path(
+                "observer.redo_dir",
+                redo,
+                checked_path("observer.redo_dir", &text(redo), policy)?,
+            )?;
+        }
+        resolve_user("observer.user", &self.user, policy)?;
+        Ok(())
     }
 
     /// The observer restarts from its saved configuration when this file exists.

@@ -133,6 +133,12 @@ pub mod codes {
         Interrupted = "INTERRUPTED",
         /// A bug in obhostd (a panic), or a failure of the daemon itself.
         Internal = "INTERNAL",
+        /// The host's policy, as it is now, refuses the step (a resumed step
+        /// after the config was tightened).
+        PermissionDenied = "PERMISSION_DENIED",
+        /// Stored parameters that no longer make a step (a path that no
+        /// longer resolves), found when a retry or resume judges them again.
+        InvalidArgument = "INVALID_ARGUMENT",
         PortInUse = "PORT_IN_USE",
         BinaryNotFound = "BINARY_NOT_FOUND",
         DirNotWritable = "DIR_NOT_WRITABLE",
@@ -179,6 +185,7 @@ pub mod codes {
     pub const CANCELLED: &str = Code::Cancelled.as_str();
     pub const INTERRUPTED: &str = Code::Interrupted.as_str();
     pub const INTERNAL: &str = Code::Internal.as_str();
+    pub const PERMISSION_DENIED: &str = Code::PermissionDenied.as_str();
 
     #[cfg(test)]
     mod tests {

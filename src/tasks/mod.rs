@@ -15,6 +15,7 @@ use crate::steps::model::codes::Code;
 use crate::steps::{Secrets, StepContext, StepFailure, StepKind, StepTask, TaskFactory};
 
 pub mod prepare;
+mod rechecked;
 pub mod start_agent_service;
 pub mod start_observer;
 pub mod stop_observer;
@@ -26,6 +27,8 @@ pub mod wait_observer_active;
 pub struct Deps {
     pub registry: Arc<Registry>,
     pub policy: Policy,
+    /// `[agent_service]`: which units StartAgentService may start.
+    pub agent: crate::config::AgentServiceConfig,
 }
 
 /// Builds every step kind this daemon knows.
@@ -203,35 +206,56 @@ impl TaskFactory for Tasks {
     ) -> Result<Box<dyn StepTask>, String> {
         let _ = secrets;
         let deps = self.deps.clone();
-        match kind {
-            StepKind::StartObserverProcess => Ok(Box::new(start_observer::StartObserver {
-                spec: decode::<ObserverSpec>(kind, params)?,
-                deps,
-            })),
-            StepKind::StopObserverProcess => Ok(Box::new(stop_observer::StopObserver {
-                params: decode(kind, params)?,
-                deps,
-            })),
-            StepKind::WaitObserverActive => {
-                Ok(Box::new(wait_observer_active::WaitObserverActive {
-                    params: decode(kind, params)?,
-                    deps,
-                }))
+        let policy = deps.policy.clone();
+        let (inner, check): (Box<dyn StepTask>, rechecked::Check) = match kind {
+            StepKind::StartObserverProcess => {
+                let spec: ObserverSpec = decode(kind, params)?;
+                let stored = spec.clone();
+                (
+                    Box::new(start_observer::StartObserver { spec, deps }),
+                    Box::new(move || stored.recheck(&policy)),
+                )
             }
-            StepKind::StartAgentService => Ok(Box::new(start_agent_service::StartAgentService {
-                params: decode(kind, params)?,
-                deps,
-            })),
-            StepKind::PrepareStartObserver => Ok(Box::new(prepare::Prepare {
-                params: decode(kind, params)?,
-                deps,
-            })),
+            StepKind::StopObserverProcess => {
+                let params: stop_observer::StopParams = decode(kind, params)?;
+                let stored = params.clone();
+                (
+                    Box::new(stop_observer::StopObserver { params, deps }),
+                    Box::new(move || stored.recheck(&policy)),
+                )
+            }
+            StepKind::WaitObserverActive => {
+                let params: wait_observer_active::WaitParams = decode(kind, params)?;
+                let stored = params.clone();
+                (
+                    Box::new(wait_observer_active::WaitObserverActive { params, deps }),
+                    Box::new(move || stored.recheck(&policy)),
+                )
+            }
+            StepKind::StartAgentService => {
+                let params: start_agent_service::AgentParams = decode(kind, params)?;
+                let stored = params.clone();
+                let agent = deps.agent.clone();
+                (
+                    Box::new(start_agent_service::StartAgentService { params, deps }),
+                    Box::new(move || stored.recheck(&agent, &policy)),
+                )
+            }
+            StepKind::PrepareStartObserver => {
+                let params: prepare::PrepareParams = decode(kind, params)?;
+                let stored = params.observer.clone();
+                (
+                    Box::new(prepare::Prepare { params, deps }),
+                    Box::new(move || stored.recheck(&policy)),
+                )
+            }
             #[cfg(feature = "test-kinds")]
-            StepKind::Test => Ok(Box::new(decode::<test_step::TestStep>(kind, params)?)),
+            StepKind::Test => return Ok(Box::new(decode::<test_step::TestStep>(kind, params)?)),
             #[cfg(not(feature = "test-kinds"))]
             StepKind::Test => {
-                Err("test steps exist only in builds with the test-kinds feature".into())
+                return Err("test steps exist only in builds with the test-kinds feature".into());
             }
-        }
+        };
+        Ok(Box::new(rechecked::Rechecked { inner, check }))
     }
 }

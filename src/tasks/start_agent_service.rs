@@ -405,6 +405,36 @@ pub fn resolve(
     Ok(AgentParams { service, health })
 }
 
+impl AgentParams {
+    /// Judges the stored parameters by the policy and `[agent_service]` as
+    /// they are now (see
+    /// [`ObserverSpec::recheck`](crate::observer::ObserverSpec::recheck)): the
+    /// unit must still be allowed; the command's program, working dir and pid
+    /// file still allowed (and leading where they led), its user still allowed.
+    pub fn recheck(&self, defaults: &AgentServiceConfig, policy: &Policy) -> Result<(), SpecError> {
+        match &self.service {
+            Service::SystemdUnit(unit) => check_unit(unit, defaults),
+            Service::Command(c) => {
+                let Some(program) = c.argv.first() else {
+                    return Err(SpecError::Invalid("command.argv is empty".into()));
+                };
+                checked_program("command.argv[0]", program, policy)?;
+                let cwd = c.cwd.to_string_lossy();
+                crate::observer::spec::same_path(
+                    "command.cwd",
+                    &c.cwd,
+                    checked_path("command.cwd", &cwd, policy)?,
+                )?;
+                if let Some(p) = &c.pid_file {
+                    checked_file("command.pid_file", &p.to_string_lossy(), policy)?;
+                }
+                resolve_user("command.user", &c.user, policy)?;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A unit may be started only if the config allows it by name: systemctl runs as
 /// root, and `poweroff.target` is a unit name too. A name starting with `-`
 /// would be an option to systemctl (`-Hroot@host`, `--help`).

@@ -30,6 +30,19 @@ pub struct StopParams {
     pub force: bool,
 }
 
+impl StopParams {
+    /// Judges the stored parameters by the policy as it is now (see
+    /// [`ObserverSpec::recheck`](crate::observer::ObserverSpec::recheck)).
+    pub fn recheck(&self, policy: &Policy) -> Result<(), SpecError> {
+        let home = self.home_path.to_string_lossy();
+        crate::observer::spec::same_path(
+            "home_path",
+            &self.home_path,
+            checked_path("home_path", &home, policy)?,
+        )
+    }
+}
+
 /// SIGTERM's grace when the request gives none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 

@@ -44,6 +44,19 @@ pub struct WaitParams {
     pub sql: String,
 }
 
+impl WaitParams {
+    /// Judges the stored parameters by the policy as it is now (see
+    /// [`ObserverSpec::recheck`](crate::observer::ObserverSpec::recheck)).
+    pub fn recheck(&self, policy: &Policy) -> Result<(), SpecError> {
+        let home = self.home_path.to_string_lossy();
+        spec::same_path(
+            "home_path",
+            &self.home_path,
+            spec::checked_path("home_path", &home, policy)?,
+        )
+    }
+}
+
 /// A WaitObserverActive request before checks (a copy of the wire message's
 /// fields).
 #[derive(Debug, Clone, Default)]

@@ -984,3 +984,101 @@ fn error_code(s: &pb::Step) -> &str {
         .map(|e| e.code.as_str())
         .unwrap_or("<none>")
 }
+
+/// The observer's user takes the pid number of a launcher that has exited
+/// (cycling pids until one of their processes gets it) and calls setsid(), so
+/// its session id is that number; then the start fails. The cleanup stops what
+/// the launch made, by identity, never a process found by that number.
+#[tokio::test]
+async fn a_failed_start_never_kills_a_process_that_took_its_launchers_pid() {
+    let d = Daemon::start();
+    let home = attacker_home();
+    let h = home.path().display().to_string();
+    // The launcher notes its pid and exits 0; its server (no pid file) leads
+    // a session of its own, as daemons do (so the launcher's pid number is
+    // free once it is reaped), waits for `go`, then fails.
+    let launcher = format!(
+        "#!/bin/sh\necho $$ > {h}/launcher.pid\nsetsid sh -c \"while [ ! -e {h}/go ]; do sleep 0.05; done; exit 3\" &\nexit 0\n"
+    );
+    as_attacker(&format!(
+        "mkdir -p {h}/bin {h}/log && printf '%s' '{launcher}' > {h}/bin/observer && chmod 755 {h}/bin/observer"
+    ));
+    let mut spec = attacker_spec(&home);
+    spec.binary = format!("{h}/bin/observer");
+    start_observer(&d, "pid-taker", spec)
+        .await
+        .expect("accepted");
+    wait_for(&d, "pid-taker", Duration::from_secs(10), |s| {
+        s.outputs
+            .get("stage")
+            .is_some_and(|st| st == "launcher_exited")
+    })
+    .await;
+    let target: i32 = std::fs::read_to_string(home.path().join("launcher.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // A process of the attacker gets the launcher's pid number and leads a
+    // new session (sid == that number). Chance would do it on a busy host;
+    // the test asks the kernel for the number (root sets ns_last_pid just
+    // before the spawn), and tries again when another process took it first.
+    let (uid, gid) = attacker();
+    let impostor_script = format!(
+        "import os, sys, time\nif os.getpid() != {target}: sys.exit(1)\nos.setsid()\nopen('{h}/impostor', 'w').write(str(os.getpid()))\ntime.sleep(120)\n"
+    );
+    let mut child = None;
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (target - 1).to_string())
+            .expect("set ns_last_pid (the tests run as root)");
+        let mut c = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &impostor_script,
+            ])
+            .spawn()
+            .unwrap();
+        if c.id() as i32 == target {
+            child = Some(c);
+            break;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Some(mut child) = child else {
+        let _ = std::fs::write(home.path().join("go"), "");
+        panic!("no process of the attacker got pid {target} in 200 tries");
+    };
+    let impostor = loop {
+        if let Ok(t) = std::fs::read_to_string(home.path().join("impostor"))
+            && let Ok(pid) = t.trim().parse::<i32>()
+        {
+            break pid;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the impostor exited before it took the session"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(impostor, target);
+    let before = obhost::process::Identity::of(impostor).expect("the impostor runs");
+    std::fs::write(home.path().join("go"), "").unwrap();
+    let s = wait_for(&d, "pid-taker", Duration::from_secs(30), is_terminal).await;
+    assert_eq!(error_code(&s), "PROCESS_EXITED", "{s:#?}");
+    // The cleanup is done when the step is terminal; give a stray signal a
+    // moment to land all the same.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        obhost::process::Identity::of(impostor),
+        Some(before),
+        "the failed start killed a process it never started"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -119,6 +119,11 @@ pub struct Config {
     #[serde(default)]
     pub allowed_users: Vec<String>,
     pub default_user: Option<String>,
+    /// Whether observers and agent commands may run as root. Off unless the
+    /// administrator says so: a root observer runs whatever its binary and
+    /// libraries are, so they must be root's alone (checked when it is on).
+    #[serde(default)]
+    pub run_as_root: bool,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]

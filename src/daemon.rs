@@ -107,6 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         allowed_roots: config.allowed_roots.clone(),
         allowed_users: config.allowed_users.clone(),
         default_user: config.default_user.clone(),
+        run_as_root: config.run_as_root,
         limits: config.limits.to_limits(),
         start_settle: config.observer.start_settle,
     };

@@ -34,6 +34,7 @@ pub struct Untrusted {
 
 /// Checks `path` (absolute) as given and as resolved: Ok when only `trusted`
 /// uids (root is always trusted) can change it or anything on the way to it.
+/// A path that does not exist yet is judged by its deepest existing dir.
 pub fn check(path: &Path, trusted: &[u32]) -> Result<(), Untrusted> {
     let ok = |uid: u32| uid == 0 || trusted.contains(&uid);
     let untrusted = |path: &Path, why: String| Untrusted {
@@ -42,6 +43,15 @@ pub fn check(path: &Path, trusted: &[u32]) -> Result<(), Untrusted> {
     };
     if !path.is_absolute() {
         return Err(untrusted(path, "is not an absolute path".into()));
+    }
+    // What does not exist yet is judged by the dir it would be made in:
+    // only whoever can write there could make it.
+    let mut path = path;
+    while std::fs::symlink_metadata(path).is_err() {
+        match path.parent() {
+            Some(parent) => path = parent,
+            None => break,
+        }
     }
     let resolved = std::fs::canonicalize(path)
         .map_err(|e| untrusted(path, format!("cannot be resolved: {e}")))?;
@@ -123,6 +133,14 @@ mod tests {
     #[test]
     fn a_root_only_path_is_trusted() {
         assert_eq!(check(Path::new("/usr/bin/env"), &[]), Ok(()));
+        assert_eq!(check(Path::new("/usr/bin/no-such-program"), &[]), Ok(()));
+        // Not yet there, in a dir every user can write: anyone could make it.
+        if is_root() {
+            let open = tempfile::tempdir().unwrap();
+            set_mode(open.path(), 0o777);
+            let e = check(&open.path().join("later/bin"), &[]).unwrap_err();
+            assert!(e.why.contains("every user"), "{e}");
+        }
         assert!(check(Path::new("usr/bin"), &[]).is_err());
     }
 

@@ -1082,3 +1082,122 @@ async fn a_failed_start_never_kills_a_process_that_took_its_launchers_pid() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The real uid of a running process.
+fn uid_of(pid: i32) -> u32 {
+    std::fs::metadata(format!("/proc/{pid}")).unwrap().uid()
+}
+
+/// A request that names no user, for a home the attacker owns, under the
+/// default config: the observer runs as the home's owner, never as root.
+#[tokio::test]
+async fn a_request_without_a_user_runs_as_the_homes_owner() {
+    let d = Daemon::start_with(Options {
+        config: "run_as_root = false\n".into(),
+        ..Options::default()
+    });
+    let (uid, _) = attacker();
+    let home = attacker_home();
+    let spec = home.spec(); // no user
+    let (s, pid) = start_ok(&d, "owner-default", spec).await;
+    assert_eq!(uid_of(pid), uid, "{s:#?}");
+    stop_observer(&d, "owner-default-stop", home.path(), 5.0, true).await;
+}
+
+/// Root, by default, is refused: named in the request, or as the owner of a
+/// root-owned home. Nothing runs.
+#[tokio::test]
+async fn nothing_runs_as_root_unless_the_config_says_so() {
+    let d = Daemon::start_with(Options {
+        config: "run_as_root = false\n".into(),
+        ..Options::default()
+    });
+    let home = Home::new(); // root's
+    let e = start_observer(&d, "root-default", home.spec())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("the owner of the home"), "{e:?}");
+    assert!(e.message().contains("run_as_root = true"), "{e:?}");
+    let mut spec = home.spec();
+    spec.user = "root".into();
+    let e = start_observer(&d, "root-named", spec).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("named in the request"), "{e:?}");
+    assert!(home.processes().is_empty());
+}
+
+/// With run_as_root on, a root observer whose binary, or whose library dir,
+/// the attacker can write is refused: their code would run as root. The
+/// planted binary never runs.
+#[tokio::test]
+async fn a_root_observer_never_runs_what_another_user_can_write() {
+    let d = Daemon::start_with(Options {
+        config: "run_as_root = true\n".into(),
+        ..Options::default()
+    });
+    let (uid, gid) = attacker();
+    let home = Home::new(); // root's, 0700
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = home.path().display().to_string();
+    let ran = home.path().join("ran-as-root");
+    // bin/ belongs to the attacker, who puts their own observer there.
+    std::fs::create_dir(home.path().join("bin")).unwrap();
+    std::os::unix::fs::chown(home.path().join("bin"), Some(uid), Some(gid)).unwrap();
+    as_attacker(&format!(
+        "printf '#!/bin/sh\\ntouch {r}\\n' > {h}/bin/observer && chmod 755 {h}/bin/observer",
+        r = ran.display()
+    ));
+    let mut spec = home.spec();
+    spec.binary = format!("{h}/bin/observer");
+    spec.user = "root".into();
+    let e = start_observer(&d, "root-their-bin", spec.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("observer.binary is not root's alone"),
+        "{e:?}"
+    );
+    assert!(
+        e.message().contains(&format!("belongs to uid {uid}")),
+        "{e:?}"
+    );
+
+    // A root binary, but lib/ (first on LD_LIBRARY_PATH) is the attacker's.
+    std::fs::remove_dir_all(home.path().join("bin")).unwrap();
+    std::fs::create_dir(home.path().join("lib")).unwrap();
+    std::os::unix::fs::chown(home.path().join("lib"), Some(uid), Some(gid)).unwrap();
+    let mut spec = home.spec();
+    spec.user = "root".into();
+    let e = start_observer(&d, "root-their-lib", spec)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("lib dir is not root's alone"), "{e:?}");
+
+    // The home itself open to every user (the working dir).
+    std::fs::remove_dir_all(home.path().join("lib")).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut spec = home.spec();
+    spec.user = "root".into();
+    let e = start_observer(&d, "root-open-home", spec)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message()
+            .contains("observer.home_path is not root's alone"),
+        "{e:?}"
+    );
+    assert!(!ran.exists(), "the attacker's binary ran");
+    assert!(home.processes().is_empty());
+
+    // All root's: it runs, as root.
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = home.spec();
+    spec.user = "root".into();
+    let (_, pid) = start_ok(&d, "root-ok", spec).await;
+    assert_eq!(uid_of(pid), 0);
+    stop_observer(&d, "root-ok-stop", home.path(), 5.0, true).await;
+}

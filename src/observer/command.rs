@@ -81,7 +81,14 @@ mod tests {
             extra_args: vec!["--x".into()],
             ..RawSpec::default()
         };
-        let spec = ObserverSpec::resolve(raw, &Policy::default()).unwrap();
+        let spec = ObserverSpec::resolve(
+            raw,
+            &Policy {
+                run_as_root: true,
+                ..Policy::default()
+            },
+        )
+        .unwrap();
         let data = format!("{}/store", dir.path().display());
         assert_eq!(
             args(&spec),
@@ -121,7 +128,14 @@ mod tests {
             zone: "zone1".into(),
             ..RawSpec::default()
         };
-        let spec = ObserverSpec::resolve(raw, &Policy::default()).unwrap();
+        let spec = ObserverSpec::resolve(
+            raw,
+            &Policy {
+                run_as_root: true,
+                ..Policy::default()
+            },
+        )
+        .unwrap();
         assert!(spec.check_first_start().is_ok());
         assert_eq!(args(&spec), ["-p", "3881"]);
     }
@@ -133,7 +147,14 @@ mod tests {
             home_path: dir.path().display().to_string(),
             ..RawSpec::default()
         };
-        let spec = ObserverSpec::resolve(raw, &Policy::default()).unwrap();
+        let spec = ObserverSpec::resolve(
+            raw,
+            &Policy {
+                run_as_root: true,
+                ..Policy::default()
+            },
+        )
+        .unwrap();
         let e = spec.check_first_start().unwrap_err().to_string();
         assert!(
             e.contains("observer.zone, observer.cluster_name, observer.cluster_id"),

@@ -22,6 +22,8 @@ pub struct Policy {
     pub allowed_roots: Vec<PathBuf>,
     pub allowed_users: Vec<String>,
     pub default_user: Option<String>,
+    /// `run_as_root` in the config: off, nothing runs as root.
+    pub run_as_root: bool,
     pub limits: Limits,
     pub start_settle: std::time::Duration,
 }
@@ -105,6 +107,20 @@ pub fn checked_path(field: &str, value: &str, policy: &Policy) -> Result<PathBuf
         }
     })?;
     check_roots(field, value, &clean, real, policy)
+}
+
+/// What a root observer would run or run from: its binary, its home (the
+/// working dir) and `<home>/lib` (first on its LD_LIBRARY_PATH) when present.
+fn root_paths(home: &Path, binary: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut paths = vec![
+        ("observer.binary", binary.to_path_buf()),
+        ("observer.home_path", home.to_path_buf()),
+    ];
+    let lib = home.join("lib");
+    if confined::exists(&lib) {
+        paths.push(("observer.home_path's lib dir", lib));
+    }
+    paths
 }
 
 /// A stored path, resolved again, must lead where it led when the step was
@@ -329,18 +345,32 @@ fn name(field: &str, value: &str) -> Result<(), SpecError> {
 }
 
 /// Resolves the OS user a process runs as: given, else the config's
-/// default_user, else the daemon's own; it must exist, be allowed, and be one
-/// the daemon can switch to.
-pub fn resolve_user(field: &str, given: &str, policy: &Policy) -> Result<RunAs, SpecError> {
+/// default_user, else the owner of `owner_of` (the observer's home: OceanBase's
+/// own tools run the observer as the owner of its home, and a home its user
+/// can write must never be run from as root), else the daemon's own. It must
+/// exist, be allowed, be one the daemon can switch to, and be root only where
+/// the config says `run_as_root = true`.
+pub fn resolve_user(
+    field: &str,
+    given: &str,
+    policy: &Policy,
+    owner_of: Option<&Path>,
+) -> Result<RunAs, SpecError> {
     name(field, given)?;
-    let user = if !given.is_empty() {
-        RunAs::lookup(given)
+    let owner = || {
+        let path = owner_of?;
+        confined::metadata(path).ok().map(|m| m.st_uid)
+    };
+    let (user, how) = if !given.is_empty() {
+        (RunAs::lookup(given), "named in the request")
     } else if let Some(d) = &policy.default_user {
-        RunAs::lookup(d)
+        (RunAs::lookup(d), "the config's default_user")
+    } else if let Some(uid) = owner() {
+        (RunAs::of_uid(uid), "the owner of the home")
     } else {
-        RunAs::current()
-    }
-    .map_err(|e| invalid(format!("{field}: {e}")))?;
+        (RunAs::current(), "obhostd's own user")
+    };
+    let user = user.map_err(|e| invalid(format!("{field}: {e}")))?;
     if !policy.allowed_users.is_empty() && !policy.allowed_users.contains(&user.name) {
         return Err(SpecError::Denied(format!(
             "{field} '{}' is not in allowed_users [{}]; use one of them or add it to obhostd's config",
@@ -350,7 +380,31 @@ pub fn resolve_user(field: &str, given: &str, policy: &Policy) -> Result<RunAs, 
     }
     user.check_permitted()
         .map_err(|e| SpecError::Denied(format!("{field}: {e}")))?;
+    if user.uid == 0 && !policy.run_as_root {
+        return Err(SpecError::Denied(format!(
+            "{field}: this would run as root ({how}), which obhostd does only when its config says run_as_root = true; \
+             name the observer's user in {field}, or chown the home to it"
+        )));
+    }
     Ok(user)
+}
+
+/// A process that runs as root runs whatever its binary, its libraries and
+/// its working dir hold: each must be root's alone, and so must every dir on
+/// the way to them, or the user who can write there runs code as root.
+pub fn check_root_paths(user: &RunAs, paths: &[(&str, PathBuf)]) -> Result<(), SpecError> {
+    if user.uid != 0 {
+        return Ok(());
+    }
+    for (field, path) in paths {
+        crate::trusted::check(path, &[]).map_err(|e| {
+            SpecError::Denied(format!(
+                "{field} is not root's alone, and the process would run as root: {e}; \
+                 make it and the dirs above it root's (chown root, chmod go-w), or run it as the user who owns it"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 fn token(field: &str, value: &str) -> Result<(), SpecError> {
@@ -437,7 +491,8 @@ impl ObserverSpec {
             "" => None,
             v => Some(checked_path("observer.redo_dir", v, policy)?),
         };
-        let user = resolve_user("observer.user", &raw.user, policy)?;
+        let user = resolve_user("observer.user", &raw.user, policy, Some(&home))?;
+        check_root_paths(&user, &root_paths(&home, &binary))?;
         let (mysql_port, rpc_port) = observer_ports(&raw)?;
         check_names(&raw)?;
         check_parameters(&raw.parameters)?;
@@ -493,7 +548,8 @@ impl ObserverSpec {
                 checked_path("observer.redo_dir", &text(redo), policy)?,
             )?;
         }
-        resolve_user("observer.user", &self.user, policy)?;
+        let user = resolve_user("observer.user", &self.user, policy, Some(&self.home_path))?;
+        check_root_paths(&user, &root_paths(&self.home_path, &self.binary))?;
         Ok(())
     }
 
@@ -627,7 +683,14 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_home_path() {
-        let s = ObserverSpec::resolve(raw("/home/admin/oceanbase/"), &Policy::default()).unwrap();
+        let s = ObserverSpec::resolve(
+            raw("/home/admin/oceanbase/"),
+            &Policy {
+                run_as_root: true,
+                ..Policy::default()
+            },
+        )
+        .unwrap();
         assert_eq!(s.home_path, PathBuf::from("/home/admin/oceanbase"));
         assert_eq!(
             s.binary,
@@ -647,7 +710,10 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let p = Policy::default();
+        let p = Policy {
+            run_as_root: true,
+            ..Policy::default()
+        };
         let cases: Vec<(RawSpec, &str)> = vec![
             (raw("ob1"), "observer.home_path 'ob1' is not absolute"),
             (raw("/a/../b"), "contains '..'"),
@@ -719,6 +785,7 @@ mod tests {
     fn allowed_roots_deny_with_permission_denied() {
         let p = Policy {
             allowed_roots: vec![PathBuf::from("/home/admin")],
+            run_as_root: true,
             ..Policy::default()
         };
         assert!(ObserverSpec::resolve(raw("/home/admin/ob"), &p).is_ok());

@@ -120,6 +120,15 @@ impl RunAs {
             .unwrap_or_else(|_| Err(SpawnError::NoSuchUser(name.to_string())))
     }
 
+    /// The user of `uid` (the owner of a home).
+    pub fn of_uid(uid: u32) -> Result<RunAs, SpawnError> {
+        let user = User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .ok_or_else(|| SpawnError::NoSuchUser(format!("uid {uid}")))?;
+        RunAs::lookup(&user.name)
+    }
+
     /// The user obhostd itself runs as.
     pub fn current() -> Result<RunAs, SpawnError> {
         let uid = Uid::effective();

@@ -356,7 +356,8 @@ pub struct RawCommand {
 use crate::config::AgentServiceConfig;
 use crate::observer::SpecError;
 use crate::observer::spec::{
-    Policy, check_env, check_executable, checked_file, checked_path, checked_program, resolve_user,
+    Policy, check_env, check_executable, check_root_paths, checked_file, checked_path,
+    checked_program, resolve_user,
 };
 
 fn or_default(given: &str, default: Option<&Path>) -> String {
@@ -428,8 +429,14 @@ impl AgentParams {
                 if let Some(p) = &c.pid_file {
                     checked_file("command.pid_file", &p.to_string_lossy(), policy)?;
                 }
-                resolve_user("command.user", &c.user, policy)?;
-                Ok(())
+                let user = resolve_user("command.user", &c.user, policy, Some(&c.cwd))?;
+                check_root_paths(
+                    &user,
+                    &[
+                        ("command.argv[0]", PathBuf::from(program)),
+                        ("command.cwd", c.cwd.clone()),
+                    ],
+                )
             }
         }
     }
@@ -502,12 +509,19 @@ fn resolve_command(
     } else {
         raw.user
     };
-    let user = resolve_user("command.user", &user_name, policy)?;
-    check_executable(&program, &user.name)
-        .map_err(|m| SpecError::Invalid(format!("command.argv[0] {m}")))?;
     let cwd_default = program.parent().map(Path::to_path_buf);
     let cwd = or_default(&raw.cwd, d.cwd.as_deref().or(cwd_default.as_deref()));
     let cwd = checked_path("command.cwd", &cwd, policy)?;
+    let user = resolve_user("command.user", &user_name, policy, Some(&cwd))?;
+    check_executable(&program, &user.name)
+        .map_err(|m| SpecError::Invalid(format!("command.argv[0] {m}")))?;
+    check_root_paths(
+        &user,
+        &[
+            ("command.argv[0]", program.clone()),
+            ("command.cwd", cwd.clone()),
+        ],
+    )?;
     let pid_file = match or_default(&raw.pid_file, d.pid_file.as_deref()).as_str() {
         "" => None,
         p => Some(checked_file("command.pid_file", p, policy)?),

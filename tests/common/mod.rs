@@ -86,6 +86,17 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut config = None;
+        // Tests run as root with homes root owns, so their observers run as
+        // root: the config must allow it (the default refuses). A test that
+        // says run_as_root itself decides.
+        let opts = if opts.config.contains("run_as_root") {
+            opts
+        } else {
+            Options {
+                config: format!("run_as_root = true\n{}", opts.config),
+                ..opts
+            }
+        };
         if !opts.config.is_empty() {
             let dir = tmp
                 .as_ref()

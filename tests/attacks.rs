@@ -1201,3 +1201,97 @@ async fn a_root_observer_never_runs_what_another_user_can_write() {
     assert_eq!(uid_of(pid), 0);
     stop_observer(&d, "root-ok-stop", home.path(), 5.0, true).await;
 }
+
+/// The attacker binds the agent's health port first. The agent dies of
+/// "address in use"; the impostor answers the health check. The step must
+/// fail with the agent's death, never succeed on the impostor's answer; and
+/// an agent that lives without the port is not called healthy either.
+#[tokio::test]
+async fn an_impostor_on_the_agents_health_port_is_not_the_agent() {
+    use pb::start_agent_service_request::Service;
+    let d = Daemon::start();
+    let port = free_port();
+    let (uid, gid) = attacker();
+    let mut impostor = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &format!(
+                "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen(64)\nprint('up', flush=True)\ntime.sleep(120)\n"
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(impostor.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "up");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |id: &str, argv: Vec<String>| pb::StartAgentServiceRequest {
+        meta: Some(pb::StepMeta {
+            step_id: id.into(),
+            timeout: Some(secs(5.0)),
+            ..Default::default()
+        }),
+        service: Some(Service::Command(pb::ServiceCommand {
+            argv,
+            cwd: dir.path().display().to_string(),
+            foreground: true,
+            ..Default::default()
+        })),
+        health: Some(pb::HealthCheck {
+            check: Some(pb::health_check::Check::TcpPort(port as u32)),
+        }),
+    };
+    // The real agent cannot bind, and dies.
+    let argv: Vec<String> = [
+        "/usr/bin/python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]
+    .map(String::from)
+    .to_vec();
+    d.client()
+        .await
+        .start_agent_service(run("agent-impostor", argv))
+        .await
+        .unwrap();
+    let s = wait_for(&d, "agent-impostor", Duration::from_secs(30), is_terminal).await;
+    assert_eq!(error_code(&s), "PROCESS_EXITED", "{s:#?}");
+    assert!(
+        s.error
+            .as_ref()
+            .unwrap()
+            .log_tail
+            .join("\n")
+            .contains("Address already in use"),
+        "{s:#?}"
+    );
+    // An agent that lives but never listens: not healthy, and the step says
+    // who holds the port.
+    let argv = vec!["/bin/sleep".to_string(), "30".to_string()];
+    d.client()
+        .await
+        .start_agent_service(run("agent-sleeper", argv))
+        .await
+        .unwrap();
+    let s = wait_for(&d, "agent-sleeper", Duration::from_secs(30), is_terminal).await;
+    assert_eq!(error_code(&s), "DEADLINE_EXCEEDED", "{s:#?}");
+    assert!(
+        s.error.as_ref().unwrap().message.contains("not the agent"),
+        "{s:#?}"
+    );
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}

@@ -282,8 +282,9 @@ impl StartAgentService {
                 _ => std::future::pending().await,
             }
         };
+        let holder = watched.and_then(|(h, _)| h).map(|h| h.identity().pid);
         tokio::select! {
-            () = until_healthy(ctx, h) => Ok(()),
+            () = until_healthy(ctx, h, holder) => Ok(()),
             () = death => {
                 let (handle, cmd) = watched.and_then(|(h, c)| Some((h?, c))).ok_or_else(|| {
                     StepFailure::new(Code::Internal, "the agent's death was seen without a handle on it")
@@ -299,13 +300,17 @@ impl StartAgentService {
     }
 }
 
-/// Returns once the health check passes. A port that refuses is looked at
-/// every ms or few (cheap) and checked the moment it accepts; a service that
-/// accepts but is not healthy yet is asked again after a pause that grows to
-/// 100 ms. Looking at the port first matters: a check that failed because the
-/// port was still closed must not be followed by the unhealthy pause when the
-/// port opens an instant later (that cost the host flow 10 ms).
-async fn until_healthy(ctx: &StepContext, h: &Health) {
+/// Returns once the health check passes, and, when the agent's process is
+/// known (`holder`), every socket listening on the port is that process's: any
+/// local user can bind a loopback port first, and an answer from their
+/// listener says nothing of the agent (which may have died of "address in
+/// use"). A port that refuses is looked at every ms or few (cheap) and checked
+/// the moment it accepts; a service that accepts but is not healthy yet is
+/// asked again after a pause that grows to 100 ms. Looking at the port first
+/// matters: a check that failed because the port was still closed must not be
+/// followed by the unhealthy pause when the port opens an instant later (that
+/// cost the host flow 10 ms).
+async fn until_healthy(ctx: &StepContext, h: &Health, holder: Option<i32>) {
     let mut retry = Duration::from_millis(10);
     loop {
         if probe::connect_loopback(h.port()).await.is_err() {
@@ -315,7 +320,30 @@ async fn until_healthy(ctx: &StepContext, h: &Health) {
             retry = Duration::from_millis(10);
         }
         match health::check(h).await {
-            Ok(()) => return,
+            Ok(()) => match holder {
+                None => return,
+                Some(pid) => {
+                    let port = h.port();
+                    let owner = tokio::task::spawn_blocking(move || {
+                        inspect::loopback_port_owner(port, pid)
+                    })
+                    .await
+                    .unwrap_or(inspect::PortOwner::Other(None));
+                    match owner {
+                        inspect::PortOwner::Only => return,
+                        inspect::PortOwner::Nobody => {}
+                        inspect::PortOwner::Other(other) => {
+                            let who = other
+                                .map(|(p, comm)| format!("pid {p} ('{comm}')"))
+                                .unwrap_or_else(|| "another process".into());
+                            ctx.progress(format!(
+                                "port {port} answers, but {who} holds it, not the agent (pid {pid}); waiting for the agent's own listener"
+                            ))
+                            .await;
+                        }
+                    }
+                }
+            },
             Err(e) => ctx.progress(e).await,
         }
         tokio::time::sleep(retry).await;
@@ -596,7 +624,7 @@ mod tests {
             false,
             BTreeMap::new(),
         );
-        until_healthy(&ctx, &Health::TcpPort(port)).await;
+        until_healthy(&ctx, &Health::TcpPort(port), None).await;
         let opened = sink.opened.lock().unwrap().expect("the port was opened");
         // The unhealthy pause is 10 ms at least, by construction.
         assert!(

@@ -943,22 +943,26 @@ impl obhost::proto::v1::step_reporter_server::StepReporter for Sink {
 /// follows the same steps: for every step's end, finished_at -> the sink has
 /// it, against finished_at -> the watcher has it, in the same run.
 async fn report_latency(agents: usize, steps: usize) -> Vec<Row> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+    // The orchestrator's end on a Unix socket (plain text only where no other
+    // user can listen).
+    let sock_dir = tempfile::tempdir().expect("temp dir");
+    let socket = sock_dir.path().join("reporter.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
     let sink = Sink::default();
     let server = sink.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(obhost::proto::v1::step_reporter_server::StepReporterServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
             .await
     });
     let mut daemons = Vec::new();
     for i in 0..agents {
         daemons.push(tcp_daemon(
-            &format!("[report]\nendpoint = \"http://127.0.0.1:{port}\"\nagent_id = \"a{i}\"\n"),
+            &format!(
+                "[report]\nendpoint = \"unix:{}\"\nagent_id = \"a{i}\"\n",
+                socket.display()
+            ),
             None,
         ));
     }

@@ -378,6 +378,15 @@ fn default_batch_max() -> usize {
 fn default_batch_delay() -> Duration {
     Duration::from_millis(100)
 }
+/// The lowest port any user may bind (`net.ipv4.ip_unprivileged_port_start`,
+/// 1024 unless lowered).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
 }
@@ -386,34 +395,87 @@ fn default_max_unacked() -> usize {
 }
 
 impl ReportConfig {
-    /// The endpoint's URI, or why it cannot be used: plain http would carry
-    /// every step (outputs, homes) in clear, so only to this host.
+    /// The endpoint, or why it cannot be used. Every step record goes there
+    /// (command lines, pids, homes), and the orchestrator acknowledges them:
+    /// whoever listens at the endpoint gets them, and the real orchestrator
+    /// never does. So plain text only where no other user can listen: a Unix
+    /// socket in a dir only its owner (and root) can write, or a loopback port
+    /// below `ip_unprivileged_port_start` (only root binds those). Anything
+    /// else is https with a CA: any local user can bind a free loopback port
+    /// while the orchestrator is down.
     pub fn check(&self) -> Result<(), String> {
         let e = crate::bounds::quote(&self.endpoint);
+        if let Some(path) = self.unix_socket() {
+            self.check_unix(&e, path)?;
+            return self.check_rest();
+        }
         let uri: tonic::transport::Uri = self.endpoint.parse().map_err(|err| {
             format!(
-                "[report] endpoint '{e}' is not a URI ({err}); write e.g. https://ocp.example:62950"
+                "[report] endpoint '{e}' is not a URI ({err}); write e.g. https://ocp.example:62950 or unix:/run/ocp/reporter.sock"
             )
         })?;
         let host = uri.host().unwrap_or("");
+        let Some(port) = uri.port_u16() else {
+            return Err(format!(
+                "[report] endpoint '{e}' needs a port, e.g. https://ocp.example:62950"
+            ));
+        };
+        let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
         match uri.scheme_str() {
             Some("https") if self.ca_file.is_none() => Err(format!(
                 "[report] endpoint '{e}' is https but ca_file is not set; set ca_file to the CA that signs the orchestrator's certificate (or /etc/ssl/certs/ca-certificates.crt for a public CA)"
             )),
             Some("https") => Ok(()),
-            Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1") => Ok(()),
-            Some("http") => Err(format!(
-                "[report] endpoint '{e}' is plain http to another host; use https:// with ca_file (http:// only to 127.0.0.1)"
+            Some("http") if !loopback => Err(format!(
+                "[report] endpoint '{e}' is plain http to another host; use https:// with ca_file, or a Unix socket (unix:/path)"
             )),
+            Some("http") if port >= unprivileged_port_start() => Err(format!(
+                "[report] endpoint '{e}' is plain http on a loopback port any local user can listen on while the orchestrator is down, and would then receive every step record; \
+                 use a Unix socket (unix:/run/ocp/reporter.sock), a port below {}, or https:// with ca_file",
+                unprivileged_port_start()
+            )),
+            Some("http") => Ok(()),
             _ => Err(format!(
-                "[report] endpoint '{e}' must start with https:// (or http:// to 127.0.0.1)"
+                "[report] endpoint '{e}' must be https://host:port, unix:/path, or http:// to a privileged loopback port"
             )),
         }?;
-        if uri.port_u16().is_none() {
+        self.check_rest()
+    }
+
+    /// The socket of a `unix:/path` endpoint.
+    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+        self.endpoint
+            .strip_prefix("unix:")
+            .map(std::path::Path::new)
+    }
+
+    /// A Unix socket endpoint: absolute, no TLS settings (they would be
+    /// ignored), and in a dir no user but its owner (and root) could put
+    /// another socket in.
+    fn check_unix(&self, e: &str, path: &std::path::Path) -> Result<(), String> {
+        if !path.is_absolute() {
             return Err(format!(
-                "[report] endpoint '{e}' needs a port, e.g. https://ocp.example:62950"
+                "[report] endpoint '{e}' must name an absolute path, e.g. unix:/run/ocp/reporter.sock"
             ));
         }
+        if self.ca_file.is_some() || self.cert_file.is_some() {
+            return Err(format!(
+                "[report] endpoint '{e}' is a Unix socket: ca_file, cert_file and key_file do not apply; remove them"
+            ));
+        }
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir).map(|m| m.uid()).unwrap_or(0)
+        };
+        crate::trusted::check(dir, &[owner]).map_err(|why| {
+            format!(
+                "[report] endpoint '{e}': another user could listen there in the orchestrator's place: {why}; put the socket in a dir only the orchestrator's user can write"
+            )
+        })
+    }
+
+    fn check_rest(&self) -> Result<(), String> {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err("[report] cert_file and key_file go together (mTLS to the orchestrator); set both or neither".into());
         }

@@ -500,7 +500,7 @@ fn check_config_validates_without_starting() {
     assert_eq!(code, Some(2));
     assert!(
         err.contains(
-            "plain http to another host; use https:// with ca_file (http:// only to 127.0.0.1)"
+            "plain http to another host; use https:// with ca_file, or a Unix socket (unix:/path)"
         ),
         "{err}"
     );

@@ -544,10 +544,12 @@ fn idle_connections_are_capped() {
 /// max_unacked; the lag goes back to 0 once a receiver takes everything.
 #[tokio::test]
 async fn report_metrics_follow_the_push() {
-    let port = free_port();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let socket = sock_dir.path().join("reporter.sock");
     let d = Daemon::start_with(Options {
         config: format!(
-            "{METRICS_ON_ANY_PORT}\n[report]\nendpoint = \"http://127.0.0.1:{port}\"\nbatch_delay = \"10ms\"\nmax_backoff = \"200ms\"\nmax_unacked = 4\n"
+            "{METRICS_ON_ANY_PORT}\n[report]\nendpoint = \"unix:{}\"\nbatch_delay = \"10ms\"\nmax_backoff = \"200ms\"\nmax_unacked = 4\n",
+            socket.display()
         ),
         ..Options::default()
     });
@@ -564,9 +566,7 @@ async fn report_metrics_follow_the_push() {
     .await;
     assert!(get(&s, "obhost_report_failures_total", &[]).unwrap() >= 2.0);
     // A receiver comes up: the lag drains to 0.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     #[derive(Default)]
     struct Took;
     #[tonic::async_trait]
@@ -581,7 +581,7 @@ async fn report_metrics_follow_the_push() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(obhost::proto::v1::step_reporter_server::StepReporterServer::new(Took))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
     scrape_until(&addr, "the lag drains", |s| {
         get(s, "obhost_report_lag_revisions", &[]) == Some(0.0)

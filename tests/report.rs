@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,9 +17,13 @@ use common::*;
 use obhost::proto::v1 as pb;
 use serde_json::Value;
 
-/// A receiver on a fixed port; what it printed, kept across its restarts.
+/// A receiver at a fixed address, a Unix socket unless it serves TLS (which
+/// needs a host name, so a loopback port); what it printed, kept across its
+/// restarts.
 struct Sink {
     port: u16,
+    socket: Option<PathBuf>,
+    _dir: tempfile::TempDir,
     args: Vec<String>,
     python: bool,
     child: Option<Child>,
@@ -26,17 +31,34 @@ struct Sink {
 }
 
 impl Sink {
-    /// `obhostctl -o json report-sink` with `extra` flags; not started yet.
+    /// `obhostctl -o json report-sink` on a Unix socket, with `extra` flags;
+    /// not started yet.
     fn ours(extra: &[&str]) -> Sink {
+        Sink::ours_at(extra, true)
+    }
+
+    /// The same on a loopback port (for TLS).
+    fn ours_tcp(extra: &[&str]) -> Sink {
+        Sink::ours_at(extra, false)
+    }
+
+    fn ours_at(extra: &[&str], unix: bool) -> Sink {
+        let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let socket = unix.then(|| dir.path().join("reporter.sock"));
         let mut args: Vec<String> = ["-o", "json", "report-sink", "--listen"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        args.push(format!("127.0.0.1:{port}"));
+        args.push(match &socket {
+            Some(s) => format!("unix:{}", s.display()),
+            None => format!("127.0.0.1:{port}"),
+        });
         args.extend(extra.iter().map(|s| s.to_string()));
         Sink {
             port,
+            socket,
+            _dir: dir,
             args,
             python: false,
             child: None,
@@ -44,7 +66,8 @@ impl Sink {
         }
     }
 
-    /// The Python grpcio receiver, or None where grpcio is not installed.
+    /// The Python grpcio receiver on a Unix socket, or None where grpcio is
+    /// not installed.
     fn python(fail: Option<&str>) -> Option<Sink> {
         let ok = Command::new("python3")
             .args(["-c", "import grpc, grpc_tools"])
@@ -58,18 +81,21 @@ impl Sink {
             eprintln!("SKIPPED: python3 grpcio/grpcio-tools not installed");
             return None;
         }
-        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("reporter.sock");
         let root = env!("CARGO_MANIFEST_DIR");
         let mut args = vec![
             format!("{root}/tests/clients/python_sink.py"),
             format!("{root}/proto"),
-            port.to_string(),
+            format!("unix:{}", socket.display()),
         ];
         if let Some(code) = fail {
             args.extend(["--fail".to_string(), code.to_string()]);
         }
         Some(Sink {
-            port,
+            port: 0,
+            socket: Some(socket),
+            _dir: dir,
             args,
             python: true,
             child: None,
@@ -77,12 +103,21 @@ impl Sink {
         })
     }
 
-    fn endpoint(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
+    /// What obhostd's `[report] endpoint` names: the socket, or for TLS the
+    /// port.
+    fn endpoint(&self) -> String {
+        match &self.socket {
+            Some(s) => format!("unix:{}", s.display()),
+            None => format!("https://localhost:{}", self.port),
+        }
     }
 
     fn start(&mut self) {
         let program = if self.python { "python3" } else { OBHOSTCTL };
+        // A restarted sink binds the same path again.
+        if let Some(s) = &self.socket {
+            let _ = std::fs::remove_file(s);
+        }
         let mut child = Command::new(program)
             .args(&self.args)
             .stdin(Stdio::null())
@@ -101,7 +136,11 @@ impl Sink {
         });
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let listening = |s: &Sink| match &s.socket {
+            Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            None => std::net::TcpStream::connect(("127.0.0.1", s.port)).is_ok(),
+        };
+        while !listening(self) {
             assert!(Instant::now() < end, "the sink did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -213,7 +252,7 @@ async fn final_revisions(d: &Daemon, ids: &[String]) -> BTreeMap<String, u64> {
 async fn a_late_sink_gets_every_change_in_order() {
     let mut sink = Sink::ours(&[]);
     let d = Daemon::start_with(Options {
-        config: report_config(&sink.endpoint("http"), ""),
+        config: report_config(&sink.endpoint(), ""),
         ..Options::default()
     });
     // The sink is down: steps run as ever.
@@ -255,7 +294,7 @@ async fn crashes_of_either_side_lose_nothing() {
     let mut sink = Sink::ours(&[]);
     sink.start();
     let mut d = Daemon::start_with(Options {
-        config: report_config(&sink.endpoint("http"), "batch_max = 8\n"),
+        config: report_config(&sink.endpoint(), "batch_max = 8\n"),
         ..Options::default()
     });
     let mut ids = Vec::new();
@@ -302,7 +341,7 @@ async fn a_thousand_changes_go_in_few_calls() {
     };
     sink.start();
     let d = Daemon::start_with(Options {
-        config: report_config(&sink.endpoint("http"), "batch_delay = \"100ms\"\n"),
+        config: report_config(&sink.endpoint(), "batch_delay = \"100ms\"\n"),
         ..Options::default()
     });
     // 500 steps, each RUNNING then SUCCEEDED: 1000 changes.
@@ -344,7 +383,7 @@ async fn an_unavailable_sink_is_retried_with_backoff() {
     };
     sink.start();
     let d = Daemon::start_with(Options {
-        config: report_config(&sink.endpoint("http"), "max_backoff = \"2s\"\n"),
+        config: report_config(&sink.endpoint(), "max_backoff = \"2s\"\n"),
         ..Options::default()
     });
     run_test_step(&d, test_step("refused", 0.0)).await;
@@ -376,7 +415,7 @@ async fn an_unavailable_sink_is_retried_with_backoff() {
 async fn a_full_outbox_drops_the_oldest_and_says_so() {
     let mut sink = Sink::ours(&[]);
     let d = Daemon::start_with(Options {
-        config: report_config(&sink.endpoint("http"), "max_unacked = 10\n"),
+        config: report_config(&sink.endpoint(), "max_unacked = 10\n"),
         ..Options::default()
     });
     let ids: Vec<String> = (0..20).map(|i| format!("full-{i:02}")).collect();
@@ -417,7 +456,7 @@ async fn mtls_to_the_sink_needs_the_right_ca_and_certificate() {
     let sink_cert = write("sink.pem", &cert);
     let sink_key = write("sink.key", &key);
     let agent_ca_file = write("agents-ca.pem", &agent_ca.pem());
-    let mut sink = Sink::ours(&[
+    let mut sink = Sink::ours_tcp(&[
         "--tls-cert",
         &sink_cert,
         "--tls-key",
@@ -426,7 +465,7 @@ async fn mtls_to_the_sink_needs_the_right_ca_and_certificate() {
         &agent_ca_file,
     ]);
     sink.start();
-    let endpoint = format!("https://localhost:{}", sink.port);
+    let endpoint = sink.endpoint();
     let tls = |ca: &Ca, client: &Ca, tag: &str| {
         let (c, k) = client.leaf("agent-1", &["agent-1"], false);
         format!(
@@ -488,7 +527,7 @@ async fn retention_never_takes_a_change_not_yet_reported() {
     let d = Daemon::start_with(Options {
         config: format!(
             "[retention]\nmax_steps = 5\nprune_interval = \"100ms\"\n{}",
-            report_config(&sink.endpoint("http"), "")
+            report_config(&sink.endpoint(), "")
         ),
         ..Options::default()
     });
@@ -515,4 +554,37 @@ async fn retention_never_takes_a_change_not_yet_reported() {
     // ...but not what the orchestrator has yet to hear.
     sink.start();
     sink.wait_for(&expected, Duration::from_secs(15));
+}
+
+/// Where another local user could listen in the orchestrator's place, every
+/// step record would be theirs: plain http to a loopback port any user may
+/// bind, or a Unix socket in a dir others can write, is refused at start.
+#[test]
+fn a_report_endpoint_another_user_could_take_is_refused() {
+    let refused = |endpoint: &str| match Daemon::spawn(
+        Options {
+            config: report_config(endpoint, ""),
+            ..Options::default()
+        },
+        tempfile::tempdir().unwrap().keep().join("state"),
+        None,
+    ) {
+        Ok(_) => panic!("obhostd started with [report] endpoint {endpoint}"),
+        Err(e) => e,
+    };
+    let err = refused("http://127.0.0.1:62950");
+    assert!(err.contains("any local user can listen on"), "{err}");
+    assert!(err.contains("unix:"), "says what to use instead: {err}");
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        open.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let err = refused(&format!("unix:{}/reporter.sock", open.path().display()));
+    assert!(
+        err.contains("another user could listen there in the orchestrator's place"),
+        "{err}"
+    );
+    assert!(err.contains("can be written by every user"), "{err}");
 }

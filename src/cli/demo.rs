@@ -86,18 +86,18 @@ fn free_port() -> Result<u16, CliError> {
     Err(CliError::Usage("no free loopback port pair found".into()))
 }
 
-/// Starts obhostd (pushing its changes to `report_port`) and returns its
+/// Starts obhostd (pushing its changes to `report_endpoint`) and returns its
 /// address, from its "listening" log line.
 fn start_daemon(
     obhostd: &Path,
     scratch: &mut Scratch,
-    report_port: u16,
+    report_endpoint: &str,
 ) -> Result<String, CliError> {
     let config = scratch.dir.join("obhostd.toml");
     std::fs::write(
         &config,
         format!(
-            "{root}[report]\nendpoint = \"http://127.0.0.1:{report_port}\"\nagent_id = \"demo-host\"\nbatch_delay = \"20ms\"\n",
+            "{root}[report]\nendpoint = \"{report_endpoint}\"\nagent_id = \"demo-host\"\nbatch_delay = \"20ms\"\n",
             // The demo's homes are its caller's: run as root, it runs its
             // stand-ins as root, which obhostd does only when told to.
             root = if nix::unistd::geteuid().is_root() {
@@ -207,13 +207,12 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         scratch.dir.display()
     ));
     // The orchestrator's side: a StepReporter that prints what obhostd pushes.
-    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // The orchestrator's end on a Unix socket in the demo's own dir: plain
+    // text only where no other user can listen (see [report] endpoint).
+    let sink_addr = format!("unix:{}", scratch.dir.join("reporter.sock").display());
+    let (sink_listener, _) = super::report_sink::Listener::bind(&sink_addr)
         .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    let sink_port = sink_listener
-        .local_addr()
-        .map_err(|e| CliError::Other(e.into()))?
-        .port();
+        .map_err(CliError::Other)?;
     let stop_sink = tokio_util::sync::CancellationToken::new();
     if format == Format::Text {
         let stop = stop_sink.clone();
@@ -224,10 +223,10 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
             async move { stop.cancelled().await },
         ));
     }
-    let addr = start_daemon(&obhostd, &mut scratch, sink_port)?;
+    let addr = start_daemon(&obhostd, &mut scratch, &sink_addr)?;
     say(format!(
         "started obhostd on {addr} (state in {}/state), pushing every step change to a \
-         report-sink on 127.0.0.1:{sink_port} (lines marked 'pushed')",
+         report-sink on {sink_addr} (lines marked 'pushed')",
         scratch.dir.display()
     ));
     let mut client = super::connect(&addr, None).await?;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::Context;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
@@ -22,10 +22,12 @@ use crate::proto::v1::step_reporter_server::{StepReporter, StepReporterServer};
 
 #[derive(clap::Args)]
 pub struct SinkArgs {
-    /// Address to serve StepReporter on, e.g. 127.0.0.1:62950 (port 0: any; the
-    /// address is printed to stderr).
+    /// Where to serve StepReporter: a Unix socket (unix:/run/ocp/reporter.sock,
+    /// what a local orchestrator should use: only its dir's owner can listen
+    /// there), or ip:port, e.g. 127.0.0.1:62950 (port 0: any; the address is
+    /// printed to stderr).
     #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
+    listen: String,
     /// Serve TLS with this certificate (PEM); agents set [report] ca_file to its CA.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -37,11 +39,36 @@ pub struct SinkArgs {
     client_ca: Option<PathBuf>,
 }
 
+/// What the sink listens on.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// Binds `addr`: `unix:/path` (a socket that must not exist yet) or ip:port.
+    pub async fn bind(addr: &str) -> anyhow::Result<(Listener, String)> {
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let l = tokio::net::UnixListener::bind(path).with_context(|| {
+                format!(
+                    "cannot listen on {addr}; remove a stale socket there, or pick another path"
+                )
+            })?;
+            return Ok((Listener::Unix(l), addr.to_string()));
+        }
+        let sa: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("--listen '{addr}' is neither unix:/path nor ip:port"))?;
+        let l = tokio::net::TcpListener::bind(sa)
+            .await
+            .with_context(|| format!("cannot listen on {addr}; is the port free?"))?;
+        let local = l.local_addr()?.to_string();
+        Ok((Listener::Tcp(l), local))
+    }
+}
+
 pub async fn run(args: SinkArgs, format: Format) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; is the port free?", args.listen))?;
-    let local = listener.local_addr()?;
+    let (listener, local) = Listener::bind(&args.listen).await?;
     let mut server = Server::builder();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let read = |p: &PathBuf| {
@@ -65,15 +92,25 @@ pub async fn run(args: SinkArgs, format: Format) -> anyhow::Result<()> {
 /// Serves `sink` on `listener` until `stop` completes (the demo runs one too).
 pub async fn serve(
     mut server: Server,
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     sink: Sink,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    server
-        .add_service(StepReporterServer::new(sink).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await
-        .context("report-sink stopped")?;
+    let router =
+        server.add_service(StepReporterServer::new(sink).max_decoding_message_size(64 << 20));
+    match listener {
+        Listener::Tcp(l) => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                .await
+        }
+        Listener::Unix(l) => {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
+                .await
+        }
+    }
+    .context("report-sink stopped")?;
     Ok(())
 }
 

@@ -42,7 +42,13 @@ impl Client {
             endpoint: crate::bounds::quote(&config.endpoint),
             cause,
         };
-        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+        // A Unix socket: HTTP/2 over it, with a fixed authority (the path
+        // means nothing to the orchestrator's server).
+        let uri = match config.unix_socket() {
+            Some(_) => "http://localhost".to_string(),
+            None => config.endpoint.clone(),
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
@@ -60,8 +66,22 @@ impl Client {
             }
             endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
         }
-        let client =
-            StepReporterClient::new(endpoint.connect_lazy()).max_encoding_message_size(MAX_MESSAGE);
+        let channel = match config.unix_socket() {
+            Some(path) => {
+                let path = path.to_path_buf();
+                endpoint.connect_with_connector_lazy(tower::service_fn(
+                    move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            let s = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                        }
+                    },
+                ))
+            }
+            None => endpoint.connect_lazy(),
+        };
+        let client = StepReporterClient::new(channel).max_encoding_message_size(MAX_MESSAGE);
         Ok(Client {
             endpoint: config.endpoint.clone(),
             client,

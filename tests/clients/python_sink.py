@@ -31,7 +31,10 @@ def compile_protos(proto_dir, out):
 
 
 def main():
-    proto_dir, port = sys.argv[1], int(sys.argv[2])
+    # A port (served on 127.0.0.1), or unix:/path.
+    proto_dir, addr = sys.argv[1], sys.argv[2]
+    if not addr.startswith("unix:"):
+        addr = f"127.0.0.1:{int(addr)}"
     fail = sys.argv[4].upper() if len(sys.argv) > 4 and sys.argv[3] == "--fail" else None
     out = tempfile.mkdtemp()
     compile_protos(proto_dir, out)
@@ -57,9 +60,9 @@ def main():
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     rpc.add_StepReporterServicer_to_server(Sink(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_insecure_port(addr)
     server.start()
-    print(json.dumps({"listening": port}), flush=True)
+    print(json.dumps({"listening": addr}), flush=True)
     server.wait_for_termination()
 
 

@@ -35,15 +35,29 @@ fn seekdb_on_a_taken_port_is_diagnosed_in_oceanbases_terms() {
     assert!(!out.status.success(), "seekdb started on a taken port");
     let d = diagnose(home.path(), &mark);
     let all = d.lines.join("\n");
-    assert_eq!(d.ob_errcode.as_deref(), Some("-4016"), "{all}");
-    assert!(
-        d.hint
-            .as_deref()
-            .is_some_and(|h| h.starts_with("OB_ERR_UNEXPECTED"))
-    );
     let header = format!("==> {} <==", home.path().join("log/observer.log").display());
     assert_eq!(d.lines.first(), Some(&header), "{all}");
-    assert!(all.contains("observer start fail"), "{all}");
     assert!(!all.contains("] INFO "), "{all}");
+    // Most runs seekdb writes its ERROR line ("observer start fail", -4016)
+    // before it exits, and that code wins over its bootstrap's EDIAG -4109.
+    // Now and then (once in a clean-clone CI run) it exits 1 before that
+    // line: then the first EDIAG code is all there is, and is what is named.
+    if all.contains("] ERROR ") {
+        assert!(all.contains("observer start fail"), "{all}");
+        assert_eq!(d.ob_errcode.as_deref(), Some("-4016"), "{all}");
+        assert!(
+            d.hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("OB_ERR_UNEXPECTED"))
+        );
+    } else {
+        assert!(all.contains("] EDIAG "), "{all}");
+        let first = d.lines.iter().find(|l| l.contains("] EDIAG ")).unwrap();
+        assert_eq!(
+            d.ob_errcode,
+            obhost::observer::diagnosis::errcode(first),
+            "{all}"
+        );
+    }
     drop(taken);
 }

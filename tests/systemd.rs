@@ -1,0 +1,261 @@
+//! obhostd under a real systemd: PID 1 in private namespaces, booted by
+//! `scripts/systemd-sandbox.sh` (systemd is not PID 1 on the machines the
+//! tests run on). obhostd runs from the unit the package installs, with a
+//! drop-in for the test's paths only.
+//!
+//! Without root, cgroup2 or systemd these tests say SKIPPED with the reason;
+//! under `CI` they fail instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use obhost::proto::v1 as pb;
+use obhost::proto::v1::host_agent_client::HostAgentClient;
+use tonic::transport::Channel;
+
+const SANDBOX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/systemd-sandbox.sh");
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/obhostd.service");
+
+/// A booted systemd, powered off (and whatever is left killed) when dropped.
+struct Sandbox {
+    pid: i32,
+    cgroup: String,
+    /// Shared with the sandbox at the same path: obhostd's config, state and
+    /// socket.
+    shared: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// Boots one sharing the build, `extra` dirs (homes) and a dir of its own.
+    fn boot(name: &str, extra: &[&Path]) -> Option<Sandbox> {
+        let skip = |why: String| {
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("SKIPPED: {why}");
+        };
+        if !nix::unistd::geteuid().is_root() {
+            skip("booting systemd needs root".into());
+            return None;
+        }
+        if !Path::new("/lib/systemd/systemd").exists() {
+            skip("no /lib/systemd/systemd (apt install systemd)".into());
+            return None;
+        }
+        let shared = tempfile::Builder::new()
+            .prefix("obhost-sd-shared-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new(SANDBOX)
+            .arg("start")
+            .arg(name)
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .arg(shared.path())
+            .args(extra)
+            .output()
+            .expect("run systemd-sandbox.sh");
+        if !out.status.success() {
+            skip(format!(
+                "cannot boot systemd here: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut words = text.split_whitespace();
+        let pid = words.next().and_then(|p| p.parse().ok()).expect("its pid");
+        let cgroup = words.next().expect("its cgroup").to_string();
+        Some(Sandbox {
+            pid,
+            cgroup,
+            shared,
+        })
+    }
+
+    /// Runs `script` inside (every namespace of the sandbox).
+    fn sh(&self, script: &str) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-a", "sh", "-c", script])
+            .output()
+            .expect("nsenter")
+    }
+
+    /// As [`Sandbox::sh`], and it must succeed; its stdout.
+    fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "{script}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.shared.path().join("obhostd.sock")
+    }
+
+    /// Installs the packaged unit with a drop-in that runs the built obhostd
+    /// on the shared dir's config, and starts it: `systemctl start` returns
+    /// once obhostd has sent READY.
+    fn start_obhostd(&self) {
+        let config = self.shared.path().join("obhostd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = [\"unix:{}\"]\nstate_dir = \"{}\"\nrun_as_root = true\n",
+                self.socket().display(),
+                self.shared.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let unit = std::fs::read_to_string(UNIT).unwrap();
+        let dropin = format!(
+            "[Service]\nExecStart=\nExecStart={} --config {}\n",
+            OBHOSTD,
+            config.display()
+        );
+        self.ok(&format!(
+            "mkdir -p /etc/systemd/system/obhostd.service.d && \
+             cat > /etc/systemd/system/obhostd.service <<'EOF'\n{unit}EOF\n\
+             cat > /etc/systemd/system/obhostd.service.d/test.conf <<'EOF'\n{dropin}EOF\n\
+             systemctl daemon-reload && systemctl start obhostd"
+        ));
+    }
+
+    /// The host pid of obhostd's main process (the sandbox shows its own).
+    fn obhostd_pid(&self) -> i32 {
+        let inner: i32 = self
+            .ok("systemctl show -p MainPID --value obhostd")
+            .parse()
+            .unwrap();
+        assert!(inner > 0, "obhostd is not running");
+        host_pid(self.pid, inner).expect("obhostd's pid on the host")
+    }
+
+    async fn client(&self) -> HostAgentClient<Channel> {
+        let endpoint = tonic::transport::Endpoint::from_static("http://localhost");
+        let channel = connect_addr(&format!("unix:{}", self.socket().display()), endpoint)
+            .await
+            .expect("connect to obhostd's socket");
+        HostAgentClient::new(channel)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new(SANDBOX)
+            .args(["stop", &self.pid.to_string(), &self.cgroup])
+            .status();
+    }
+}
+
+/// The host pid of the sandbox's `inner` pid: a process under the sandbox's
+/// PID 1 whose `NSpid` ends in it.
+fn host_pid(sandbox: i32, inner: i32) -> Option<i32> {
+    let ns = std::fs::read_link(format!("/proc/{sandbox}/ns/pid")).ok()?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                .ok()
+                .as_ref()
+                == Some(&ns)
+                && std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("NSpid:"))
+                            .and_then(|v| v.split_whitespace().last()?.parse::<i32>().ok())
+                    })
+                    == Some(inner)
+        })
+}
+
+async fn step_until_terminal(c: &mut HostAgentClient<Channel>, id: &str) -> pb::Step {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = c
+            .get_step(pb::GetStepRequest { step_id: id.into() })
+            .await
+            .expect("GetStep")
+            .into_inner()
+            .step
+            .expect("a step");
+        if is_terminal(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "step {id} never ended: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The packaged unit under a real systemd: `systemctl start` returns once
+/// obhostd is READY (Type=notify) and serving; an observer it starts outlives
+/// `systemctl stop obhostd` (KillMode=process), and the next start re-adopts
+/// it without a second process.
+// Multi-threaded: the client's connection must answer obhostd's GOAWAY while
+// this thread waits for systemctl, or the stop waits out shutdown_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unit_starts_obhostd_and_a_stop_leaves_the_observer_running() {
+    let home = Home::new();
+    let Some(sd) = Sandbox::boot("unit", &[home.path()]) else {
+        return;
+    };
+    sd.start_obhostd();
+    assert_eq!(sd.ok("systemctl is-active obhostd"), "active");
+    let first = sd.obhostd_pid();
+    let mut c = sd.client().await;
+    c.start_observer(pb::StartObserverRequest {
+        meta: Some(meta("sd-start")),
+        observer: Some(home.spec()),
+    })
+    .await
+    .expect("StartObserver accepted");
+    let s = step_until_terminal(&mut c, "sd-start").await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    let procs = home.processes();
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    let observer = procs[0];
+
+    drop(c);
+    sd.ok("systemctl stop obhostd");
+    assert!(!alive(first), "obhostd still runs after systemctl stop");
+    assert!(
+        alive(observer),
+        "systemctl stop obhostd took the observer down"
+    );
+
+    sd.ok("systemctl start obhostd");
+    let mut c = sd.client().await;
+    let o = c
+        .get_observer(pb::GetObserverRequest {
+            home_path: home.path().display().to_string(),
+        })
+        .await
+        .expect("GetObserver")
+        .into_inner()
+        .observer
+        .expect("observer");
+    assert!(o.running, "{o:#?}");
+    // obhostd sees the sandbox's pids.
+    assert_eq!(
+        host_pid(sd.pid, o.pid as i32),
+        Some(observer),
+        "re-adopted: {o:#?}"
+    );
+    c.start_observer(pb::StartObserverRequest {
+        meta: Some(meta("sd-start-again")),
+        observer: Some(home.spec()),
+    })
+    .await
+    .expect("StartObserver accepted");
+    let s = step_until_terminal(&mut c, "sd-start-again").await;
+    assert_eq!(s.outputs["already_running"], "true", "{s:#?}");
+    assert_eq!(home.processes(), vec![observer]);
+}

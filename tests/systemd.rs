@@ -102,11 +102,16 @@ impl Sandbox {
     /// on the shared dir's config, and starts it: `systemctl start` returns
     /// once obhostd has sent READY.
     fn start_obhostd(&self) {
+        self.start_obhostd_with("");
+    }
+
+    /// [`Sandbox::start_obhostd`] with `extra` TOML after the test's own keys.
+    fn start_obhostd_with(&self, extra: &str) {
         let config = self.shared.path().join("obhostd.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = [\"unix:{}\"]\nstate_dir = \"{}\"\nrun_as_root = true\n",
+                "listen = [\"unix:{}\"]\nstate_dir = \"{}\"\nrun_as_root = true\n{extra}",
                 self.socket().display(),
                 self.shared.path().join("state").display()
             ),
@@ -258,4 +263,49 @@ async fn the_unit_starts_obhostd_and_a_stop_leaves_the_observer_running() {
     let s = step_until_terminal(&mut c, "sd-start-again").await;
     assert_eq!(s.outputs["already_running"], "true", "{s:#?}");
     assert_eq!(home.processes(), vec![observer]);
+}
+
+/// StartAgentService's systemd mode: the unit's own processes must hold the
+/// health port. A unit that runs and listens is healthy; when a local user
+/// bound the port first (the unit's server then dies of "address in use"),
+/// the impostor's answer never makes the step succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_units_health_port_must_be_held_by_the_unit() {
+    use pb::start_agent_service_request::Service;
+    let Some(sd) = Sandbox::boot("agent-unit", &[]) else {
+        return;
+    };
+    let port = free_port();
+    sd.ok(&format!(
+        "cat > /etc/systemd/system/fake-agent.service <<'EOF'\n[Service]\nExecStart=/usr/bin/python3 -m http.server {port} --bind 127.0.0.1\nEOF\nsystemctl daemon-reload"
+    ));
+    sd.start_obhostd_with("[agent_service]\nallowed_units = [\"fake-agent.service\"]\n");
+    let mut c = sd.client().await;
+    let request = |id: &str| pb::StartAgentServiceRequest {
+        meta: Some(pb::StepMeta {
+            step_id: id.into(),
+            timeout: Some(secs(5.0)),
+            ..Default::default()
+        }),
+        service: Some(Service::SystemdUnit("fake-agent.service".into())),
+        health: Some(pb::HealthCheck {
+            check: Some(pb::health_check::Check::TcpPort(port as u32)),
+        }),
+    };
+    c.start_agent_service(request("unit-ok")).await.unwrap();
+    let s = step_until_terminal(&mut c, "unit-ok").await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    sd.ok("systemctl stop fake-agent");
+
+    // A listener that is not the unit's (this test's, on the host: the same
+    // network) takes the port first.
+    let impostor = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    c.start_agent_service(request("unit-impostor"))
+        .await
+        .unwrap();
+    let s = step_until_terminal(&mut c, "unit-impostor").await;
+    drop(impostor);
+    assert_eq!(s.state(), pb::StepState::TimedOut, "{s:#?}");
+    let e = s.error.as_ref().unwrap();
+    assert!(e.message.contains("not the agent"), "{e:#?}");
 }

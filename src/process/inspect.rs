@@ -153,6 +153,12 @@ pub enum PortOwner {
 /// land belongs to `pid`: the check before obhostd hands a password to what
 /// answers there.
 pub fn loopback_port_owner(port: u16, pid: i32) -> PortOwner {
+    loopback_port_owner_among(port, &[pid])
+}
+
+/// [`loopback_port_owner`] for a group of processes (a systemd unit's):
+/// `Only` when every socket listening there is one of theirs.
+pub fn loopback_port_owner_among(port: u16, pids: &[i32]) -> PortOwner {
     let inodes: Vec<u64> = tcp_sockets(sockdiag::LISTEN)
         .into_iter()
         .filter(|s| {
@@ -165,11 +171,12 @@ pub fn loopback_port_owner(port: u16, pid: i32) -> PortOwner {
     if inodes.is_empty() {
         return PortOwner::Nobody;
     }
-    let own = socket_inodes(pid);
+    let own: Vec<u64> = pids.iter().flat_map(|p| socket_inodes(*p)).collect();
     if inodes.iter().all(|i| own.contains(i)) {
         PortOwner::Only
     } else {
-        PortOwner::Other(port_holder_other_than(port, pid))
+        let foreign: Vec<u64> = inodes.into_iter().filter(|i| !own.contains(i)).collect();
+        PortOwner::Other(holder_of(&foreign))
     }
 }
 
@@ -186,17 +193,6 @@ pub fn connection_served_by(port: u16, ours: std::net::SocketAddr, pid: i32) -> 
             && s.inode != 0
             && own.contains(&s.inode)
     })
-}
-
-fn port_holder_other_than(port: u16, pid: i32) -> Option<(i32, String)> {
-    let inodes: Vec<u64> = listening_inodes()
-        .into_iter()
-        .filter(|(_, p)| *p == port)
-        .map(|(i, _)| i)
-        .collect();
-    let own = socket_inodes(pid);
-    let foreign: Vec<u64> = inodes.into_iter().filter(|i| !own.contains(i)).collect();
-    holder_of(&foreign)
 }
 
 fn socket_inodes(pid: i32) -> Vec<u64> {

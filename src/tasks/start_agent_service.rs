@@ -81,10 +81,12 @@ fn systemd_running() -> bool {
 impl StartAgentService {
     async fn start(self: Box<Self>, ctx: StepContext) -> StepResult {
         let mut outputs = BTreeMap::new();
+        let mut unit_cgroup = None;
         let watched = match &self.params.service {
             Service::SystemdUnit(unit) => {
                 let already = self.systemd(&ctx, unit).await?;
                 outputs.insert("already_running".to_string(), already.to_string());
+                unit_cgroup = self.control_group(unit).await;
                 None
             }
             Service::Command(cmd) => {
@@ -99,7 +101,7 @@ impl StartAgentService {
         };
         if let Some(h) = &self.params.health {
             let watch = watched.as_ref().map(|(h, c, _)| (h.as_ref(), *c));
-            self.healthy(&ctx, h, watch).await?;
+            self.healthy(&ctx, h, watch, unit_cgroup).await?;
         }
         // Healthy: what this step spawned now runs on its own.
         if let Some((_, _, Some(spawned))) = watched {
@@ -270,11 +272,23 @@ impl StartAgentService {
         super::launch_failed(e, "the agent service", tail).await
     }
 
+    /// The cgroup of a started unit (`/system.slice/x.service`): its
+    /// processes are the ones that may hold the health port.
+    async fn control_group(&self, unit: &str) -> Option<PathBuf> {
+        let (code, out) = self
+            .systemctl(&["show", "--property=ControlGroup", "--value"], unit)
+            .await
+            .ok()?;
+        let cg = out.trim();
+        (code == 0 && cg.starts_with('/')).then(|| PathBuf::from(cg))
+    }
+
     async fn healthy(
         &self,
         ctx: &StepContext,
         h: &Health,
         watched: Option<(Option<&Handle>, &CommandSpec)>,
+        unit_cgroup: Option<PathBuf>,
     ) -> Result<(), StepFailure> {
         let death = async {
             match watched {
@@ -282,7 +296,11 @@ impl StartAgentService {
                 _ => std::future::pending().await,
             }
         };
-        let holder = watched.and_then(|(h, _)| h).map(|h| h.identity().pid);
+        let holder = match (watched.and_then(|(h, _)| h), unit_cgroup) {
+            (Some(h), _) => Holder::Process(h.identity().pid),
+            (None, Some(cg)) => Holder::Unit(cg),
+            (None, None) => Holder::Anyone,
+        };
         tokio::select! {
             () = until_healthy(ctx, h, holder) => Ok(()),
             () = death => {
@@ -310,7 +328,7 @@ impl StartAgentService {
 /// matters: a check that failed because the port was still closed must not be
 /// followed by the unhealthy pause when the port opens an instant later (that
 /// cost the host flow 10 ms).
-async fn until_healthy(ctx: &StepContext, h: &Health, holder: Option<i32>) {
+async fn until_healthy(ctx: &StepContext, h: &Health, holder: Holder) {
     let mut retry = Duration::from_millis(10);
     loop {
         if probe::connect_loopback(h.port()).await.is_err() {
@@ -320,35 +338,89 @@ async fn until_healthy(ctx: &StepContext, h: &Health, holder: Option<i32>) {
             retry = Duration::from_millis(10);
         }
         match health::check(h).await {
-            Ok(()) => match holder {
-                None => return,
-                Some(pid) => {
-                    let port = h.port();
-                    let owner = tokio::task::spawn_blocking(move || {
-                        inspect::loopback_port_owner(port, pid)
+            Ok(()) if matches!(holder, Holder::Anyone) => return,
+            Ok(()) => {
+                let port = h.port();
+                let (whose, owner) = {
+                    let holder = holder.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let pids = holder.pids();
+                        (
+                            holder.describe(),
+                            inspect::loopback_port_owner_among(port, &pids),
+                        )
                     })
                     .await
-                    .unwrap_or(inspect::PortOwner::Other(None));
-                    match owner {
-                        inspect::PortOwner::Only => return,
-                        inspect::PortOwner::Nobody => {}
-                        inspect::PortOwner::Other(other) => {
-                            let who = other
-                                .map(|(p, comm)| format!("pid {p} ('{comm}')"))
-                                .unwrap_or_else(|| "another process".into());
-                            ctx.progress(format!(
-                                "port {port} answers, but {who} holds it, not the agent (pid {pid}); waiting for the agent's own listener"
-                            ))
-                            .await;
-                        }
+                    .unwrap_or_else(|_| (String::new(), inspect::PortOwner::Other(None)))
+                };
+                match owner {
+                    inspect::PortOwner::Only => return,
+                    inspect::PortOwner::Nobody => {}
+                    inspect::PortOwner::Other(other) => {
+                        let who = other
+                            .map(|(p, comm)| format!("pid {p} ('{comm}')"))
+                            .unwrap_or_else(|| "another process".into());
+                        ctx.progress(format!(
+                            "port {port} answers, but {who} holds it, not the agent ({whose}); waiting for the agent's own listener"
+                        ))
+                        .await;
                     }
                 }
-            },
+            }
             Err(e) => ctx.progress(e).await,
         }
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(Duration::from_millis(100));
     }
+}
+
+/// Whose sockets may be listening on the health port for the agent to count
+/// as healthy.
+#[derive(Debug, Clone)]
+enum Holder {
+    /// The agent process this step started or found.
+    Process(i32),
+    /// Every process of the unit's cgroup (systemd mode).
+    Unit(PathBuf),
+    /// Unknown (systemd could not say where the unit lives): any listener.
+    Anyone,
+}
+
+impl Holder {
+    /// The pids now (a unit's may change as it forks). Blocking: reads /proc
+    /// or the cgroup.
+    fn pids(&self) -> Vec<i32> {
+        match self {
+            Holder::Process(pid) => vec![*pid],
+            Holder::Unit(cg) => unit_pids(cg),
+            Holder::Anyone => Vec::new(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Holder::Process(pid) => format!("pid {pid}"),
+            Holder::Unit(cg) => format!("the processes of cgroup {}", cg.display()),
+            Holder::Anyone => "anyone".into(),
+        }
+    }
+}
+
+/// The processes of a unit's cgroup: under the unified hierarchy wherever it
+/// is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1), else
+/// systemd's own v1 hierarchy.
+fn unit_pids(cg: &Path) -> Vec<i32> {
+    let rel = cg.strip_prefix("/").unwrap_or(cg);
+    [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+    ]
+    .iter()
+    .map(|root| Path::new(root).join(rel).join("cgroup.procs"))
+    .find_map(|procs| std::fs::read_to_string(procs).ok())
+    .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    .unwrap_or_default()
 }
 
 impl StepTask for StartAgentService {
@@ -624,7 +696,7 @@ mod tests {
             false,
             BTreeMap::new(),
         );
-        until_healthy(&ctx, &Health::TcpPort(port), None).await;
+        until_healthy(&ctx, &Health::TcpPort(port), Holder::Anyone).await;
         let opened = sink.opened.lock().unwrap().expect("the port was opened");
         // The unhealthy pause is 10 ms at least, by construction.
         assert!(

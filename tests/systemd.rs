@@ -309,3 +309,41 @@ async fn a_units_health_port_must_be_held_by_the_unit() {
     let e = s.error.as_ref().unwrap();
     assert!(e.message.contains("not the agent"), "{e:#?}");
 }
+
+/// The unit's own instructions work as written: the check-config command its
+/// comment gives is one obhostd accepts (an earlier form was refused).
+#[test]
+fn the_units_check_config_command_is_accepted() {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let comment: String = unit
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let start = comment
+        .find("`obhostd ")
+        .expect("the comment gives a command");
+    let command = &comment[start + 1..];
+    let command = &command[..command.find('`').unwrap()];
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    assert!(args.contains(&"--check-config"), "{command}");
+    // The packaged config in place of /etc/obhost/obhostd.toml.
+    let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/obhostd.toml");
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == "/etc/obhost/obhostd.toml" {
+                packaged
+            } else {
+                a
+            }
+        })
+        .collect();
+    let out = Command::new(OBHOSTD).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{command}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

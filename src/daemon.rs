@@ -138,6 +138,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let listeners = api::listen::bind(&listen, &local, access.tls().is_some()).await?;
     notify(&[sd_notify::NotifyState::Ready]);
+    // STOPPING=1 the moment the shutdown begins, as systemd means it: the
+    // drain that follows may take up to shutdown_timeout.
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            notify(&[sd_notify::NotifyState::Stopping]);
+        });
+    }
     spawn_watchdog(shutdown.clone());
     spawn_status(engine.clone(), registry.clone(), shutdown.clone());
     spawn_reload_on_hup(access.clone(), shutdown.clone())?;
@@ -157,7 +166,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.shutdown_timeout,
     )
     .await;
-    notify(&[sd_notify::NotifyState::Stopping]);
     served
 }
 

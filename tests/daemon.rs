@@ -158,7 +158,10 @@ async fn host_info_comes_from_the_real_host() {
     assert!(!host.kernel.is_empty());
 }
 
-#[tokio::test]
+// Multi-threaded: this thread blocks on the notify socket, and the client's
+// connection must still answer obhostd's GOAWAY, or the drain waits out
+// shutdown_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_ready_after_listening_watchdog_and_stopping() {
     let tmp = tempfile::tempdir().unwrap();
     let sock_path = tmp.path().join("notify.sock");

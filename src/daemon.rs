@@ -158,15 +158,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         agent: config.agent_service.clone(),
         metrics,
     };
-    let served = api::serve(
+    api::serve(
         listeners,
         services,
         access,
         shutdown.clone(),
         config.shutdown_timeout,
     )
-    .await;
-    served
+    .await
 }
 
 /// Creates the state dir 0700 (its files hold what every step did and the

@@ -28,6 +28,22 @@ fn as_attacker(script: &str) {
     run_as(ATTACKER, script)
 }
 
+/// The system's python (root's own pyenv is not the attacker's to run)
+/// running `script` as the attacker, with no groups.
+fn attacker_python(script: &str) -> Command {
+    let (uid, gid) = attacker();
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={gid}"),
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        script,
+    ]);
+    c
+}
+
 /// A home owned by the attacker, which runs the stand-in observer as itself.
 fn attacker_home() -> Home {
     let (uid, gid) = attacker();
@@ -708,18 +724,8 @@ async fn a_root_dir_renamed_into_place_is_never_chowned() {
     std::fs::create_dir(&rootdir).unwrap();
     std::fs::set_permissions(&rootdir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let ino = std::fs::metadata(&rootdir).unwrap().ino();
-    let (uid, gid) = attacker();
     // Bounded: the racer stops by itself after 20 s, and is killed at the end.
-    let mut racer = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            // The system's python: root's own (pyenv) is not the attacker's to run.
-            "/usr/bin/python3",
-            "-c",
-            RENAME_RACER,
-        ])
+    let mut racer = attacker_python(RENAME_RACER)
         .arg(home.path())
         // Not the test's cwd, which the attacker may not enter.
         .current_dir("/")
@@ -1023,7 +1029,6 @@ async fn a_failed_start_never_kills_a_process_that_took_its_launchers_pid() {
     // new session (sid == that number). Chance would do it on a busy host;
     // the test asks the kernel for the number (root sets ns_last_pid just
     // before the spawn), and tries again when another process took it first.
-    let (uid, gid) = attacker();
     let impostor_script = format!(
         "import os, sys, time\nif os.getpid() != {target}: sys.exit(1)\nos.setsid()\nopen('{h}/impostor', 'w').write(str(os.getpid()))\ntime.sleep(120)\n"
     );
@@ -1031,17 +1036,7 @@ async fn a_failed_start_never_kills_a_process_that_took_its_launchers_pid() {
     for _ in 0..200 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (target - 1).to_string())
             .expect("set ns_last_pid (the tests run as root)");
-        let mut c = Command::new("setpriv")
-            .args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                "--clear-groups",
-                "/usr/bin/python3",
-                "-c",
-                &impostor_script,
-            ])
-            .spawn()
-            .unwrap();
+        let mut c = attacker_python(&impostor_script).spawn().unwrap();
         if c.id() as i32 == target {
             child = Some(c);
             break;
@@ -1211,18 +1206,9 @@ async fn an_impostor_on_the_agents_health_port_is_not_the_agent() {
     use pb::start_agent_service_request::Service;
     let d = Daemon::start();
     let port = free_port();
-    let (uid, gid) = attacker();
-    let mut impostor = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            &format!(
-                "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen(64)\nprint('up', flush=True)\ntime.sleep(120)\n"
-            ),
-        ])
+    let mut impostor = attacker_python(&format!(
+        "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen(64)\nprint('up', flush=True)\ntime.sleep(120)\n"
+    ))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

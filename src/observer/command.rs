@@ -61,7 +61,16 @@ pub fn args(spec: &ObserverSpec) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observer::spec::{Policy, RawSpec};
+    use crate::observer::spec::{Policy, RawSpec, SpecError};
+
+    /// The tests' homes are root's temp dirs: their observers run as root.
+    fn resolve(raw: RawSpec) -> Result<ObserverSpec, SpecError> {
+        let policy = Policy {
+            run_as_root: true,
+            ..Policy::default()
+        };
+        ObserverSpec::resolve(raw, &policy)
+    }
 
     #[test]
     fn first_start_follows_obds_order_and_skips_unset_flags() {
@@ -81,14 +90,7 @@ mod tests {
             extra_args: vec!["--x".into()],
             ..RawSpec::default()
         };
-        let spec = ObserverSpec::resolve(
-            raw,
-            &Policy {
-                run_as_root: true,
-                ..Policy::default()
-            },
-        )
-        .unwrap();
+        let spec = resolve(raw).unwrap();
         let data = format!("{}/store", dir.path().display());
         assert_eq!(
             args(&spec),
@@ -128,14 +130,7 @@ mod tests {
             zone: "zone1".into(),
             ..RawSpec::default()
         };
-        let spec = ObserverSpec::resolve(
-            raw,
-            &Policy {
-                run_as_root: true,
-                ..Policy::default()
-            },
-        )
-        .unwrap();
+        let spec = resolve(raw).unwrap();
         assert!(spec.check_first_start().is_ok());
         assert_eq!(args(&spec), ["-p", "3881"]);
     }
@@ -147,14 +142,7 @@ mod tests {
             home_path: dir.path().display().to_string(),
             ..RawSpec::default()
         };
-        let spec = ObserverSpec::resolve(
-            raw,
-            &Policy {
-                run_as_root: true,
-                ..Policy::default()
-            },
-        )
-        .unwrap();
+        let spec = resolve(raw).unwrap();
         let e = spec.check_first_start().unwrap_err().to_string();
         assert!(
             e.contains("observer.zone, observer.cluster_name, observer.cluster_id"),

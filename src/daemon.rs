@@ -142,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         access,
         shutdown.clone(),
         config.shutdown_timeout,
+        config.limits.max_watchers,
     )
     .await;
     notify(&[sd_notify::NotifyState::Stopping]);

@@ -8,6 +8,8 @@ mod auth;
 pub mod convert;
 pub mod listen;
 mod peer;
+mod peer_calls;
+mod peers;
 mod service;
 mod status;
 mod tail;
@@ -162,7 +164,8 @@ pub async fn serve(
         .try_into()
         .unwrap_or(u32::MAX);
     // The peer check wraps every service, health and reflection included; the
-    // call counter wraps it, so refusals are counted too.
+    // call counter wraps it, so refusals are counted too. Inside the peer
+    // check, the limits on what an unauthenticated connection may hold.
     let router = Server::builder()
         .max_concurrent_streams(streams)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -171,6 +174,7 @@ pub async fn serve(
         .layer(tonic::service::InterceptorLayer::new(auth::PeerCheck(
             access.clone(),
         )))
+        .layer(peer_calls::PeerCallsLayer::new(access.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -186,7 +190,9 @@ pub async fn serve(
     #[cfg(not(feature = "test-kinds"))]
     drop(interceptor);
 
-    let incoming = listen::incoming(&mut listeners, access, shutdown.clone());
+    let peers = peers::Peers::new(peers::Limits::default());
+    peers.spawn_idle_sweep(shutdown.clone());
+    let incoming = listen::incoming(&mut listeners, access, peers, shutdown.clone());
     let signal = shutdown.clone();
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         signal.cancelled().await;

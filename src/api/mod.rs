@@ -64,9 +64,10 @@ pub const MAX_OPEN_REQUEST_BYTES: usize = 4 << 10;
 /// SETTINGS, HTTP/2 lets a client open streams until memory runs out.
 const CALLS_BESIDE_STREAMS: usize = 128;
 
-/// How often obhostd pings an HTTP/2 connection, and how long it waits for
-/// the answer before closing it: a peer that vanished (a host powered off, a
-/// dropped route) would otherwise hold its connection and streams forever.
+/// After how long without a frame obhostd pings an HTTP/2 connection, and
+/// how long it waits for the answer before closing it: a peer that vanished
+/// (a host powered off, a dropped route) would otherwise hold its connection
+/// and streams forever.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -164,6 +164,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         access,
         shutdown.clone(),
         config.shutdown_timeout,
+        config.limits.max_watchers,
     )
     .await
 }

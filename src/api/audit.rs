@@ -52,7 +52,7 @@ pub struct Call {
 impl Call {
     pub fn new<T>(request: &Request<T>, call: &'static str, step_id: &str) -> Call {
         Call {
-            caller: caller(request.extensions().get::<Peer>()),
+            caller: caller(super::peer::peer_of(request)),
             call,
             step_id: quote(step_id),
             kind: "",

@@ -211,18 +211,23 @@ impl Access {
     /// The bearer token, for callers that came over TCP.
     #[allow(clippy::result_large_err)]
     fn check_token(&self, request: &Request<()>) -> Result<(), Status> {
-        if let Some(Peer::Unix { .. }) = request.extensions().get::<Peer>() {
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        self.check_bearer(super::peer::peer_of(request), given)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_bearer(&self, peer: Option<&Peer>, given: Option<&str>) -> Result<(), Status> {
+        if let Some(Peer::Unix { .. }) = peer {
             return Ok(()); // the uid was checked by `admit`
         }
         let current = self.token.load();
         let Some(token) = current.as_deref() else {
             return Ok(());
         };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(g) if constant_time_eq(g.as_bytes(), token.0.as_bytes()) => Ok(()),
             Some(_) => Err(Status::unauthenticated(
@@ -235,6 +240,24 @@ impl Access {
             )),
         }
     }
+
+    /// Whether a connection has proved its peer: it would pass every check a
+    /// HostAgent call makes (the uid or certificate names, and the token when
+    /// one is set). `bearer` is the token a call carries; `None` at accept,
+    /// where only a Unix uid or a client certificate can prove anything.
+    /// Such a connection is exempt from the limits on unauthenticated ones
+    /// ([`super::peers`]).
+    pub fn trusts(&self, peer: &Peer, bearer: Option<&str>) -> bool {
+        let proven = match peer {
+            // A plain TCP peer proves nothing but the token.
+            Peer::Tcp { .. } => bearer.is_some(),
+            // Without client_ca_file a TLS client has no certificate to prove
+            // anything with; with it, the handshake checked the certificate.
+            Peer::Tls { client_names, .. } => bearer.is_some() || client_names.is_some(),
+            Peer::Unix { .. } => true,
+        };
+        proven && self.admit(Some(peer)).is_ok() && self.check_bearer(Some(peer), bearer).is_ok()
+    }
 }
 
 /// Runs before every service: may this peer call at all?
@@ -243,7 +266,7 @@ pub struct PeerCheck(pub Arc<Access>);
 
 impl tonic::service::Interceptor for PeerCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let peer = request.extensions().get::<Peer>();
+        let peer = super::peer::peer_of(&request);
         self.0.admit(peer).inspect_err(|e| refused(peer, e))?;
         Ok(request)
     }
@@ -269,7 +292,7 @@ impl tonic::service::Interceptor for Interceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         self.0
             .check_token(&request)
-            .inspect_err(|e| refused(request.extensions().get::<Peer>(), e))?;
+            .inspect_err(|e| refused(super::peer::peer_of(&request), e))?;
         Ok(request)
     }
 }

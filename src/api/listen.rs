@@ -7,6 +7,11 @@
 //! into place: there is no moment when it is wider than configured. A file
 //! already at the path is replaced only if it is a socket nobody answers on; a
 //! regular file or a symlink (perhaps planted) is never unlinked.
+//!
+//! Every connection takes its place in [`super::peers`] as it is accepted,
+//! before any TLS handshake, so a handshake in flight counts as what it is: a
+//! connection nobody has proved yet, bounded in number with the others and
+//! closed when newer ones need its place.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,18 +22,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth::Access;
 use super::peer::{Conn, Peer};
+use super::peers::{PeerKey, Peers};
 use crate::config::{ListenAddr, LocalAccess};
 
 /// How long a TLS client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; more are dropped rather than queued.
-const MAX_HANDSHAKES: usize = 256;
 
 enum Listener {
     Unix(UnixListener, String),
@@ -188,18 +192,21 @@ fn bind_unix(path: &Path, gid: Option<u32>) -> anyhow::Result<(UnixListener, u64
 }
 
 /// One task per listener accepts until `shutdown`; TLS handshakes each run in a
-/// task of their own, bounded in time and number, so a client that never
-/// finishes one holds up nobody else.
+/// task of their own, bounded in time, and in number by the limits on
+/// connections nobody has proved yet, so a client that never finishes one
+/// holds up nobody else.
 pub fn incoming(
     listeners: &mut Listeners,
     access: Arc<Access>,
+    peers: Arc<Peers>,
     shutdown: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     for listener in listeners.list.drain(..) {
         let tx = tx.clone();
         let shutdown = shutdown.clone();
+        let access = access.clone();
+        let peers = peers.clone();
         match listener {
             Listener::Unix(l, _) => {
                 tokio::spawn(async move {
@@ -218,7 +225,14 @@ pub fn incoming(
                                     uid: cred.uid(),
                                     pid: cred.pid(),
                                 };
-                                if tx.send(Ok(Conn::new(stream, peer))).await.is_err() {
+                                // Unix peers never count against the TCP cap,
+                                // so this admits always.
+                                let trusted = access.trusts(&peer, None);
+                                let Ok(slot) = peers.admit(PeerKey::Uid(cred.uid()), trusted)
+                                else {
+                                    continue;
+                                };
+                                if tx.send(Ok(Conn::new(stream, peer, slot))).await.is_err() {
                                     return;
                                 }
                             }
@@ -228,8 +242,6 @@ pub fn incoming(
                 });
             }
             Listener::Tcp(l, _) => {
-                let access = access.clone();
-                let handshakes = handshakes.clone();
                 tokio::spawn(async move {
                     loop {
                         let accepted = tokio::select! {
@@ -243,38 +255,41 @@ pub fn incoming(
                                 continue;
                             }
                         };
+                        let Ok(slot) = peers.admit(PeerKey::ip(addr.ip()), false) else {
+                            debug!(%addr, "refused a TCP connection: every place is taken by authenticated ones");
+                            continue;
+                        };
                         // gRPC's small frames must not wait for Nagle.
                         let _ = stream.set_nodelay(true);
                         let Some(tls) = access.tls() else {
                             let peer = Peer::Tcp { addr };
-                            if tx.send(Ok(Conn::new(stream, peer))).await.is_err() {
+                            if tx.send(Ok(Conn::new(stream, peer, slot))).await.is_err() {
                                 return;
                             }
                             continue;
                         };
-                        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                            warn!(%addr, "dropped a TLS connection: {MAX_HANDSHAKES} handshakes already in flight");
-                            continue;
-                        };
                         let tx = tx.clone();
+                        let access = access.clone();
                         tokio::spawn(async move {
-                            let _permit = permit;
                             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                            let stream = match tokio::time::timeout(
-                                HANDSHAKE_TIMEOUT,
-                                acceptor.accept(stream),
-                            )
-                            .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    debug!(%addr, error = %e, "TLS handshake failed");
+                            let handshake =
+                                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                            let stream = tokio::select! {
+                                () = slot.closed() => {
+                                    debug!(%addr, "TLS handshake closed for newer connections");
                                     return;
                                 }
-                                Err(_) => {
-                                    debug!(%addr, "TLS handshake timed out");
-                                    return;
-                                }
+                                h = handshake => match h {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        debug!(%addr, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        debug!(%addr, "TLS handshake timed out");
+                                        return;
+                                    }
+                                },
                             };
                             let client_names = stream
                                 .get_ref()
@@ -283,7 +298,10 @@ pub fn incoming(
                                 .and_then(|c| c.first())
                                 .map(|c| super::tls::client_names(c).into());
                             let peer = Peer::Tls { addr, client_names };
-                            let _ = tx.send(Ok(Conn::new(stream, peer))).await;
+                            if access.trusts(&peer, None) {
+                                slot.conn().trust();
+                            }
+                            let _ = tx.send(Ok(Conn::new(stream, peer, slot))).await;
                         });
                     }
                 });

@@ -8,6 +8,8 @@ mod auth;
 pub mod convert;
 pub mod listen;
 mod peer;
+mod peer_calls;
+mod peers;
 mod service;
 mod status;
 mod tail;
@@ -50,6 +52,25 @@ pub const SERVICE_NAME: &str = "obhost.v1.HostAgent";
 /// far below what would let one caller balloon the daemon's memory or store.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
+/// The largest health or reflection request decoded. They answer peers
+/// without the token, and a call's request is buffered until it is whole, so
+/// a 1 MiB limit there would let each open call hold 1 MiB. Real ones (a
+/// service name, a symbol, a file name) are tens of bytes.
+pub const MAX_OPEN_REQUEST_BYTES: usize = 4 << 10;
+
+/// Streams a client may open on one HTTP/2 connection, beyond those it may
+/// keep open for as long as it likes (every watch and every tail obhostd
+/// allows): room for the unary calls beside them. Without a limit in its
+/// SETTINGS, HTTP/2 lets a client open streams until memory runs out.
+const CALLS_BESIDE_STREAMS: usize = 128;
+
+/// After how long without a frame obhostd pings an HTTP/2 connection, and
+/// how long it waits for the answer before closing it: a peer that vanished
+/// (a host powered off, a dropped route) would otherwise hold its connection
+/// and streams forever.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Health is NOT_SERVING while the state store refuses writes (a full disk,
 /// an I/O error) and SERVING again once the engine has reopened it, so an
 /// orchestrator's probe sees what a step RPC would.
@@ -86,13 +107,15 @@ fn follow_store_health(
 /// Serves until `shutdown` fires, then drains for at most `drain`: in-flight
 /// unary calls finish, WatchSteps streams end with UNAVAILABLE (the engine's
 /// watches see the same token), and whatever is still open after the bound is
-/// dropped so a stop never hangs.
+/// dropped so a stop never hangs. `max_watchers` sizes the streams one
+/// connection may open.
 pub async fn serve(
     mut listeners: Listeners,
     services: Services,
     access: Arc<Access>,
     shutdown: CancellationToken,
     drain: Duration,
+    max_watchers: usize,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -117,11 +140,11 @@ pub async fn serve(
     };
     let reflection = reflection_builder()
         .build_v1()?
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(MAX_OPEN_REQUEST_BYTES);
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()?
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(MAX_OPEN_REQUEST_BYTES);
+    let health_service = health_service.max_decoding_message_size(MAX_OPEN_REQUEST_BYTES);
 
     let interceptor = auth::Interceptor(access.clone());
     let engine = services.engine.clone();
@@ -138,13 +161,21 @@ pub async fn serve(
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor.clone(),
     );
+    let streams = (max_watchers + tail::MAX_TAILS + CALLS_BESIDE_STREAMS)
+        .try_into()
+        .unwrap_or(u32::MAX);
     // The peer check wraps every service, health and reflection included; the
-    // call counter wraps it, so refusals are counted too.
+    // call counter wraps it, so refusals are counted too. Inside the peer
+    // check, the limits on what an unauthenticated connection may hold.
     let router = Server::builder()
+        .max_concurrent_streams(streams)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(count_calls)
         .layer(tonic::service::InterceptorLayer::new(auth::PeerCheck(
             access.clone(),
         )))
+        .layer(peer_calls::PeerCallsLayer::new(access.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -160,7 +191,9 @@ pub async fn serve(
     #[cfg(not(feature = "test-kinds"))]
     drop(interceptor);
 
-    let incoming = listen::incoming(&mut listeners, access, shutdown.clone());
+    let peers = peers::Peers::new(peers::Limits::default());
+    peers.spawn_idle_sweep(shutdown.clone());
+    let incoming = listen::incoming(&mut listeners, access, peers, shutdown.clone());
     let signal = shutdown.clone();
     let server = router.serve_with_incoming_shutdown(incoming, async move {
         signal.cancelled().await;

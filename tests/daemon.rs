@@ -450,7 +450,7 @@ fn first_log_lines(format: &str, env: &[(&str, &str)]) -> Vec<String> {
 }
 
 /// Off a terminal no colour codes; under journald no timestamp of our own
-/// (the journal stamps each line).
+/// (the journal stamps each line) and a syslog priority in front.
 #[test]
 fn logs_fit_a_file_and_the_journal() {
     let plain = first_log_lines("text", &[]);
@@ -461,12 +461,22 @@ fn logs_fit_a_file_and_the_journal() {
     );
     let journal = first_log_lines("text", &[("JOURNAL_STREAM", "8:12345")]);
     assert!(journal.iter().all(|l| !l.contains('\x1b')), "{journal:?}");
+    // Each line opens with its syslog priority, for journald to file it by.
+    let body = |l: &String| -> String {
+        let rest = l.strip_prefix('<').expect("a priority prefix");
+        rest[rest.find('>').unwrap() + 1..].to_string()
+    };
+    assert!(journal[0].starts_with("<6>"), "INFO is <6>: {journal:?}");
     assert!(
-        journal.iter().all(|l| !l.trim_start().starts_with("20")),
+        journal
+            .iter()
+            .map(body)
+            .all(|l| !l.trim_start().starts_with("20")),
         "the journal stamps lines itself: {journal:?}"
     );
     let json = first_log_lines("json", &[("JOURNAL_STREAM", "8:12345")]);
-    let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert!(json[0].starts_with("<6>"), "{json:?}");
+    let first: serde_json::Value = serde_json::from_str(&body(&json[0])).unwrap();
     assert!(first.get("timestamp").is_none(), "{first}");
 }
 

@@ -107,6 +107,11 @@ impl Sandbox {
 
     /// [`Sandbox::start_obhostd`] with `extra` TOML after the test's own keys.
     fn start_obhostd_with(&self, extra: &str) {
+        self.start_obhostd_full(extra, "");
+    }
+
+    /// ... and `service` lines added to the drop-in's [Service].
+    fn start_obhostd_full(&self, extra: &str, service: &str) {
         let config = self.shared.path().join("obhostd.toml");
         std::fs::write(
             &config,
@@ -119,7 +124,7 @@ impl Sandbox {
         .unwrap();
         let unit = std::fs::read_to_string(UNIT).unwrap();
         let dropin = format!(
-            "[Service]\nExecStart=\nExecStart={} --config {}\n",
+            "[Service]\nExecStart=\nExecStart={} --config {}\n{service}",
             OBHOSTD,
             config.display()
         );
@@ -346,4 +351,101 @@ fn the_units_check_config_command_is_accepted() {
         "`{command}`: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The unit's watchdog: obhostd frozen (SIGSTOP) misses its pets, systemd
+/// kills and restarts it (Restart=on-failure), and the new obhostd serves the
+/// steps the old one recorded. Its log lines reach the journal as the unit's,
+/// at their priority, with no timestamp of obhostd's own in front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_obhostd_is_restarted_by_the_watchdog_and_logs_reach_the_journal() {
+    let home = Home::new();
+    let Some(sd) = Sandbox::boot("watchdog", &[home.path()]) else {
+        return;
+    };
+    sd.start_obhostd_full("", "WatchdogSec=1s\nRestartSec=100ms\n");
+    let first = sd.obhostd_pid();
+    {
+        let mut c = sd.client().await;
+        c.start_observer(pb::StartObserverRequest {
+            meta: Some(meta("wd-start")),
+            observer: Some(home.spec()),
+        })
+        .await
+        .expect("StartObserver accepted");
+        let s = step_until_terminal(&mut c, "wd-start").await;
+        assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+        // A refused request: a warning in the journal.
+        let mut bad = home.spec();
+        bad.home_path = "relative/home".into();
+        let e = c
+            .start_observer(pb::StartObserverRequest {
+                meta: Some(meta("wd-bad")),
+                observer: Some(bad),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+    let observer = home.processes();
+    assert_eq!(observer.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let out = sd.sh("systemctl show -p MainPID --value obhostd");
+        let inner: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if inner > 0
+            && let Some(pid) = host_pid(sd.pid, inner)
+            && pid != first
+            && sd.sh("systemctl is-active obhostd").status.success()
+        {
+            break pid;
+        }
+        assert!(Instant::now() < end, "the watchdog never restarted obhostd");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!alive(first), "the wedged obhostd was left running");
+    assert_ne!(second, first);
+    assert_eq!(
+        home.processes(),
+        observer,
+        "the observer outlives the restart"
+    );
+    let journal = sd.ok("journalctl -u obhostd -o json --no-pager");
+    assert!(journal.contains("Watchdog timeout"), "{journal}");
+    let mut c = sd.client().await;
+    let s = step_until_terminal(&mut c, "wd-start").await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    // obhostd's own lines: its message, at its level, no timestamp of its own.
+    let lines: Vec<serde_json::Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["_COMM"] == "obhostd")
+        .collect();
+    let starting = lines
+        .iter()
+        .find(|v| {
+            v["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.contains("obhostd starting"))
+        })
+        .expect("obhostd's start in the journal");
+    assert_eq!(starting["PRIORITY"], "6", "INFO: {starting}");
+    let message = starting["MESSAGE"].as_str().unwrap();
+    assert!(
+        !message.trim_start().starts_with("20"),
+        "a timestamp in front: {message}"
+    );
+    let refused = lines
+        .iter()
+        .find(|v| v["MESSAGE"].as_str().is_some_and(|m| m.contains("wd-bad")))
+        .expect("the refusal in the journal");
+    assert_eq!(refused["PRIORITY"], "4", "WARN: {refused}");
 }

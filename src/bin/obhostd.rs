@@ -106,9 +106,52 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match (format, journald) {
         (LogFormat::Text, false) => builder.init(),
-        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Text, true) => builder
+            .event_format(SyslogPrefix(
+                tracing_subscriber::fmt::format()
+                    .with_ansi(false)
+                    .without_time(),
+            ))
+            .init(),
         (LogFormat::Json, false) => builder.json().flatten_event(true).init(),
-        (LogFormat::Json, true) => builder.json().flatten_event(true).without_time().init(),
+        (LogFormat::Json, true) => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(SyslogPrefix(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .without_time(),
+            ))
+            .init(),
+    }
+}
+
+/// Under journald each line opens with its syslog priority (`<4>` for WARN):
+/// journald reads it (SyslogLevelPrefix=, on by default) and files the line
+/// at that priority, so `journalctl -p warning -u obhostd` shows the refusals
+/// and errors, not every line at "info".
+struct SyslogPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 

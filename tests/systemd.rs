@@ -116,8 +116,13 @@ impl Sandbox {
         std::fs::write(
             &config,
             format!(
-                "listen = [\"unix:{}\"]\nstate_dir = \"{}\"\nrun_as_root = true\n{extra}",
-                self.socket().display(),
+                "{}state_dir = \"{}\"\nrun_as_root = true\n{extra}",
+                // `extra` may name its own listeners (the socket among them).
+                if extra.contains("listen =") {
+                    String::new()
+                } else {
+                    format!("listen = [\"unix:{}\"]\n", self.socket().display())
+                },
                 self.shared.path().join("state").display()
             ),
         )
@@ -448,4 +453,88 @@ async fn a_wedged_obhostd_is_restarted_by_the_watchdog_and_logs_reach_the_journa
         .find(|v| v["MESSAGE"].as_str().is_some_and(|m| m.contains("wd-bad")))
         .expect("the refusal in the journal");
     assert_eq!(refused["PRIORITY"], "4", "WARN: {refused}");
+}
+
+/// `systemctl reload obhostd` (ExecReload: SIGHUP) rotates the token: new
+/// calls need the new one, and a WatchSteps stream opened with the old one
+/// stays open and keeps receiving changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rotates_the_token_while_a_stream_stays_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let Some(sd) = Sandbox::boot("reload", &[home.path()]) else {
+        return;
+    };
+    let token = sd.shared.path().join("token");
+    let write_token = |text: &str| {
+        std::fs::write(&token, text).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let (old, new) = ("old-token-0123456789", "new-token-9876543210");
+    write_token(old);
+    let port = free_port();
+    sd.start_obhostd_with(&format!(
+        "listen = [\"unix:{}\", \"127.0.0.1:{port}\"]\n[auth]\ntoken_file = \"{}\"\n",
+        sd.socket().display(),
+        token.display()
+    ));
+    let tcp = |t: &'static str| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect over TCP");
+        HostAgentClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            Ok(r)
+        })
+    };
+    let mut watch = tcp(old)
+        .await
+        .watch_steps(pb::WatchStepsRequest::default())
+        .await
+        .expect("WatchSteps with the old token")
+        .into_inner();
+
+    write_token(new);
+    sd.ok("systemctl reload obhostd");
+    let end = Instant::now() + Duration::from_secs(10);
+    while tcp(new)
+        .await
+        .list_steps(pb::ListStepsRequest::default())
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < end, "the new token never worked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = tcp(old)
+        .await
+        .list_steps(pb::ListStepsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // A change after the reload still reaches the stream opened before it.
+    let mut c = sd.client().await;
+    c.stop_observer(pb::StopObserverRequest {
+        meta: Some(meta("after-reload")),
+        home_path: home.path().display().to_string(),
+        grace: Some(secs(1.0)),
+        force: false,
+    })
+    .await
+    .expect("StopObserver");
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = watch.message().await.expect("the stream stays open") {
+            if m.step.is_some_and(|s| s.id == "after-reload") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the open stream missed the change");
+    assert_eq!(sd.ok("systemctl is-active obhostd"), "active");
 }

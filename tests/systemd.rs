@@ -538,3 +538,38 @@ async fn reload_rotates_the_token_while_a_stream_stays_open() {
     assert_eq!(seen, Ok(true), "the open stream missed the change");
     assert_eq!(sd.ok("systemctl is-active obhostd"), "active");
 }
+
+/// A unit that fails to start: SERVICE_START_FAILED, with the unit's own
+/// journal lines (why it failed) in log_tail, not only systemctl's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_unit_shows_its_journal() {
+    use pb::start_agent_service_request::Service;
+    let Some(sd) = Sandbox::boot("agent-fails", &[]) else {
+        return;
+    };
+    sd.ok(
+        "cat > /etc/systemd/system/broken-agent.service <<'EOF'\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo agent-config-missing >&2; exit 3'\nEOF\nsystemctl daemon-reload",
+    );
+    sd.start_obhostd_with("[agent_service]\nallowed_units = [\"broken-agent.service\"]\n");
+    let mut c = sd.client().await;
+    c.start_agent_service(pb::StartAgentServiceRequest {
+        meta: Some(pb::StepMeta {
+            step_id: "broken".into(),
+            timeout: Some(secs(20.0)),
+            ..Default::default()
+        }),
+        service: Some(Service::SystemdUnit("broken-agent.service".into())),
+        health: None,
+    })
+    .await
+    .unwrap();
+    let s = step_until_terminal(&mut c, "broken").await;
+    let e = s.error.as_ref().expect("failed");
+    assert_eq!(e.code, "SERVICE_START_FAILED", "{s:#?}");
+    assert!(
+        e.log_tail
+            .iter()
+            .any(|l| l.contains("agent-config-missing")),
+        "the unit's own words: {e:#?}"
+    );
+}

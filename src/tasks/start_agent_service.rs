@@ -118,22 +118,52 @@ impl StartAgentService {
     }
 
     /// Runs a systemctl command through the process module and waits for it.
-    /// Its output goes to an anonymous temp file: nothing at a guessable name in
-    /// /tmp that another user could plant a link at. The unit always comes after
-    /// `--`, so it can never be read as an option.
+    /// Its output goes to an anonymous temp file (see `run_tool`). The unit
+    /// always comes after `--`, so it can never be read as an option.
     async fn systemctl(&self, args: &[&str], unit: &str) -> Result<(i32, String), StepFailure> {
+        let args: Vec<String> = args
+            .iter()
+            .copied()
+            .chain(["--", unit])
+            .map(str::to_string)
+            .collect();
+        self.run_tool("/usr/bin/systemctl", args).await
+    }
+
+    /// The unit's last journal lines (`--unit=` keeps the name a value, never
+    /// an option): why a unit failed is there, not in systemctl's reply.
+    async fn journal_tail(&self, unit: &str) -> Vec<String> {
+        let args = [
+            "--no-pager",
+            "-o",
+            "cat",
+            "-n",
+            "20",
+            &format!("--unit={unit}"),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        match self.run_tool("/usr/bin/journalctl", args).await {
+            Ok((_, out)) => out.lines().map(str::to_string).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Runs one of systemd's tools as obhostd's user and waits for it. Its
+    /// output goes to an anonymous temp file: nothing at a guessable name in
+    /// /tmp that another user could plant a link at.
+    async fn run_tool(
+        &self,
+        program: &str,
+        args: Vec<String>,
+    ) -> Result<(i32, String), StepFailure> {
         let spawn_failed = |e: String| StepFailure::new(Code::SpawnFailed, e);
         let me = RunAs::current().map_err(|e| spawn_failed(e.to_string()))?;
         let out = tempfile::tempfile()
-            .map_err(|e| spawn_failed(format!("cannot make a temp file for systemctl: {e}")))?;
+            .map_err(|e| spawn_failed(format!("cannot make a temp file for {program}: {e}")))?;
         let spec = SpawnSpec {
-            program: PathBuf::from("/usr/bin/systemctl"),
-            args: args
-                .iter()
-                .copied()
-                .chain(["--", unit])
-                .map(str::to_string)
-                .collect(),
+            program: PathBuf::from(program),
+            args,
             cwd: PathBuf::from("/"),
             user: me,
             env: BTreeMap::new(),
@@ -170,9 +200,12 @@ impl StartAgentService {
             (code, output) => {
                 let mut f = StepFailure::new(
                     Code::ServiceStartFailed,
-                    format!("systemctl start {unit} exited with {code}; see journalctl -u {unit}"),
+                    format!(
+                        "systemctl start {unit} exited with {code}; its journal is in log_tail (journalctl -u {unit})"
+                    ),
                 );
                 f.error.log_tail = output.lines().take(20).map(str::to_string).collect();
+                f.error.log_tail.extend(self.journal_tail(unit).await);
                 Err(f)
             }
         }

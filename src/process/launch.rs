@@ -513,7 +513,8 @@ impl Follow {
 
     /// The launcher exited 0 and the census found nothing alive: the launch
     /// is over without a server. The process to blame is the one the pid file
-    /// named, else the last member that ended badly, else the launcher.
+    /// named, else the first-started member that ended badly (the server, not
+    /// a helper it forked), else the launcher.
     fn nothing_left(&self, reaper: &Reaper, uid: u32) -> LaunchError {
         let (named, mut bad) = {
             let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
@@ -527,7 +528,9 @@ impl Follow {
                         .or_else(|| tree.seen_status(m).map(|s| Exit::from_status(m.pid, s)));
                     exit.is_some_and(|e| e.code != Some(0))
                 })
-                .last();
+                // The first to start of those that ended badly: the server, not
+                // a helper it forked later that failed with it (seekdb has one).
+                .min_by_key(|m| (m.start_ticks, m.pid));
             (named, bad)
         };
         if bad.is_none() {
@@ -548,7 +551,7 @@ impl Follow {
                         boot: self.launcher.boot,
                     })
                 })
-                .next_back();
+                .min_by_key(|m| (m.start_ticks, m.pid));
         }
         match (named, bad) {
             (Some(id), _) => self.died(id, reaper, "after it wrote its pid file"),

@@ -73,18 +73,14 @@ pub fn check(path: &Path, trusted: &[u32]) -> Result<(), Untrusted> {
                 ));
             }
             let pmode = parent.permissions().mode();
-            let others_write = pmode & 0o002 != 0 || (pmode & 0o020 != 0 && parent.gid() != 0);
-            if others_write && pmode & 0o1000 == 0 {
+            if let Some(who) = other_writers(&parent)
+                && pmode & 0o1000 == 0
+            {
                 let dir = prefix.parent().unwrap_or(Path::new("/"));
                 return Err(untrusted(
                     dir,
                     format!(
-                        "can be written by {} (mode {:04o}, not sticky): they could rename '{}' away and put their own in its place",
-                        if pmode & 0o002 != 0 {
-                            "every user".to_string()
-                        } else {
-                            format!("group {}", parent.gid())
-                        },
+                        "can be written by {who} (mode {:04o}, not sticky): they could rename '{}' away and put their own in its place",
                         pmode & 0o7777,
                         prefix.display()
                     ),
@@ -99,22 +95,29 @@ pub fn check(path: &Path, trusted: &[u32]) -> Result<(), Untrusted> {
     }
     let meta = std::fs::metadata(&resolved)
         .map_err(|e| untrusted(&resolved, format!("cannot be read: {e}")))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
+    if let Some(who) = other_writers(&meta) {
         return Err(untrusted(
             &resolved,
             format!(
-                "can be written by {} (mode {:04o})",
-                if mode & 0o002 != 0 {
-                    "every user".to_string()
-                } else {
-                    format!("group {}", meta.gid())
-                },
-                mode & 0o7777
+                "can be written by {who} (mode {:04o})",
+                meta.permissions().mode() & 0o7777
             ),
         ));
     }
     Ok(())
+}
+
+/// Who besides the owner may write this file or dir: every user, or a
+/// group other than root's; None when nobody else may.
+fn other_writers(meta: &std::fs::Metadata) -> Option<String> {
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 {
+        Some("every user".into())
+    } else if mode & 0o020 != 0 && meta.gid() != 0 {
+        Some(format!("group {}", meta.gid()))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -107,7 +107,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         allowed_roots: config.allowed_roots.clone(),
         allowed_users: config.allowed_users.clone(),
         default_user: config.default_user.clone(),
-        run_as_root: config.run_as_root,
+        // DESIGN: root "only when the config names root in allowed_users";
+        // run_as_root = true says the same without narrowing the users.
+        run_as_root: config.run_as_root || config.allowed_users.iter().any(|u| u == "root"),
         limits: config.limits.to_limits(),
         start_settle: config.observer.start_settle,
     };

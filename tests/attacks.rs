@@ -1122,6 +1122,19 @@ async fn nothing_runs_as_root_unless_the_config_says_so() {
     assert!(home.processes().is_empty());
 }
 
+/// DESIGN's way to allow root: naming it in allowed_users (no run_as_root).
+#[tokio::test]
+async fn root_named_in_allowed_users_may_run_the_observer() {
+    let d = Daemon::start_with(Options {
+        config: "run_as_root = false\nallowed_users = [\"root\"]\n".into(),
+        ..Options::default()
+    });
+    let home = Home::new(); // root's
+    let (_, pid) = start_ok(&d, "root-allowed", home.spec()).await;
+    assert_eq!(uid_of(pid), 0);
+    stop_observer(&d, "root-allowed-stop", home.path(), 5.0, true).await;
+}
+
 /// With run_as_root on, a root observer whose binary, or whose library dir,
 /// the attacker can write is refused: their code would run as root. The
 /// planted binary never runs.

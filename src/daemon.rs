@@ -113,10 +113,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         limits: config.limits.to_limits(),
         start_settle: config.observer.start_settle,
     };
+    let systemd = match crate::process::systemd::Systemd::detect().await {
+        Ok(systemd) => {
+            tracing::info!(
+                "systemd is PID 1: each observer and agent command starts in a scope of its own under {}",
+                crate::process::systemd::SLICE
+            );
+            in_scopes(&systemd, &registry).await;
+            Some(systemd)
+        }
+        Err(why) => {
+            tracing::info!(
+                "{why}: observers and agent commands run in obhostd's own cgroup, in sessions of their own"
+            );
+            None
+        }
+    };
     let deps = Arc::new(Deps {
         registry: registry.clone(),
         policy: policy.clone(),
         agent: config.agent_service.clone(),
+        systemd,
     });
     let engine = opened.start(Tasks::new(deps), shutdown.clone()).await?;
     let metrics = Metrics::new();
@@ -294,6 +311,44 @@ fn spawn_reload_on_hup(access: Arc<Access>, shutdown: CancellationToken) -> anyh
 fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Re-adopted observers, each in its scope again. One that lives in
+/// obhostd's own cgroup (started by a version without scopes, or while
+/// systemd was not reachable) is moved into the scope it would have been born
+/// in, so that from now on nothing done to obhostd.service reaches it.
+async fn in_scopes(systemd: &crate::process::systemd::Systemd, registry: &Registry) {
+    use crate::process::systemd::{scope_name, unit_of};
+    let ours = unit_of(std::process::id() as i32);
+    for record in registry.all() {
+        let Some(id) = record.identity.filter(|id| id.is_alive()) else {
+            continue;
+        };
+        let home = record.home_path.display().to_string();
+        let unit = unit_of(id.pid);
+        if unit.is_none() || unit != ours {
+            tracing::info!(
+                home,
+                pid = id.pid,
+                unit = unit.as_deref().unwrap_or("-"),
+                "re-adopted observer's unit"
+            );
+            continue;
+        }
+        let scope = scope_name("obhost-observer", &record.home_path);
+        let description = format!("OceanBase observer of {home} (moved from obhostd's cgroup)");
+        match systemd
+            .start_scope(&scope, id.pid as u32, &description)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(home, pid = id.pid, unit = %scope, "moved a re-adopted observer out of obhostd's cgroup into its scope")
+            }
+            Err(e) => {
+                tracing::warn!(home, pid = id.pid, error = %e, "a re-adopted observer stays in obhostd's cgroup, where stopping or killing obhostd.service reaches it")
+            }
+        }
     }
 }
 

@@ -47,6 +47,22 @@ fn a_bad_config_names_the_file_and_the_key() {
     assert!(err.contains("allowed_root"), "{err}");
 }
 
+/// Off systemd (these machines: PID 1 is not systemd), the startup log says
+/// once where observers will run instead of scopes.
+#[tokio::test]
+async fn without_systemd_the_startup_log_says_there_are_no_scopes() {
+    let d = Daemon::start();
+    let _ = d.channel().await;
+    let said = "observers and agent commands run in obhostd's own cgroup";
+    let log = d.log_text();
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        eprintln!("SKIPPED: this host runs systemd as PID 1 (tests/systemd.rs covers scopes)");
+        return;
+    }
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(log.contains("systemd is not PID 1 here"), "{log}");
+}
+
 #[tokio::test]
 async fn health_reports_serving_for_the_host_agent() {
     use tonic_health::pb::health_client::HealthClient;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::pidfile::{self, PidFile};
 use super::tree::{Census, Launch, Snapshot};
-use super::{Exit, Identity, Reaper, SpawnError, SpawnSpec, Spawned, spawn};
+use super::{Exit, Identity, Reaper, SpawnError, SpawnSpec, Spawned};
 
 /// How the started program becomes its server.
 #[derive(Debug, Clone)]
@@ -174,9 +174,7 @@ pub async fn start(
         }
         Mode::Foreground { .. } => None,
     };
-    let mut launcher = tokio::task::spawn_blocking(move || spawn(&spec))
-        .await
-        .map_err(|e| LaunchError::Panicked(e.to_string()))??;
+    let mut launcher = super::spawn::start(spec).await?;
     if launcher.boot == 0 {
         // Reaped before spawn could look: the reaper read its start time.
         if let Some(ticks) = reaper.exit_of(launcher.pid).and_then(|e| e.start_ticks) {

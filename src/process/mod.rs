@@ -18,6 +18,7 @@ pub mod reaper;
 pub mod sockdiag;
 pub mod spawn;
 pub mod spawned;
+pub mod systemd;
 pub mod tree;
 
 pub use control::{ControlError, Handle};

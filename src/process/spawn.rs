@@ -10,9 +10,15 @@
 //! - stdout and stderr appended to a file, never a pipe: a pipe would break (and
 //!   SIGPIPE the observer) the moment obhostd restarts.
 //! - Resource limits set for the child, within what this daemon may grant.
+//! - Under systemd, born in a transient scope of its own ([`Scope`]): the
+//!   child waits on a pipe, before exec, until systemd has moved it there (as
+//!   `systemd-run --scope` does), so nothing it forks is ever in
+//!   `obhostd.service`'s cgroup, where `systemctl kill obhostd`, a watchdog
+//!   restart or an OOM kill of the unit would reach it.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -22,6 +28,7 @@ use nix::unistd::{Gid, Uid, User};
 use serde::{Deserialize, Serialize};
 
 use super::identity::Identity;
+use super::systemd::Systemd;
 
 /// Variables a child must never get from a request either.
 const FORBIDDEN_ENV: &[&str] = &[
@@ -85,6 +92,14 @@ pub enum SpawnError {
         .0.display()
     )]
     Cwd(PathBuf),
+    #[error(
+        "cannot start '{program}' in its own scope {unit}: {cause}. Nothing was started: in obhostd's own cgroup it would die with obhostd.service (systemctl kill, a watchdog restart). See journalctl -u {unit} and systemctl status obhost.slice"
+    )]
+    Scope {
+        program: PathBuf,
+        unit: String,
+        cause: String,
+    },
     #[error("cannot start '{program}': {cause}")]
     Exec {
         program: PathBuf,
@@ -223,6 +238,17 @@ pub enum Output {
     File(std::fs::File),
 }
 
+/// The transient scope a program is born in, when systemd is PID 1.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub systemd: Systemd,
+    /// e.g. `obhost-observer-home-admin-oceanbase.scope`
+    /// ([`super::systemd::scope_name`]).
+    pub unit: String,
+    /// What `systemctl status` says it is: the home and the step.
+    pub description: String,
+}
+
 /// Everything needed to start one program.
 #[derive(Debug)]
 pub struct SpawnSpec {
@@ -233,6 +259,8 @@ pub struct SpawnSpec {
     pub env: BTreeMap<String, String>,
     pub output: Output,
     pub limits: Limits,
+    /// Its own scope (systemd PID 1), or None: obhostd's cgroup.
+    pub scope: Option<Scope>,
 }
 
 impl SpawnSpec {
@@ -303,9 +331,112 @@ fn close_inherited_fds() {
     }
 }
 
-/// Starts the program and returns its identity. The caller must not wait for it:
-/// the [`super::Reaper`] does.
+/// The child's ends of the scope handshake: it writes its pid to `pid`, then
+/// execs only after reading `b'y'` from `go`.
+struct Gate {
+    pid: OwnedFd,
+    go: OwnedFd,
+}
+
+/// What the child reads from the gate when it must not exec.
+const GATE_REFUSED: i32 = libc::ECANCELED;
+
+/// In the child, between fork and exec: says its pid, then waits for leave to
+/// exec (systemd has moved it into its scope). Raw syscalls only.
+fn wait_at_gate(pid_w: i32, go_r: i32) -> std::io::Result<()> {
+    // SAFETY: getpid, write and read on fds we own, into a stack buffer.
+    unsafe {
+        let pid = (libc::getpid() as u32).to_ne_bytes();
+        if libc::write(pid_w, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+            return Err(std::io::Error::from_raw_os_error(GATE_REFUSED));
+        }
+        let mut answer = 0u8;
+        loop {
+            let n = libc::read(go_r, (&mut answer as *mut u8).cast(), 1);
+            if n == 1 && answer == b'y' {
+                return Ok(());
+            }
+            if n == -1 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            return Err(std::io::Error::from_raw_os_error(GATE_REFUSED));
+        }
+    }
+}
+
+/// Starts the program (off the runtime's threads) and returns its identity;
+/// with a [`Scope`], only once systemd has put it in the scope. The caller
+/// must not wait for it: the [`super::Reaper`] does.
+pub async fn start(spec: SpawnSpec) -> Result<Identity, SpawnError> {
+    let panicked = |e: tokio::task::JoinError| SpawnError::Exec {
+        program: PathBuf::from("(spawn)"),
+        cause: std::io::Error::other(e.to_string()),
+    };
+    let Some(scope) = spec.scope.clone() else {
+        return tokio::task::spawn_blocking(move || spawn(&spec))
+            .await
+            .map_err(panicked)?;
+    };
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Exec {
+            program: spec.program.clone(),
+            cause: e.into(),
+        })
+    };
+    let (pid_r, pid_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let program = spec.program.clone();
+    let spawning = tokio::task::spawn_blocking(move || {
+        let gate = Gate {
+            pid: pid_w,
+            go: go_r,
+        };
+        spawn_gated(&spec, Some(gate))
+    });
+    // The pid comes from the child itself, before std hands it to us (spawn
+    // returns only after exec). Nothing: it failed before the fork.
+    let pid = tokio::task::spawn_blocking(move || {
+        let mut b = [0u8; 4];
+        let mut f = std::fs::File::from(pid_r);
+        std::io::Read::read_exact(&mut f, &mut b)
+            .ok()
+            .map(|_| u32::from_ne_bytes(b))
+    })
+    .await
+    .map_err(panicked)?;
+    let placed = match pid {
+        Some(pid) => {
+            let placed = scope
+                .systemd
+                .start_scope(&scope.unit, pid, &scope.description)
+                .await;
+            let answer: &[u8] = if placed.is_ok() { b"y" } else { b"n" };
+            // A failed write leaves the child reading EOF: it does not exec.
+            let _ = nix::unistd::write(&go_w, answer);
+            placed
+        }
+        None => Ok(()),
+    };
+    drop(go_w);
+    let spawned = spawning.await.map_err(panicked)?;
+    if let Err(e) = placed {
+        return Err(SpawnError::Scope {
+            program,
+            unit: scope.unit,
+            cause: e.to_string(),
+        });
+    }
+    let id = spawned?;
+    tracing::debug!(pid = id.pid, unit = %scope.unit, "in its own scope");
+    Ok(id)
+}
+
+/// Starts the program in obhostd's own cgroup (tools obhostd waits for).
 pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
+    spawn_gated(spec, None)
+}
+
+fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnError> {
     spec.user.check_permitted()?;
     if !crate::confined::is_dir(&spec.cwd) {
         return Err(SpawnError::Cwd(spec.cwd.clone()));
@@ -344,9 +475,11 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
     let switch_user = Uid::effective().as_raw() != spec.user.uid || Uid::effective().is_root();
     let (uid, gid) = (Uid::from_raw(spec.user.uid), Gid::from_raw(spec.user.gid));
     let groups: Vec<Gid> = spec.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    let gate_fds = gate.as_ref().map(|g| (g.pid.as_raw_fd(), g.go.as_raw_fd()));
     // SAFETY: between fork and exec only async-signal-safe calls are allowed.
-    // umask, setsid, setrlimit, setgroups, setgid, setuid and chdir are plain syscalls,
-    // and every value they use was prepared above, so nothing here allocates.
+    // umask, setsid, getpid, write, read, setrlimit, setgroups, setgid, setuid and
+    // chdir are plain syscalls, and every value they use was prepared above, so
+    // nothing here allocates.
     unsafe {
         cmd.pre_exec(move || {
             // Nothing of the daemon's beyond stdio: a descriptor someone opened
@@ -357,6 +490,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
             // agent get the usual 022, as when their user starts them.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
             nix::unistd::setsid()?;
+            if let Some((pid_w, go_r)) = gate_fds {
+                wait_at_gate(pid_w, go_r)?;
+            }
             for (res, value) in limits {
                 if let Some(v) = value {
                     setrlimit(res, v, v)?;
@@ -377,6 +513,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Identity, SpawnError> {
         program: spec.program.clone(),
         cause,
     })?;
+    drop(gate);
     let pid = child.id() as i32;
     // Dropping `child` does not wait or kill; the reaper owns the wait.
     drop(child);

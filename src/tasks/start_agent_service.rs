@@ -1,11 +1,14 @@
 //! "Start ocp agent service" (START_AGENT_SERVICE).
 //!
-//! Either a systemd unit (`systemctl start`) or a command supervised like the
-//! observer (the same process module: own session, user, clean environment,
-//! output to a file). Then the health check must pass within the deadline.
-//! Already running (unit active, or the command's pid file names a live process):
-//! SUCCEEDED once healthy, nothing spawned. A host without systemd fails at once
-//! with SYSTEMD_UNAVAILABLE instead of hanging on a bus that is not there.
+//! Either a systemd unit, started over D-Bus and judged by its start job's
+//! result and then its ActiveState (a unit whose job is done but which died at
+//! once is a failure, with the unit's Result and its journal lines), or a
+//! command supervised like the observer (the same process module: own
+//! session, own scope under systemd, user, clean environment, output to a
+//! file). Then the health check must pass within the deadline. Already running
+//! (unit active, or the command's pid file names a live process): SUCCEEDED
+//! once healthy, nothing spawned. A host without systemd fails at once with
+//! SYSTEMD_UNAVAILABLE instead of hanging on a bus that is not there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,7 @@ use crate::probe::{
 use crate::process::launch::{self, Accept, Died, LaunchError};
 use crate::process::pidfile::{self, PidFile};
 use crate::process::spawn::Output;
+use crate::process::systemd::{SystemdError, UnitState};
 use crate::process::{Handle, Identity, RunAs, SpawnSpec, Spawned, inspect, spawn};
 use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
@@ -64,7 +68,7 @@ pub struct StartAgentService {
     pub deps: Arc<Deps>,
 }
 
-/// What systemctl wrote, at most 16 KiB of it.
+/// What a tool (journalctl) wrote, at most 16 KiB of it.
 fn read_back(mut f: std::fs::File) -> String {
     use std::io::{Read, Seek};
     let mut buf = Vec::new();
@@ -73,10 +77,9 @@ fn read_back(mut f: std::fs::File) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// systemd runs as PID 1 exactly when this directory exists (sd_booted(3)).
-fn systemd_running() -> bool {
-    Path::new("/run/systemd/system").is_dir()
-}
+/// The longest a unit's start job may take, inside the step's own deadline
+/// (which ends the wait first when it is shorter).
+const UNIT_JOB_LIMIT: Duration = Duration::from_secs(3600);
 
 impl StartAgentService {
     async fn start(self: Box<Self>, ctx: StepContext) -> StepResult {
@@ -84,9 +87,9 @@ impl StartAgentService {
         let mut unit_cgroup = None;
         let watched = match &self.params.service {
             Service::SystemdUnit(unit) => {
-                let already = self.systemd(&ctx, unit).await?;
+                let (already, cgroup) = self.systemd(&ctx, unit).await?;
                 outputs.insert("already_running".to_string(), already.to_string());
-                unit_cgroup = self.control_group(unit).await;
+                unit_cgroup = cgroup;
                 None
             }
             Service::Command(cmd) => {
@@ -117,21 +120,8 @@ impl StartAgentService {
         })
     }
 
-    /// Runs a systemctl command through the process module and waits for it.
-    /// Its output goes to an anonymous temp file (see `run_tool`). The unit
-    /// always comes after `--`, so it can never be read as an option.
-    async fn systemctl(&self, args: &[&str], unit: &str) -> Result<(i32, String), StepFailure> {
-        let args: Vec<String> = args
-            .iter()
-            .copied()
-            .chain(["--", unit])
-            .map(str::to_string)
-            .collect();
-        self.run_tool("/usr/bin/systemctl", args).await
-    }
-
     /// The unit's last journal lines (`--unit=` keeps the name a value, never
-    /// an option): why a unit failed is there, not in systemctl's reply.
+    /// an option): why a unit failed is there, not in its state.
     async fn journal_tail(&self, unit: &str) -> Vec<String> {
         let args = [
             "--no-pager",
@@ -169,6 +159,7 @@ impl StartAgentService {
             env: BTreeMap::new(),
             output: Output::File(out.try_clone().map_err(|e| spawn_failed(e.to_string()))?),
             limits: Default::default(),
+            scope: None,
         };
         // fork/exec off the runtime's threads.
         let id = tokio::task::spawn_blocking(move || spawn(&spec))
@@ -180,8 +171,15 @@ impl StartAgentService {
         Ok((exit.code.unwrap_or(-1), text))
     }
 
-    async fn systemd(&self, ctx: &StepContext, unit: &str) -> Result<bool, StepFailure> {
-        if !systemd_running() {
+    /// Starts the unit unless it is active. Returns whether it already was,
+    /// and its cgroup (`/system.slice/x.service`): the processes that may hold
+    /// the health port.
+    async fn systemd(
+        &self,
+        ctx: &StepContext,
+        unit: &str,
+    ) -> Result<(bool, Option<PathBuf>), StepFailure> {
+        let Some(systemd) = &self.deps.systemd else {
             let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
             return Err(StepFailure::new(
                 Code::SystemdUnavailable,
@@ -190,25 +188,43 @@ impl StartAgentService {
                     pid1.trim()
                 ),
             ));
+        };
+        let bus_failed =
+            |e: SystemdError| StepFailure::new(Code::ServiceStartFailed, e.to_string());
+        let cgroup = |s: &UnitState| {
+            s.control_group
+                .starts_with('/')
+                .then(|| PathBuf::from(&s.control_group))
+        };
+        let before = systemd.unit_state(unit).await.map_err(bus_failed)?;
+        if before.active_state == "active" {
+            return Ok((true, cgroup(&before)));
         }
-        if self.systemctl(&["is-active", "--quiet"], unit).await?.0 == 0 {
-            return Ok(true);
+        ctx.progress(format!("starting unit {unit}")).await;
+        let job = systemd
+            .start_unit(unit, UNIT_JOB_LIMIT)
+            .await
+            .map_err(bus_failed)?;
+        let after = systemd.unit_state(unit).await.map_err(bus_failed)?;
+        if job == "done" && after.active_state == "active" {
+            return Ok((false, cgroup(&after)));
         }
-        ctx.progress(format!("systemctl start {unit}")).await;
-        match self.systemctl(&["start"], unit).await? {
-            (0, _) => Ok(false),
-            (code, output) => {
-                let mut f = StepFailure::new(
-                    Code::ServiceStartFailed,
-                    format!(
-                        "systemctl start {unit} exited with {code}; its journal is in log_tail (journalctl -u {unit})"
-                    ),
-                );
-                f.error.log_tail = output.lines().take(20).map(str::to_string).collect();
-                f.error.log_tail.extend(self.journal_tail(unit).await);
-                Err(f)
-            }
+        let mut f = StepFailure::new(
+            Code::ServiceStartFailed,
+            format!(
+                "unit {unit} did not start: its start job ended '{job}', the unit is {} ({}) with result '{}'; its journal is in log_tail (journalctl -u {unit})",
+                after.active_state, after.sub_state, after.result
+            ),
+        );
+        for (k, v) in [
+            ("job_result", job),
+            ("active_state", after.active_state),
+            ("unit_result", after.result),
+        ] {
+            f.error.details.insert(k.to_string(), v);
         }
+        f.error.log_tail = self.journal_tail(unit).await;
+        Err(f)
     }
 
     /// The service, if it runs: a process of the service's user running its
@@ -271,6 +287,9 @@ impl StartAgentService {
             env: cmd.env.clone(),
             output: Output::Append(cmd.output_file()),
             limits: self.deps.policy.limits,
+            scope: self
+                .deps
+                .scope("agent", &cmd.cwd, "OCP agent service", ctx.step_id()),
         };
         ctx.progress(format!("starting: {}", spec.display())).await;
         let registry = self.deps.registry.clone();
@@ -303,17 +322,6 @@ impl StartAgentService {
         .await
         .unwrap_or_default();
         super::launch_failed(e, "the agent service", tail).await
-    }
-
-    /// The cgroup of a started unit (`/system.slice/x.service`): its
-    /// processes are the ones that may hold the health port.
-    async fn control_group(&self, unit: &str) -> Option<PathBuf> {
-        let (code, out) = self
-            .systemctl(&["show", "--property=ControlGroup", "--value"], unit)
-            .await
-            .ok()?;
-        let cg = out.trim();
-        (code == 0 && cg.starts_with('/')).then(|| PathBuf::from(cg))
     }
 
     async fn healthy(
@@ -425,7 +433,7 @@ impl Holder {
     fn pids(&self) -> Vec<i32> {
         match self {
             Holder::Process(pid) => vec![*pid],
-            Holder::Unit(cg) => unit_pids(cg),
+            Holder::Unit(cg) => crate::process::systemd::cgroup_pids(cg),
             Holder::Anyone => Vec::new(),
         }
     }
@@ -437,23 +445,6 @@ impl Holder {
             Holder::Anyone => "anyone".into(),
         }
     }
-}
-
-/// The processes of a unit's cgroup: under the unified hierarchy wherever it
-/// is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1), else
-/// systemd's own v1 hierarchy.
-fn unit_pids(cg: &Path) -> Vec<i32> {
-    let rel = cg.strip_prefix("/").unwrap_or(cg);
-    [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup/systemd",
-    ]
-    .iter()
-    .map(|root| Path::new(root).join(rel).join("cgroup.procs"))
-    .find_map(|procs| std::fs::read_to_string(procs).ok())
-    .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-    .unwrap_or_default()
 }
 
 impl StepTask for StartAgentService {
@@ -575,9 +566,9 @@ impl AgentParams {
     }
 }
 
-/// A unit may be started only if the config allows it by name: systemctl runs as
-/// root, and `poweroff.target` is a unit name too. A name starting with `-`
-/// would be an option to systemctl (`-Hroot@host`, `--help`).
+/// A unit may be started only if the config allows it by name: systemd starts
+/// it for root, and `poweroff.target` is a unit name too. A name starting with
+/// `-` would be an option to journalctl (`--unit=` keeps it a value anyway).
 fn check_unit(unit: &str, defaults: &AgentServiceConfig) -> Result<(), SpecError> {
     crate::bounds::check_len("systemd_unit", unit, crate::bounds::MAX_NAME)
         .map_err(SpecError::Invalid)?;

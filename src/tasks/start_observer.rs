@@ -276,6 +276,12 @@ impl StartObserver {
             env: spec.environment(),
             output: crate::process::spawn::Output::Append(spec.output_file()),
             limits: self.deps.policy.limits,
+            scope: self.deps.scope(
+                "observer",
+                &spec.home_path,
+                "OceanBase observer",
+                ctx.step_id(),
+            ),
         };
         let command = run.display();
         ctx.progress(format!("starting: {command}")).await;

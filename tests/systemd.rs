@@ -359,8 +359,8 @@ fn the_units_check_config_command_is_accepted() {
 }
 
 /// The unit's watchdog: obhostd frozen (SIGSTOP) misses its pets, systemd
-/// kills and restarts it (Restart=on-failure), and the new obhostd serves the
-/// steps the old one recorded. Its log lines reach the journal as the unit's,
+/// kills and restarts it (Restart=on-failure), the observer lives on in its
+/// scope, and the new obhostd resumes the step the old one was running. Its log lines reach the journal as the unit's,
 /// at their priority, with no timestamp of obhostd's own in front.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_obhostd_is_restarted_by_the_watchdog_and_logs_reach_the_journal() {
@@ -372,14 +372,28 @@ async fn a_wedged_obhostd_is_restarted_by_the_watchdog_and_logs_reach_the_journa
     let first = sd.obhostd_pid();
     {
         let mut c = sd.client().await;
+        // It listens only after 4 s: the wait below is still RUNNING when
+        // obhostd wedges, and must be resumed by the restarted one.
         c.start_observer(pb::StartObserverRequest {
             meta: Some(meta("wd-start")),
-            observer: Some(home.spec()),
+            observer: Some(home.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", "4000")),
         })
         .await
         .expect("StartObserver accepted");
         let s = step_until_terminal(&mut c, "wd-start").await;
         assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+        c.wait_observer_active(pb::WaitObserverActiveRequest {
+            meta: Some(pb::StepMeta {
+                step_id: "wd-wait".into(),
+                timeout: Some(secs(30.0)),
+                ..Default::default()
+            }),
+            home_path: home.path().display().to_string(),
+            mysql_port: home.mysql_port as u32,
+            ..Default::default()
+        })
+        .await
+        .expect("WaitObserverActive accepted");
         // A refused request: a warning in the journal.
         let mut bad = home.spec();
         bad.home_path = "relative/home".into();
@@ -423,11 +437,23 @@ async fn a_wedged_obhostd_is_restarted_by_the_watchdog_and_logs_reach_the_journa
         observer,
         "the observer outlives the restart"
     );
+    assert!(
+        cgroup_of(observer[0]).ends_with(&format!("/obhost.slice/{}", observer_scope(home.path()))),
+        "{}",
+        cgroup_of(observer[0])
+    );
     let journal = sd.ok("journalctl -u obhostd -o json --no-pager");
     assert!(journal.contains("Watchdog timeout"), "{journal}");
     let mut c = sd.client().await;
     let s = step_until_terminal(&mut c, "wd-start").await;
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    // The step the wedged obhostd was running is resumed, not lost.
+    let s = step_until_terminal(&mut c, "wd-wait").await;
+    assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
+    assert!(
+        s.finished_at.as_ref().map(|t| t.seconds) >= s.started_at.as_ref().map(|t| t.seconds + 1),
+        "it waited for the late listener: {s:#?}"
+    );
     // obhostd's own lines: its message, at its level, no timestamp of its own.
     let lines: Vec<serde_json::Value> = journal
         .lines()

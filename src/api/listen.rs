@@ -232,6 +232,9 @@ pub fn incoming(
                                 else {
                                     continue;
                                 };
+                                // Any :authority a client sends over the
+                                // socket is fine (see authority.rs).
+                                let stream = super::authority::AnyAuthority::new(stream);
                                 if tx.send(Ok(Conn::new(stream, peer, slot))).await.is_err() {
                                     return;
                                 }

@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod authority;
 pub mod convert;
 pub mod listen;
 mod peer;

@@ -31,11 +31,16 @@ def main():
     from obhost.v1 import host_agent_pb2 as pb, host_agent_pb2_grpc as rpc
     from obhost.v1 import steps_pb2
 
-    # addr is obhostd's socket (unix:/path). grpcio would send the path as the
-    # HTTP/2 :authority, which is not a valid authority and which obhostd's HTTP/2
-    # server rejects (RST_STREAM PROTOCOL_ERROR); name any host instead.
-    options = [("grpc.default_authority", "localhost")] if addr.startswith("unix:") else []
-    stub = rpc.HostAgentStub(grpc.insecure_channel(addr, options=options))
+    # addr is obhostd's socket (unix:/path), dialled with grpcio's defaults, as
+    # an orchestrator's developer would: grpcio then sends the percent-encoded
+    # path as the HTTP/2 :authority, which obhostd accepts on its socket.
+    stub = rpc.HostAgentStub(grpc.insecure_channel(addr))
+    if addr.startswith("unix:"):
+        # What other clients send there: the raw path (grpc-java), a host name.
+        for authority in (addr[len("unix:"):], "localhost", "a b%zz"):
+            other = grpc.insecure_channel(addr, options=[("grpc.default_authority", authority)])
+            rpc.HostAgentStub(other).GetHostInfo(pb.GetHostInfoRequest())
+            other.close()
     host = stub.GetHostInfo(pb.GetHostInfoRequest()).host
     assert host.cpus > 0 and host.memory_total_bytes > 0, host
     assert host.boot_id == open("/proc/sys/kernel/random/boot_id").read().strip()

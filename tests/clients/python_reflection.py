@@ -18,11 +18,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 def main() -> None:
     addr = sys.argv[1]
-    # grpcio sends a Unix socket's %-encoded path as the HTTP/2 :authority,
-    # which h2 (under tonic) refuses as malformed: name the host instead, as
-    # the README says for every grpcio client of the socket.
-    options = [("grpc.default_authority", "localhost")] if addr.startswith("unix:") else []
-    with grpc.insecure_channel(addr, options=options) as channel:
+    # grpcio's defaults: on a Unix socket it sends the %-encoded path as the
+    # HTTP/2 :authority, which obhostd accepts there.
+    with grpc.insecure_channel(addr) as channel:
         db = ProtoReflectionDescriptorDatabase(channel)
         services = sorted(db.get_services())
         pool = DescriptorPool(db)

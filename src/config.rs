@@ -355,7 +355,8 @@ pub struct ReportConfig {
     /// Changes per ReportSteps call at most.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
-    /// How long the first unsent change waits for others to join its batch.
+    /// The longest a change waits while a batch is in flight (with none in
+    /// flight it goes at once).
     #[serde(default = "default_batch_delay", with = "humantime_serde")]
     pub batch_delay: Duration,
     /// The longest pause between two attempts after failures.

@@ -89,8 +89,12 @@ impl Sink {
             format!("{root}/proto"),
             format!("unix:{}", socket.display()),
         ];
-        if let Some(code) = fail {
-            args.extend(["--fail".to_string(), code.to_string()]);
+        if let Some(flag) = fail {
+            // "unavailable" (a status to fail with), or "delay=SECONDS".
+            match flag.strip_prefix("delay=") {
+                Some(secs) => args.extend(["--delay".to_string(), secs.to_string()]),
+                None => args.extend(["--fail".to_string(), flag.to_string()]),
+            }
         }
         Some(Sink {
             port: 0,
@@ -341,13 +345,24 @@ async fn a_thousand_changes_go_in_few_calls() {
     };
     sink.start();
     let d = Daemon::start_with(Options {
-        config: report_config(&sink.endpoint(), "batch_delay = \"100ms\"\n"),
+        config: format!(
+            "{}[limits]\nmax_active_steps = 600\n",
+            report_config(&sink.endpoint(), "batch_delay = \"100ms\"\n")
+        ),
         ..Options::default()
     });
-    // 500 steps, each RUNNING then SUCCEEDED: 1000 changes.
+    // A burst: 500 steps started at once, each RUNNING then (0.3 s later,
+    // all together) SUCCEEDED: 1000 changes. A change goes at once only when
+    // no batch is in flight; under a burst, batches fill.
     let ids: Vec<String> = (0..500).map(|i| format!("many-{i:03}")).collect();
+    let t = d.testing().await;
+    let mut burst = tokio::task::JoinSet::new();
     for id in &ids {
-        run_test_step(&d, test_step(id, 0.0)).await;
+        let (mut t, req) = (t.clone(), test_step(id, 0.3));
+        burst.spawn(async move { t.run_test_step(req).await.expect("RunTestStep") });
+    }
+    while let Some(r) = burst.join_next().await {
+        r.unwrap();
     }
     let expected = final_revisions(&d, &ids).await;
     let end = Instant::now() + Duration::from_secs(20);
@@ -587,4 +602,84 @@ fn a_report_endpoint_another_user_could_take_is_refused() {
         "{err}"
     );
     assert!(err.contains("can be written by every user"), "{err}");
+}
+
+/// An idle agent sends a change at once, not `batch_delay` after it: with a
+/// batch_delay of 30 s, a step's end is at the sink within moments.
+#[tokio::test]
+async fn an_idle_agent_sends_a_change_at_once() {
+    let Some(mut sink) = Sink::python(None) else {
+        return;
+    };
+    sink.start();
+    let d = Daemon::start_with(Options {
+        config: report_config(&sink.endpoint(), "batch_delay = \"30s\"\n"),
+        ..Options::default()
+    });
+    run_test_step(&d, test_step("at-once", 0.0)).await;
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sink.lines().iter().any(|l| {
+        l["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["id"] == "at-once" && s["state"] == "STEP_STATE_SUCCEEDED")
+    }) {
+        assert!(
+            Instant::now() < end,
+            "the change waited for batch_delay: {:?}",
+            sink.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A slow orchestrator: a change that comes while a batch is in flight waits
+/// at most batch_delay, then goes in a second batch on the same connection,
+/// before the first is answered; acknowledgements stay in order and nothing
+/// is missing.
+#[tokio::test]
+async fn a_change_waits_at_most_batch_delay_behind_a_slow_answer() {
+    let Some(mut sink) = Sink::python(Some("delay=3")) else {
+        return;
+    };
+    sink.start();
+    let d = Daemon::start_with(Options {
+        config: report_config(&sink.endpoint(), "batch_delay = \"100ms\"\n"),
+        ..Options::default()
+    });
+    run_test_step(&d, test_step("first", 0.0)).await;
+    fn has(id: &'static str) -> impl Fn(&Value) -> bool {
+        move |l: &Value| {
+            l["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["id"] == id)
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sink.lines().iter().any(has("first")) {
+        assert!(Instant::now() < end, "the first change never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first batch is in flight for 3 s from now.
+    run_test_step(&d, test_step("second", 0.0)).await;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !sink.lines().iter().any(has("second")) {
+        assert!(Instant::now() < end, "the second change never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = sink.lines();
+    let at = |id: &'static str| {
+        lines.iter().find(|l| has(id)(l)).unwrap()["at"]
+            .as_f64()
+            .unwrap()
+    };
+    let waited = at("second") - at("first");
+    assert!(
+        waited < 2.0,
+        "the second change waited {waited:.2}s, for the first batch's answer (3 s), not batch_delay"
+    );
+    assert_no_gap(&lines);
 }

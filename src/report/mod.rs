@@ -7,11 +7,18 @@
 //! - every commit that changes a step also copies the change into the store's
 //!   outbox (same transaction), so nothing durable can be missed and nothing
 //!   is reported before it is durable;
-//! - this task reads the outbox, sends a batch (up to `batch_max` changes,
-//!   `batch_delay` after the first one), and only once the orchestrator has
-//!   answered OK commits the acknowledgement, which empties the outbox up to
-//!   there. A crash of either side at any point leads to a resend, never to a
-//!   gap; the receiver dedupes by step id + revision;
+//! - this task reads the outbox and sends a change at once when no batch is
+//!   in flight: an idle agent's step end reaches the orchestrator a round trip
+//!   after its commit. While a batch is in flight, changes gather and go
+//!   when its answer arrives, or sooner when `batch_max` of them wait or the
+//!   oldest has waited `batch_delay` (then a second batch follows the first
+//!   on the same connection; at most [`MAX_IN_FLIGHT`]). So load makes
+//!   batches bigger, never changes later than `batch_delay` plus a round trip;
+//! - acknowledgements are committed in order, each once the orchestrator has
+//!   answered OK, which empties the outbox up to there. A failed call drops
+//!   every later answer and resends from the last acknowledgement. A crash of
+//!   either side at any point leads to a resend, never to a gap; the receiver
+//!   dedupes by step id + revision;
 //! - failures back off exponentially with jitter up to `max_backoff`, and are
 //!   logged when the error changes, not at every retry. Steps never wait for
 //!   any of this.
@@ -41,11 +48,23 @@ pub fn check(config: &ReportConfig) -> Result<(), ClientError> {
 
 /// The first pause after a failure; it doubles up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Batches sent and not yet answered, at most: a slow orchestrator gets
+/// bigger batches, not more calls.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// A batch sent and not yet acknowledged.
+struct InFlight {
+    /// The highest revision it carries.
+    through: u64,
+    /// The dropped changes it announces.
+    announced: u64,
+    call: tokio::task::JoinHandle<Result<usize, String>>,
+}
 
 pub struct Reporter {
     outgoing: Outgoing,
     metrics: std::sync::Arc<Metrics>,
-    client: client::Client,
+    client: std::sync::Arc<client::Client>,
     host: pb::ReporterHost,
     batch_max: usize,
     batch_delay: Duration,
@@ -68,7 +87,7 @@ impl Reporter {
         Ok(Reporter {
             outgoing,
             metrics,
-            client: client::Client::new(config)?,
+            client: std::sync::Arc::new(client::Client::new(config)?),
             host: pb::ReporterHost {
                 agent_id,
                 hostname,
@@ -93,90 +112,134 @@ impl Reporter {
         let mut changes = self.outgoing.changes();
         let mut errors = ErrorLog::default();
         let mut backoff = FIRST_BACKOFF;
-        // Whether the changes waiting have had their batch_delay to gather.
-        let mut gathered = false;
+        let mut flight: std::collections::VecDeque<InFlight> = Default::default();
+        // Changes seen committed and not in a batch yet (counted from the
+        // change feed while batches are in flight, so the outbox is read
+        // again only when a batch is due, not at every change).
+        let mut waiting: usize = 0;
+        // When the oldest of them was seen.
+        let mut waiting_since: Option<tokio::time::Instant> = None;
+        let mut feed_open = true;
         // Dropped changes already counted in the metric, not yet announced.
         let mut counted_drops = 0;
         info!(endpoint = %self.client.endpoint(), agent_id = %self.host.agent_id, "reporting step changes");
         loop {
-            let read = self.outgoing.read(self.batch_max).await;
-            if let Ok(out) = &read {
-                self.metrics
-                    .report_lag(self.outgoing.durable_revision().saturating_sub(out.acked));
-                if out.dropped > counted_drops {
-                    self.metrics.report_dropped(out.dropped - counted_drops);
-                    counted_drops = out.dropped;
+            let overdue = waiting_since.is_some_and(|t| t.elapsed() >= self.batch_delay);
+            if flight.len() < MAX_IN_FLIGHT
+                && (flight.is_empty() || waiting >= self.batch_max || overdue)
+            {
+                let after = flight.back().map_or(0, |f| f.through);
+                match self.outgoing.read(after, self.batch_max).await {
+                    Ok(out) => {
+                        self.metrics
+                            .report_lag(self.outgoing.durable_revision().saturating_sub(out.acked));
+                        if out.dropped > counted_drops {
+                            self.metrics.report_dropped(out.dropped - counted_drops);
+                            counted_drops = out.dropped;
+                        }
+                        let something =
+                            !out.changes.is_empty() || (flight.is_empty() && out.dropped > 0);
+                        let due =
+                            flight.is_empty() || overdue || out.changes.len() >= self.batch_max;
+                        if something && due {
+                            waiting = 0;
+                            waiting_since = None;
+                            flight.push_back(self.send(out, after, !flight.is_empty()));
+                            continue;
+                        }
+                        waiting = out.changes.len();
+                        if waiting == 0 {
+                            waiting_since = None;
+                        } else if waiting_since.is_none() {
+                            waiting_since = Some(tokio::time::Instant::now());
+                        }
+                    }
+                    Err(e) => {
+                        if flight.is_empty() {
+                            self.failed(&mut errors, format!("cannot read the outbox: {e}"))
+                                .await;
+                            tokio::time::sleep(jitter(backoff)).await;
+                            backoff = (backoff * 2).min(self.max_backoff);
+                            continue;
+                        }
+                    }
                 }
             }
-            let sent = match read {
-                Ok(out) if out.changes.is_empty() && out.dropped == 0 => {
-                    if changes.recv().await == Err(RecvError::Closed) {
-                        return;
-                    }
-                    self.gather(&mut changes, 1).await;
-                    gathered = true;
-                    continue;
-                }
-                Ok(out) if out.changes.len() < self.batch_max && !gathered => {
-                    self.gather(&mut changes, out.changes.len()).await;
-                    gathered = true;
-                    continue;
-                }
-                Ok(out) => {
-                    let announced = out.dropped;
-                    let sent = self.send(out).await;
-                    if sent.is_ok() {
-                        counted_drops = counted_drops.saturating_sub(announced);
-                    }
-                    sent
-                }
-                Err(e) => Err(format!("cannot read the outbox: {e}")),
-            };
-            gathered = false;
-            match sent {
-                Ok(()) => {
-                    errors.ok(self.client.endpoint());
-                    backoff = FIRST_BACKOFF;
-                }
-                Err(e) => {
-                    self.metrics.report_failure();
-                    errors.failed(self.client.endpoint(), e);
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(self.max_backoff);
-                }
+            if !feed_open && flight.is_empty() {
+                return;
             }
-        }
-    }
-
-    /// Gives `waiting` unsent changes up to `batch_delay` for more to join
-    /// them, until a batch would be full.
-    async fn gather(
-        &self,
-        changes: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<StepRecord>>,
-        waiting: usize,
-    ) {
-        let until = tokio::time::Instant::now() + self.batch_delay;
-        let mut seen = waiting;
-        while seen < self.batch_max {
+            // The batch_delay of the oldest waiting change, once a batch may
+            // be added to those in flight.
+            let deadline = waiting_since
+                .filter(|_| flight.len() < MAX_IN_FLIGHT && !flight.is_empty())
+                .map(|t| t + self.batch_delay);
             tokio::select! {
-                () = tokio::time::sleep_until(until) => return,
-                r = changes.recv() => match r {
-                    Ok(_) => seen += 1,
-                    Err(RecvError::Lagged(n)) => seen += n as usize,
-                    Err(RecvError::Closed) => return,
+                answer = async { (&mut flight.front_mut().expect("guarded").call).await },
+                    if !flight.is_empty() =>
+                {
+                    let done = flight.pop_front().expect("guarded");
+                    let answer = answer.unwrap_or_else(|e| Err(format!("the call ended abnormally: {e}")));
+                    let acked = match answer {
+                        Ok(_) => self.outgoing.ack(done.through, done.announced).await.map_err(|e| {
+                            format!(
+                                "the orchestrator took revisions up to {}, but recording that failed: {e}",
+                                done.through
+                            )
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    match acked {
+                        Ok(()) => {
+                            counted_drops = counted_drops.saturating_sub(done.announced);
+                            errors.ok(self.client.endpoint());
+                            backoff = FIRST_BACKOFF;
+                        }
+                        Err(e) => {
+                            // Later batches followed this one: resend them
+                            // all from the last acknowledgement, in order.
+                            for later in flight.drain(..) {
+                                later.call.abort();
+                            }
+                            self.failed(&mut errors, e).await;
+                            tokio::time::sleep(jitter(backoff)).await;
+                            backoff = (backoff * 2).min(self.max_backoff);
+                        }
+                    }
+                }
+                r = changes.recv(), if feed_open => match r {
+                    Ok(_) => waiting += 1,
+                    Err(RecvError::Lagged(n)) => waiting += n as usize,
+                    Err(RecvError::Closed) => feed_open = false,
                 },
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                }, if deadline.is_some() => {}
+            }
+            if waiting > 0 && waiting_since.is_none() {
+                waiting_since = Some(tokio::time::Instant::now());
             }
         }
     }
 
-    /// One batch, and its acknowledgement once the orchestrator took it.
-    async fn send(&self, out: crate::steps::store::Outbox) -> Result<(), String> {
+    async fn failed(&self, errors: &mut ErrorLog, e: String) {
+        self.metrics.report_failure();
+        errors.failed(self.client.endpoint(), e);
+    }
+
+    /// Sends one batch (a task of its own: the loop goes on gathering).
+    /// `following`: another batch is still in flight, which announces the
+    /// dropped count if any.
+    fn send(&self, out: crate::steps::store::Outbox, after: u64, following: bool) -> InFlight {
         let through = out
             .changes
             .iter()
             .map(|r| r.revision)
             .max()
-            .unwrap_or(out.acked);
+            .unwrap_or(after.max(out.acked));
+        let announced = if following { 0 } else { out.dropped };
         let steps: Vec<pb::Step> = coalesce(out.changes)
             .into_iter()
             .map(convert::step)
@@ -185,27 +248,21 @@ impl Reporter {
         let request = pb::ReportStepsRequest {
             agent_id: self.host.agent_id.clone(),
             steps,
-            after_revision: out.acked,
+            after_revision: after.max(out.acked),
             host: Some(self.host.clone()),
-            dropped: out.dropped,
+            dropped: announced,
         };
-        self.client
-            .report(request)
-            .await
-            .map_err(|s| describe(&s))?;
-        self.outgoing.ack(through, out.dropped).await.map_err(|e| {
-            format!(
-                "the orchestrator took revisions up to {through}, but recording that failed: {e}"
-            )
-        })?;
-        debug!(
-            changes = n,
-            after = out.acked,
+        let client = self.client.clone();
+        let call = tokio::spawn(async move {
+            client.report(request).await.map_err(|s| describe(&s))?;
+            debug!(changes = n, after, through, dropped = announced, "reported");
+            Ok(n)
+        });
+        InFlight {
             through,
-            dropped = out.dropped,
-            "reported"
-        );
-        Ok(())
+            announced,
+            call,
+        }
     }
 }
 

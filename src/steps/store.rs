@@ -677,6 +677,12 @@ impl Store {
 
     /// Up to `max` changes after the last acknowledged one, oldest first.
     pub fn outbox(&self, max: usize) -> Result<Outbox, StoreError> {
+        self.outbox_after(0, max)
+    }
+
+    /// As [`Store::outbox`], skipping changes up to `after` (those a batch
+    /// still in flight carries).
+    pub fn outbox_after(&self, after: u64, max: usize) -> Result<Outbox, StoreError> {
         let err = self.read_err();
         let db = self.db()?;
         let txn = db.begin_read().map_err(|e| err(e.into()))?;
@@ -700,7 +706,8 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
             Err(e) => return Err(err(e.into())),
         };
-        for entry in outbox.iter().map_err(|e| err(e.into()))?.take(max) {
+        let from = after.max(out.acked).saturating_add(1);
+        for entry in outbox.range(from..).map_err(|e| err(e.into()))?.take(max) {
             let (rev, bytes) = entry.map_err(|e| err(e.into()))?;
             let key = format!("outbox/{}", rev.value());
             out.changes

@@ -4,9 +4,10 @@ Compiles the contract in proto/ with grpcio-tools, serves StepReporter on
 127.0.0.1:PORT and prints one JSON line per call (with the time it came), so a
 test can check what obhostd pushes from another implementation than ours.
 With --fail CODE it answers every call with that gRPC status instead, which is
-how a test watches obhostd back off.
+how a test watches obhostd back off; with --delay SECONDS it answers each call
+that long after it came (a slow orchestrator).
 
-Usage: python_sink.py PROTO_DIR PORT [--fail unavailable]
+Usage: python_sink.py PROTO_DIR PORT [--fail unavailable | --delay 2]
 """
 import json
 import os
@@ -35,7 +36,9 @@ def main():
     proto_dir, addr = sys.argv[1], sys.argv[2]
     if not addr.startswith("unix:"):
         addr = f"127.0.0.1:{int(addr)}"
-    fail = sys.argv[4].upper() if len(sys.argv) > 4 and sys.argv[3] == "--fail" else None
+    flag = sys.argv[3] if len(sys.argv) > 4 else None
+    fail = sys.argv[4].upper() if flag == "--fail" else None
+    delay = float(sys.argv[4]) if flag == "--delay" else 0.0
     out = tempfile.mkdtemp()
     compile_protos(proto_dir, out)
     from obhost.v1 import step_reporter_pb2 as pb, step_reporter_pb2_grpc as rpc
@@ -56,6 +59,7 @@ def main():
             print(json.dumps(line), flush=True)
             if fail:
                 context.abort(getattr(grpc.StatusCode, fail), "told to fail")
+            time.sleep(delay)
             return pb.ReportStepsResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

@@ -34,10 +34,11 @@ impl Outgoing {
         self.committer.subscribe()
     }
 
-    /// Up to `max` unacknowledged changes, oldest first.
-    pub async fn read(&self, max: usize) -> Result<Outbox, StoreError> {
+    /// Up to `max` unacknowledged changes after revision `after` (what
+    /// batches in flight carry), oldest first.
+    pub async fn read(&self, after: u64, max: usize) -> Result<Outbox, StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.outbox(max))
+        tokio::task::spawn_blocking(move || store.outbox_after(after, max))
             .await
             .map_err(|e| StoreError::Write {
                 path: Default::default(),

@@ -1,5 +1,7 @@
-//! The wire contract from an independent gRPC implementation: Python's grpcio
-//! (with stubs compiled from proto/ by grpcio-tools) against the real obhostd.
+//! The wire contract from independent gRPC implementations against the real
+//! obhostd: Python's grpcio (stubs compiled from proto/ by grpcio-tools) and
+//! Node's @grpc/grpc-js (proto/ loaded by @grpc/proto-loader). The Java
+//! orchestrator's client is tests/java_client.rs.
 
 mod common;
 
@@ -192,4 +194,67 @@ fn python_grpcio_reflection_lists_and_resolves_the_services() {
             .any(|f| f == "revision"),
         "{doc}"
     );
+}
+
+/// Node's @grpc/grpc-js on both transports: the Unix socket with its default
+/// options, and TCP with a bearer token. `.ci/run` installs it from the npm
+/// registry under target/tools; elsewhere a missing one skips, saying so.
+#[test]
+fn node_grpc_js_client_speaks_the_contract_on_both_transports() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let modules = format!("{root}/target/tools/node_modules");
+    let has_node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_node || !std::path::Path::new(&format!("{modules}/@grpc/grpc-js")).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install node and @grpc/grpc-js (see .ci/run)"
+        );
+        eprintln!(
+            "SKIPPED: no node or @grpc/grpc-js (npm install --prefix target/tools @grpc/grpc-js @grpc/proto-loader)"
+        );
+        return;
+    }
+    let node = |addr: &str, home: &Home, token: Option<&str>| {
+        let out = Command::new("node")
+            .arg(format!("{root}/tests/clients/node_client.js"))
+            .arg(format!("{root}/proto"))
+            .arg(addr)
+            .arg(home.path())
+            .arg(home.mysql_port.to_string())
+            .args(token)
+            .env("NODE_PATH", &modules)
+            .env("OBHOST_FAKE_OBSERVER", FAKE_OBSERVER)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{addr}: {text}");
+        text
+    };
+    let d = Daemon::start();
+    let home = Home::new();
+    assert!(node(&d.addr, &home, None).contains("node unix: all checks passed"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = "node-client-token-0123456789";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let tcp = Daemon::start_with(Options {
+        config: format!("[auth]\ntoken_file = \"{}\"\n", token_file.display()),
+        listen: Some(vec!["127.0.0.1:0".into()]),
+        ..Options::default()
+    });
+    let home = Home::new();
+    assert!(node(&tcp.addr, &home, Some(token)).contains("node tcp: all checks passed"));
 }

@@ -120,6 +120,12 @@ impl Reporter {
         // When the oldest of them was seen.
         let mut waiting_since: Option<tokio::time::Instant> = None;
         let mut feed_open = true;
+        // The highest revision the orchestrator has answered OK for; its
+        // acknowledgement may still be on its way to disk.
+        let mut answered: u64 = 0;
+        // Dropped changes announced in acknowledgements not yet on disk: the
+        // store still counts them, and they must not be announced twice.
+        let in_transit = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         // Dropped changes already counted in the metric, not yet announced.
         let mut counted_drops = 0;
         info!(endpoint = %self.client.endpoint(), agent_id = %self.host.agent_id, "reporting step changes");
@@ -128,7 +134,7 @@ impl Reporter {
             if flight.len() < MAX_IN_FLIGHT
                 && (flight.is_empty() || waiting >= self.batch_max || overdue)
             {
-                let after = flight.back().map_or(0, |f| f.through);
+                let after = flight.back().map_or(answered, |f| f.through);
                 match self.outgoing.read(after, self.batch_max).await {
                     Ok(out) => {
                         self.metrics
@@ -137,14 +143,21 @@ impl Reporter {
                             self.metrics.report_dropped(out.dropped - counted_drops);
                             counted_drops = out.dropped;
                         }
-                        let something =
-                            !out.changes.is_empty() || (flight.is_empty() && out.dropped > 0);
+                        // Only the batch that leads announces drops.
+                        let announce = if flight.is_empty() {
+                            out.dropped.saturating_sub(
+                                in_transit.load(std::sync::atomic::Ordering::Acquire),
+                            )
+                        } else {
+                            0
+                        };
+                        let something = !out.changes.is_empty() || announce > 0;
                         let due =
                             flight.is_empty() || overdue || out.changes.len() >= self.batch_max;
                         if something && due {
                             waiting = 0;
                             waiting_since = None;
-                            flight.push_back(self.send(out, after, !flight.is_empty()));
+                            flight.push_back(self.send(out, after, announce));
                             continue;
                         }
                         waiting = out.changes.len();
@@ -179,17 +192,25 @@ impl Reporter {
                 {
                     let done = flight.pop_front().expect("guarded");
                     let answer = answer.unwrap_or_else(|e| Err(format!("the call ended abnormally: {e}")));
-                    let acked = match answer {
-                        Ok(_) => self.outgoing.ack(done.through, done.announced).await.map_err(|e| {
-                            format!(
-                                "the orchestrator took revisions up to {}, but recording that failed: {e}",
-                                done.through
-                            )
-                        }),
-                        Err(e) => Err(e),
-                    };
-                    match acked {
-                        Ok(()) => {
+                    match answer {
+                        Ok(_) => {
+                            // Queued in order, not waited for: the next batch
+                            // goes now, and a failed write is only logged (the
+                            // changes it covers are sent again after a
+                            // restart, which receivers dedupe).
+                            let through = done.through;
+                            let transit = in_transit.clone();
+                            transit.fetch_add(done.announced, std::sync::atomic::Ordering::AcqRel);
+                            let ack = self.outgoing.ack(through, done.announced);
+                            let announced = done.announced;
+                            tokio::spawn(async move {
+                                let written = ack.await;
+                                transit.fetch_sub(announced, std::sync::atomic::Ordering::AcqRel);
+                                if let Err(e) = written {
+                                    warn!(through, error = %e, "the orchestrator took these changes, but recording that failed; they will be sent again after a restart");
+                                }
+                            });
+                            answered = answered.max(through);
                             counted_drops = counted_drops.saturating_sub(done.announced);
                             errors.ok(self.client.endpoint());
                             backoff = FIRST_BACKOFF;
@@ -229,17 +250,15 @@ impl Reporter {
         errors.failed(self.client.endpoint(), e);
     }
 
-    /// Sends one batch (a task of its own: the loop goes on gathering).
-    /// `following`: another batch is still in flight, which announces the
-    /// dropped count if any.
-    fn send(&self, out: crate::steps::store::Outbox, after: u64, following: bool) -> InFlight {
+    /// Sends one batch (a task of its own: the loop goes on gathering),
+    /// announcing `announced` dropped changes.
+    fn send(&self, out: crate::steps::store::Outbox, after: u64, announced: u64) -> InFlight {
         let through = out
             .changes
             .iter()
             .map(|r| r.revision)
             .max()
             .unwrap_or(after.max(out.acked));
-        let announced = if following { 0 } else { out.dropped };
         let steps: Vec<pb::Step> = coalesce(out.changes)
             .into_iter()
             .map(convert::step)

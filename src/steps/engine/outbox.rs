@@ -47,12 +47,17 @@ impl Outgoing {
     }
 
     /// Records (durably) that the orchestrator has every change up to
-    /// `through` and was told of `announced` dropped ones.
-    pub async fn ack(&self, through: u64, announced: u64) -> Result<(), StoreError> {
+    /// `through` and was told of `announced` dropped ones. Queued at once, in
+    /// the order of the calls; the future says when it is on disk (the
+    /// reporter does not wait: a lost acknowledgement only means a resend).
+    pub fn ack(
+        &self,
+        through: u64,
+        announced: u64,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         self.committer
             .queue(vec![Write::Ack { through, announced }], Vec::new())
             .wait()
-            .await
     }
 
     /// The highest revision committed: how far behind the orchestrator is.

@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // The store first (the registry keeps its table there), then reaping and
     // re-adoption: steps resumed when the engine starts below may look for the
     // processes they started.
+    crate::steps::engine::on_commit(crate::metrics::observe_commit);
     let opened = Opened::open(&state_dir, engine_config).await?;
     // Subscribed before the engine starts: resolving unfinished steps makes
     // changes the step metrics must see.

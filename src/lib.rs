@@ -1,8 +1,10 @@
 //! obhost: the on-host executor of OceanBase's "Start OB server" task.
 //!
-//! Layers, each calling only the next (see README "Code map"):
-//! `api` (gRPC: validate, convert) → `steps` (engine, store) → `tasks` (one file
-//! per step kind) → `host` (the only code that touches the OS).
+//! Layers, each importing only the ones below it (see README "Code map"):
+//! `daemon` (wires it all) → `cli`, `report` → `api` (gRPC: validate, convert)
+//! → `metrics` → `tasks` (one file per step kind) → `observer`, `probe`,
+//! `host`, `config` → `steps` (model, store, engine: knows no step kind) and
+//! `process` (all process handling) → `confined`, `trusted`, `bounds`.
 
 pub mod api;
 pub mod bounds;

@@ -24,6 +24,37 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// Opens a secret (token, TLS key), refusing one another user could read or
+/// replace: it must be owned by the daemon's user and have no group/other
+/// bits. `what` names the config key.
+pub fn secret_file(path: &Path, what: &str) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {what} '{}': {e}; create it, owned by obhostd's user, with `chmod 600`",
+            path.display()
+        )
+    })?;
+    let meta = file.metadata()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        anyhow::bail!(
+            "{what} '{}' is owned by uid {}, not by obhostd's user (uid {me}); run `chown {me} {}`",
+            path.display(),
+            meta.uid(),
+            path.display()
+        );
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{what} '{}' is readable by group/others (mode {mode:04o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// What makes a path changeable by an untrusted user, and which component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("'{}' {why}", path.display())]

@@ -12,7 +12,6 @@
 //! them ([`Access::reload`]) while connections and steps run on.
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,39 +33,9 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Refuses a secret file another user could read or replace: it must be owned by
-/// the daemon's user and have no group/other bits. `what` names the config key.
-pub fn check_secret_file(path: &Path, what: &str) -> anyhow::Result<std::fs::File> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read {what} '{}': {e}; create it, owned by obhostd's user, with `chmod 600`",
-            path.display()
-        )
-    })?;
-    let meta = file.metadata()?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        anyhow::bail!(
-            "{what} '{}' is owned by uid {}, not by obhostd's user (uid {me}); run `chown {me} {}`",
-            path.display(),
-            meta.uid(),
-            path.display()
-        );
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        anyhow::bail!(
-            "{what} '{}' is readable by group/others (mode {mode:04o}); run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(file)
-}
-
 impl Token {
     pub fn load(path: &Path) -> anyhow::Result<Token> {
-        let mut file = check_secret_file(path, "[auth] token_file").map_err(|e| {
+        let mut file = crate::trusted::secret_file(path, "[auth] token_file").map_err(|e| {
             anyhow::anyhow!(
                 "{e}; a new token can be made with `head -c 32 /dev/urandom | base64 > {}`",
                 path.display()

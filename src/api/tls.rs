@@ -17,7 +17,7 @@ use crate::config::TlsConfig;
 pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&tls.cert_file, "cert_file")?;
-    super::auth::check_secret_file(&tls.key_file, "[tls] key_file")?;
+    crate::trusted::secret_file(&tls.key_file, "[tls] key_file")?;
     let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| {
         anyhow::anyhow!(
             "cannot read a private key from [tls] key_file '{}': {e}; give a PEM file with one \

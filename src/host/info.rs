@@ -25,12 +25,6 @@ pub struct HostFacts {
     pub boot_id: String,
 }
 
-/// The kernel's id of the current boot. Part of a process's identity: a pid and
-/// start time from before a reboot name nothing now.
-pub fn boot_id() -> std::io::Result<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string())
-}
-
 /// Blocking (reads /proc and statfs every mount): call from a blocking thread.
 pub fn host_facts() -> Result<HostFacts, sysinfo::Error> {
     let sys = System::new_with_specifics(
@@ -57,6 +51,6 @@ pub fn host_facts() -> Result<HostFacts, sysinfo::Error> {
         memory_total_bytes: sys.total_memory(),
         memory_available_bytes: sys.available_memory(),
         disks,
-        boot_id: boot_id().unwrap_or_default(),
+        boot_id: crate::process::identity::boot_id().unwrap_or_default(),
     })
 }

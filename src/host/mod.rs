@@ -3,4 +3,4 @@
 pub mod checks;
 pub mod info;
 
-pub use info::{HostFacts, boot_id, host_facts};
+pub use info::{HostFacts, host_facts};

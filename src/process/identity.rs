@@ -61,11 +61,17 @@ pub fn stat(pid: i32) -> Option<Stat> {
     parse_stat(&text)
 }
 
+/// The kernel's id of the current boot. Part of a process's identity: a pid and
+/// start time from before a reboot name nothing now.
+pub fn boot_id() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string())
+}
+
 /// This boot's id, as 128 bits (0 if the kernel does not say).
 pub(super) fn current_boot() -> u128 {
     static BOOT: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     *BOOT.get_or_init(|| {
-        crate::host::boot_id()
+        boot_id()
             .ok()
             .and_then(|id| parse_boot_id(&id))
             .unwrap_or(0)
@@ -95,7 +101,7 @@ fn boot_compat<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u128, D::Error>
 
 fn legacy_boot_hash() -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
-    let id = crate::host::boot_id().unwrap_or_default();
+    let id = boot_id().unwrap_or_default();
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
     h.finish()
@@ -217,7 +223,7 @@ mod tests {
     /// The boot is stored as the kernel's id itself, the same from any build.
     #[test]
     fn a_stored_identity_names_the_boot_by_its_id() {
-        let id = crate::host::boot_id().unwrap();
+        let id = boot_id().unwrap();
         let me = Identity::of(std::process::id() as i32).unwrap();
         assert_eq!(me.boot, parse_boot_id(&id).unwrap());
         assert_eq!(

@@ -261,7 +261,7 @@ struct Follow {
     /// believed when two looks agree (a file caught mid-write may name a
     /// number no process has).
     named_dead: Option<i32>,
-    pacer: crate::probe::Pacer,
+    pacer: super::pacer::Pacer,
     started: Instant,
     last_census: Option<Instant>,
     reaps_seen: u64,
@@ -321,7 +321,7 @@ impl Follow {
             launcher_exit: None,
             named: None,
             named_dead: None,
-            pacer: crate::probe::Pacer::default(),
+            pacer: super::pacer::Pacer::default(),
             started: Instant::now(),
             last_census: None,
             reaps_seen: reaper.reaps(),

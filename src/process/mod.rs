@@ -8,11 +8,13 @@
 //! - obhostd is a subreaper and reaps every child in one place ([`Reaper`]).
 
 pub mod control;
+pub mod exit;
 pub mod exits;
 pub mod identity;
 pub mod inspect;
 pub mod launch;
 pub mod oom;
+pub mod pacer;
 pub mod pidfile;
 pub mod reaper;
 pub mod sockdiag;
@@ -22,7 +24,8 @@ pub mod systemd;
 pub mod tree;
 
 pub use control::{ControlError, Handle};
+pub use exit::Exit;
 pub use identity::Identity;
-pub use reaper::{Exit, Reaper};
+pub use reaper::Reaper;
 pub use spawn::{Limits, RunAs, SpawnError, SpawnSpec, spawn};
 pub use spawned::Spawned;

@@ -16,81 +16,13 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::Identity;
+use super::exit::Exit;
 use super::exits::ExitEvents;
 use super::identity;
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Exit {
-    pub pid: i32,
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    #[serde(default)]
-    pub core_dumped: bool,
-    pub at: SystemTime,
-    /// The start time (clock ticks since boot) of the process that ended, read
-    /// while it was a zombie: which process of that pid this was.
-    #[serde(default)]
-    pub start_ticks: Option<u64>,
-    /// Whom it ran as (the owner of /proc/<pid> while it was a zombie): which
-    /// launch a child that died unseen may have belonged to.
-    #[serde(default)]
-    pub uid: Option<u32>,
-}
-
-impl Exit {
-    /// The end of `id` when nothing says how it ended (it was not obhostd's
-    /// child, or its status was collected by its parent).
-    pub fn unknown(id: &Identity) -> Exit {
-        Exit {
-            pid: id.pid,
-            code: None,
-            signal: None,
-            core_dumped: false,
-            at: SystemTime::now(),
-            start_ticks: Some(id.start_ticks),
-            uid: None,
-        }
-    }
-
-    /// An exit known from a raw wait status (a zombie's, read from /proc).
-    pub fn from_status(pid: i32, status: i32) -> Exit {
-        let signal = status & 0x7f;
-        Exit {
-            pid,
-            code: (signal == 0).then_some((status >> 8) & 0xff),
-            signal: (signal != 0).then_some(signal),
-            core_dumped: signal != 0 && status & 0x80 != 0,
-            at: SystemTime::now(),
-            start_ticks: None,
-            uid: None,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match (self.code, self.signal) {
-            (Some(c), _) => format!("exited with code {c}"),
-            (_, Some(s)) => {
-                let name = nix::sys::signal::Signal::try_from(s)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| format!("signal {s}"));
-                let core = if self.core_dumped {
-                    " (core dumped)"
-                } else {
-                    ""
-                };
-                format!("was killed by {name}{core}")
-            }
-            _ => "ended (exit status unknown: neither obhostd nor the kernel's exit events saw it)"
-                .into(),
-        }
-    }
-}
 
 /// Recent exits by pid. Bounded: the oldest are forgotten.
 const REMEMBERED: usize = 4096;

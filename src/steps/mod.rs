@@ -12,8 +12,10 @@
 //! ```
 //!
 //! Dependencies point one way: `task` knows only `model` (a task reports
-//! through the [`task::StepSink`] trait); `engine` and `watch` know `task`,
-//! `model` and `store`.
+//! through the [`task::StepSink`] trait); `watch` knows `model`, `store` and
+//! the engine's committer (whose changes it follows); `engine` knows all of
+//! them. Nothing here knows a step kind, the metrics or the API: commit
+//! timing leaves through a hook the daemon sets ([`engine::on_commit`]).
 
 pub mod engine;
 pub mod model;
@@ -21,7 +23,8 @@ pub mod store;
 pub mod task;
 pub mod watch;
 
-pub use engine::{Committer, Engine, EngineConfig, EngineError, Filter, Opened, Retention};
+pub use engine::{Committer, Engine, EngineConfig, EngineError, Opened, Retention};
+pub use model::Filter;
 pub use model::{
     CheckResult, CheckStatus, Secrets, StepError, StepKind, StepRecord, StepSpec, StepState,
 };

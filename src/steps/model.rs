@@ -497,6 +497,22 @@ impl StepRecord {
     }
 }
 
+/// Which steps a list or watch wants. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub dag_id: String,
+    pub step_ids: Vec<String>,
+    pub state: Option<StepState>,
+}
+
+impl Filter {
+    pub(crate) fn matches(&self, r: &StepRecord) -> bool {
+        (self.dag_id.is_empty() || r.spec.dag_id == self.dag_id)
+            && (self.step_ids.is_empty() || self.step_ids.iter().any(|id| id == r.id()))
+            && self.state.is_none_or(|s| s == r.state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

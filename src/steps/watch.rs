@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Committer, Filter};
-use super::model::StepRecord;
+use super::engine::commit::Committer;
+use super::model::{Filter, StepRecord};
 use super::store::{Store, StoreError};
 
 /// Records a watch holds per page of its backlog.

@@ -13,7 +13,7 @@
 //! so memory is bounded by what runs, not by history, and reads never wait for
 //! a commit.
 
-mod commit;
+pub(super) mod commit;
 mod drivers;
 mod outbox;
 mod read_ahead;
@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-pub use commit::Committer;
+pub use super::model::Filter;
+pub use commit::{Committer, on_commit};
 pub use outbox::Outgoing;
 
 use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
@@ -106,22 +107,6 @@ pub enum EngineError {
     TooManyWatchers { limit: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Which steps a list or watch wants. Empty fields match everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub dag_id: String,
-    pub step_ids: Vec<String>,
-    pub state: Option<StepState>,
-}
-
-impl Filter {
-    pub(crate) fn matches(&self, r: &StepRecord) -> bool {
-        (self.dag_id.is_empty() || r.spec.dag_id == self.dag_id)
-            && (self.step_ids.is_empty() || self.step_ids.iter().any(|id| id == r.id()))
-            && self.state.is_none_or(|s| s == r.state)
-    }
 }
 
 /// Records a list page may look at before it returns a short page (with a

@@ -15,7 +15,8 @@ use std::sync::Mutex;
 
 use tokio::task::JoinHandle;
 
-use super::{EngineError, Filter};
+use super::EngineError;
+use crate::steps::model::Filter;
 use crate::steps::store::{Page, PageLimit, Store, StoreError};
 
 #[derive(Default)]

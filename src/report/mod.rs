@@ -137,8 +137,14 @@ impl Reporter {
                 let after = flight.back().map_or(answered, |f| f.through);
                 match self.outgoing.read(after, self.batch_max).await {
                     Ok(out) => {
-                        self.metrics
-                            .report_lag(self.outgoing.durable_revision().saturating_sub(out.acked));
+                        // Behind by what the orchestrator has not answered
+                        // for (its acknowledgement may still be on its way
+                        // to disk).
+                        self.metrics.report_lag(
+                            self.outgoing
+                                .durable_revision()
+                                .saturating_sub(out.acked.max(answered)),
+                        );
                         if out.dropped > counted_drops {
                             self.metrics.report_dropped(out.dropped - counted_drops);
                             counted_drops = out.dropped;
@@ -211,6 +217,9 @@ impl Reporter {
                                 }
                             });
                             answered = answered.max(through);
+                            self.metrics.report_lag(
+                                self.outgoing.durable_revision().saturating_sub(answered),
+                            );
                             counted_drops = counted_drops.saturating_sub(done.announced);
                             errors.ok(self.client.endpoint());
                             backoff = FIRST_BACKOFF;

@@ -725,4 +725,23 @@ async fn a_reader_that_went_away_ends_it_quietly() {
         assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
         assert!(err.is_empty(), "{args:?}: {err}");
     }
+    // The flow and the demo print their first line before any step: a
+    // panic there ("failed printing to stdout", 101) is what this catches.
+    let home = Home::new();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut flow = vec!["--addr".to_string(), d.addr.clone()];
+    flow.extend(flow_args(&home, "pipe-flow", agent_dir.path(), free_port()));
+    for args in [strs(&flow), vec!["demo"]] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = Command::new(OBHOSTCTL)
+            .args(&args)
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }

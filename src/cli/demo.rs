@@ -342,7 +342,7 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         }
         output::print_json(&doc, true)?;
     } else {
-        println!();
+        output::say("")?;
         output::step_list(&steps, "", format)?;
     }
     // The last pushes are a batch_delay away.

@@ -403,10 +403,7 @@ pub async fn start_observer(
     let mut dag = None;
     let code = run(client, args, format, &mut dag).await?;
     if let Some(dag) = dag {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&dag).map_err(|e| CliError::Other(e.into()))?
-        );
+        output::print_json(&dag, true).map_err(CliError::Other)?;
     }
     Ok(code)
 }
@@ -582,7 +579,11 @@ pub async fn run(
     check_all(client, &ids, &requests).await?;
     let began = Instant::now();
     if format == Format::Text {
-        println!("Starting the observer of {} (DAG {dag}):", args.home);
+        output::say(format_args!(
+            "Starting the observer of {} (DAG {dag}):",
+            args.home
+        ))
+        .map_err(CliError::Other)?;
     }
     let mut done: Vec<Option<pb::Step>> = vec![None, None, None, None];
     let steps = async {
@@ -633,10 +634,11 @@ pub async fn run(
         }
         *dag_out = Some(doc);
     } else if ok {
-        println!(
+        output::say(format_args!(
             "observer started and active in {:.1}s",
             began.elapsed().as_secs_f64()
-        );
+        ))
+        .map_err(CliError::Other)?;
     }
     Ok(if ok {
         ExitCode::SUCCESS

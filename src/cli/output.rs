@@ -368,6 +368,14 @@ impl LinesDocument {
     }
 }
 
+/// Prints one line on stdout. An error, not a panic, when stdout's reader
+/// went away (`| head`): the caller's `?` turns that into a quiet exit 141.
+pub fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
 /// Prints one JSON document (pretty) or one JSON line.
 pub fn print_json(value: &serde_json::Value, pretty: bool) -> anyhow::Result<()> {
     let text = if pretty {

@@ -25,6 +25,10 @@ pub fn from_engine(e: EngineError) -> Status {
         EngineError::Store(source) if source.is_write_failure() => {
             Status::unavailable(source.to_string())
         }
+        EngineError::Store(source @ StoreError::Internal { .. }) => {
+            error!(error = %source, "internal failure around the state store");
+            Status::internal(source.to_string())
+        }
         EngineError::Store(source) => {
             error!(error = ?anyhow::Error::from(source), "state store failure");
             Status::internal(

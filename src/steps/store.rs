@@ -112,6 +112,12 @@ pub enum StoreError {
     Reopening { path: PathBuf },
     #[error("cannot encode step record: {0}")]
     Encode(#[from] serde_json::Error),
+    /// Not the file's fault: a task of obhostd's own around the store ended
+    /// abnormally (a panic), or the committer is gone (shutting down).
+    #[error(
+        "{what} ended abnormally ({cause}); nothing was changed. The daemon's log (journalctl -u obhostd) says why; try again"
+    )]
+    Internal { what: &'static str, cause: String },
 }
 
 impl StoreError {
@@ -136,8 +142,8 @@ impl StoreError {
                 path: path.clone(),
                 cause: cause.clone(),
             },
-            other => StoreError::Write {
-                path: PathBuf::new(),
+            other => StoreError::Internal {
+                what: "a commit",
                 cause: other.to_string(),
             },
         }
@@ -835,4 +841,35 @@ fn apply_writes(
     }
     meta.insert(REVISION_KEY, top)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that failed around the store is not a failed write: it names
+    /// what failed (never "writing state file ''") and does not make the API
+    /// answer UNAVAILABLE as if the disk were at fault.
+    #[test]
+    fn an_internal_failure_names_itself_and_is_no_write_failure() {
+        let e = StoreError::Internal {
+            what: "a step read",
+            cause: "task 7 panicked".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("a step read ended abnormally (task 7 panicked)"),
+            "{text}"
+        );
+        assert!(!text.contains("''"), "{text}");
+        assert!(!e.is_write_failure());
+        let encode = StoreError::Encode(serde_json::from_str::<u8>("x").unwrap_err());
+        assert!(matches!(
+            encode.duplicate(),
+            StoreError::Internal {
+                what: "a commit",
+                ..
+            }
+        ));
+    }
 }

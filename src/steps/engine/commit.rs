@@ -71,9 +71,9 @@ pub(crate) struct Pending(oneshot::Receiver<Result<(), StoreError>>);
 impl Pending {
     pub async fn wait(self) -> Result<(), StoreError> {
         self.0.await.unwrap_or_else(|_| {
-            Err(StoreError::Write {
-                path: Default::default(),
-                cause: "the committer stopped".into(),
+            Err(StoreError::Internal {
+                what: "the state store's committer",
+                cause: "it stopped: obhostd is shutting down".into(),
             })
         })
     }

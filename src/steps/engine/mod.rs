@@ -382,9 +382,9 @@ impl Engine {
         });
         match started.await {
             Ok(r) => Ok(r?),
-            Err(e) => Err(EngineError::Store(StoreError::Write {
-                path: Default::default(),
-                cause: format!("starting the step's driver failed: {e}"),
+            Err(e) => Err(EngineError::Store(StoreError::Internal {
+                what: "starting the step's driver",
+                cause: e.to_string(),
             })),
         }
     }
@@ -432,9 +432,9 @@ impl Engine {
         let key = id.to_string();
         let found = tokio::task::spawn_blocking(move || store.get(&key))
             .await
-            .map_err(|e| StoreError::Write {
-                path: Default::default(),
-                cause: format!("a store read ended abnormally: {e}"),
+            .map_err(|e| StoreError::Internal {
+                what: "a step read",
+                cause: e.to_string(),
             })??;
         found.ok_or_else(|| EngineError::NotFound(id.to_string()))
     }
@@ -506,9 +506,9 @@ impl Engine {
         match stopped.await {
             Ok(r) => r?,
             Err(e) => {
-                return Err(EngineError::Store(StoreError::Write {
-                    path: Default::default(),
-                    cause: format!("cancelling the step's task failed: {e}"),
+                return Err(EngineError::Store(StoreError::Internal {
+                    what: "cancelling the step's task",
+                    cause: e.to_string(),
                 }));
             }
         }

@@ -40,9 +40,9 @@ impl Outgoing {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.outbox_after(after, max))
             .await
-            .map_err(|e| StoreError::Write {
-                path: Default::default(),
-                cause: format!("an outbox read ended abnormally: {e}"),
+            .map_err(|e| StoreError::Internal {
+                what: "an outbox read",
+                cause: e.to_string(),
             })?
     }
 

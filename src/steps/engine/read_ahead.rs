@@ -141,9 +141,9 @@ fn spawn_read(
 fn joined(
     r: Result<Result<Page, StoreError>, tokio::task::JoinError>,
 ) -> Result<Page, EngineError> {
-    let page = r.map_err(|e| StoreError::Write {
-        path: Default::default(),
-        cause: format!("a store read ended abnormally: {e}"),
+    let page = r.map_err(|e| StoreError::Internal {
+        what: "a step list read",
+        cause: e.to_string(),
     })?;
     Ok(page?)
 }

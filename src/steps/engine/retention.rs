@@ -43,8 +43,8 @@ impl Engine {
                 store.prune_candidates(excess, max_age, BATCH)
             })
             .await
-            .map_err(|e| StoreError::Write {
-                path: Default::default(),
+            .map_err(|e| StoreError::Internal {
+                what: "a retention pass",
                 cause: e.to_string(),
             })??;
             if doomed.is_empty() {

@@ -1,5 +1,6 @@
 //! The pre-start checks of "Prepare start observer", with OceanBase's deployer
-//! (OBD) thresholds (see PREPARE-CHECKS.md in the design). Each returns one
+//! (OBD) thresholds (the README's "Pre-start checks (Prepare)" lists each
+//! check and its rule). Each returns one
 //! [`CheckResult`] with what the host has, what the observer needs, and the exact
 //! command that fixes it. They read /proc, sysinfo and nix; nothing shells out.
 

@@ -268,6 +268,11 @@ async fn a_crash_at_start_is_process_exited_with_the_log() {
         e.log_tail
     );
     assert!(home.processes().is_empty());
+    // It died before anything was accepted as the server: GetObserver still
+    // says how.
+    let o = get_observer(&d, home.path()).await;
+    assert!(!o.running);
+    assert_eq!(o.last_exit.map(|l| l.code), Some(Some(3)), "{o:?}");
 
     // Dies shortly after it daemonized, before it listens: caught by the
     // settle window. (One that listens first is past its riskiest phase and

@@ -170,7 +170,21 @@ impl StartObserver {
         let pid_file = (!self.spec.foreground).then_some(self.spec.pid_file.as_path());
         let server = match super::follow_launch(&ctx, &mut launched, &accept, pid_file).await {
             Ok(server) => server,
-            Err(e) => return Err(self.failed(e, &mark).await),
+            Err(e) => {
+                // GetObserver shows how it ended, even when it died before
+                // it was accepted as the server (the launcher itself, or a
+                // server that died before its pid file was seen).
+                if let LaunchError::Died(d) = &e
+                    && let Some(id) = d.id
+                {
+                    registry.started(ObserverRecord {
+                        identity: None,
+                        last_exit: Some(d.exit.unwrap_or(crate::process::Exit::unknown(&id))),
+                        ..self.record(id, Vec::new(), ctx.step_id(), uid)
+                    });
+                }
+                return Err(self.failed(e, &mark).await);
+            }
         };
         let record = ObserverRecord {
             log_mark: mark.clone(),

@@ -935,6 +935,25 @@ struct Sink {
     calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl Sink {
+    /// Serves StepReporter on a Unix socket (plain text only where no other
+    /// user can listen) for the rest of the run.
+    fn serve(socket: &std::path::Path) -> Sink {
+        let listener = tokio::net::UnixListener::bind(socket).expect("bind");
+        let sink = Sink::default();
+        let server = sink.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(
+                    obhost::proto::v1::step_reporter_server::StepReporterServer::new(server),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await
+        });
+        sink
+    }
+}
+
 #[tonic::async_trait]
 impl obhost::proto::v1::step_reporter_server::StepReporter for Sink {
     async fn report_steps(
@@ -961,15 +980,7 @@ async fn report_latency(agents: usize, steps: usize) -> Vec<Row> {
     // user can listen).
     let sock_dir = tempfile::tempdir().expect("temp dir");
     let socket = sock_dir.path().join("reporter.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-    let sink = Sink::default();
-    let server = sink.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(obhost::proto::v1::step_reporter_server::StepReporterServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-            .await
-    });
+    let sink = Sink::serve(&socket);
     let mut daemons = Vec::new();
     for i in 0..agents {
         daemons.push(tcp_daemon(
@@ -1083,15 +1094,7 @@ async fn report_latency(agents: usize, steps: usize) -> Vec<Row> {
 async fn report_burst() -> Vec<Row> {
     let sock_dir = tempfile::tempdir().expect("temp dir");
     let socket = sock_dir.path().join("reporter.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-    let sink = Sink::default();
-    let server = sink.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(obhost::proto::v1::step_reporter_server::StepReporterServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-            .await
-    });
+    let sink = Sink::serve(&socket);
     let (d, _dir) = tcp_daemon(
         &format!(
             "[limits]\nmax_active_steps = 600\n[report]\nendpoint = \"unix:{}\"\nagent_id = \"burst\"\n",

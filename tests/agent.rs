@@ -12,23 +12,6 @@ use pb::health_check::Check;
 use pb::start_agent_service_request::Service;
 use tonic::Code;
 
-fn http_server(dir: &std::path::Path, port: u16) -> pb::ServiceCommand {
-    pb::ServiceCommand {
-        argv: vec![
-            "/usr/bin/python3".into(),
-            "-m".into(),
-            "http.server".into(),
-            port.to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-        ],
-        cwd: dir.display().to_string(),
-        pid_file: dir.join("agent.pid").display().to_string(),
-        foreground: true,
-        ..Default::default()
-    }
-}
-
 fn req(
     id: &str,
     service: Option<Service>,

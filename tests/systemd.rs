@@ -192,6 +192,17 @@ fn host_pid(sandbox: i32, inner: i32) -> Option<i32> {
         })
 }
 
+/// StartObserver, followed to its end.
+async fn start(c: &mut HostAgentClient<Channel>, id: &str, spec: pb::ObserverSpec) -> pb::Step {
+    c.start_observer(pb::StartObserverRequest {
+        meta: Some(meta(id)),
+        observer: Some(spec),
+    })
+    .await
+    .expect("StartObserver accepted");
+    step_until_terminal(c, id).await
+}
+
 async fn step_until_terminal(c: &mut HostAgentClient<Channel>, id: &str) -> pb::Step {
     let end = Instant::now() + Duration::from_secs(60);
     loop {
@@ -226,13 +237,7 @@ async fn the_unit_starts_obhostd_and_a_stop_leaves_the_observer_running() {
     assert_eq!(sd.ok("systemctl is-active obhostd"), "active");
     let first = sd.obhostd_pid();
     let mut c = sd.client().await;
-    c.start_observer(pb::StartObserverRequest {
-        meta: Some(meta("sd-start")),
-        observer: Some(home.spec()),
-    })
-    .await
-    .expect("StartObserver accepted");
-    let s = step_until_terminal(&mut c, "sd-start").await;
+    let s = start(&mut c, "sd-start", home.spec()).await;
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
     let procs = home.processes();
     assert_eq!(procs.len(), 1, "{procs:?}");
@@ -264,13 +269,7 @@ async fn the_unit_starts_obhostd_and_a_stop_leaves_the_observer_running() {
         Some(observer),
         "re-adopted: {o:#?}"
     );
-    c.start_observer(pb::StartObserverRequest {
-        meta: Some(meta("sd-start-again")),
-        observer: Some(home.spec()),
-    })
-    .await
-    .expect("StartObserver accepted");
-    let s = step_until_terminal(&mut c, "sd-start-again").await;
+    let s = start(&mut c, "sd-start-again", home.spec()).await;
     assert_eq!(s.outputs["already_running"], "true", "{s:#?}");
     assert_eq!(home.processes(), vec![observer]);
 }
@@ -374,13 +373,12 @@ async fn a_wedged_obhostd_is_restarted_by_the_watchdog_and_logs_reach_the_journa
         let mut c = sd.client().await;
         // It listens only after 4 s: the wait below is still RUNNING when
         // obhostd wedges, and must be resumed by the restarted one.
-        c.start_observer(pb::StartObserverRequest {
-            meta: Some(meta("wd-start")),
-            observer: Some(home.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", "4000")),
-        })
-        .await
-        .expect("StartObserver accepted");
-        let s = step_until_terminal(&mut c, "wd-start").await;
+        let s = start(
+            &mut c,
+            "wd-start",
+            home.spec_with_env("FAKE_OBSERVER_LISTEN_DELAY_MS", "4000"),
+        )
+        .await;
         assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
         c.wait_observer_active(pb::WaitObserverActiveRequest {
             meta: Some(pb::StepMeta {
@@ -632,13 +630,7 @@ async fn an_observer_lives_in_its_own_scope_and_outlives_systemctl_kill() {
     sd.start_obhostd();
     let first = sd.obhostd_pid();
     let mut c = sd.client().await;
-    c.start_observer(pb::StartObserverRequest {
-        meta: Some(meta("scope-start")),
-        observer: Some(home.spec()),
-    })
-    .await
-    .expect("StartObserver accepted");
-    let s = step_until_terminal(&mut c, "scope-start").await;
+    let s = start(&mut c, "scope-start", home.spec()).await;
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
     let procs = home.processes();
     assert_eq!(procs.len(), 1, "{procs:?}");
@@ -711,13 +703,7 @@ async fn an_observer_lives_in_its_own_scope_and_outlives_systemctl_kill() {
         let s = step_until_terminal(&mut c, &stop).await;
         assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
         let again = format!("scope-again-{round}");
-        c.start_observer(pb::StartObserverRequest {
-            meta: Some(meta(&again)),
-            observer: Some(home.spec()),
-        })
-        .await
-        .expect("StartObserver accepted");
-        let s = step_until_terminal(&mut c, &again).await;
+        let s = start(&mut c, &again, home.spec()).await;
         assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
         let now = home.processes();
         assert_eq!(now.len(), 1, "{now:?}");
@@ -756,13 +742,7 @@ async fn a_readopted_observer_in_obhostds_cgroup_is_moved_into_its_scope() {
     };
     sd.start_obhostd();
     let mut c = sd.client().await;
-    c.start_observer(pb::StartObserverRequest {
-        meta: Some(meta("move-start")),
-        observer: Some(home.spec()),
-    })
-    .await
-    .expect("StartObserver accepted");
-    let s = step_until_terminal(&mut c, "move-start").await;
+    let s = start(&mut c, "move-start", home.spec()).await;
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
     let observer = home.processes()[0];
     drop(c);
@@ -809,19 +789,7 @@ async fn an_agent_command_lives_in_its_own_scope() {
             timeout: Some(secs(20.0)),
             ..Default::default()
         }),
-        service: Some(Service::Command(pb::ServiceCommand {
-            argv: vec![
-                "/usr/bin/python3".into(),
-                "-m".into(),
-                "http.server".into(),
-                port.to_string(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-            ],
-            cwd: dir.path().display().to_string(),
-            foreground: true,
-            ..Default::default()
-        })),
+        service: Some(Service::Command(http_server(dir.path(), port))),
         health: Some(pb::HealthCheck {
             check: Some(pb::health_check::Check::TcpPort(port as u32)),
         }),
@@ -862,13 +830,7 @@ async fn a_scope_held_by_other_processes_is_not_taken_over() {
         "cat /sys/fs/cgroup/obhost.slice/'{scope}'/cgroup.procs"
     ));
     let mut c = sd.client().await;
-    c.start_observer(pb::StartObserverRequest {
-        meta: Some(meta("occupied")),
-        observer: Some(home.spec()),
-    })
-    .await
-    .expect("StartObserver accepted");
-    let s = step_until_terminal(&mut c, "occupied").await;
+    let s = start(&mut c, "occupied", home.spec()).await;
     let e = s.error.as_ref().expect("failed");
     assert_eq!(e.code, "SPAWN_FAILED", "{s:#?}");
     assert!(
@@ -900,13 +862,7 @@ async fn a_failed_empty_scope_of_the_same_name_is_cleared() {
          until systemctl is-failed --quiet -- '{scope}'; do sleep 0.02; done"
     ));
     let mut c = sd.client().await;
-    c.start_observer(pb::StartObserverRequest {
-        meta: Some(meta("after-stale")),
-        observer: Some(home.spec()),
-    })
-    .await
-    .expect("StartObserver accepted");
-    let s = step_until_terminal(&mut c, "after-stale").await;
+    let s = start(&mut c, "after-stale", home.spec()).await;
     assert_eq!(s.state(), pb::StepState::Succeeded, "{s:#?}");
     let procs = home.processes();
     assert_eq!(procs.len(), 1, "{procs:?}");

@@ -798,3 +798,22 @@ pub fn run_as(name: &str, script: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A stand-in OCP agent: Python's http.server on 127.0.0.1:`port`, in the
+/// foreground, its pid file in `dir`.
+pub fn http_server(dir: &std::path::Path, port: u16) -> pb::ServiceCommand {
+    pb::ServiceCommand {
+        argv: vec![
+            "/usr/bin/python3".into(),
+            "-m".into(),
+            "http.server".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ],
+        cwd: dir.display().to_string(),
+        pid_file: dir.join("agent.pid").display().to_string(),
+        foreground: true,
+        ..Default::default()
+    }
+}

@@ -192,6 +192,32 @@ fn host_pid(sandbox: i32, inner: i32) -> Option<i32> {
         })
 }
 
+/// The (restarted) obhostd knows `observer` (a host pid) as the running
+/// observer of `home`.
+async fn assert_readopted(
+    c: &mut HostAgentClient<Channel>,
+    sd: &Sandbox,
+    home: &Home,
+    observer: i32,
+) {
+    let o = c
+        .get_observer(pb::GetObserverRequest {
+            home_path: home.path().display().to_string(),
+        })
+        .await
+        .expect("GetObserver")
+        .into_inner()
+        .observer
+        .expect("observer");
+    assert!(o.running, "re-adopted: {o:#?}");
+    // obhostd sees the sandbox's pids.
+    assert_eq!(
+        host_pid(sd.pid, o.pid as i32),
+        Some(observer),
+        "re-adopted: {o:#?}"
+    );
+}
+
 /// StartObserver, followed to its end.
 async fn start(c: &mut HostAgentClient<Channel>, id: &str, spec: pb::ObserverSpec) -> pb::Step {
     c.start_observer(pb::StartObserverRequest {
@@ -253,22 +279,7 @@ async fn the_unit_starts_obhostd_and_a_stop_leaves_the_observer_running() {
 
     sd.ok("systemctl start obhostd");
     let mut c = sd.client().await;
-    let o = c
-        .get_observer(pb::GetObserverRequest {
-            home_path: home.path().display().to_string(),
-        })
-        .await
-        .expect("GetObserver")
-        .into_inner()
-        .observer
-        .expect("observer");
-    assert!(o.running, "{o:#?}");
-    // obhostd sees the sandbox's pids.
-    assert_eq!(
-        host_pid(sd.pid, o.pid as i32),
-        Some(observer),
-        "re-adopted: {o:#?}"
-    );
+    assert_readopted(&mut c, &sd, &home, observer).await;
     let s = start(&mut c, "sd-start-again", home.spec()).await;
     assert_eq!(s.outputs["already_running"], "true", "{s:#?}");
     assert_eq!(home.processes(), vec![observer]);
@@ -676,17 +687,7 @@ async fn an_observer_lives_in_its_own_scope_and_outlives_systemctl_kill() {
     sd.ok("systemctl start obhostd");
     assert_eq!(home.processes(), vec![observer]);
     let mut c = sd.client().await;
-    let o = c
-        .get_observer(pb::GetObserverRequest {
-            home_path: home.path().display().to_string(),
-        })
-        .await
-        .expect("GetObserver")
-        .into_inner()
-        .observer
-        .expect("observer");
-    assert!(o.running, "re-adopted: {o:#?}");
-    assert_eq!(host_pid(sd.pid, o.pid as i32), Some(observer));
+    assert_readopted(&mut c, &sd, &home, observer).await;
 
     // Stopped and at once started again: the old scope may not be gone yet
     // (systemd learns of an empty cgroup later); the new observer gets one.

@@ -419,3 +419,29 @@ fn demo_json_is_one_document() {
     assert_eq!(doc["observer"]["running"], true, "{doc}");
     assert_eq!(doc["steps"].as_array().unwrap().len(), 5, "{doc}");
 }
+
+/// `steps cancel` of a step that already ended says so and fails: CancelStep
+/// returns it unchanged, which printed alone looked like a cancel that
+/// worked. A running step is cancelled (exit 0), and cancelling it again is
+/// no error.
+#[tokio::test]
+async fn cancelling_an_ended_step_says_nothing_was_cancelled() {
+    let d = Daemon::start();
+    run_steps_to_end(&d, "ended", 1).await;
+    let (code, _out, err) = obhostctl(Some(&d), &["steps", "cancel", "ended-0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("step ended-0 had already ended (SUCCEEDED); nothing was cancelled"),
+        "{err}"
+    );
+    d.testing()
+        .await
+        .run_test_step(test_step("long", 30.0))
+        .await
+        .expect("RunTestStep");
+    for _ in 0..2 {
+        let (code, out, err) = obhostctl(Some(&d), &["steps", "cancel", "long"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("CANCELLED"), "{out}");
+    }
+}

@@ -109,12 +109,26 @@ pub async fn run(
         }
         StepsCommand::Cancel { step_id } => {
             let step = client
-                .cancel_step(pb::CancelStepRequest { step_id })
+                .cancel_step(pb::CancelStepRequest {
+                    step_id: step_id.clone(),
+                })
                 .await?
                 .into_inner()
-                .step;
-            output::step(&step.unwrap_or_default(), format)?;
-            Ok(ExitCode::SUCCESS)
+                .step
+                .unwrap_or_default();
+            output::step(&step, format)?;
+            // CancelStep of an ended step returns it unchanged: say so, and
+            // fail, unless it is cancelled (a second cancel changes nothing).
+            match step.state() {
+                pb::StepState::Succeeded | pb::StepState::Failed | pb::StepState::TimedOut => {
+                    output::note(&format!(
+                        "step {step_id} had already ended ({}); nothing was cancelled",
+                        output::state_name(step.state())
+                    ));
+                    Ok(ExitCode::from(1))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         StepsCommand::Retry { step_id } => {
             let step = client

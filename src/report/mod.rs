@@ -175,10 +175,8 @@ impl Reporter {
                     }
                     Err(e) => {
                         if flight.is_empty() {
-                            self.failed(&mut errors, format!("cannot read the outbox: {e}"))
-                                .await;
-                            tokio::time::sleep(jitter(backoff)).await;
-                            backoff = (backoff * 2).min(self.max_backoff);
+                            let e = format!("cannot read the outbox: {e}");
+                            self.back_off(&mut errors, e, &mut backoff).await;
                             continue;
                         }
                     }
@@ -230,9 +228,7 @@ impl Reporter {
                             for later in flight.drain(..) {
                                 later.call.abort();
                             }
-                            self.failed(&mut errors, e).await;
-                            tokio::time::sleep(jitter(backoff)).await;
-                            backoff = (backoff * 2).min(self.max_backoff);
+                            self.back_off(&mut errors, e, &mut backoff).await;
                         }
                     }
                 }
@@ -254,9 +250,13 @@ impl Reporter {
         }
     }
 
-    async fn failed(&self, errors: &mut ErrorLog, e: String) {
+    /// Counts and logs a failure, then pauses: `backoff` with jitter, which
+    /// doubles up to `max_backoff` for the next one.
+    async fn back_off(&self, errors: &mut ErrorLog, e: String, backoff: &mut Duration) {
         self.metrics.report_failure();
         errors.failed(self.client.endpoint(), e);
+        tokio::time::sleep(jitter(*backoff)).await;
+        *backoff = (*backoff * 2).min(self.max_backoff);
     }
 
     /// Sends one batch (a task of its own: the loop goes on gathering),

@@ -3,8 +3,9 @@
 //! Layers, each importing only the ones below it (see README "Code map"):
 //! `daemon` (wires it all) → `cli`, `report` → `api` (gRPC: validate, convert)
 //! → `metrics` → `tasks` (one file per step kind) → `observer`, `probe`,
-//! `host`, `config` → `steps` (model, store, engine: knows no step kind) and
-//! `process` (all process handling) → `confined`, `trusted`, `bounds`.
+//! `host`, `config` → `policy` (what a request may name), `steps` (model,
+//! store, engine: knows no step kind) and `process` (all process handling) →
+//! `confined`, `trusted`, `bounds`.
 
 pub mod api;
 pub mod bounds;
@@ -16,6 +17,7 @@ pub mod daemon_cli;
 pub mod host;
 pub mod metrics;
 pub mod observer;
+pub mod policy;
 pub mod probe;
 pub mod process;
 pub mod proto;

@@ -39,7 +39,7 @@ use crate::steps::Engine;
 pub struct Services {
     pub engine: Engine,
     pub registry: std::sync::Arc<crate::observer::Registry>,
-    pub policy: crate::observer::Policy,
+    pub policy: crate::policy::Policy,
     /// `[agent_service]`: defaults for StartAgentService.
     pub agent: crate::config::AgentServiceConfig,
     /// Counts every gRPC call (see [`crate::metrics::grpc`]).

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bounds::quote;
 use crate::observer::log::Tail;
-use crate::observer::spec::checked_path;
-use crate::observer::{ObserverSpec, Policy, Registry};
+use crate::observer::{ObserverSpec, Registry};
+use crate::policy::{Policy, checked_path};
 use crate::steps::model::validate_id;
 use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
 use crate::tasks::wait_observer_active::{self, PASSWORD};

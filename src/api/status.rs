@@ -38,10 +38,10 @@ pub fn from_engine(e: EngineError) -> Status {
     }
 }
 
-pub fn from_spec(e: crate::observer::SpecError) -> Status {
+pub fn from_spec(e: crate::policy::SpecError) -> Status {
     match e {
-        crate::observer::SpecError::Invalid(m) => Status::invalid_argument(m),
-        crate::observer::SpecError::Denied(m) => Status::permission_denied(m),
+        crate::policy::SpecError::Invalid(m) => Status::invalid_argument(m),
+        crate::policy::SpecError::Denied(m) => Status::permission_denied(m),
     }
 }
 

@@ -61,7 +61,8 @@ pub fn args(spec: &ObserverSpec) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observer::spec::{Policy, RawSpec, SpecError};
+    use crate::observer::spec::RawSpec;
+    use crate::policy::{Policy, SpecError};
 
     /// The tests' homes are root's temp dirs: their observers run as root.
     fn resolve(raw: RawSpec) -> Result<ObserverSpec, SpecError> {

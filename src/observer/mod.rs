@@ -13,7 +13,7 @@ pub mod status;
 
 pub use locate::{Found, Target};
 pub use registry::{ObserverRecord, Registry};
-pub use spec::{ObserverSpec, Policy, RawSpec, SpecError};
+pub use spec::{ObserverSpec, RawSpec};
 
 /// The last lines of what an observer wrote: the output obhostd captured, then
 /// its own log. Used in every failure that involves the process. Only files

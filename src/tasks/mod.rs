@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::observer::diagnosis::{self, LogMark};
-use crate::observer::{ObserverSpec, Policy, Registry};
+use crate::observer::{ObserverSpec, Registry};
+use crate::policy::Policy;
 use crate::process::launch::{Accept, Event, LaunchError, Launched};
 use crate::process::{Exit, Identity};
 use crate::steps::model::codes::Code;

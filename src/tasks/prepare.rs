@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Deps;
 use crate::host::checks;
+use crate::observer::ObserverSpec;
 use crate::observer::locate::{self, Found, Target};
-use crate::observer::{ObserverSpec, SpecError};
+use crate::policy::SpecError;
 use crate::process::{RunAs, inspect};
 use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;

@@ -13,7 +13,7 @@
 //! The check runs in the step, not when the engine builds it, because the
 //! engine builds under its lock, where no file or user lookup belongs.
 
-use crate::observer::SpecError;
+use crate::policy::SpecError;
 use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
 use crate::steps::{OnRestart, StepContext, StepFailure, StepResult, StepTask};

@@ -478,9 +478,8 @@ pub struct RawCommand {
 }
 
 use crate::config::AgentServiceConfig;
-use crate::observer::SpecError;
-use crate::observer::spec::{
-    Policy, check_env, check_executable, check_root_paths, checked_file, checked_path,
+use crate::policy::{
+    Policy, SpecError, check_env, check_executable, check_root_paths, checked_file, checked_path,
     checked_program, resolve_user,
 };
 
@@ -545,7 +544,7 @@ impl AgentParams {
                 };
                 checked_program("command.argv[0]", program, policy)?;
                 let cwd = c.cwd.to_string_lossy();
-                crate::observer::spec::same_path(
+                crate::policy::same_path(
                     "command.cwd",
                     &c.cwd,
                     checked_path("command.cwd", &cwd, policy)?,
@@ -598,11 +597,7 @@ fn check_unit(unit: &str, defaults: &AgentServiceConfig) -> Result<(), SpecError
 }
 
 fn port(p: u32) -> Result<u16, SpecError> {
-    crate::observer::spec::port(
-        "health.tcp_port",
-        p,
-        crate::observer::spec::PortUse::Connect,
-    )
+    crate::policy::port("health.tcp_port", p, crate::policy::PortUse::Connect)
 }
 
 fn resolve_command(

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Deps;
 use crate::observer::locate::{self, Found, Target};
-use crate::observer::spec::{Policy, SpecError, checked_path};
+use crate::policy::{Policy, SpecError, checked_path};
 use crate::process::{Handle, inspect, pidfile};
 use crate::steps::model::codes::Code;
 use crate::steps::task::BoxFuture;
@@ -35,7 +35,7 @@ impl StopParams {
     /// [`ObserverSpec::recheck`](crate::observer::ObserverSpec::recheck)).
     pub fn recheck(&self, policy: &Policy) -> Result<(), SpecError> {
         let home = self.home_path.to_string_lossy();
-        crate::observer::spec::same_path(
+        crate::policy::same_path(
             "home_path",
             &self.home_path,
             checked_path("home_path", &home, policy)?,

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::{Deps, fail_with_log, stage};
 use crate::observer::ObserverRecord;
 use crate::observer::locate::{self, Found, Target};
-use crate::observer::spec::{self, Policy, SpecError};
+use crate::observer::spec;
+use crate::policy::{self, Policy, SpecError};
 use crate::probe::{
     self,
     mysql::{self, Credentials, ProbeError},
@@ -49,10 +50,10 @@ impl WaitParams {
     /// [`ObserverSpec::recheck`](crate::observer::ObserverSpec::recheck)).
     pub fn recheck(&self, policy: &Policy) -> Result<(), SpecError> {
         let home = self.home_path.to_string_lossy();
-        spec::same_path(
+        policy::same_path(
             "home_path",
             &self.home_path,
-            spec::checked_path("home_path", &home, policy)?,
+            policy::checked_path("home_path", &home, policy)?,
         )
     }
 }
@@ -71,11 +72,11 @@ pub struct RawWait {
 /// Checks a request against the host's policy, before any step exists.
 pub fn resolve(raw: RawWait, policy: &Policy) -> Result<WaitParams, SpecError> {
     let invalid = SpecError::Invalid;
-    let home_path = spec::checked_path("home_path", &raw.home_path, policy)?;
-    let mysql_port = spec::port(
+    let home_path = policy::checked_path("home_path", &raw.home_path, policy)?;
+    let mysql_port = policy::port(
         "mysql_port",
         raw.mysql_port,
-        spec::PortUse::Listen {
+        policy::PortUse::Listen {
             default: spec::DEFAULT_MYSQL_PORT,
         },
     )?;

@@ -137,7 +137,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         agent: config.agent_service.clone(),
         systemd,
     });
-    let engine = opened.start(Tasks::new(deps), shutdown.clone()).await?;
+    let tasks = Tasks::new(deps);
+    let engine = opened.start(tasks.clone(), shutdown.clone()).await?;
     let metrics = Metrics::new();
     if let Some(report) = &config.report {
         crate::report::Reporter::new(report, engine.outgoing(), metrics.clone())?
@@ -174,6 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let services = api::Services {
         engine,
+        tasks,
         registry,
         policy,
         agent: config.agent_service.clone(),

@@ -300,7 +300,7 @@ pub fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), Spec
 
 /// Whether `user` may execute `path`: regular file with an x bit for the user's
 /// uid, one of its groups, or others (root: any x bit).
-pub fn check_executable(path: &Path, user: &str) -> Result<(), String> {
+pub fn check_executable(path: &Path, who: &RunAs) -> Result<(), String> {
     let meta = confined::canonical(path)
         .and_then(|real| confined::metadata(&real))
         .map_err(|e| format!("'{}' cannot be used: {e}", path.display()))?;
@@ -308,7 +308,7 @@ pub fn check_executable(path: &Path, user: &str) -> Result<(), String> {
         return Err(format!("'{}' is not a regular file", path.display()));
     }
     let mode = meta.st_mode;
-    let who = RunAs::lookup(user).map_err(|e| e.to_string())?;
+    let user = &who.name;
     let ok = if who.uid == 0 {
         mode & 0o111 != 0
     } else if meta.st_uid == who.uid {

@@ -94,6 +94,25 @@ async fn calls_over_the_socket_are_logged_with_the_callers_uid() {
             .any(|e| e["step"] == "audit-dry" && e["message"] == "accepted")
     );
 
+    // Refused before it was understood: the trail still says what was asked.
+    let asked = "/nonexistent/obhost-audit-home";
+    let err = client
+        .start_observer(pb::StartObserverRequest {
+            meta: Some(meta("audit-refused")),
+            observer: Some(pb::ObserverSpec {
+                home_path: asked.into(),
+                user: "nobody".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let e = event(&d, "StartObserver", "audit-refused", "refused").await;
+    assert_eq!(e["kind"], "start_observer", "{e}");
+    assert_eq!(e["home"], asked, "{e}");
+    assert_eq!(e["user"], "nobody", "{e}");
+
     run_test_step(&d, test_step("audit-long", 30.0)).await;
     client
         .cancel_step(pb::CancelStepRequest {

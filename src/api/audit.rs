@@ -68,10 +68,6 @@ impl Call {
         self.user = quote(user);
     }
 
-    pub fn kind(&mut self, kind: &'static str) {
-        self.kind = kind;
-    }
-
     /// [`Call::record`] for a step-starting call, whose `Ok(None)` is a
     /// `validate_only` request: checked, nothing started, and told so.
     pub fn record_step(&self, result: &Result<Option<crate::proto::v1::Step>, Status>) {

@@ -13,6 +13,7 @@ mod peer_calls;
 mod peers;
 mod service;
 mod status;
+mod step_requests;
 mod tail;
 #[cfg(feature = "test-kinds")]
 mod testing;
@@ -38,6 +39,9 @@ use crate::steps::Engine;
 /// What the RPCs call into.
 pub struct Services {
     pub engine: Engine,
+    /// Builds the task of each new step (the engine builds those of stored
+    /// steps through the same value).
+    pub tasks: std::sync::Arc<crate::tasks::Tasks>,
     pub registry: std::sync::Arc<crate::observer::Registry>,
     pub policy: crate::policy::Policy,
     /// `[agent_service]`: defaults for StartAgentService.
@@ -149,6 +153,14 @@ pub async fn serve(
 
     let interceptor = auth::Interceptor(access.clone());
     let engine = services.engine.clone();
+    let steps = step_requests::StepCalls {
+        engine: services.engine.clone(),
+        tasks: services.tasks.clone(),
+        rules: Arc::new(step_requests::Rules {
+            policy: services.policy.clone(),
+            agent: services.agent.clone(),
+        }),
+    };
     let count_calls = crate::metrics::grpc::GrpcMetricsLayer::new(
         services.metrics.clone(),
         &[
@@ -158,8 +170,12 @@ pub async fn serve(
         ],
     );
     let agent = InterceptedService::new(
-        HostAgentServer::new(service::HostAgentService::new(services, shutdown.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        HostAgentServer::new(service::HostAgentService::new(
+            services,
+            steps.clone(),
+            shutdown.clone(),
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor.clone(),
     );
     let streams = (max_watchers + tail::MAX_TAILS + CALLS_BESIDE_STREAMS)
@@ -184,7 +200,7 @@ pub async fn serve(
     #[cfg(feature = "test-kinds")]
     let router = router.add_service(InterceptedService::new(
         proto::testing::v1::step_testing_server::StepTestingServer::new(
-            testing::StepTestingService::new(engine.clone()),
+            testing::StepTestingService::new(steps),
         )
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor,

@@ -8,6 +8,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
+use super::step_requests::StepCalls;
 use super::{audit, convert, status, tail, validate};
 use crate::proto::v1 as pb;
 use crate::proto::v1::host_agent_server::HostAgent;
@@ -16,13 +17,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bounds::quote;
+use crate::observer::Registry;
 use crate::observer::log::Tail;
-use crate::observer::{ObserverSpec, Registry};
 use crate::policy::{Policy, checked_path};
 use crate::steps::model::validate_id;
-use crate::steps::{Engine, Filter, Secrets, StepKind, StepSpec, WatchError};
-use crate::tasks::wait_observer_active::{self, PASSWORD};
-use crate::tasks::{prepare, start_agent_service, start_observer, stop_observer};
+use crate::steps::{Engine, Filter, WatchError};
 
 /// Default and largest ListSteps page.
 const DEFAULT_PAGE: usize = 100;
@@ -36,9 +35,10 @@ const MAX_WATCH_IDS: usize = 256;
 
 pub struct HostAgentService {
     engine: Engine,
+    /// Every RPC that makes a step goes through here.
+    steps: StepCalls,
     registry: Arc<Registry>,
     policy: Policy,
-    agent: crate::config::AgentServiceConfig,
     /// Open TailObserverLog streams, against their limit.
     tails: tail::Slots,
     /// Fires at shutdown: TailObserverLog streams end with UNAVAILABLE (the
@@ -47,44 +47,15 @@ pub struct HostAgentService {
 }
 
 impl HostAgentService {
-    pub fn new(s: super::Services, shutdown: CancellationToken) -> Self {
+    pub fn new(s: super::Services, steps: StepCalls, shutdown: CancellationToken) -> Self {
         HostAgentService {
             engine: s.engine,
+            steps,
             registry: s.registry,
             policy: s.policy,
-            agent: s.agent,
             tails: tail::Slots::new(s.metrics.log_tails()),
             shutdown,
         }
-    }
-
-    /// The request's observer with defaults filled and the host's policy applied.
-    fn observer_spec(&self, observer: Option<pb::ObserverSpec>) -> Result<ObserverSpec, Status> {
-        let raw = convert::raw_spec(observer.ok_or_else(|| {
-            validate::invalid("observer is missing; give at least observer.home_path")
-        })?);
-        ObserverSpec::resolve(raw, &self.policy).map_err(status::from_spec)
-    }
-
-    /// Starts the checked step, or with `meta.validate_only` stops here: the
-    /// request passed every check a start makes (a different request under a
-    /// known id included), and nothing is created.
-    async fn submit(
-        &self,
-        meta: Option<&pb::StepMeta>,
-        spec: StepSpec,
-        secrets: Secrets,
-    ) -> Result<Option<pb::Step>, Status> {
-        if meta.is_some_and(|m| m.validate_only) {
-            self.engine.check(&spec).map_err(status::from_engine)?;
-            return Ok(None);
-        }
-        let record = self
-            .engine
-            .submit(spec, secrets)
-            .await
-            .map_err(status::from_engine)?;
-        Ok(Some(convert::step(record)))
     }
 }
 
@@ -126,11 +97,6 @@ fn decode_token(token: &str) -> Result<String, Status> {
     Ok(id)
 }
 
-/// The step id a request names, as given (the audit trail quotes it capped).
-fn meta_id(meta: &Option<pb::StepMeta>) -> String {
-    meta.as_ref().map(|m| m.step_id.clone()).unwrap_or_default()
-}
-
 /// A dag_id filter must be an id; the message quotes a capped value.
 fn dag_filter(dag_id: &str) -> Result<(), Status> {
     if dag_id.is_empty() {
@@ -150,131 +116,35 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
-        let mut audit = audit::Call::new(&request, "Prepare", &meta_id(&request.get_ref().meta));
-        let req = request.into_inner();
-        let step = async {
-            // meta first: a bad step_id is reported before anything else.
-            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::PrepareStartObserver)?;
-            let observer = self.observer_spec(req.observer)?;
-            audit.about("prepare", &observer.home_path, &observer.user);
-            let params = prepare::resolve(observer, req.create_dirs, req.skip_checks, req.strict)
-                .map_err(status::from_spec)?;
-            step.params = validate::encode(&params)?;
-            self.submit(req.meta.as_ref(), step, Secrets::default())
-                .await
-        }
-        .await;
-        audit.record_step(&step);
-        Ok(Response::new(pb::PrepareResponse { step: step? }))
+        self.steps.call(request).await
     }
 
     async fn start_observer(
         &self,
         request: Request<pb::StartObserverRequest>,
     ) -> Result<Response<pb::StartObserverResponse>, Status> {
-        let mut audit =
-            audit::Call::new(&request, "StartObserver", &meta_id(&request.get_ref().meta));
-        let req = request.into_inner();
-        let step = async {
-            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartObserverProcess)?;
-            let observer = self.observer_spec(req.observer)?;
-            audit.about("start_observer", &observer.home_path, &observer.user);
-            let spec = start_observer::resolve(observer).map_err(status::from_spec)?;
-            step.params = validate::encode(&spec)?;
-            self.submit(req.meta.as_ref(), step, Secrets::default())
-                .await
-        }
-        .await;
-        audit.record_step(&step);
-        Ok(Response::new(pb::StartObserverResponse { step: step? }))
+        self.steps.call(request).await
     }
 
     async fn wait_observer_active(
         &self,
         request: Request<pb::WaitObserverActiveRequest>,
     ) -> Result<Response<pb::WaitObserverActiveResponse>, Status> {
-        let mut audit = audit::Call::new(
-            &request,
-            "WaitObserverActive",
-            &meta_id(&request.get_ref().meta),
-        );
-        let req = request.into_inner();
-        let step = async {
-            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::WaitObserverActive)?;
-            audit.kind("wait_observer_active");
-            let params = wait_observer_active::resolve(convert::raw_wait(&req), &self.policy)
-                .map_err(status::from_spec)?;
-            audit.about("wait_observer_active", &params.home_path, "");
-            step.params = validate::encode(&params)?;
-            let mut secrets = Secrets::default();
-            secrets.insert(PASSWORD, req.password);
-            self.submit(req.meta.as_ref(), step, secrets).await
-        }
-        .await;
-        audit.record_step(&step);
-        Ok(Response::new(pb::WaitObserverActiveResponse {
-            step: step?,
-        }))
+        self.steps.call(request).await
     }
 
     async fn start_agent_service(
         &self,
         request: Request<pb::StartAgentServiceRequest>,
     ) -> Result<Response<pb::StartAgentServiceResponse>, Status> {
-        let mut audit = audit::Call::new(
-            &request,
-            "StartAgentService",
-            &meta_id(&request.get_ref().meta),
-        );
-        let req = request.into_inner();
-        let step = async {
-            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StartAgentService)?;
-            audit.kind("start_agent_service");
-            let params =
-                start_agent_service::resolve(convert::raw_agent(&req), &self.agent, &self.policy)
-                    .map_err(status::from_spec)?;
-            if let start_agent_service::Service::Command(c) = &params.service {
-                audit.about("start_agent_service", &c.cwd, &c.user);
-            }
-            step.params = validate::encode(&params)?;
-            self.submit(req.meta.as_ref(), step, Secrets::default())
-                .await
-        }
-        .await;
-        audit.record_step(&step);
-        Ok(Response::new(pb::StartAgentServiceResponse { step: step? }))
+        self.steps.call(request).await
     }
 
     async fn stop_observer(
         &self,
         request: Request<pb::StopObserverRequest>,
     ) -> Result<Response<pb::StopObserverResponse>, Status> {
-        let mut audit =
-            audit::Call::new(&request, "StopObserver", &meta_id(&request.get_ref().meta));
-        let req = request.into_inner();
-        let step = async {
-            let mut step = validate::step_spec(req.meta.as_ref(), StepKind::StopObserverProcess)?;
-            audit.about("stop_observer", std::path::Path::new(&req.home_path), "");
-            let grace = req
-                .grace
-                .map(std::time::Duration::try_from)
-                .transpose()
-                .map_err(|_| validate::invalid("grace must not be negative; e.g. 10s"))?;
-            let params = stop_observer::resolve(
-                &req.home_path,
-                grace,
-                req.force,
-                step.timeout,
-                &self.policy,
-            )
-            .map_err(status::from_spec)?;
-            step.params = validate::encode(&params)?;
-            self.submit(req.meta.as_ref(), step, Secrets::default())
-                .await
-        }
-        .await;
-        audit.record_step(&step);
-        Ok(Response::new(pb::StopObserverResponse { step: step? }))
+        self.steps.call(request).await
     }
 
     async fn get_step(
@@ -435,13 +305,16 @@ impl HostAgent for HostAgentService {
         &self,
         request: Request<pb::GetObserverRequest>,
     ) -> Result<Response<pb::GetObserverResponse>, Status> {
-        let home = checked_path("home_path", &request.get_ref().home_path, &self.policy)
-            .map_err(status::from_spec)?;
-        let registry = self.registry.clone();
-        let status =
-            tokio::task::spawn_blocking(move || crate::observer::status::status(&home, &registry))
-                .await
-                .map_err(|e| Status::internal(format!("inspecting the observer failed: {e}")))?;
+        let (registry, policy) = (self.registry.clone(), self.policy.clone());
+        let home = request.into_inner().home_path;
+        // Resolving the home reads the disk, the status reads /proc: both on
+        // the blocking pool.
+        let status = tokio::task::spawn_blocking(move || {
+            let home = checked_path("home_path", &home, &policy).map_err(status::from_spec)?;
+            Ok::<_, Status>(crate::observer::status::status(&home, &registry))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("inspecting the observer failed: {e}")))??;
         Ok(Response::new(pb::GetObserverResponse {
             observer: Some(convert::observer_status(status)),
         }))

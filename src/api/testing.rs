@@ -1,20 +1,66 @@
 //! `obhost.testing.v1.StepTesting`: registered only with the `test-kinds` feature.
+//! Its one RPC makes a step like any other (see [`super::step_requests`]).
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, status, validate};
+use super::step_requests::{Rules, StepCalls, StepRequest};
+use super::validate;
 use crate::proto::testing::v1 as tpb;
 use crate::proto::testing::v1::step_testing_server::StepTesting;
-use crate::steps::{Engine, Secrets, StepKind};
+use crate::proto::v1 as pb;
+use crate::steps::{Secrets, StepKind, StepSpec};
+use crate::tasks::StepParams;
 use crate::tasks::test_step::TestStep;
 
 pub struct StepTestingService {
-    engine: Engine,
+    steps: StepCalls,
 }
 
 impl StepTestingService {
-    pub fn new(engine: Engine) -> Self {
-        StepTestingService { engine }
+    pub fn new(steps: StepCalls) -> Self {
+        StepTestingService { steps }
+    }
+}
+
+fn duration(field: &str, d: Option<pbjson_types::Duration>) -> Result<std::time::Duration, Status> {
+    match d {
+        None => Ok(std::time::Duration::ZERO),
+        Some(d) => std::time::Duration::try_from(d)
+            .map_err(|_| validate::invalid(format!("{field} must not be negative"))),
+    }
+}
+
+impl StepRequest for tpb::RunTestStepRequest {
+    const CALL: &'static str = "RunTestStep";
+    const ACTION: &'static str = "test";
+    const KIND: StepKind = StepKind::Test;
+    type Reply = tpb::RunTestStepResponse;
+
+    fn meta(&self) -> Option<&pb::StepMeta> {
+        self.meta.as_ref()
+    }
+
+    fn named(&self) -> (&str, &str) {
+        ("", "")
+    }
+
+    fn resolve(self, _: &Rules, _: &StepSpec) -> Result<(StepParams, Secrets), Status> {
+        let step = TestStep {
+            run_for: duration("run_for", self.run_for)?,
+            fail_code: self.fail_code,
+            resumable: self.resumable,
+            progress_updates: self.progress_updates,
+            panic_message: self.panic_message,
+            ignore_cancel: self.ignore_cancel,
+            block_thread: duration("block_thread", self.block_thread)?,
+            lock_key: self.lock_key,
+            report_bytes: self.report_bytes,
+        };
+        Ok((StepParams::Test(step), Secrets::default()))
+    }
+
+    fn reply(step: Option<pb::Step>) -> Self::Reply {
+        tpb::RunTestStepResponse { step }
     }
 }
 
@@ -24,39 +70,6 @@ impl StepTesting for StepTestingService {
         &self,
         request: Request<tpb::RunTestStepRequest>,
     ) -> Result<Response<tpb::RunTestStepResponse>, Status> {
-        let req = request.into_inner();
-        let run_for = match req.run_for {
-            None => std::time::Duration::ZERO,
-            Some(d) => std::time::Duration::try_from(d)
-                .map_err(|_| validate::invalid("run_for must not be negative"))?,
-        };
-        let block_thread = match req.block_thread {
-            None => std::time::Duration::ZERO,
-            Some(d) => std::time::Duration::try_from(d)
-                .map_err(|_| validate::invalid("block_thread must not be negative"))?,
-        };
-        let params = TestStep {
-            run_for,
-            fail_code: req.fail_code,
-            resumable: req.resumable,
-            progress_updates: req.progress_updates,
-            panic_message: req.panic_message,
-            ignore_cancel: req.ignore_cancel,
-            block_thread,
-            lock_key: req.lock_key,
-            report_bytes: req.report_bytes,
-        };
-        let params = serde_json::to_value(params)
-            .map_err(|e| Status::internal(format!("cannot encode test step: {e}")))?;
-        let mut spec = validate::step_spec(req.meta.as_ref(), StepKind::Test)?;
-        spec.params = params;
-        let record = self
-            .engine
-            .submit(spec, Secrets::default())
-            .await
-            .map_err(status::from_engine)?;
-        Ok(Response::new(tpb::RunTestStepResponse {
-            step: Some(convert::step(record)),
-        }))
+        self.steps.call(request).await
     }
 }

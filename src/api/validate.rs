@@ -29,8 +29,9 @@ pub fn invalid(message: impl Into<String>) -> Status {
 }
 
 /// Turns a request's StepMeta into the engine's spec, its parameters still
-/// empty: the handler checks meta first (a bad step_id is reported before
-/// anything else), then resolves the kind's parameters and [`encode`]s them in.
+/// empty: meta is checked first (a bad step_id is reported before anything
+/// else), then the kind's parameters are resolved into it (see
+/// [`super::step_requests`]).
 pub fn step_spec(meta: Option<&pb::StepMeta>, kind: StepKind) -> Result<StepSpec, Status> {
     let meta = meta.ok_or_else(|| {
         invalid(
@@ -80,12 +81,6 @@ pub fn step_spec(meta: Option<&pb::StepMeta>, kind: StepKind) -> Result<StepSpec
         timeout,
         params: serde_json::Value::Null,
     })
-}
-
-/// A kind's resolved parameters as the engine stores them.
-pub fn encode<T: serde::Serialize>(params: &T) -> Result<serde_json::Value, Status> {
-    serde_json::to_value(params)
-        .map_err(|e| Status::internal(format!("cannot encode the step's parameters: {e}")))
 }
 
 /// GetStep, CancelStep and RetryStep take a bare id.

@@ -16,6 +16,7 @@ use crate::policy::{
     Policy, PortUse, SpecError, check_env, check_executable, check_root_paths, checked_file,
     checked_path, checked_program, invalid, name, port, resolve_user, same_path,
 };
+use crate::process::RunAs;
 
 pub const DEFAULT_MYSQL_PORT: u16 = 2881;
 pub const DEFAULT_RPC_PORT: u16 = 2882;
@@ -187,6 +188,13 @@ fn token(field: &str, value: &str) -> Result<(), SpecError> {
 
 impl ObserverSpec {
     pub fn resolve(raw: RawSpec, policy: &Policy) -> Result<ObserverSpec, SpecError> {
+        Self::resolve_as(raw, policy).map(|(spec, _)| spec)
+    }
+
+    /// [`resolve`](Self::resolve), with the user it resolved: the checks that
+    /// follow (the binary executable by that user) use it rather than look
+    /// the user up again.
+    pub fn resolve_as(raw: RawSpec, policy: &Policy) -> Result<(ObserverSpec, RunAs), SpecError> {
         if raw.home_path.is_empty() {
             return Err(invalid(
                 "observer.home_path is required, e.g. /home/admin/oceanbase".into(),
@@ -224,10 +232,10 @@ impl ObserverSpec {
         if raw.extra_args.iter().any(|a| a.contains('\0')) {
             return Err(invalid("observer.extra_args contains a NUL byte".into()));
         }
-        Ok(ObserverSpec {
+        let spec = ObserverSpec {
             home_path: home,
             binary,
-            user: user.name,
+            user: user.name.clone(),
             mysql_port,
             rpc_port,
             pid_file,
@@ -243,7 +251,8 @@ impl ObserverSpec {
             parameters: raw.parameters,
             env: raw.env,
             extra_args: raw.extra_args,
-        })
+        };
+        Ok((spec, user))
     }
 
     /// Judges a stored spec by the policy as it is now: a retry or a resume
@@ -313,8 +322,8 @@ impl ObserverSpec {
     }
 
     /// The binary must be a regular file the observer's user may execute.
-    pub fn check_binary(&self) -> Result<(), String> {
-        check_executable(&self.binary, &self.user)
+    pub fn check_binary(&self, user: &RunAs) -> Result<(), String> {
+        check_executable(&self.binary, user)
     }
 
     /// Output (stdout/stderr) of the process obhostd spawns.

@@ -1,9 +1,11 @@
 //! Steps: the model, the durable store, the engine that runs them and the
 //! watch that follows them.
 //!
-//! The engine knows nothing of observers. A step kind is a [`task::StepTask`] built
-//! by a [`task::TaskFactory`] from parameters the engine stores; the engine gives
-//! every step the same life:
+//! The engine knows nothing of observers. A step kind is a [`task::StepTask`]:
+//! a new step's comes with its request, already built from the parameters the
+//! engine stores (as JSON) beside it; a retried or restarted step's is built
+//! again from those stored parameters by a [`task::TaskFactory`]. The engine
+//! gives every step the same life:
 //!
 //! ```text
 //! PENDING ──> RUNNING ──> SUCCEEDED | FAILED | TIMED_OUT

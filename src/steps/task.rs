@@ -82,8 +82,9 @@ pub trait StepTask: Send + Sync + 'static {
     }
 }
 
-/// Builds a task from a stored record's parameters. The engine calls it for new
-/// steps, retries and restarts alike, so what is stored is always enough to run.
+/// Builds a task from a stored record's parameters, for a retry or a restart:
+/// what is stored must always be enough to run. (A new step's task comes with
+/// its request, built from the same parameters before they were stored.)
 pub trait TaskFactory: Send + Sync + 'static {
     fn build(
         &self,

@@ -1,20 +1,22 @@
 //! Step kinds: one file each, each a [`StepTask`] the engine runs.
 //!
 //! This is where the engine's generic "kind + stored parameters" becomes a concrete
-//! piece of work. Parameters are stored as JSON (see `steps::store`), so each kind's
-//! parameter struct is its storage format too.
+//! piece of work: [`StepParams`] is every kind's parameters, typed, and what
+//! the store holds (as JSON: see `steps::store`), so each kind's parameter
+//! struct is its storage format too.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::observer::Registry;
 use crate::observer::diagnosis::{self, LogMark};
-use crate::observer::{ObserverSpec, Registry};
 use crate::policy::Policy;
 use crate::process::launch::{Accept, Event, LaunchError, Launched};
 use crate::process::{Exit, Identity};
 use crate::steps::model::codes::Code;
 use crate::steps::{Secrets, StepContext, StepFailure, StepKind, StepTask, TaskFactory};
 
+mod params;
 pub mod prepare;
 mod rechecked;
 pub mod start_agent_service;
@@ -23,6 +25,8 @@ pub mod stop_observer;
 #[cfg(feature = "test-kinds")]
 pub mod test_step;
 pub mod wait_observer_active;
+
+pub use params::{DecodeError, StepParams};
 
 /// What the step kinds need from the daemon.
 pub struct Deps {
@@ -210,75 +214,23 @@ pub mod stage {
     pub const QUERY: &str = "query";
 }
 
-/// Decodes a kind's stored parameters, naming the kind when they do not fit (a
-/// store written by another version).
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    kind: StepKind,
-    params: &serde_json::Value,
-) -> Result<T, String> {
-    serde_json::from_value(params.clone())
-        .map_err(|e| format!("stored parameters of a {kind:?} step do not decode: {e}"))
+impl Tasks {
+    /// The task of a new step, from the parameters its request resolved to.
+    pub fn task(&self, params: StepParams) -> Box<dyn StepTask> {
+        params.task(&self.deps)
+    }
 }
 
+/// Retries and restarts: the stored parameters, decoded once, judged again by
+/// today's policy when the task runs.
 impl TaskFactory for Tasks {
     fn build(
         &self,
         kind: StepKind,
         params: &serde_json::Value,
-        secrets: &Secrets,
+        _secrets: &Secrets,
     ) -> Result<Box<dyn StepTask>, String> {
-        let _ = secrets;
-        let deps = self.deps.clone();
-        let policy = deps.policy.clone();
-        let (inner, check): (Box<dyn StepTask>, rechecked::Check) = match kind {
-            StepKind::StartObserverProcess => {
-                let spec: ObserverSpec = decode(kind, params)?;
-                let stored = spec.clone();
-                (
-                    Box::new(start_observer::StartObserver { spec, deps }),
-                    Box::new(move || stored.recheck(&policy)),
-                )
-            }
-            StepKind::StopObserverProcess => {
-                let params: stop_observer::StopParams = decode(kind, params)?;
-                let stored = params.clone();
-                (
-                    Box::new(stop_observer::StopObserver { params, deps }),
-                    Box::new(move || stored.recheck(&policy)),
-                )
-            }
-            StepKind::WaitObserverActive => {
-                let params: wait_observer_active::WaitParams = decode(kind, params)?;
-                let stored = params.clone();
-                (
-                    Box::new(wait_observer_active::WaitObserverActive { params, deps }),
-                    Box::new(move || stored.recheck(&policy)),
-                )
-            }
-            StepKind::StartAgentService => {
-                let params: start_agent_service::AgentParams = decode(kind, params)?;
-                let stored = params.clone();
-                let agent = deps.agent.clone();
-                (
-                    Box::new(start_agent_service::StartAgentService { params, deps }),
-                    Box::new(move || stored.recheck(&agent, &policy)),
-                )
-            }
-            StepKind::PrepareStartObserver => {
-                let params: prepare::PrepareParams = decode(kind, params)?;
-                let stored = params.observer.clone();
-                (
-                    Box::new(prepare::Prepare { params, deps }),
-                    Box::new(move || stored.recheck(&policy)),
-                )
-            }
-            #[cfg(feature = "test-kinds")]
-            StepKind::Test => return Ok(Box::new(decode::<test_step::TestStep>(kind, params)?)),
-            #[cfg(not(feature = "test-kinds"))]
-            StepKind::Test => {
-                return Err("test steps exist only in builds with the test-kinds feature".into());
-            }
-        };
-        Ok(Box::new(rechecked::Rechecked { inner, check }))
+        let params = StepParams::from_stored(kind, params).map_err(|e| e.to_string())?;
+        Ok(params.stored_task(&self.deps))
     }
 }

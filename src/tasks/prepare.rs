@@ -278,7 +278,7 @@ impl Prepare {
     fn binary_check(&self, user: &RunAs) -> CheckResult {
         let spec = &self.params.observer;
         let expected = "present and executable".to_string();
-        match spec.check_binary() {
+        match spec.check_binary(user) {
             Ok(()) => checks::result(
                 "binary",
                 CheckStatus::Pass,

@@ -5,13 +5,15 @@
 //! RetryStep, and the resume after obhostd restarts, run those stored
 //! parameters again, perhaps long after an administrator tightened the policy:
 //! the same request made anew would be PERMISSION_DENIED, and so must the old
-//! one be. So every kind is built wrapped in [`Rechecked`], whose run first
+//! one be. So every stored step is built wrapped in [`Rechecked`], whose run first
 //! judges the stored parameters by today's policy (on the blocking pool: it
 //! resolves paths and looks users up) and, when they are refused, fails the
 //! step with PERMISSION_DENIED before it touches anything.
 //!
 //! The check runs in the step, not when the engine builds it, because the
-//! engine builds under its lock, where no file or user lookup belongs.
+//! engine builds under its lock, where no file or user lookup belongs. A new
+//! step is not wrapped: its request was judged a moment before, and judging
+//! it again would only look the same user up twice.
 
 use crate::policy::SpecError;
 use crate::steps::model::codes::Code;

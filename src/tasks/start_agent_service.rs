@@ -632,7 +632,7 @@ fn resolve_command(
     let cwd = or_default(&raw.cwd, d.cwd.as_deref().or(cwd_default.as_deref()));
     let cwd = checked_path("command.cwd", &cwd, policy)?;
     let user = resolve_user("command.user", &user_name, policy, Some(&cwd))?;
-    check_executable(&program, &user.name)
+    check_executable(&program, &user)
         .map_err(|m| SpecError::Invalid(format!("command.argv[0] {m}")))?;
     check_root_paths(
         &user,

@@ -82,12 +82,45 @@ fn ensure_dir(dir: &std::path::Path, user: &RunAs) -> std::io::Result<()> {
 
 /// What a StartObserver request needs beyond a valid spec, checked before any
 /// step exists: a first start needs the bootstrap fields, and the binary must
-/// be there to run.
-pub fn resolve(spec: ObserverSpec) -> Result<ObserverSpec, SpecError> {
+/// be there for `user` (the spec's, as resolved) to run.
+pub fn resolve(spec: ObserverSpec, user: &RunAs) -> Result<ObserverSpec, SpecError> {
     spec.check_first_start()?;
-    spec.check_binary()
+    spec.check_binary(user)
         .map_err(|m| SpecError::Invalid(format!("observer.binary {m}")))?;
     Ok(spec)
+}
+
+/// What the start needs on disk before the spawn: the binary executable by
+/// its user, and `log/` and `run/` in the home (new ones owned by the user).
+/// Blocking (stat, mkdir): run on the blocking pool. Fails with the step's
+/// error code and message.
+fn preflight(spec: &ObserverSpec, user: &RunAs) -> Result<(), (Code, String)> {
+    spec.check_binary(user)
+        .map_err(|m| (Code::BinaryNotFound, format!("observer.binary {m}")))?;
+    for dir in [spec.home_path.join("log"), spec.home_path.join("run")] {
+        ensure_dir(&dir, user).map_err(|e| {
+            (
+                Code::DirNotWritable,
+                format!(
+                    "cannot create '{}': {e}; create it, owned by '{}'",
+                    dir.display(),
+                    spec.user
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs blocking file or /proc work on the blocking pool; a panic there is
+/// the step's INTERNAL failure, not the runtime's.
+async fn off_runtime<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StepFailure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StepFailure::new(Code::Internal, format!("{what} failed: {e}")))
 }
 
 impl StartObserver {
@@ -187,9 +220,11 @@ impl StartObserver {
                 return Err(self.failed(e, &mark).await);
             }
         };
+        let pid = server.pid;
+        let argv = off_runtime("reading its command line", move || argv(pid)).await?;
         let record = ObserverRecord {
             log_mark: mark.clone(),
-            ..self.record(server, argv(server.pid), ctx.step_id(), uid)
+            ..self.record(server, argv, ctx.step_id(), uid)
         };
         self.settle(&ctx, server, &record, &mark).await?;
         registry.started(record);
@@ -212,7 +247,8 @@ impl StartObserver {
         let spawned_before = ctx.resumed() && ctx.earlier_outputs().contains_key("launcher_pid");
         match locate::find_async(self.target(uid), registry.clone()).await {
             Found::Running(id) => {
-                let argv = argv(id.pid);
+                let pid = id.pid;
+                let argv = off_runtime("reading its command line", move || argv(pid)).await?;
                 let command = argv.join(" ");
                 registry.started(self.record(id, argv, ctx.step_id(), uid));
                 return Ok(Some(success(&id, &command, !spawned_before, spec)));
@@ -242,7 +278,12 @@ impl StartObserver {
     async fn remove_stale(&self, ctx: &StepContext, pid: Option<i32>) -> Result<(), StepFailure> {
         let pid_file = &self.spec.pid_file;
         let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
-        crate::confined::remove_file(pid_file).map_err(|e| {
+        let file = pid_file.clone();
+        let removed = off_runtime("removing the stale pid file", move || {
+            crate::confined::remove_file(&file)
+        })
+        .await?;
+        removed.map_err(|e| {
             StepFailure::new(
                 Code::PidfileNotRemovable,
                 format!(
@@ -268,21 +309,13 @@ impl StartObserver {
         mark: &LogMark,
     ) -> Result<(Launched, String), StepFailure> {
         let spec = &self.spec;
-        spec.check_binary()
-            .map_err(|m| StepFailure::new(Code::BinaryNotFound, format!("observer.binary {m}")))?;
         let user = user.map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
-        for dir in [spec.home_path.join("log"), spec.home_path.join("run")] {
-            ensure_dir(&dir, &user).map_err(|e| {
-                StepFailure::new(
-                    Code::DirNotWritable,
-                    format!(
-                        "cannot create '{}': {e}; create it, owned by '{}'",
-                        dir.display(),
-                        spec.user
-                    ),
-                )
-            })?;
-        }
+        let (checked, who) = (spec.clone(), user.clone());
+        off_runtime("checking the binary and dirs", move || {
+            preflight(&checked, &who)
+        })
+        .await?
+        .map_err(|(code, message)| StepFailure::new(code, message))?;
         let run = SpawnSpec {
             program: spec.binary.clone(),
             args: command::args(spec),

@@ -313,9 +313,13 @@ impl Engine {
     }
 
     /// Accepts a step, or returns the existing record of the same request.
+    /// `task` is the work `spec.params` describe, built by the caller from the
+    /// request it resolved (the factory builds tasks only from stored
+    /// parameters: retries and restarts); it is dropped when the step exists.
     pub async fn submit(
         &self,
         spec: StepSpec,
+        task: Box<dyn crate::steps::StepTask>,
         secrets: Secrets,
     ) -> Result<StepRecord, EngineError> {
         let id = spec.id.clone();
@@ -337,7 +341,7 @@ impl Engine {
                 }
                 Err(existing)
             } else {
-                Ok(self.stage_new(&mut state, spec, secrets)?)
+                Ok(self.stage_new(&mut state, spec, task, secrets)?)
             }
         };
         let (pending, record, task, start) = match staged {
@@ -389,19 +393,15 @@ impl Engine {
         }
     }
 
-    /// Builds the task and stages the PENDING record of a new step.
+    /// Stages the PENDING record of a new step, to run `task`.
     fn stage_new(
         &self,
         state: &mut State,
         spec: StepSpec,
+        task: Box<dyn crate::steps::StepTask>,
         secrets: Secrets,
     ) -> Result<Staged, EngineError> {
         state.check_active(self.shared.config.max_active_steps)?;
-        let task = self
-            .shared
-            .factory
-            .build(spec.kind, &spec.params, &secrets)
-            .map_err(EngineError::InvalidParams)?;
         let now = SystemTime::now();
         let mut record = StepRecord {
             deadline: now + spec.timeout,

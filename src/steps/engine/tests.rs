@@ -83,6 +83,26 @@ impl TaskFactory for Factory {
     }
 }
 
+/// What the API layer does: builds the new step's task from its parameters,
+/// then submits both.
+trait SubmitNew {
+    async fn submit_new(&self, spec: StepSpec, secrets: Secrets)
+    -> Result<StepRecord, EngineError>;
+}
+
+impl SubmitNew for Engine {
+    async fn submit_new(
+        &self,
+        spec: StepSpec,
+        secrets: Secrets,
+    ) -> Result<StepRecord, EngineError> {
+        let task = Factory
+            .build(spec.kind, &spec.params, &secrets)
+            .map_err(EngineError::InvalidParams)?;
+        self.submit(spec, task, secrets).await
+    }
+}
+
 fn spec(id: &str) -> StepSpec {
     spec_with(id, serde_json::Value::Null)
 }
@@ -182,7 +202,7 @@ async fn commits_are_durable_and_numbered_in_order() {
     for i in 0..50 {
         let e = engine.clone();
         handles.push(tokio::spawn(async move {
-            e.submit(spec(&format!("c-{i:02}")), Secrets::default())
+            e.submit_new(spec(&format!("c-{i:02}")), Secrets::default())
                 .await
                 .unwrap()
         }));
@@ -236,7 +256,7 @@ async fn a_late_result_never_overwrites_cancelled() {
         "late",
         serde_json::json!({"sleep_ms": 300, "ignore_cancel": true}),
     );
-    engine.submit(s, Secrets::default()).await.unwrap();
+    engine.submit_new(s, Secrets::default()).await.unwrap();
     until_state(&engine, "late", StepState::Running).await;
     let cancelled = engine.cancel("late").await.unwrap();
     assert_eq!(cancelled.state, StepState::Cancelled);
@@ -281,7 +301,7 @@ async fn backlog_pages_meet_the_live_feed_without_gap_or_duplicate() {
     engine.retry("seed-00010").await.unwrap();
     engine.retry("seed-00250").await.unwrap();
     engine
-        .submit(spec("new-1"), Secrets::default())
+        .submit_new(spec("new-1"), Secrets::default())
         .await
         .unwrap();
     for id in ["seed-00010", "seed-00250", "new-1"] {
@@ -317,7 +337,7 @@ async fn backlog_pages_meet_the_live_feed_without_gap_or_duplicate() {
     }
     assert!(w.is_live(), "the backlog is exhausted");
     engine
-        .submit(spec("new-2"), Secrets::default())
+        .submit_new(spec("new-2"), Secrets::default())
         .await
         .unwrap();
     let mut states = Vec::new();
@@ -457,7 +477,7 @@ async fn memory_holds_only_unfinished_steps() {
     seed(dir.path(), 500);
     let engine = open(dir.path()).await;
     engine
-        .submit(
+        .submit_new(
             spec_with("slow", serde_json::json!({"sleep_ms": 5000})),
             Secrets::default(),
         )
@@ -554,18 +574,18 @@ async fn a_step_waits_pending_only_while_its_key_is_busy() {
     let engine = open(dir.path()).await;
     let params = serde_json::json!({"sleep_ms": 300, "key": "/home/a"});
     let first = engine
-        .submit(spec_with("first", params.clone()), Secrets::default())
+        .submit_new(spec_with("first", params.clone()), Secrets::default())
         .await
         .unwrap();
     assert_eq!(first.state, StepState::Running);
     assert!(first.started_at.is_some());
     let second = engine
-        .submit(spec_with("second", params), Secrets::default())
+        .submit_new(spec_with("second", params), Secrets::default())
         .await
         .unwrap();
     assert_eq!(second.state, StepState::Pending);
     let other = engine
-        .submit(
+        .submit_new(
             spec_with("other", serde_json::json!({"key": "/home/b"})),
             Secrets::default(),
         )
@@ -611,7 +631,7 @@ async fn a_step_whose_caller_went_away_mid_commit_still_runs() {
     let engine = open(dir.path()).await;
     for i in 0..5 {
         let id = format!("orphan-{i}");
-        let submit = engine.submit(
+        let submit = engine.submit_new(
             spec_with(&id, serde_json::json!({"sleep_ms": 0})),
             Secrets::default(),
         );
@@ -629,7 +649,7 @@ async fn a_cancel_whose_caller_went_away_mid_commit_still_stops_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
     let spec = spec_with("long", serde_json::json!({"sleep_ms": 30_000}));
-    engine.submit(spec, Secrets::default()).await.unwrap();
+    engine.submit_new(spec, Secrets::default()).await.unwrap();
     let cancel = engine.cancel("long");
     let dropped = tokio::time::timeout(Duration::ZERO, cancel).await;
     assert!(dropped.is_err(), "the cancel finished on its first poll");

@@ -13,7 +13,11 @@
 //!   when its answer arrives, or sooner when `batch_max` of them wait or the
 //!   oldest has waited `batch_delay` (then a second batch follows the first
 //!   on the same connection; at most [`MAX_IN_FLIGHT`]). So load makes
-//!   batches bigger, never changes later than `batch_delay` plus a round trip;
+//!   batches bigger, never changes later than `batch_delay` plus a round trip.
+//!   Each batch's `after_revision` is the last revision answered for, never
+//!   an earlier batch still in flight: a receiver may handle two concurrent
+//!   calls in either order, and one told that changes it has not seen were
+//!   acknowledged would see a gap;
 //! - acknowledgements are committed in order, each once the orchestrator has
 //!   answered OK, which empties the outbox up to there. A failed call drops
 //!   every later answer and resends from the last acknowledgement. A crash of
@@ -59,6 +63,73 @@ struct InFlight {
     /// The dropped changes it announces.
     announced: u64,
     call: tokio::task::JoinHandle<Result<usize, String>>,
+}
+
+/// What the reporting loop knows between one wake-up and the next.
+struct Pump {
+    /// Batches sent, oldest first, at most [`MAX_IN_FLIGHT`].
+    flight: std::collections::VecDeque<InFlight>,
+    /// Changes seen committed and not in a batch yet (counted from the change
+    /// feed while batches are in flight, so the outbox is read again only
+    /// when a batch is due, not at every change).
+    waiting: usize,
+    /// When the oldest of them was seen.
+    waiting_since: Option<tokio::time::Instant>,
+    feed_open: bool,
+    /// The highest revision the orchestrator has answered OK for; its
+    /// acknowledgement may still be on its way to disk.
+    answered: u64,
+    /// Dropped changes announced in acknowledgements not yet on disk: the
+    /// store still counts them, and they must not be announced twice.
+    in_transit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Dropped changes already counted in the metric, not yet announced.
+    counted_drops: u64,
+    errors: ErrorLog,
+    backoff: Duration,
+}
+
+impl Pump {
+    fn new() -> Pump {
+        Pump {
+            flight: Default::default(),
+            waiting: 0,
+            waiting_since: None,
+            feed_open: true,
+            answered: 0,
+            in_transit: Default::default(),
+            counted_drops: 0,
+            errors: ErrorLog::default(),
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    fn overdue(&self, batch_delay: Duration) -> bool {
+        self.waiting_since
+            .is_some_and(|t| t.elapsed() >= batch_delay)
+    }
+
+    /// A batch goes at once when none is in flight; beside one, only when
+    /// `batch_max` changes wait or the oldest has waited `batch_delay`.
+    fn may_send(&self, batch_max: usize, batch_delay: Duration) -> bool {
+        self.flight.len() < MAX_IN_FLIGHT
+            && (self.flight.is_empty() || self.waiting >= batch_max || self.overdue(batch_delay))
+    }
+
+    /// When the oldest waiting change reaches `batch_delay`, once a batch
+    /// may be added to those in flight.
+    fn deadline(&self, batch_delay: Duration) -> Option<tokio::time::Instant> {
+        self.waiting_since
+            .filter(|_| self.flight.len() < MAX_IN_FLIGHT && !self.flight.is_empty())
+            .map(|t| t + batch_delay)
+    }
+
+    fn saw<T>(&mut self, r: Result<T, RecvError>) {
+        match r {
+            Ok(_) => self.waiting += 1,
+            Err(RecvError::Lagged(n)) => self.waiting += n as usize,
+            Err(RecvError::Closed) => self.feed_open = false,
+        }
+    }
 }
 
 pub struct Reporter {
@@ -110,133 +181,41 @@ impl Reporter {
 
     async fn run(self) {
         let mut changes = self.outgoing.changes();
-        let mut errors = ErrorLog::default();
-        let mut backoff = FIRST_BACKOFF;
-        let mut flight: std::collections::VecDeque<InFlight> = Default::default();
-        // Changes seen committed and not in a batch yet (counted from the
-        // change feed while batches are in flight, so the outbox is read
-        // again only when a batch is due, not at every change).
-        let mut waiting: usize = 0;
-        // When the oldest of them was seen.
-        let mut waiting_since: Option<tokio::time::Instant> = None;
-        let mut feed_open = true;
-        // The highest revision the orchestrator has answered OK for; its
-        // acknowledgement may still be on its way to disk.
-        let mut answered: u64 = 0;
-        // Dropped changes announced in acknowledgements not yet on disk: the
-        // store still counts them, and they must not be announced twice.
-        let in_transit = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        // Dropped changes already counted in the metric, not yet announced.
-        let mut counted_drops = 0;
+        let mut p = Pump::new();
         info!(endpoint = %self.client.endpoint(), agent_id = %self.host.agent_id, "reporting step changes");
         loop {
-            let overdue = waiting_since.is_some_and(|t| t.elapsed() >= self.batch_delay);
-            if flight.len() < MAX_IN_FLIGHT
-                && (flight.is_empty() || waiting >= self.batch_max || overdue)
-            {
-                let after = flight.back().map_or(answered, |f| f.through);
-                match self.outgoing.read(after, self.batch_max).await {
-                    Ok(out) => {
-                        // Behind by what the orchestrator has not answered
-                        // for (its acknowledgement may still be on its way
-                        // to disk).
-                        self.metrics.report_lag(
-                            self.outgoing
-                                .durable_revision()
-                                .saturating_sub(out.acked.max(answered)),
-                        );
-                        if out.dropped > counted_drops {
-                            self.metrics.report_dropped(out.dropped - counted_drops);
-                            counted_drops = out.dropped;
-                        }
-                        // Only the batch that leads announces drops.
-                        let announce = if flight.is_empty() {
-                            out.dropped.saturating_sub(
-                                in_transit.load(std::sync::atomic::Ordering::Acquire),
-                            )
-                        } else {
-                            0
-                        };
-                        let something = !out.changes.is_empty() || announce > 0;
-                        let due =
-                            flight.is_empty() || overdue || out.changes.len() >= self.batch_max;
-                        if something && due {
-                            waiting = 0;
-                            waiting_since = None;
-                            flight.push_back(self.send(out, after, announce));
-                            continue;
-                        }
-                        waiting = out.changes.len();
-                        if waiting == 0 {
-                            waiting_since = None;
-                        } else if waiting_since.is_none() {
-                            waiting_since = Some(tokio::time::Instant::now());
-                        }
-                    }
+            if p.may_send(self.batch_max, self.batch_delay) {
+                match self.next_batch(&mut p).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
                     Err(e) => {
-                        if flight.is_empty() {
-                            let e = format!("cannot read the outbox: {e}");
-                            self.back_off(&mut errors, e, &mut backoff).await;
-                            continue;
-                        }
+                        self.back_off(&mut p, e).await;
+                        continue;
                     }
                 }
             }
-            if !feed_open && flight.is_empty() {
+            if !p.feed_open && p.flight.is_empty() {
                 return;
             }
-            // The batch_delay of the oldest waiting change, once a batch may
-            // be added to those in flight.
-            let deadline = waiting_since
-                .filter(|_| flight.len() < MAX_IN_FLIGHT && !flight.is_empty())
-                .map(|t| t + self.batch_delay);
+            let deadline = p.deadline(self.batch_delay);
             tokio::select! {
-                answer = async { (&mut flight.front_mut().expect("guarded").call).await },
-                    if !flight.is_empty() =>
+                answer = async { (&mut p.flight.front_mut().expect("guarded").call).await },
+                    if !p.flight.is_empty() =>
                 {
-                    let done = flight.pop_front().expect("guarded");
-                    let answer = answer.unwrap_or_else(|e| Err(format!("the call ended abnormally: {e}")));
-                    match answer {
-                        Ok(_) => {
-                            // Queued in order, not waited for: the next batch
-                            // goes now, and a failed write is only logged (the
-                            // changes it covers are sent again after a
-                            // restart, which receivers dedupe).
-                            let through = done.through;
-                            let transit = in_transit.clone();
-                            transit.fetch_add(done.announced, std::sync::atomic::Ordering::AcqRel);
-                            let ack = self.outgoing.ack(through, done.announced);
-                            let announced = done.announced;
-                            tokio::spawn(async move {
-                                let written = ack.await;
-                                transit.fetch_sub(announced, std::sync::atomic::Ordering::AcqRel);
-                                if let Err(e) = written {
-                                    warn!(through, error = %e, "the orchestrator took these changes, but recording that failed; they will be sent again after a restart");
-                                }
-                            });
-                            answered = answered.max(through);
-                            self.metrics.report_lag(
-                                self.outgoing.durable_revision().saturating_sub(answered),
-                            );
-                            counted_drops = counted_drops.saturating_sub(done.announced);
-                            errors.ok(self.client.endpoint());
-                            backoff = FIRST_BACKOFF;
-                        }
+                    let done = p.flight.pop_front().expect("guarded");
+                    match answer.unwrap_or_else(|e| Err(format!("the call ended abnormally: {e}"))) {
+                        Ok(_) => self.answered(&mut p, done),
                         Err(e) => {
                             // Later batches followed this one: resend them
                             // all from the last acknowledgement, in order.
-                            for later in flight.drain(..) {
+                            for later in p.flight.drain(..) {
                                 later.call.abort();
                             }
-                            self.back_off(&mut errors, e, &mut backoff).await;
+                            self.back_off(&mut p, e).await;
                         }
                     }
                 }
-                r = changes.recv(), if feed_open => match r {
-                    Ok(_) => waiting += 1,
-                    Err(RecvError::Lagged(n)) => waiting += n as usize,
-                    Err(RecvError::Closed) => feed_open = false,
-                },
+                r = changes.recv(), if p.feed_open => p.saw(r),
                 () = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d).await,
@@ -244,30 +223,116 @@ impl Reporter {
                     }
                 }, if deadline.is_some() => {}
             }
-            if waiting > 0 && waiting_since.is_none() {
-                waiting_since = Some(tokio::time::Instant::now());
+            if p.waiting > 0 && p.waiting_since.is_none() {
+                p.waiting_since = Some(tokio::time::Instant::now());
             }
         }
     }
 
-    /// Counts and logs a failure, then pauses: `backoff` with jitter, which
-    /// doubles up to `max_backoff` for the next one.
-    async fn back_off(&self, errors: &mut ErrorLog, e: String, backoff: &mut Duration) {
-        self.metrics.report_failure();
-        errors.failed(self.client.endpoint(), e);
-        tokio::time::sleep(jitter(*backoff)).await;
-        *backoff = (*backoff * 2).min(self.max_backoff);
+    /// Reads what waits in the outbox and sends it as a batch when one is
+    /// due: `Ok(true)` when a batch went. An outbox that cannot be read is an
+    /// error only when nothing is in flight (else the answer retries it).
+    async fn next_batch(&self, p: &mut Pump) -> Result<bool, String> {
+        let overdue = p.overdue(self.batch_delay);
+        // Read on from the last batch sent, but claim as acknowledged only
+        // what the orchestrator answered for: a batch sent beside another
+        // may be handled first, and must not tell its receiver that changes
+        // it has not yet seen were acknowledged (it would see a gap).
+        let from = p.flight.back().map_or(p.answered, |f| f.through);
+        let out = match self.outgoing.read(from, self.batch_max).await {
+            Ok(out) => out,
+            Err(e) if p.flight.is_empty() => return Err(format!("cannot read the outbox: {e}")),
+            Err(_) => return Ok(false),
+        };
+        self.lag(p, out.acked);
+        if out.dropped > p.counted_drops {
+            self.metrics.report_dropped(out.dropped - p.counted_drops);
+            p.counted_drops = out.dropped;
+        }
+        // Only the batch that leads announces drops.
+        let announce = if p.flight.is_empty() {
+            out.dropped
+                .saturating_sub(p.in_transit.load(std::sync::atomic::Ordering::Acquire))
+        } else {
+            0
+        };
+        let something = !out.changes.is_empty() || announce > 0;
+        let due = p.flight.is_empty() || overdue || out.changes.len() >= self.batch_max;
+        if something && due {
+            p.waiting = 0;
+            p.waiting_since = None;
+            p.flight
+                .push_back(self.send(out, from, p.answered, announce));
+            return Ok(true);
+        }
+        p.waiting = out.changes.len();
+        if p.waiting == 0 {
+            p.waiting_since = None;
+        } else if p.waiting_since.is_none() {
+            p.waiting_since = Some(tokio::time::Instant::now());
+        }
+        Ok(false)
     }
 
-    /// Sends one batch (a task of its own: the loop goes on gathering),
-    /// announcing `announced` dropped changes.
-    fn send(&self, out: crate::steps::store::Outbox, after: u64, announced: u64) -> InFlight {
+    /// The orchestrator answered OK for `done`. Its acknowledgement is queued
+    /// in order, not waited for: the next batch goes now, and a failed write
+    /// is only logged (the changes it covers are sent again after a restart,
+    /// which receivers dedupe).
+    fn answered(&self, p: &mut Pump, done: InFlight) {
+        let (through, announced) = (done.through, done.announced);
+        let transit = p.in_transit.clone();
+        transit.fetch_add(announced, std::sync::atomic::Ordering::AcqRel);
+        let ack = self.outgoing.ack(through, announced);
+        tokio::spawn(async move {
+            let written = ack.await;
+            transit.fetch_sub(announced, std::sync::atomic::Ordering::AcqRel);
+            if let Err(e) = written {
+                warn!(through, error = %e, "the orchestrator took these changes, but recording that failed; they will be sent again after a restart");
+            }
+        });
+        p.answered = p.answered.max(through);
+        self.lag(p, 0);
+        p.counted_drops = p.counted_drops.saturating_sub(announced);
+        p.errors.ok(self.client.endpoint());
+        p.backoff = FIRST_BACKOFF;
+    }
+
+    /// The lag metric: changes durable and not yet answered for by the
+    /// orchestrator (`acked`: what the store counts as acknowledged, which
+    /// may trail what was answered while its write is on the way to disk).
+    fn lag(&self, p: &Pump, acked: u64) {
+        let answered = p.answered.max(acked);
+        self.metrics
+            .report_lag(self.outgoing.durable_revision().saturating_sub(answered));
+    }
+
+    /// Counts and logs a failure, then pauses: `backoff` with jitter, which
+    /// doubles up to `max_backoff` for the next one.
+    async fn back_off(&self, p: &mut Pump, e: String) {
+        self.metrics.report_failure();
+        p.errors.failed(self.client.endpoint(), e);
+        tokio::time::sleep(jitter(p.backoff)).await;
+        p.backoff = (p.backoff * 2).min(self.max_backoff);
+    }
+
+    /// Sends one batch (a task of its own: the loop goes on gathering) of
+    /// the changes after `from`, continuing from `answered` (the last
+    /// revision the orchestrator answered for), announcing `announced`
+    /// dropped changes.
+    fn send(
+        &self,
+        out: crate::steps::store::Outbox,
+        from: u64,
+        answered: u64,
+        announced: u64,
+    ) -> InFlight {
+        let after = answered.max(out.acked);
         let through = out
             .changes
             .iter()
             .map(|r| r.revision)
             .max()
-            .unwrap_or(after.max(out.acked));
+            .unwrap_or(from.max(out.acked));
         let steps: Vec<pb::Step> = coalesce(out.changes)
             .into_iter()
             .map(convert::step)
@@ -276,7 +341,7 @@ impl Reporter {
         let request = pb::ReportStepsRequest {
             agent_id: self.host.agent_id.clone(),
             steps,
-            after_revision: after.max(out.acked),
+            after_revision: after,
             host: Some(self.host.clone()),
             dropped: announced,
         };

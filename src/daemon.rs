@@ -76,24 +76,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let access = Arc::new(Access::load(&config)?);
     let local = config.local_access()?;
     let state_dir = config.state_dir()?;
-    let engine_config = EngineConfig {
-        watch_buffer: config.watch_buffer,
-        retention: Retention {
-            max_steps: config.retention.max_steps,
-            max_age: config.retention.max_age,
-            interval: config.retention.prune_interval,
-        },
-        max_active_steps: config.limits.max_active_steps,
-        max_watchers: config.limits.max_watchers,
-        cache_bytes: config.store.cache_mib << 20,
-        outbox: config.report.as_ref().map_or(0, |r| r.max_unacked),
-    };
     prepare_state_dir(&state_dir)?;
     // The store first (the registry keeps its table there), then reaping and
     // re-adoption: steps resumed when the engine starts below may look for the
     // processes they started.
     crate::steps::engine::on_commit(crate::metrics::observe_commit);
-    let opened = Opened::open(&state_dir, engine_config).await?;
+    let opened = Opened::open(&state_dir, engine_config(&config)).await?;
     // Subscribed before the engine starts: resolving unfinished steps makes
     // changes the step metrics must see.
     let (store, committer) = opened.store();
@@ -105,37 +93,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         reaper,
         shutdown.clone(),
     )?;
-    let policy = Policy {
-        allowed_roots: config.allowed_roots.clone(),
-        allowed_users: config.allowed_users.clone(),
-        default_user: config.default_user.clone(),
-        // DESIGN: root "only when the config names root in allowed_users";
-        // run_as_root = true says the same without narrowing the users.
-        run_as_root: config.run_as_root || config.allowed_users.iter().any(|u| u == "root"),
-        limits: config.limits.to_limits(),
-        start_settle: config.observer.start_settle,
-    };
-    let systemd = match crate::process::systemd::Systemd::detect().await {
-        Ok(systemd) => {
-            tracing::info!(
-                "systemd is PID 1: each observer and agent command starts in a scope of its own under {}",
-                crate::process::systemd::SLICE
-            );
-            in_scopes(&systemd, &registry).await;
-            Some(systemd)
-        }
-        Err(why) => {
-            tracing::info!(
-                "{why}: observers and agent commands run in obhostd's own cgroup, in sessions of their own"
-            );
-            None
-        }
-    };
+    let policy = policy(&config);
     let deps = Arc::new(Deps {
         registry: registry.clone(),
         policy: policy.clone(),
         agent: config.agent_service.clone(),
-        systemd,
+        systemd: systemd(&registry).await,
     });
     let tasks = Tasks::new(deps);
     let engine = opened.start(tasks.clone(), shutdown.clone()).await?;
@@ -145,30 +108,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .spawn(shutdown.clone());
     }
     restrict_state_files(&state_dir);
-    // The step metrics keep a small entry per stored step (bounded by
-    // [retention] max_steps): only a daemon that serves them pays for that.
     if let Some(m) = &config.metrics {
         let sources = crate::metrics::Sources {
             engine: engine.clone(),
             observers: registry.clone(),
             store,
         };
-        metrics.attach(sources, feed, shutdown.clone());
-        crate::metrics::http::serve(m.listen, metrics.clone(), shutdown.clone()).await?;
+        serve_metrics(m, &metrics, sources, feed, &shutdown).await?;
     } else {
+        // Nothing reads it: it would only hold the latest records alive.
         drop(feed);
     }
     let listeners = api::listen::bind(&listen, &local, access.tls().is_some()).await?;
     notify(&[sd_notify::NotifyState::Ready]);
-    // STOPPING=1 the moment the shutdown begins, as systemd means it: the
-    // drain that follows may take up to shutdown_timeout.
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            notify(&[sd_notify::NotifyState::Stopping]);
-        });
-    }
+    spawn_stopping(shutdown.clone());
     spawn_watchdog(shutdown.clone());
     spawn_status(engine.clone(), registry.clone(), shutdown.clone());
     spawn_reload_on_hup(access.clone(), shutdown.clone())?;
@@ -190,6 +143,81 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.limits.max_watchers,
     )
     .await
+}
+
+/// The engine's settings, from the config.
+fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        watch_buffer: config.watch_buffer,
+        retention: Retention {
+            max_steps: config.retention.max_steps,
+            max_age: config.retention.max_age,
+            interval: config.retention.prune_interval,
+        },
+        max_active_steps: config.limits.max_active_steps,
+        max_watchers: config.limits.max_watchers,
+        cache_bytes: config.store.cache_mib << 20,
+        outbox: config.report.as_ref().map_or(0, |r| r.max_unacked),
+    }
+}
+
+/// What requests may name on this host, from the config.
+fn policy(config: &Config) -> Policy {
+    Policy {
+        allowed_roots: config.allowed_roots.clone(),
+        allowed_users: config.allowed_users.clone(),
+        default_user: config.default_user.clone(),
+        // DESIGN: root "only when the config names root in allowed_users";
+        // run_as_root = true says the same without narrowing the users.
+        run_as_root: config.run_as_root || config.allowed_users.iter().any(|u| u == "root"),
+        limits: config.limits.to_limits(),
+        start_settle: config.observer.start_settle,
+    }
+}
+
+/// systemd, when it is PID 1 (then every re-adopted observer is moved into
+/// a scope of its own); the startup log says once which way it is.
+async fn systemd(registry: &Registry) -> Option<crate::process::systemd::Systemd> {
+    match crate::process::systemd::Systemd::detect().await {
+        Ok(systemd) => {
+            tracing::info!(
+                "systemd is PID 1: each observer and agent command starts in a scope of its own under {}",
+                crate::process::systemd::SLICE
+            );
+            in_scopes(&systemd, registry).await;
+            Some(systemd)
+        }
+        Err(why) => {
+            tracing::info!(
+                "{why}: observers and agent commands run in obhostd's own cgroup, in sessions of their own"
+            );
+            None
+        }
+    }
+}
+
+/// Serves `[metrics]`. The step metrics keep a small entry per stored step
+/// (bounded by [retention] max_steps): only a daemon that serves them pays
+/// for that, so the change feed is attached here and dropped otherwise.
+async fn serve_metrics(
+    config: &crate::config::MetricsConfig,
+    metrics: &Arc<Metrics>,
+    sources: crate::metrics::Sources,
+    feed: tokio::sync::broadcast::Receiver<Arc<crate::steps::StepRecord>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    metrics.attach(sources, feed, shutdown.clone());
+    crate::metrics::http::serve(config.listen, metrics.clone(), shutdown.clone()).await?;
+    Ok(())
+}
+
+/// STOPPING=1 the moment the shutdown begins, as systemd means it: the
+/// drain that follows may take up to shutdown_timeout.
+fn spawn_stopping(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        notify(&[sd_notify::NotifyState::Stopping]);
+    });
 }
 
 /// Creates the state dir 0700 (its files hold what every step did and the

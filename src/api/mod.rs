@@ -109,6 +109,53 @@ fn follow_store_health(
     });
 }
 
+/// The services' descriptors, for reflection and for the call metrics' method
+/// names: the test service's too in builds that serve it.
+#[cfg(feature = "test-kinds")]
+const DESCRIPTOR: &[u8] = proto::ALL_DESCRIPTOR;
+#[cfg(not(feature = "test-kinds"))]
+const DESCRIPTOR: &[u8] = proto::V1_DESCRIPTOR;
+
+/// Both reflection versions: grpcurl and Python's grpcio-reflection still ask
+/// v1alpha, newer tools v1. Peers without the token may call them, so what
+/// they decode is kept small.
+#[allow(clippy::type_complexity)]
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(DESCRIPTOR)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        builder()
+            .build_v1()?
+            .max_decoding_message_size(MAX_OPEN_REQUEST_BYTES),
+        builder()
+            .build_v1alpha()?
+            .max_decoding_message_size(MAX_OPEN_REQUEST_BYTES),
+    ))
+}
+
+/// The one path of every step-making RPC, with the rules requests are
+/// resolved by.
+fn step_calls(services: &Services) -> step_requests::StepCalls {
+    step_requests::StepCalls {
+        engine: services.engine.clone(),
+        tasks: services.tasks.clone(),
+        rules: Arc::new(step_requests::Rules {
+            policy: services.policy.clone(),
+            agent: services.agent.clone(),
+        }),
+    }
+}
+
 /// Serves until `shutdown` fires, then drains for at most `drain`: in-flight
 /// unary calls finish, WatchSteps streams end with UNAVAILABLE (the engine's
 /// watches see the same token), and whatever is still open after the bound is
@@ -132,39 +179,16 @@ pub async fn serve(
         shutdown.clone(),
     );
 
-    #[cfg(feature = "test-kinds")]
-    let descriptor = proto::ALL_DESCRIPTOR;
-    #[cfg(not(feature = "test-kinds"))]
-    let descriptor = proto::V1_DESCRIPTOR;
-    // Both reflection versions: grpcurl and Python's grpcio-reflection still
-    // ask v1alpha, newer tools v1.
-    let reflection_builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(descriptor)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection = reflection_builder()
-        .build_v1()?
-        .max_decoding_message_size(MAX_OPEN_REQUEST_BYTES);
-    let reflection_v1alpha = reflection_builder()
-        .build_v1alpha()?
-        .max_decoding_message_size(MAX_OPEN_REQUEST_BYTES);
+    let (reflection, reflection_v1alpha) = reflection()?;
     let health_service = health_service.max_decoding_message_size(MAX_OPEN_REQUEST_BYTES);
 
     let interceptor = auth::Interceptor(access.clone());
     let engine = services.engine.clone();
-    let steps = step_requests::StepCalls {
-        engine: services.engine.clone(),
-        tasks: services.tasks.clone(),
-        rules: Arc::new(step_requests::Rules {
-            policy: services.policy.clone(),
-            agent: services.agent.clone(),
-        }),
-    };
+    let steps = step_calls(&services);
     let count_calls = crate::metrics::grpc::GrpcMetricsLayer::new(
         services.metrics.clone(),
         &[
-            descriptor,
+            DESCRIPTOR,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         ],
@@ -218,9 +242,8 @@ pub async fn serve(
             .set_not_serving::<HostAgentServer<service::HostAgentService>>()
             .await;
     });
-    tokio::pin!(server);
     tokio::select! {
-        r = &mut server => r?,
+        r = server => r?,
         () = async {
             shutdown.cancelled().await;
             tokio::time::sleep(drain).await;

@@ -9,6 +9,7 @@ mod docs;
 pub mod flow;
 mod observer;
 mod output;
+mod phrasing;
 mod report_sink;
 mod steps;
 
@@ -114,7 +115,11 @@ fn rpc_text(s: &tonic::Status) -> String {
                 longer --timeout"
             .into();
     }
-    format!("{}: {}", code_name(s.code()), s.message())
+    format!(
+        "{}: {}",
+        code_name(s.code()),
+        phrasing::in_cli_terms(s.message(), None)
+    )
 }
 
 /// A default step or DAG id: `<what>-<unix seconds>-<6 random hex digits>`.

@@ -676,12 +676,12 @@ impl Live {
                 self.began.elapsed().as_secs_f64(),
                 clean(&step.name),
                 state_name(step.state()),
-                clean(&step.message)
+                shown_message(step)
             ));
             return;
         };
         let state = state_text(step.state(), 10);
-        let (name, message) = (clean(&step.name), clean(&step.message));
+        let (name, message) = (clean(&step.name), shown_message(step));
         self.standing = format!("{name:<24} {state} {message}");
         if !is_terminal(step) {
             bar.set_prefix(name.into_owned());
@@ -706,6 +706,26 @@ impl Live {
             self.shown.elapsed().as_secs_f64(),
         ));
     }
+}
+
+/// A step's message on its live line. A step that ended badly shows only its
+/// error code there: the command explains it right after (code, message,
+/// checks, log tail), and the same sentence twice in a row is noise.
+fn shown_message(step: &pb::Step) -> std::borrow::Cow<'_, str> {
+    match &step.error {
+        Some(e) if is_terminal(step) && step.state() != pb::StepState::Succeeded => clean(&e.code),
+        _ => clean(&step.message),
+    }
+}
+
+/// The result line of a step that had ended before this command ran (a
+/// re-run of a flow finds it so): no spinner, and no time of ours.
+pub fn ended_earlier(step: &pb::Step) {
+    let (name, message) = (clean(&step.name), shown_message(step));
+    line(&format!(
+        "  [earlier] {name:<24} {} {message}",
+        state_text(step.state(), 10)
+    ));
 }
 
 impl Drop for Live {

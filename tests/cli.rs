@@ -418,6 +418,39 @@ fn demo_json_is_one_document() {
     assert_eq!(doc["dag"]["status"], "SUCCEEDED", "{doc}");
     assert_eq!(doc["observer"]["running"], true, "{doc}");
     assert_eq!(doc["steps"].as_array().unwrap().len(), 5, "{doc}");
+    // The demo's document is obhostctl's summary: one spelling of states
+    // throughout (the protobuf mapping is for `steps get -o json`).
+    assert_eq!(doc["stop"]["status"], "SUCCEEDED", "{doc}");
+    assert!(
+        doc["steps"][0]["checks"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "{doc}"
+    );
+    assert!(
+        !out.contains("STEP_STATE_") && !out.contains("CHECK_STATUS_"),
+        "{out}"
+    );
+}
+
+/// `demo --no-agent` runs the three observer steps and the stop, no agent.
+#[test]
+fn demo_runs_without_the_agent() {
+    let (code, out, err) = obhostctl(None, &["-o", "json", "demo", "--no-agent"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["dag"]["tasks"].as_array().unwrap().len(), 3, "{doc}");
+    let ids: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["demo-prepare", "demo-start", "demo-wait", "demo-stop"],
+        "{doc}"
+    );
 }
 
 /// `steps cancel` of a step that already ended says so and fails: CancelStep

@@ -302,7 +302,7 @@ fn a_redirected_demo_has_no_escape_byte() {
         );
         if json {
             let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert!(doc["stop"]["createdAt"].as_str().unwrap().ends_with('Z'));
+            assert!(doc["stop"]["startTime"].as_str().unwrap().ends_with('Z'));
         }
     }
 }

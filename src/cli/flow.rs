@@ -289,8 +289,8 @@ pub struct Ran {
     /// Each step as it ended; `None`: not reached, or being followed when
     /// Ctrl-C came.
     steps: Vec<Option<pb::Step>>,
-    /// The index of the step being followed when Ctrl-C came.
-    interrupted: Option<usize>,
+    /// Where Ctrl-C came.
+    interrupted: Option<At>,
     began: Instant,
 }
 
@@ -348,7 +348,7 @@ pub async fn run(client: &mut Client, args: &StartArgs, format: Format) -> Resul
         .map_err(CliError::Other)?;
     }
     let mut steps = vec![None; plan.ids.len()];
-    let current = Cell::new(0);
+    let current = Cell::new(At::Sending(0));
     // Ctrl-C stops following, not the step being followed: that goes on in
     // obhostd, and the caller says how to resume.
     let interrupted = tokio::select! {
@@ -367,20 +367,31 @@ pub async fn run(client: &mut Client, args: &StartArgs, format: Format) -> Resul
     })
 }
 
-/// The steps in order, each left in `steps` as it ended; `current` is the
-/// one being followed.
+/// Where the flow stands, for what Ctrl-C says.
+#[derive(Clone, Copy)]
+enum At {
+    /// The step's request is on its way: it may or may not exist yet.
+    Sending(usize),
+    /// The step exists and is being followed.
+    Following(usize),
+}
+
+/// The steps in order, each left in `steps` as it ended; `current` says
+/// where the flow stands.
 async fn run_steps(
     client: &mut Client,
     plan: &Plan,
     format: Format,
     (began, since): (Instant, SystemTime),
     steps: &mut [Option<pb::Step>],
-    current: &Cell<usize>,
+    current: &Cell<At>,
 ) -> Result<(), CliError> {
     for (i, request) in plan.requests.iter().enumerate() {
-        current.set(i);
+        current.set(At::Sending(i));
+        let answer = request.send(client, false).await?;
+        current.set(At::Following(i));
         let (step, earlier) =
-            start_or_find(client, &plan.ids[i], request, (began, since), format).await?;
+            to_its_end(client, &plan.ids[i], answer, (began, since), format).await?;
         let ok = step.state() == pb::StepState::Succeeded;
         if ok && format == Format::Text {
             summary::warnings(&step);
@@ -396,18 +407,17 @@ async fn run_steps(
     Ok(())
 }
 
-/// Sends a step's request and follows the step to its end. The same request
+/// The step whose request was just answered, at its end. The same request
 /// under the same id returns the step an earlier run made: one that had
 /// already ended is taken as it is (`true`: ended before this run), one
-/// still running is followed, and a missing one is created.
-async fn start_or_find(
+/// still running is followed, as is a step just created.
+async fn to_its_end(
     client: &mut Client,
     id: &str,
-    request: &FlowRequest,
+    answer: Option<pb::Step>,
     (began, since): (Instant, SystemTime),
     format: Format,
 ) -> Result<(pb::Step, bool), CliError> {
-    let answer = request.send(client, false).await?;
     let created_before = |s: &pb::Step| {
         s.created_at
             .as_ref()
@@ -453,7 +463,11 @@ pub async fn start_observer(
 }
 
 /// What Ctrl-C leaves behind, and the command that goes on from there.
-fn interrupted_text(ran: &Ran, at: usize, rerun: &[String]) -> String {
+fn interrupted_text(ran: &Ran, at: At, rerun: &[String]) -> String {
+    let (at, state) = match at {
+        At::Following(i) => (i, "goes on in obhostd"),
+        At::Sending(i) => (i, "was being started (it may be running in obhostd)"),
+    };
     let later: Vec<&str> = STEPS[at + 1..ran.ids.len()]
         .iter()
         .map(|(_, name, _)| *name)
@@ -465,7 +479,7 @@ fn interrupted_text(ran: &Ran, at: usize, rerun: &[String]) -> String {
     };
     let command: Vec<_> = rerun.iter().map(|a| shell_quote(a)).collect();
     format!(
-        "interrupted: obhostctl stopped following; '{}' ({}) goes on in obhostd{later}. To \
+        "interrupted: obhostctl stopped following; '{}' ({}) {state}{later}. To \
          resume, run the same command again with --dag-id {}: steps that succeeded are kept, a \
          running one is followed, the missing ones are started (one that failed or was \
          cancelled is shown, not run again):\n  {}",

@@ -309,7 +309,10 @@ async fn a_rerun_stops_at_a_failed_step_until_it_is_retried() {
     );
     assert!(
         err.contains("it was FAILED before this run (attempt 1)")
-            && err.contains("run `obhostctl steps retry refail-prepare`, then this command again"),
+            && err.contains(
+                "run `obhostctl steps retry refail-prepare`, then this command again with \
+                 --dag-id refail"
+            ),
         "{err}"
     );
     assert_eq!(

@@ -302,6 +302,14 @@ impl Ran {
         })
     }
 
+    /// The step that stopped the flow by not succeeding.
+    fn ended_badly(&self) -> Option<&pb::Step> {
+        self.steps
+            .iter()
+            .flatten()
+            .find(|s| s.state() != pb::StepState::Succeeded)
+    }
+
     pub fn interrupted(&self) -> bool {
         self.interrupted.is_some()
     }
@@ -310,12 +318,7 @@ impl Ran {
     /// document's `error` too, as for every failing command.
     pub fn dag_json(&self) -> serde_json::Value {
         let mut doc = summary::dag_json(&self.dag, &self.ids, &self.steps);
-        if let Some(bad) = self
-            .steps
-            .iter()
-            .flatten()
-            .find(|s| s.state() != pb::StepState::Succeeded)
-        {
+        if let Some(bad) = self.ended_badly() {
             doc["error"] = output::step_error_json(bad)["error"].take();
         }
         doc
@@ -450,7 +453,19 @@ pub async fn start_observer(
             doc["error"]["rerun"] = rerun.into();
             output::print_json(&doc, true).map_err(CliError::Other)?;
         }
-    } else if format == Format::Json {
+        return Ok(ran.exit_code());
+    }
+    if let Some(bad) = ran.ended_badly() {
+        // The later steps were never created: the same command makes them,
+        // once this one is fixed and retried.
+        output::note(&format!(
+            "  to go on: fix the cause, run `obhostctl steps retry {}`, then this command again \
+             with --dag-id {}",
+            output::clean(&bad.id),
+            ran.dag
+        ));
+    }
+    if format == Format::Json {
         output::print_json(&ran.dag_json(), true).map_err(CliError::Other)?;
     } else if ran.succeeded() {
         output::say(format_args!(

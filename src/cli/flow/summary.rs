@@ -110,7 +110,7 @@ pub(super) fn dag_json(dag: &str, ids: &[String], steps: &[Option<pb::Step>]) ->
 
 /// A step that did not succeed, on stderr, once: its code and message (the
 /// live line showed only its state and code), the checks that failed with
-/// their fixes, the log tail, and how to go on from it. `earlier`: it ended
+/// their fixes and the log tail. `earlier`: it ended
 /// before this run, which found it so and did not run it again.
 pub(super) fn explain_failure(s: &pb::Step, earlier: bool) {
     let c = output::clean;
@@ -155,11 +155,6 @@ pub(super) fn explain_failure(s: &pb::Step, earlier: bool) {
             s.attempt
         );
     }
-    eprintln!(
-        "  to go on: fix the cause, run `obhostctl steps retry {}`, then this command again \
-         (same --dag-id)",
-        c(&s.id)
-    );
 }
 
 /// Prepare's warnings, one line each under its result: "(5 warnings)" alone

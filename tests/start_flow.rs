@@ -401,6 +401,54 @@ async fn refusals_and_fixes_name_obhostctls_flags() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("(or run with --create-dirs)"), "{err}");
     assert!(!err.contains("create_dirs"), "{err}");
+    // `steps get` shows the step in the same words; its JSON is the record
+    // as obhostd keeps it, for scripts.
+    let (code, out, _) = obhostctl(Some(&d), &["steps", "get", "words2-prepare"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(or run with --create-dirs)"), "{out}");
+    let (_, out, _) = obhostctl(Some(&d), &["-o", "json", "steps", "get", "words2-prepare"]);
+    assert!(out.contains("(or set create_dirs)"), "{out}");
+}
+
+/// Ctrl-C with `-o json`: one document, its error INTERRUPTED (exit 130)
+/// with the command that resumes as a list of arguments, for a script.
+#[tokio::test]
+async fn ctrl_c_with_json_gives_the_command_as_arguments() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let home_s = home.path().display().to_string();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["-o".to_string(), "json".into()];
+    args.extend(start_args(
+        &home,
+        Some(FAKE_OBSERVER),
+        "jint",
+        &["--env", "FAKE_OBSERVER_LISTEN_DELAY_MS=3000"],
+    ));
+    args.extend(agent_args(agent_dir.path(), free_port()));
+    let child = spawn_obhostctl(&d, &args);
+    wait_for(&d, "jint-wait", Duration::from_secs(20), |_| true).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one document");
+    assert_eq!(doc["error"]["code"], "INTERRUPTED", "{doc}");
+    assert_eq!(doc["error"]["exit_status"], 130, "{doc}");
+    let rerun: Vec<&str> = doc["error"]["rerun"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(rerun[0], OBHOSTCTL, "{doc}");
+    assert!(rerun.windows(2).any(|w| w == ["--dag-id", "jint"]), "{doc}");
+    wait_terminal(&d, "jint-wait").await;
+    let (code, _, err) = obhostctl(Some(&d), &["stop-observer", "--home", &home_s]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// obhostd restarting mid-flow (kill -9 here) does not end the flow: the

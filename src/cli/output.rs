@@ -14,6 +14,7 @@ use comfy_table::{Cell, Color, ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
 
+use super::phrasing::in_cli_terms;
 use crate::api::convert;
 use crate::proto::v1 as pb;
 
@@ -430,7 +431,8 @@ pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     writeln!(out, "deadline   {}", when(&s.deadline))?;
     writeln!(out, "message    {}", clean(&s.message))?;
     if let Some(e) = &s.error {
-        writeln!(out, "error      {}: {}", clean(&e.code), clean(&e.message))?;
+        let message = in_cli_terms(&e.message, Some(&s.id));
+        writeln!(out, "error      {}: {}", clean(&e.code), clean(&message))?;
         for (k, v) in &e.details {
             writeln!(out, "  {} = {}", clean(k), clean(v))?;
         }
@@ -482,7 +484,7 @@ pub fn checks(out: &mut impl Write, checks: &[pb::CheckResult]) -> std::io::Resu
             Cell::new(clean(&c.name)),
             Cell::new(clean(&c.observed)),
             Cell::new(or_dash(&c.expected)),
-            Cell::new(or_dash(&c.hint)),
+            Cell::new(or_dash(&in_cli_terms(&c.hint, None))),
         ]);
     }
     print_table(out, &t)

@@ -1,77 +1,13 @@
-//! `obhostctl steps ...`
+//! `obhostctl steps watch`: WatchSteps, watched again from the last revision
+//! seen when the daemon restarts or the connection drops.
 
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::Args;
 
-use super::output::{self, Format};
-use super::{CliError, Client};
+use crate::cli::output::{self, Format};
+use crate::cli::{CliError, Client};
 use crate::proto::v1 as pb;
-
-#[derive(Subcommand)]
-pub enum StepsCommand {
-    /// List steps: each DAG's in the order they ran, DAGs by creation.
-    List(ListArgs),
-    /// Show one step.
-    Get {
-        /// The step's id, e.g. 133851 or demo-start.
-        step_id: String,
-    },
-    /// Follow steps as they change (current records first).
-    Watch(WatchArgs),
-    /// Cancel a PENDING or RUNNING step.
-    Cancel {
-        /// The step's id.
-        step_id: String,
-    },
-    /// Run a FAILED, TIMED_OUT or CANCELLED step again.
-    Retry {
-        /// The step's id.
-        step_id: String,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum StateArg {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl From<StateArg> for pb::StepState {
-    fn from(s: StateArg) -> Self {
-        match s {
-            StateArg::Pending => pb::StepState::Pending,
-            StateArg::Running => pb::StepState::Running,
-            StateArg::Succeeded => pb::StepState::Succeeded,
-            StateArg::Failed => pb::StepState::Failed,
-            StateArg::Cancelled => pb::StepState::Cancelled,
-            StateArg::TimedOut => pb::StepState::TimedOut,
-        }
-    }
-}
-
-#[derive(Args)]
-pub struct ListArgs {
-    /// Only steps of this DAG.
-    #[arg(long)]
-    dag_id: Option<String>,
-    /// Only steps in this state.
-    #[arg(long, value_enum)]
-    state: Option<StateArg>,
-    /// Steps per page (the daemon caps it at 1000).
-    #[arg(long, default_value_t = 100)]
-    page_size: u32,
-    /// Continue from a previous page's next_page_token.
-    #[arg(long)]
-    page_token: Option<String>,
-    /// Fetch every page.
-    #[arg(long)]
-    all: bool,
-}
 
 #[derive(Args)]
 pub struct WatchArgs {
@@ -92,85 +28,10 @@ pub struct WatchArgs {
 }
 
 pub async fn run(
-    cmd: StepsCommand,
+    args: WatchArgs,
     client: &mut Client,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    match cmd {
-        StepsCommand::List(args) => list(args, client, format).await,
-        StepsCommand::Get { step_id } => {
-            let step = client
-                .get_step(pb::GetStepRequest { step_id })
-                .await?
-                .into_inner()
-                .step;
-            output::step(&step.unwrap_or_default(), format)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        StepsCommand::Cancel { step_id } => {
-            let step = client
-                .cancel_step(pb::CancelStepRequest {
-                    step_id: step_id.clone(),
-                })
-                .await?
-                .into_inner()
-                .step
-                .unwrap_or_default();
-            output::step(&step, format)?;
-            // CancelStep of an ended step returns it unchanged: say so, and
-            // fail, unless it is cancelled (a second cancel changes nothing).
-            match step.state() {
-                pb::StepState::Succeeded | pb::StepState::Failed | pb::StepState::TimedOut => {
-                    output::note(&format!(
-                        "step {step_id} had already ended ({}); nothing was cancelled",
-                        output::state_name(step.state())
-                    ));
-                    Ok(ExitCode::from(1))
-                }
-                _ => Ok(ExitCode::SUCCESS),
-            }
-        }
-        StepsCommand::Retry { step_id } => {
-            let step = client
-                .retry_step(pb::RetryStepRequest { step_id })
-                .await?
-                .into_inner()
-                .step;
-            output::step(&step.unwrap_or_default(), format)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        StepsCommand::Watch(args) => watch(args, client, format).await,
-    }
-}
-
-async fn list(args: ListArgs, client: &mut Client, format: Format) -> Result<ExitCode, CliError> {
-    let mut token = args.page_token.unwrap_or_default();
-    let mut all = Vec::new();
-    loop {
-        let page = client
-            .list_steps(pb::ListStepsRequest {
-                dag_id: args.dag_id.clone().unwrap_or_default(),
-                state: args
-                    .state
-                    .map(pb::StepState::from)
-                    .unwrap_or_default()
-                    .into(),
-                page_size: args.page_size,
-                page_token: token.clone(),
-            })
-            .await?
-            .into_inner();
-        all.extend(page.steps);
-        token = page.next_page_token;
-        if !args.all || token.is_empty() {
-            break;
-        }
-    }
-    output::step_list(&all, &token, format)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<ExitCode, CliError> {
     // Waiting for a step that does not exist would never end: say so at once.
     if args.until_done {
         for id in &args.step_ids {
@@ -270,13 +131,13 @@ async fn watch(args: WatchArgs, client: &mut Client, format: Format) -> Result<E
                     ExitCode::from(1)
                 });
             }
-            Err(s) if super::flow::resumable(&s) && lost < super::flow::RECONNECTS => {
+            Err(s) if crate::cli::flow::resumable(&s) && lost < crate::cli::flow::RECONNECTS => {
                 lost += 1;
                 output::note(&format!(
                     "lost obhostd ({}: {}); watching again after revision {after} ({lost} of {})",
-                    super::code_name(s.code()),
+                    crate::cli::code_name(s.code()),
                     s.message(),
-                    super::flow::RECONNECTS
+                    crate::cli::flow::RECONNECTS
                 ));
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }

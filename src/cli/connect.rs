@@ -93,110 +93,131 @@ pub async fn connect_to(target: &Target) -> Result<Client, CliError> {
         Some(a) => a.clone(),
         None => default_addr()?,
     };
-    let unreachable = |shown: &str, cause: String, hint: &'static str| CliError::Unreachable {
-        addr: shown.to_string(),
-        cause,
-        hint,
+    let channel = match addr.strip_prefix("unix:") {
+        Some(path) => unix_channel(&addr, path, target.timeout).await?,
+        None => tcp_channel(&addr, target).await?,
     };
-    let channel = if let Some(path) = addr.strip_prefix("unix:") {
-        let path = PathBuf::from(path);
-        if !path.is_absolute() {
-            return Err(CliError::Usage(format!(
-                "--addr '{addr}' names a relative socket path; give the full path, e.g. unix:/run/obhost/obhostd.sock"
-            )));
-        }
-        // The URI is only a placeholder: the connector below ignores it.
-        let endpoint = bounded(Endpoint::from_static("http://obhostd.sock"), target.timeout);
-        endpoint
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .map_err(|e| {
-                let cause = error_chain(&e);
-                let hint = if cause.contains("ermission denied") {
-                    "; only root and the users in obhostd's [auth] local_users (with [auth] socket_group) may open its socket"
-                } else {
-                    ""
-                };
-                unreachable(&addr, cause, hint)
-            })?
-    } else {
-        let url = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
-        let mut endpoint = bounded(
-            Endpoint::from_shared(url.clone()).map_err(|e| {
-                CliError::Usage(format!(
-                    "--addr '{addr}' is not an address: {e}; e.g. unix:/run/obhost/obhostd.sock or https://host:62900"
-                ))
-            })?,
-            target.timeout,
-        );
-        if url.starts_with("https://") {
-            let Some(ca) = &target.ca_file else {
-                return Err(CliError::Usage(format!(
-                    "--addr '{addr}' is https: pass --ca-file with the CA that signed obhostd's certificate"
-                )));
-            };
-            let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
-                tonic::transport::Certificate::from_pem(read_file(ca, "--ca-file")?),
-            );
-            match (&target.cert_file, &target.key_file) {
-                (Some(cert), Some(key)) => {
-                    tls = tls.identity(tonic::transport::Identity::from_pem(
-                        read_file(cert, "--cert-file")?,
-                        read_file(key, "--key-file")?,
-                    ));
-                }
-                (None, None) => {}
-                _ => {
-                    return Err(CliError::Usage(
-                        "--cert-file and --key-file go together; give both or neither".into(),
-                    ));
-                }
+    Ok(HostAgentClient::with_interceptor(
+        channel,
+        bearer(target.token_file.as_deref())?,
+    ))
+}
+
+/// The socket at `path` (of `--addr unix:<path>`).
+async fn unix_channel(
+    addr: &str,
+    path: &str,
+    timeout: Option<Duration>,
+) -> Result<Channel, CliError> {
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(CliError::Usage(format!(
+            "--addr '{addr}' names a relative socket path; give the full path, e.g. unix:/run/obhost/obhostd.sock"
+        )));
+    }
+    // The URI is only a placeholder: the connector below ignores it.
+    let endpoint = bounded(Endpoint::from_static("http://obhostd.sock"), timeout);
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
-            endpoint = endpoint.tls_config(tls).map_err(|e| {
-                CliError::Usage(format!(
-                    "cannot use the TLS files for '{addr}': {}",
-                    error_chain(&e)
-                ))
-            })?;
-        } else if target.ca_file.is_some() || target.cert_file.is_some() {
-            return Err(CliError::Usage(format!(
-                "--ca-file/--cert-file are for https:// addresses, and --addr '{addr}' is not one; use --addr https://host:port"
-            )));
-        }
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| unreachable(&url, error_chain(&e), ""))?
+        }))
+        .await
+        .map_err(|e| {
+            let cause = error_chain(&e);
+            let hint = if cause.contains("ermission denied") {
+                "; only root and the users in obhostd's [auth] local_users (with [auth] socket_group) may open its socket"
+            } else {
+                ""
+            };
+            CliError::Unreachable {
+                addr: addr.to_string(),
+                cause,
+                hint,
+            }
+        })
+}
+
+/// host:port or http(s)://host:port; TLS for https only, and the TLS flags
+/// refused for anything else rather than silently unused.
+async fn tcp_channel(addr: &str, target: &Target) -> Result<Channel, CliError> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
     };
-    let bearer = match &target.token_file {
-        None => Bearer(None),
-        Some(path) => {
-            let token = std::fs::read_to_string(path).map_err(|e| {
-                CliError::Usage(format!(
-                    "cannot read --token-file '{}': {e}",
-                    path.display()
-                ))
-            })?;
-            let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                CliError::Usage(format!(
-                    "--token-file '{}' holds characters a header cannot carry",
-                    path.display()
-                ))
-            })?;
-            Bearer(Some(value))
-        }
+    let mut endpoint = bounded(
+        Endpoint::from_shared(url.clone()).map_err(|e| {
+            CliError::Usage(format!(
+                "--addr '{addr}' is not an address: {e}; e.g. unix:/run/obhost/obhostd.sock or https://host:62900"
+            ))
+        })?,
+        target.timeout,
+    );
+    if url.starts_with("https://") {
+        endpoint = endpoint.tls_config(tls(addr, target)?).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot use the TLS files for '{addr}': {}",
+                error_chain(&e)
+            ))
+        })?;
+    } else if target.ca_file.is_some() || target.cert_file.is_some() {
+        return Err(CliError::Usage(format!(
+            "--ca-file/--cert-file are for https:// addresses, and --addr '{addr}' is not one; use --addr https://host:port"
+        )));
+    }
+    endpoint.connect().await.map_err(|e| CliError::Unreachable {
+        addr: url,
+        cause: error_chain(&e),
+        hint: "",
+    })
+}
+
+/// The TLS of an https:// address: the CA is required (obhostd's certificate
+/// is checked, never trusted blindly), the client's certificate and key go
+/// together.
+fn tls(addr: &str, target: &Target) -> Result<tonic::transport::ClientTlsConfig, CliError> {
+    let Some(ca) = &target.ca_file else {
+        return Err(CliError::Usage(format!(
+            "--addr '{addr}' is https: pass --ca-file with the CA that signed obhostd's certificate"
+        )));
     };
-    Ok(HostAgentClient::with_interceptor(channel, bearer))
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(read_file(ca, "--ca-file")?),
+    );
+    match (&target.cert_file, &target.key_file) {
+        (Some(cert), Some(key)) => Ok(tls.identity(tonic::transport::Identity::from_pem(
+            read_file(cert, "--cert-file")?,
+            read_file(key, "--key-file")?,
+        ))),
+        (None, None) => Ok(tls),
+        _ => Err(CliError::Usage(
+            "--cert-file and --key-file go together; give both or neither".into(),
+        )),
+    }
+}
+
+/// The `authorization` header every call carries, from `--token-file`.
+fn bearer(token_file: Option<&std::path::Path>) -> Result<Bearer, CliError> {
+    let Some(path) = token_file else {
+        return Ok(Bearer(None));
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read --token-file '{}': {e}",
+            path.display()
+        ))
+    })?;
+    let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+        CliError::Usage(format!(
+            "--token-file '{}' holds characters a header cannot carry",
+            path.display()
+        ))
+    })?;
+    Ok(Bearer(Some(value)))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,12 +1,13 @@
 //! `obhostctl steps watch`: WatchSteps, watched again from the last revision
 //! seen when the daemon restarts or the connection drops.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::Args;
 
 use crate::cli::output::{self, Format};
-use crate::cli::{CliError, Client};
+use crate::cli::{CliError, Client, code_name, flow};
 use crate::proto::v1 as pb;
 
 #[derive(Args)]
@@ -27,121 +28,162 @@ pub struct WatchArgs {
     until_done: bool,
 }
 
+/// What the watch has seen so far: where to resume after a lost connection,
+/// and each step's latest record (what --until-done judges).
+#[derive(Default)]
+struct Seen {
+    after: u64,
+    last: BTreeMap<String, pb::Step>,
+}
+
 pub async fn run(
     args: WatchArgs,
     client: &mut Client,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    // Waiting for a step that does not exist would never end: say so at once.
     if args.until_done {
-        for id in &args.step_ids {
-            let found = client
-                .get_step(pb::GetStepRequest {
-                    step_id: id.clone(),
-                })
-                .await;
-            if let Err(s) = found
-                && s.code() == tonic::Code::NotFound
-            {
-                return Err(CliError::Rpc(tonic::Status::not_found(format!(
-                    "step '{id}' not found, so --until-done would wait forever; check the id \
-                     (obhostctl steps list), or watch without --until-done to see it appear"
-                ))));
-            }
-        }
+        refuse_unknown_steps(&args, client).await?;
     }
-    let dag_id = args.dag_id.clone().unwrap_or_default();
-    let what = match (args.step_ids.len(), dag_id.is_empty()) {
-        (0, true) => "every step".to_string(),
-        (0, false) => format!("DAG {dag_id}"),
-        (1, _) => format!("step {}", args.step_ids[0]),
-        (n, _) => format!("{n} steps"),
-    };
+    let what = describe(&args);
     let spinner = output::Watching::new(&what);
-    let mut after = args.after_revision.unwrap_or_default();
-    let mut last: std::collections::BTreeMap<String, pb::Step> = Default::default();
+    let mut seen = Seen {
+        after: args.after_revision.unwrap_or_default(),
+        ..Seen::default()
+    };
     let mut lost = 0;
     loop {
-        // One watch from `after`; a daemon restart or a dropped connection
-        // ends it, and the next picks up from the last revision seen.
-        let ended: Result<(), tonic::Status> = async {
-            let mut stream = client
-                .watch_steps(pb::WatchStepsRequest {
-                    dag_id: dag_id.clone(),
-                    step_ids: args.step_ids.clone(),
-                    after_revision: after,
-                })
-                .await?
-                .into_inner();
-            while let Some(item) = stream.message().await? {
-                let Some(step) = item.step else { continue };
-                after = after.max(step.revision);
-                output::step_change(&step, format)
-                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
-                last.insert(step.id.clone(), step);
-                let running = last.values().filter(|s| !output::is_terminal(s)).count();
-                spinner.set(format!(
-                    "watching {what}: {} seen, {running} not done, revision {after}",
-                    last.len()
-                ));
-                if args.until_done
-                    && args
-                        .step_ids
-                        .iter()
-                        .all(|id| last.get(id).is_some_and(output::is_terminal))
-                {
-                    return Ok(());
-                }
-            }
-            Err(tonic::Status::unavailable("the daemon ended the watch"))
-        }
-        .await;
-        match ended {
+        // One watch from `seen.after`; a daemon restart or a dropped
+        // connection ends it, and the next picks up from the last revision seen.
+        match watch_once(&args, client, format, &spinner, &what, &mut seen).await {
             Ok(()) => {
                 drop(spinner);
-                let bad = args.step_ids.iter().find_map(|id| {
-                    last.get(id)
-                        .filter(|s| s.state() != pb::StepState::Succeeded)
-                });
-                let ok = bad.is_none();
-                if let Some(bad) = bad {
-                    // Exit 1 says only that it did not succeed; stderr says
-                    // how it ended, as for every failing command.
-                    let (code, message) = bad
-                        .error
-                        .as_ref()
-                        .map(|e| (e.code.as_str(), e.message.as_str()))
-                        .unwrap_or(("", bad.message.as_str()));
-                    eprintln!(
-                        "obhostctl: step '{}' ended {}: {}: {}",
-                        output::clean(&bad.id),
-                        bad.state().as_str_name().trim_start_matches("STEP_STATE_"),
-                        output::clean(code),
-                        output::clean(message)
-                    );
-                    // The last JSON line says the watch failed, and why, as
-                    // every failing command's JSON does.
-                    if format == Format::Json {
-                        output::print_json(&output::step_error_json(bad), false)?;
-                    }
-                }
-                return Ok(if ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
+                return outcome(&args, &seen, format);
             }
-            Err(s) if crate::cli::flow::resumable(&s) && lost < crate::cli::flow::RECONNECTS => {
+            Err(s) if flow::resumable(&s) && lost < flow::RECONNECTS => {
                 lost += 1;
                 output::note(&format!(
-                    "lost obhostd ({}: {}); watching again after revision {after} ({lost} of {})",
-                    crate::cli::code_name(s.code()),
+                    "lost obhostd ({}: {}); watching again after revision {} ({lost} of {})",
+                    code_name(s.code()),
                     s.message(),
-                    crate::cli::flow::RECONNECTS
+                    seen.after,
+                    flow::RECONNECTS
                 ));
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
             Err(s) => return Err(s.into()),
         }
     }
+}
+
+/// Waiting for a step that does not exist would never end: say so at once.
+async fn refuse_unknown_steps(args: &WatchArgs, client: &mut Client) -> Result<(), CliError> {
+    for id in &args.step_ids {
+        let found = client
+            .get_step(pb::GetStepRequest {
+                step_id: id.clone(),
+            })
+            .await;
+        if let Err(s) = found
+            && s.code() == tonic::Code::NotFound
+        {
+            return Err(CliError::Rpc(tonic::Status::not_found(format!(
+                "step '{id}' not found, so --until-done would wait forever; check the id \
+                 (obhostctl steps list), or watch without --until-done to see it appear"
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// What the spinner says is being watched.
+fn describe(args: &WatchArgs) -> String {
+    let dag_id = args.dag_id.as_deref().unwrap_or_default();
+    match (args.step_ids.len(), dag_id.is_empty()) {
+        (0, true) => "every step".to_string(),
+        (0, false) => format!("DAG {dag_id}"),
+        (1, _) => format!("step {}", args.step_ids[0]),
+        (n, _) => format!("{n} steps"),
+    }
+}
+
+/// One WatchSteps stream, printed as it comes. `Ok` once --until-done is
+/// satisfied; a stream that ends otherwise is an error, for the caller to
+/// watch again or give up.
+async fn watch_once(
+    args: &WatchArgs,
+    client: &mut Client,
+    format: Format,
+    spinner: &output::Watching,
+    what: &str,
+    seen: &mut Seen,
+) -> Result<(), tonic::Status> {
+    let mut stream = client
+        .watch_steps(pb::WatchStepsRequest {
+            dag_id: args.dag_id.clone().unwrap_or_default(),
+            step_ids: args.step_ids.clone(),
+            after_revision: seen.after,
+        })
+        .await?
+        .into_inner();
+    while let Some(item) = stream.message().await? {
+        let Some(step) = item.step else { continue };
+        seen.after = seen.after.max(step.revision);
+        output::step_change(&step, format).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        seen.last.insert(step.id.clone(), step);
+        let running = seen
+            .last
+            .values()
+            .filter(|s| !output::is_terminal(s))
+            .count();
+        spinner.set(format!(
+            "watching {what}: {} seen, {running} not done, revision {}",
+            seen.last.len(),
+            seen.after
+        ));
+        if args.until_done && done(args, seen) {
+            return Ok(());
+        }
+    }
+    Err(tonic::Status::unavailable("the daemon ended the watch"))
+}
+
+/// Whether --until-done may stop: every step named with --step is terminal.
+fn done(args: &WatchArgs, seen: &Seen) -> bool {
+    args.step_ids
+        .iter()
+        .all(|id| seen.last.get(id).is_some_and(output::is_terminal))
+}
+
+/// The exit status of a finished --until-done: 0 only if every step it waited
+/// for SUCCEEDED; otherwise stderr (and -o json's last line) says how the
+/// first one that did not ended.
+fn outcome(args: &WatchArgs, seen: &Seen, format: Format) -> Result<ExitCode, CliError> {
+    let bad = args.step_ids.iter().find_map(|id| {
+        seen.last
+            .get(id)
+            .filter(|s| s.state() != pb::StepState::Succeeded)
+    });
+    let Some(bad) = bad else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Exit 1 says only that it did not succeed; stderr says
+    // how it ended, as for every failing command.
+    let (code, message) = bad
+        .error
+        .as_ref()
+        .map(|e| (e.code.as_str(), e.message.as_str()))
+        .unwrap_or(("", bad.message.as_str()));
+    eprintln!(
+        "obhostctl: step '{}' ended {}: {}: {}",
+        output::clean(&bad.id),
+        bad.state().as_str_name().trim_start_matches("STEP_STATE_"),
+        output::clean(code),
+        output::clean(message)
+    );
+    // The last JSON line says the watch failed, and why, as
+    // every failing command's JSON does.
+    if format == Format::Json {
+        output::print_json(&output::step_error_json(bad), false)?;
+    }
+    Ok(ExitCode::from(1))
 }

@@ -445,3 +445,139 @@ async fn cancelling_an_ended_step_says_nothing_was_cancelled() {
         assert!(out.contains("CANCELLED"), "{out}");
     }
 }
+
+/// Runs obhostctl with `env` added to its environment (and no OBHOST_*
+/// variable of the test's own), returning (exit code, stdout, stderr).
+fn obhostctl_with_env(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(OBHOSTCTL);
+    for var in [
+        "OBHOST_ADDR",
+        "OBHOST_TOKEN_FILE",
+        "OBHOST_CA_FILE",
+        "OBHOST_CERT_FILE",
+        "OBHOST_KEY_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.envs(env.iter().copied()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The flags every command takes are under a heading of their own, after
+/// the command's own flags, in the help of the top level and of a command.
+#[test]
+fn help_puts_the_global_options_under_their_own_heading() {
+    let global = [
+        "--addr <ADDR>",
+        "--token-file <FILE>",
+        "--ca-file <FILE>",
+        "--cert-file <FILE>",
+        "--key-file <FILE>",
+        "-o, --output <OUTPUT>",
+        "--timeout <TIMEOUT>",
+    ];
+    for (sub, own) in [
+        (
+            &["steps", "list"][..],
+            &["--dag-id <DAG_ID>", "--state <STATE>"][..],
+        ),
+        (&["stop-observer"], &["--home <HOME>", "--grace <GRACE>"]),
+        (&["start-observer"], &["--home <HOME>"]),
+        (&[], &["-V, --version"]),
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let (code, out, err) = obhostctl(None, &args);
+        assert_eq!(code, 0, "{sub:?}: {err}");
+        let (commands, globals) = out
+            .split_once("\nGlobal options:\n")
+            .unwrap_or_else(|| panic!("{sub:?}: no 'Global options:' heading:\n{out}"));
+        for flag in global {
+            assert!(
+                globals.contains(flag),
+                "{sub:?}: {flag} not under the heading:\n{out}"
+            );
+            assert!(
+                !commands.contains(flag),
+                "{sub:?}: {flag} among the command's own:\n{out}"
+            );
+        }
+        for flag in own {
+            assert!(
+                commands.contains(flag),
+                "{sub:?}: {flag} not in Options:\n{out}"
+            );
+            assert!(
+                !globals.contains(flag),
+                "{sub:?}: {flag} under the global heading:\n{out}"
+            );
+        }
+    }
+}
+
+/// demo runs its own obhostd and refuses the flags that name another one:
+/// its help does not offer them, and given anyway they are still refused.
+#[test]
+fn demo_help_offers_no_flag_demo_refuses() {
+    let (code, out, err) = obhostctl(None, &["demo", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    for flag in [
+        "--addr",
+        "--token-file",
+        "--ca-file",
+        "--cert-file",
+        "--key-file",
+    ] {
+        assert!(!out.contains(flag), "demo --help offers {flag}:\n{out}");
+        let (code, _, err) = obhostctl(None, &["demo", flag, "/x"]);
+        assert_eq!(code, 2, "demo {flag}: {err}");
+        assert!(
+            err.contains(&format!("demo does not use {flag}")),
+            "demo {flag}: {err}"
+        );
+    }
+    assert!(out.contains("--observer <PATH>"), "{out}");
+    assert!(out.contains("-o, --output"), "{out}");
+}
+
+/// OBHOST_ADDR in the environment says where obhostd is, but is not a flag
+/// the operator typed: a usage error's usage line does not show `--addr
+/// <ADDR>` as if the command required it (nor any other OBHOST_* flag).
+#[tokio::test]
+async fn obhost_addr_is_honoured_but_not_shown_as_required() {
+    let d = Daemon::start();
+    let env = [
+        ("OBHOST_ADDR", d.addr.as_str()),
+        ("OBHOST_TOKEN_FILE", "/nonexistent/token"),
+    ];
+    let (code, _, err) = obhostctl_with_env(&env, &["stop-observer"]);
+    assert_eq!(code, 2, "{err}");
+    let usage = err
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("no usage line:\n{err}"));
+    assert_eq!(
+        usage, "Usage: obhostctl stop-observer --home <HOME>",
+        "{err}"
+    );
+
+    // Still read: the address from the variable, the token file too (whose
+    // absence is the error), and a flag wins over its variable.
+    let (code, _, err) = obhostctl_with_env(&env[..1], &["host"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = obhostctl_with_env(&env, &["host"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read --token-file '/nonexistent/token'"),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(
+        &[("OBHOST_ADDR", "unix:/nonexistent/obhostd.sock")],
+        &["--addr", &d.addr, "host"],
+    );
+    assert_eq!(code, 0, "{err}");
+}

@@ -40,6 +40,10 @@ pub(crate) use error::code_name;
 pub(crate) use ids::new_id;
 pub use output::Format;
 
+/// The heading of the flags every command takes, so that a command's help
+/// shows its own flags first and apart.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(
     name = "obhostctl",
@@ -50,27 +54,30 @@ pub struct Cli {
     /// obhostd's address: unix:/path, host:port, http://host:port or
     /// https://host:port. Default: the daemon's default socket
     /// (unix:/run/obhost/obhostd.sock as root, $XDG_RUNTIME_DIR/obhost/obhostd.sock
-    /// otherwise).
-    #[arg(long, global = true, env = "OBHOST_ADDR")]
+    /// otherwise) [env: OBHOST_ADDR].
+    #[arg(long, global = true, help_heading = GLOBAL)]
     addr: Option<String>,
-    /// File with the bearer token, when obhostd has [auth] token_file (TCP).
-    #[arg(long, global = true, env = "OBHOST_TOKEN_FILE", value_name = "FILE")]
+    /// File with the bearer token, when obhostd has [auth] token_file (TCP)
+    /// [env: OBHOST_TOKEN_FILE].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     token_file: Option<PathBuf>,
-    /// The CA (PEM) that signed obhostd's certificate, for https:// addresses.
-    #[arg(long, global = true, env = "OBHOST_CA_FILE", value_name = "FILE")]
+    /// The CA (PEM) that signed obhostd's certificate, for https:// addresses
+    /// [env: OBHOST_CA_FILE].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     ca_file: Option<PathBuf>,
-    /// This client's certificate (PEM), when obhostd requires mTLS.
-    #[arg(long, global = true, env = "OBHOST_CERT_FILE", value_name = "FILE")]
+    /// This client's certificate (PEM), when obhostd requires mTLS
+    /// [env: OBHOST_CERT_FILE].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     cert_file: Option<PathBuf>,
-    /// The key (PEM) of --cert-file.
-    #[arg(long, global = true, env = "OBHOST_KEY_FILE", value_name = "FILE")]
+    /// The key (PEM) of --cert-file [env: OBHOST_KEY_FILE].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     key_file: Option<PathBuf>,
     /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Text)]
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Text, help_heading = GLOBAL)]
     output: Format,
     /// How long a call may wait for obhostd's answer (for a follow or watch:
     /// for the stream to start), e.g. 5s.
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s", help_heading = GLOBAL)]
     timeout: Duration,
     #[command(subcommand)]
     command: Command,
@@ -106,9 +113,78 @@ enum Command {
     Man(docs::ManArgs),
 }
 
+/// The flags that say which obhostd to talk to: the id clap knows each by,
+/// the flag, and the environment variable that stands in for it.
+const TARGET_FLAGS: [(&str, &str, &str); 5] = [
+    ("addr", "--addr", "OBHOST_ADDR"),
+    ("token_file", "--token-file", "OBHOST_TOKEN_FILE"),
+    ("ca_file", "--ca-file", "OBHOST_CA_FILE"),
+    ("cert_file", "--cert-file", "OBHOST_CERT_FILE"),
+    ("key_file", "--key-file", "OBHOST_KEY_FILE"),
+];
+
+/// obhostctl's command line as it parses, prints its help and renders its
+/// man pages: [`Cli`], with the flags that say which obhostd to talk to
+/// hidden from `demo`, which refuses them (it runs its own obhostd), so its
+/// help offers nothing it would refuse. `shape` is applied first (the man
+/// pages drop the `help` pseudo-subcommand).
+pub fn command(shape: impl FnOnce(clap::Command) -> clap::Command) -> clap::Command {
+    let cli = shape(<Cli as clap::CommandFactory>::command());
+    // Given to demo as its own hidden copies, the global flags are not
+    // propagated to it again when clap builds the tree, yet still parse, so
+    // that demo can say why it refuses them.
+    let hidden: Vec<clap::Arg> = cli
+        .get_arguments()
+        .filter(|a| TARGET_FLAGS.iter().any(|(id, _, _)| a.get_id() == *id))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    cli.mut_subcommand("demo", |demo| demo.args(hidden))
+}
+
+impl Cli {
+    /// Where to reach obhostd: each flag, or when not given its OBHOST_*
+    /// variable. The variables are read here rather than by clap's `env`:
+    /// clap counts a value from the environment as given on the command
+    /// line, and every usage error then showed `--addr <ADDR>` in its usage
+    /// line as if the command required it.
+    fn target(&self) -> Result<Target, CliError> {
+        let path = |flag: &Option<PathBuf>, var: &str| {
+            flag.clone().or_else(|| from_env(var).map(PathBuf::from))
+        };
+        let addr = match &self.addr {
+            Some(a) => Some(a.clone()),
+            None => from_env("OBHOST_ADDR")
+                .map(|v| {
+                    v.into_string().map_err(|v| {
+                        CliError::Usage(format!(
+                            "OBHOST_ADDR '{}' is not UTF-8; set it to an address such as \
+                             unix:/run/obhost/obhostd.sock, or unset it and pass --addr",
+                            v.to_string_lossy()
+                        ))
+                    })
+                })
+                .transpose()?,
+        };
+        Ok(Target {
+            addr,
+            token_file: path(&self.token_file, "OBHOST_TOKEN_FILE"),
+            ca_file: path(&self.ca_file, "OBHOST_CA_FILE"),
+            cert_file: path(&self.cert_file, "OBHOST_CERT_FILE"),
+            key_file: path(&self.key_file, "OBHOST_KEY_FILE"),
+            timeout: Some(self.timeout),
+        })
+    }
+}
+
+/// A variable of the environment; set but empty is unset, as a shell's
+/// `OBHOST_ADDR= obhostctl ...` means.
+fn from_env(var: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(var).filter(|v| !v.is_empty())
+}
+
 /// obhostctl's whole life; `bin/obhostctl.rs` only calls this.
 pub fn main() -> ExitCode {
-    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+    let matches = match command(|c| c).try_get_matches() {
         Ok(m) => m,
         Err(e) => error::usage_exit(e),
     };
@@ -144,32 +220,28 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The first of the flags that say which obhostd to talk to that was given on
-/// the command line (not by an OBHOST_* variable of the environment, which
-/// an operator may export for every command): the demo has its own daemon and
-/// would silently ignore it.
+/// The first of the flags that say which obhostd to talk to that was given
+/// (an OBHOST_* variable of the environment, which an operator may export for
+/// every command, does not count): the demo has its own daemon and would
+/// silently ignore it.
 fn target_flags_given(matches: &clap::ArgMatches) -> Option<&'static str> {
     let given = |m: &clap::ArgMatches, id: &str| {
         m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
     };
-    [
-        ("addr", "--addr"),
-        ("token_file", "--token-file"),
-        ("ca_file", "--ca-file"),
-        ("cert_file", "--cert-file"),
-        ("key_file", "--key-file"),
-    ]
-    .into_iter()
-    .find(|(id, _)| {
-        given(matches, id)
-            || matches
-                .subcommand_matches("demo")
-                .is_some_and(|m| given(m, id))
-    })
-    .map(|(_, flag)| flag)
+    TARGET_FLAGS
+        .into_iter()
+        .find(|(id, _, _)| {
+            given(matches, id)
+                || matches
+                    .subcommand_matches("demo")
+                    .is_some_and(|m| given(m, id))
+        })
+        .map(|(_, flag, _)| flag)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    // Only the commands that talk to an obhostd of the operator's need it.
+    let target = cli.target();
     let command = match cli.command {
         Command::Demo(args) => return demo::run(args, cli.output).await,
         Command::ReportSink(args) => {
@@ -180,15 +252,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Man(args) => return docs::man(&args),
         other => other,
     };
-    let mut client = connect_to(&Target {
-        addr: cli.addr.clone(),
-        token_file: cli.token_file.clone(),
-        ca_file: cli.ca_file.clone(),
-        cert_file: cli.cert_file.clone(),
-        key_file: cli.key_file.clone(),
-        timeout: Some(cli.timeout),
-    })
-    .await?;
+    let mut client = connect_to(&target?).await?;
     match command {
         Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
         Command::Demo(_) | Command::ReportSink(_) | Command::Completions(_) | Command::Man(_) => {

@@ -581,3 +581,63 @@ async fn obhost_addr_is_honoured_but_not_shown_as_required() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+/// `steps watch --dag-id D --until-done` waits for every step of the DAG:
+/// not only until the first record it is sent (the DAG's ended first step)
+/// is terminal, but until the running one behind it ends; its exit status
+/// is the DAG's, and a DAG with no steps is refused at once.
+#[tokio::test]
+async fn watch_until_done_waits_for_a_whole_dag() {
+    let d = Daemon::start();
+    let in_dag = |id: &str, dag: &str, run_for: f64| {
+        let mut req = test_step(id, run_for);
+        req.meta.as_mut().unwrap().dag_id = dag.into();
+        req
+    };
+    run_test_step(&d, in_dag("good-1", "good", 0.0)).await;
+    wait_terminal(&d, "good-1").await;
+    run_test_step(&d, in_dag("good-2", "good", 1.5)).await;
+    let started = std::time::Instant::now();
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--dag-id", "good", "--until-done"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(800),
+        "ended before good-2 did:\n{out}"
+    );
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("good-2") && last.contains("SUCCEEDED"),
+        "{out}"
+    );
+
+    run_test_step(&d, in_dag("bad-1", "bad", 0.0)).await;
+    wait_terminal(&d, "bad-1").await;
+    let mut failing = in_dag("bad-2", "bad", 1.0);
+    failing.fail_code = "PROCESS_EXITED".into();
+    run_test_step(&d, failing).await;
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--dag-id", "bad", "--until-done"],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("step 'bad-2' ended FAILED: PROCESS_EXITED"),
+        "out: {out}\nerr: {err}"
+    );
+
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--dag-id", "no-such-dag", "--until-done"],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("NOT_FOUND: DAG 'no-such-dag' has no steps"),
+        "{err}"
+    );
+    // Without --dag-id or --step there is nothing to be done with.
+    let (code, _, err) = obhostctl(Some(&d), &["steps", "watch", "--until-done"]);
+    assert_eq!(code, 2, "{err}");
+}

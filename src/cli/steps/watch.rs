@@ -11,6 +11,7 @@ use crate::cli::{CliError, Client, code_name, flow};
 use crate::proto::v1 as pb;
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("scope").args(["dag_id", "step_ids"]).multiple(true)))]
 pub struct WatchArgs {
     /// Only steps of this DAG.
     #[arg(long)]
@@ -22,9 +23,18 @@ pub struct WatchArgs {
     /// [default: every matching step's current record first].
     #[arg(long, value_name = "REVISION")]
     after_revision: Option<u64>,
-    /// Exit once every step named with --step is terminal; the exit status is 0
-    /// only if all of them SUCCEEDED.
-    #[arg(long, requires = "step_ids")]
+    /// Exit once what is watched has ended: every step named with --step, or
+    /// with --dag-id alone every step of the DAG. The exit status is 0 only if
+    /// all of them SUCCEEDED.
+    ///
+    /// A DAG's steps are created one at a time by whoever runs it
+    /// (start-observer creates each step once the one before it succeeded), so
+    /// for a DAG "done" means: every step of it that exists when the watch
+    /// starts, and every step created while it runs, has ended. A step created
+    /// after that moment is not waited for; to wait for steps that do not exist
+    /// yet, name each with --step once it does. An id with no step (or a DAG
+    /// with none) is refused at once rather than waited for forever.
+    #[arg(long, requires = "scope")]
     until_done: bool,
 }
 
@@ -41,15 +51,27 @@ pub async fn run(
     client: &mut Client,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    if args.until_done {
-        refuse_unknown_steps(&args, client).await?;
-    }
+    // --until-done judges from the current records, not only from what the
+    // stream sends: the stream's first records come one by one, oldest
+    // revision first, so a DAG's ended first step arrives before its running
+    // second and alone would look like a DAG that has ended.
+    let last = if args.until_done {
+        current(&args, client).await?
+    } else {
+        BTreeMap::new()
+    };
     let what = describe(&args);
     let spinner = output::Watching::new(&what);
     let mut seen = Seen {
         after: args.after_revision.unwrap_or_default(),
-        ..Seen::default()
+        last,
     };
+    // Resuming after a revision, an ended step sends nothing more: nothing
+    // left to wait for.
+    if args.until_done && args.after_revision.is_some() && done(&args, &seen) {
+        drop(spinner);
+        return outcome(&args, &seen, format);
+    }
     let mut lost = 0;
     loop {
         // One watch from `seen.after`; a daemon restart or a dropped
@@ -75,24 +97,62 @@ pub async fn run(
     }
 }
 
-/// Waiting for a step that does not exist would never end: say so at once.
-async fn refuse_unknown_steps(args: &WatchArgs, client: &mut Client) -> Result<(), CliError> {
+/// The current record of each step --until-done waits for: the steps named
+/// with --step, or every step of --dag-id. Waiting for a step (or a DAG) that
+/// does not exist would never end: say so at once.
+async fn current(
+    args: &WatchArgs,
+    client: &mut Client,
+) -> Result<BTreeMap<String, pb::Step>, CliError> {
+    let mut found = BTreeMap::new();
     for id in &args.step_ids {
-        let found = client
+        match client
             .get_step(pb::GetStepRequest {
                 step_id: id.clone(),
             })
-            .await;
-        if let Err(s) = found
-            && s.code() == tonic::Code::NotFound
+            .await
         {
-            return Err(CliError::Rpc(tonic::Status::not_found(format!(
-                "step '{id}' not found, so --until-done would wait forever; check the id \
-                 (obhostctl steps list), or watch without --until-done to see it appear"
-            ))));
+            Ok(r) => {
+                if let Some(step) = r.into_inner().step {
+                    found.insert(id.clone(), step);
+                }
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(CliError::Rpc(tonic::Status::not_found(format!(
+                    "step '{id}' not found, so --until-done would wait forever; check the id \
+                     (obhostctl steps list), or watch without --until-done to see it appear"
+                ))));
+            }
+            Err(s) => return Err(s.into()),
         }
     }
-    Ok(())
+    let Some(dag_id) = args.dag_id.as_ref().filter(|_| args.step_ids.is_empty()) else {
+        return Ok(found);
+    };
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_steps(pb::ListStepsRequest {
+                dag_id: dag_id.clone(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        found.extend(page.steps.into_iter().map(|s| (s.id.clone(), s)));
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    if found.is_empty() {
+        return Err(CliError::Rpc(tonic::Status::not_found(format!(
+            "DAG '{dag_id}' has no steps, so --until-done would wait forever; check the id \
+             (obhostctl steps list), or watch without --until-done to see its steps appear"
+        ))));
+    }
+    Ok(found)
 }
 
 /// What the spinner says is being watched.
@@ -147,8 +207,12 @@ async fn watch_once(
     Err(tonic::Status::unavailable("the daemon ended the watch"))
 }
 
-/// Whether --until-done may stop: every step named with --step is terminal.
+/// Whether --until-done may stop: every step named with --step has ended, or,
+/// watching a DAG, every step of it seen (the current records included) has.
 fn done(args: &WatchArgs, seen: &Seen) -> bool {
+    if args.step_ids.is_empty() {
+        return !seen.last.is_empty() && seen.last.values().all(output::is_terminal);
+    }
     args.step_ids
         .iter()
         .all(|id| seen.last.get(id).is_some_and(output::is_terminal))
@@ -156,13 +220,21 @@ fn done(args: &WatchArgs, seen: &Seen) -> bool {
 
 /// The exit status of a finished --until-done: 0 only if every step it waited
 /// for SUCCEEDED; otherwise stderr (and -o json's last line) says how the
-/// first one that did not ended.
+/// first one (in the order they ran) that did not ended.
 fn outcome(args: &WatchArgs, seen: &Seen, format: Format) -> Result<ExitCode, CliError> {
-    let bad = args.step_ids.iter().find_map(|id| {
-        seen.last
-            .get(id)
-            .filter(|s| s.state() != pb::StepState::Succeeded)
-    });
+    let mut waited: Vec<pb::Step> = if args.step_ids.is_empty() {
+        seen.last.values().cloned().collect()
+    } else {
+        args.step_ids
+            .iter()
+            .filter_map(|id| seen.last.get(id).cloned())
+            .collect()
+    };
+    // The first that did not succeed in the order the steps ran.
+    output::dag_order(&mut waited);
+    let bad = waited
+        .iter()
+        .find(|s| s.state() != pb::StepState::Succeeded);
     let Some(bad) = bad else {
         return Ok(ExitCode::SUCCESS);
     };

@@ -641,3 +641,61 @@ async fn watch_until_done_waits_for_a_whole_dag() {
     let (code, _, err) = obhostctl(Some(&d), &["steps", "watch", "--until-done"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// `steps list` shows the newest steps first, whatever their ids (ListSteps
+/// pages by id), keeps the newest --limit of them, and says how many older
+/// ones it left out and which flag lists them; -o json says it too.
+#[tokio::test]
+async fn steps_list_shows_the_newest_first_and_how_to_see_more() {
+    let d = Daemon::start();
+    // Made in this order; by id the newest sorts first and the oldest in
+    // the middle.
+    for id in ["m-oldest", "z-older", "b-middle", "y-newer", "a-newest"] {
+        run_test_step(&d, test_step(id, 0.0)).await;
+        wait_terminal(&d, id).await;
+    }
+    let ids = |out: &str| -> Vec<String> {
+        out.lines()
+            .skip(1)
+            .filter(|l| !l.starts_with('('))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let (code, out, err) = obhostctl(Some(&d), &["steps", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        ids(&out),
+        ["a-newest", "y-newer", "b-middle", "z-older", "m-oldest"],
+        "{out}"
+    );
+    assert!(!out.contains("not shown"), "{out}");
+
+    let (code, out, err) = obhostctl(Some(&d), &["steps", "list", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ids(&out), ["a-newest", "y-newer"], "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("(3 older steps not shown: --limit 5 or --all lists them)"),
+        "{out}"
+    );
+    // The flag it names does list them.
+    let (_, out, _) = obhostctl(Some(&d), &["steps", "list", "--limit", "5"]);
+    assert_eq!(ids(&out).len(), 5, "{out}");
+    let (_, out, _) = obhostctl(Some(&d), &["steps", "list", "--all"]);
+    assert_eq!(ids(&out).len(), 5, "{out}");
+
+    let (code, out, err) = obhostctl(Some(&d), &["-o", "json", "steps", "list", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let json_ids: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_ids, ["a-newest", "y-newer"], "{out}");
+    assert_eq!(doc["olderNotShown"], 3, "{out}");
+
+    let (code, _, err) = obhostctl(Some(&d), &["steps", "list", "--limit", "0"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -1,4 +1,7 @@
-//! `obhostctl steps list`: ListSteps, every page with --all.
+//! `obhostctl steps list`: the newest steps first. ListSteps pages by step id,
+//! which says nothing of when a step was made, so the newest steps may be on
+//! any page: the command reads every page (the store keeps at most
+//! `[retention] max_steps`, 10,000 by default) and then keeps the newest.
 
 use std::process::ExitCode;
 
@@ -10,6 +13,9 @@ use crate::proto::v1 as pb;
 
 use super::StateArg;
 
+/// ListSteps' own cap on a page: the fewest calls for the whole list.
+const PAGE_SIZE: u32 = 1000;
+
 #[derive(Args)]
 pub struct ListArgs {
     /// Only steps of this DAG.
@@ -18,13 +24,12 @@ pub struct ListArgs {
     /// Only steps in this state.
     #[arg(long, value_enum)]
     state: Option<StateArg>,
-    /// Steps per page (the daemon caps it at 1000).
-    #[arg(long, default_value_t = 100)]
-    page_size: u32,
-    /// Continue from a previous page's next_page_token.
-    #[arg(long)]
-    page_token: Option<String>,
-    /// Fetch every page.
+    /// How many of the newest steps to show; a line after them says how many
+    /// older ones there are.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "all")]
+    limit: u32,
+    /// Show every step.
     #[arg(long)]
     all: bool,
 }
@@ -34,8 +39,8 @@ pub async fn run(
     client: &mut Client,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    let mut token = args.page_token.unwrap_or_default();
-    let mut all = Vec::new();
+    let mut steps = Vec::new();
+    let mut page_token = String::new();
     loop {
         let page = client
             .list_steps(pb::ListStepsRequest {
@@ -45,17 +50,19 @@ pub async fn run(
                     .map(pb::StepState::from)
                     .unwrap_or_default()
                     .into(),
-                page_size: args.page_size,
-                page_token: token.clone(),
+                page_size: PAGE_SIZE,
+                page_token,
             })
             .await?
             .into_inner();
-        all.extend(page.steps);
-        token = page.next_page_token;
-        if !args.all || token.is_empty() {
+        steps.extend(page.steps);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
             break;
         }
     }
-    output::step_list(&all, &token, format)?;
+    let limit = (!args.all).then_some(args.limit as usize);
+    let older = output::newest_first(&mut steps, limit);
+    output::newest_steps(&steps, older, format)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,8 @@ use crate::proto::v1 as pb;
 
 #[derive(Subcommand)]
 pub enum StepsCommand {
-    /// List steps: each DAG's in the order they ran, DAGs by creation.
+    /// List steps, newest first: the DAGs by creation, newest first, each
+    /// DAG's steps in the order they ran.
     List(list::ListArgs),
     /// Show one step.
     Get {

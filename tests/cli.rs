@@ -200,7 +200,12 @@ fn default_step_ids_never_collide() {
     for home in [&a, &b] {
         let (code, out, err) = obhostctl(
             Some(&d),
-            &["stop-observer", "--home", home.path().to_str().unwrap()],
+            &[
+                "stop-observer",
+                "--missing-ok",
+                "--home",
+                home.path().to_str().unwrap(),
+            ],
         );
         assert_eq!(code, 0, "{out}\n{err}");
         assert!(!err.contains("ALREADY_EXISTS"), "{err}");
@@ -698,4 +703,53 @@ async fn steps_list_shows_the_newest_first_and_how_to_see_more() {
 
     let (code, _, err) = obhostctl(Some(&d), &["steps", "list", "--limit", "0"]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// `stop-observer` of a home where no observer runs (an empty home, a
+/// mistyped one) says that nothing was stopped and exits 1, as `steps cancel`
+/// of an ended step does; --missing-ok makes it exit 0, still saying so.
+/// `-o json` is the error beside the step, as for a failed stop.
+#[test]
+fn stopping_where_no_observer_runs_says_nothing_was_stopped() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let empty = home.path().to_str().unwrap();
+    for h in [empty, "/nonexistent/obhost-home"] {
+        let (code, out, err) = obhostctl(Some(&d), &["stop-observer", "--home", h]);
+        assert_eq!(code, 1, "{h}: {out}\n{err}");
+        assert!(
+            err.contains(&format!(
+                "obhostctl: no observer was running at home '{h}', so nothing was stopped"
+            )) && err.contains("pass --missing-ok"),
+            "{h}: {err}"
+        );
+    }
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["stop-observer", "--missing-ok", "--home", empty],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("no observer was running at home"), "{err}");
+    assert!(!err.contains("pass --missing-ok"), "{err}");
+
+    let (code, out, err) = obhostctl(Some(&d), &["-o", "json", "stop-observer", "--home", empty]);
+    assert_eq!(code, 1, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["error"]["code"], "NOT_RUNNING", "{doc}");
+    assert_eq!(doc["error"]["exit_status"], 1, "{doc}");
+    assert_eq!(doc["step"]["outputs"]["already_stopped"], "true", "{doc}");
+    let (code, out, _) = obhostctl(
+        Some(&d),
+        &[
+            "-o",
+            "json",
+            "stop-observer",
+            "--missing-ok",
+            "--home",
+            empty,
+        ],
+    );
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["state"], "STEP_STATE_SUCCEEDED", "{doc}");
 }

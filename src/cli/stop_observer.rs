@@ -24,6 +24,20 @@ pub struct StopArgs {
     /// The step's id [default: stop-<unix seconds>-<random hex>].
     #[arg(long)]
     step_id: Option<String>,
+    /// Exit 0 when no observer was running at --home (it is still said on
+    /// stderr). Without it that exits 1, so that a mistyped home is noticed.
+    #[arg(long)]
+    missing_ok: bool,
+}
+
+/// How a stop ended, which the exit status tells: 0 stopped, 1 failed, and
+/// 1 too when there was nothing to stop (0 with --missing-ok).
+enum Outcome {
+    Stopped,
+    /// The step succeeded without stopping anything; what to tell the
+    /// operator.
+    NothingRunning(String),
+    Failed,
 }
 
 pub async fn run(
@@ -31,48 +45,83 @@ pub async fn run(
     client: &mut Client,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    let StopArgs {
-        home,
-        grace,
-        force,
-        step_id,
-    } = args;
-    let id = step_id.unwrap_or_else(|| new_id("stop"));
+    let id = args.step_id.clone().unwrap_or_else(|| new_id("stop"));
     client
         .stop_observer(pb::StopObserverRequest {
             meta: Some(pb::StepMeta {
                 step_id: id.clone(),
                 ..Default::default()
             }),
-            home_path: home,
-            grace: Some(grace.into()),
-            force,
+            home_path: args.home.clone(),
+            grace: Some(args.grace.into()),
+            force: args.force,
         })
         .await?;
     let step = flow::follow(client, &id, std::time::Instant::now(), format).await?;
-    let ok = step.state() == pb::StepState::Succeeded;
+    let outcome = judge(&step, &args);
     if format == Format::Json {
         // The step, and when it failed `{"error": ..., "step": ...}`:
         // one document either way.
-        let doc = if ok {
-            output::proto_json(&step)?
-        } else {
-            let mut doc = output::step_error_json(&step);
-            doc["step"] = output::proto_json(&step)?;
-            doc
+        let error = match &outcome {
+            Outcome::Stopped => None,
+            Outcome::NothingRunning(_) if args.missing_ok => None,
+            Outcome::NothingRunning(text) => Some(output::error_json("NOT_RUNNING", text, 1)),
+            Outcome::Failed => Some(output::step_error_json(&step)),
+        };
+        let doc = match error {
+            None => output::proto_json(&step)?,
+            Some(mut doc) => {
+                doc["step"] = output::proto_json(&step)?;
+                doc
+            }
         };
         output::print_json(&doc, true)?;
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        if let Some(e) = &step.error {
-            eprintln!(
-                "obhostctl: {}: {}",
-                output::clean(&e.code),
-                output::clean(&e.message)
-            );
+    Ok(match outcome {
+        Outcome::Stopped => ExitCode::SUCCESS,
+        Outcome::NothingRunning(text) => {
+            output::note(&format!("obhostctl: {}", output::clean(&text)));
+            if args.missing_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
-        ExitCode::from(1)
+        Outcome::Failed => {
+            if let Some(e) = &step.error {
+                eprintln!(
+                    "obhostctl: {}: {}",
+                    output::clean(&e.code),
+                    output::clean(&e.message)
+                );
+            }
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// Reads the ended step: StopObserver succeeds when there was nothing to stop
+/// (`already_stopped` in its outputs), which alone looked like a stop that
+/// worked; an `exit` beside it means the observer had died on its own.
+fn judge(step: &pb::Step, args: &StopArgs) -> Outcome {
+    if step.state() != pb::StepState::Succeeded {
+        return Outcome::Failed;
+    }
+    if step.outputs.get("already_stopped").map(String::as_str) != Some("true") {
+        return Outcome::Stopped;
+    }
+    let home = &args.home;
+    let what = if step.outputs.contains_key("exit") {
+        format!("nothing was stopped at home '{home}': {}", step.message)
+    } else {
+        format!(
+            "no observer was running at home '{home}', so nothing was stopped; check --home: \
+             `obhostctl observer --home {home}` shows what obhostd finds there"
+        )
+    };
+    Outcome::NothingRunning(if args.missing_ok {
+        what
+    } else {
+        format!("{what} (pass --missing-ok when nothing running there is expected)")
     })
 }

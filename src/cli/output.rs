@@ -547,9 +547,68 @@ pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> a
         return print_json(&step_list_json(&steps, next_page_token)?, true);
     }
     let mut out = std::io::stdout().lock();
+    print_table(&mut out, &step_table(&steps))?;
+    if !next_page_token.is_empty() {
+        writeln!(out, "(more: --page-token {next_page_token}, or --all)")?;
+    }
+    Ok(())
+}
+
+/// Keeps the `limit` steps created last and orders them as `steps list`
+/// shows them: the DAGs newest first (by their first step's creation), each
+/// DAG's steps in the order they ran, as [`dag_order`] has them. Returns how
+/// many older steps were left out.
+pub fn newest_first(steps: &mut Vec<pb::Step>, limit: Option<usize>) -> usize {
+    let mut older = 0;
+    if let Some(limit) = limit.filter(|l| *l < steps.len()) {
+        steps.sort_by(|a, b| {
+            (created(b), kind_rank(b.kind()), &b.id).cmp(&(created(a), kind_rank(a.kind()), &a.id))
+        });
+        older = steps.len() - limit;
+        steps.truncate(limit);
+    }
+    dag_order(steps);
+    // dag_order has the DAGs oldest first: turn the DAGs around, not the
+    // steps within each.
+    let mut dags: Vec<Vec<pb::Step>> = Vec::new();
+    for s in steps.drain(..) {
+        match dags.last_mut() {
+            Some(dag) if !s.dag_id.is_empty() && dag[0].dag_id == s.dag_id => dag.push(s),
+            _ => dags.push(vec![s]),
+        }
+    }
+    steps.extend(dags.into_iter().rev().flatten());
+    older
+}
+
+/// `steps list`'s answer, in the order given ([`newest_first`]). When
+/// `older` steps were left out, the text says so and which flag lists them;
+/// JSON has `olderNotShown`.
+pub fn newest_steps(steps: &[pb::Step], older: usize, format: Format) -> anyhow::Result<()> {
+    if format == Format::Json {
+        let mut doc = step_list_json(steps, "")?;
+        if older > 0 {
+            doc["olderNotShown"] = older.into();
+        }
+        return print_json(&doc, true);
+    }
+    let mut out = std::io::stdout().lock();
+    print_table(&mut out, &step_table(steps))?;
+    if older > 0 {
+        writeln!(
+            out,
+            "({older} older steps not shown: --limit {} or --all lists them)",
+            steps.len() + older
+        )?;
+    }
+    Ok(())
+}
+
+/// The table of a list of steps, one row each, in the order given.
+fn step_table(steps: &[pb::Step]) -> Table {
     let mut t = table(&["STEP", "STATE", "NAME", "AGE", "MESSAGE"]);
     let now = SystemTime::now();
-    for s in &steps {
+    for s in steps {
         let age = s
             .created_at
             .as_ref()
@@ -568,11 +627,7 @@ pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> a
     if let Some(c) = t.column_mut(3) {
         c.set_cell_alignment(comfy_table::CellAlignment::Right);
     }
-    print_table(&mut out, &t)?;
-    if !next_page_token.is_empty() {
-        writeln!(out, "(more: --page-token {next_page_token}, or --all)")?;
-    }
-    Ok(())
+    t
 }
 
 /// The JSON of a list of steps (also part of the demo's document).

@@ -218,6 +218,9 @@ async fn ctrl_c_quotes_the_command_that_resumes_and_it_finishes_the_dag() {
     };
     let dag = wait.dag_id.clone();
     assert!(dag.starts_with("start-"), "{wait:?}");
+    // Give obhostctl the answer to its request, so that it follows the step
+    // (the observer listens only 3 s after its start).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

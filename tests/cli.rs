@@ -200,7 +200,12 @@ fn default_step_ids_never_collide() {
     for home in [&a, &b] {
         let (code, out, err) = obhostctl(
             Some(&d),
-            &["stop-observer", "--home", home.path().to_str().unwrap()],
+            &[
+                "stop-observer",
+                "--missing-ok",
+                "--home",
+                home.path().to_str().unwrap(),
+            ],
         );
         assert_eq!(code, 0, "{out}\n{err}");
         assert!(!err.contains("ALREADY_EXISTS"), "{err}");
@@ -418,6 +423,39 @@ fn demo_json_is_one_document() {
     assert_eq!(doc["dag"]["status"], "SUCCEEDED", "{doc}");
     assert_eq!(doc["observer"]["running"], true, "{doc}");
     assert_eq!(doc["steps"].as_array().unwrap().len(), 5, "{doc}");
+    // The demo's document is obhostctl's summary: one spelling of states
+    // throughout (the protobuf mapping is for `steps get -o json`).
+    assert_eq!(doc["stop"]["status"], "SUCCEEDED", "{doc}");
+    assert!(
+        doc["steps"][0]["checks"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "{doc}"
+    );
+    assert!(
+        !out.contains("STEP_STATE_") && !out.contains("CHECK_STATUS_"),
+        "{out}"
+    );
+}
+
+/// `demo --no-agent` runs the three observer steps and the stop, no agent.
+#[test]
+fn demo_runs_without_the_agent() {
+    let (code, out, err) = obhostctl(None, &["-o", "json", "demo", "--no-agent"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["dag"]["tasks"].as_array().unwrap().len(), 3, "{doc}");
+    let ids: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["demo-prepare", "demo-start", "demo-wait", "demo-stop"],
+        "{doc}"
+    );
 }
 
 /// `steps cancel` of a step that already ended says so and fails: CancelStep
@@ -444,4 +482,307 @@ async fn cancelling_an_ended_step_says_nothing_was_cancelled() {
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("CANCELLED"), "{out}");
     }
+}
+
+/// Runs obhostctl with `env` added to its environment (and no OBHOST_*
+/// variable of the test's own), returning (exit code, stdout, stderr).
+fn obhostctl_with_env(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(OBHOSTCTL);
+    for var in [
+        "OBHOST_ADDR",
+        "OBHOST_TOKEN_FILE",
+        "OBHOST_CA_FILE",
+        "OBHOST_CERT_FILE",
+        "OBHOST_KEY_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.envs(env.iter().copied()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The flags every command takes are under a heading of their own, after
+/// the command's own flags, in the help of the top level and of a command.
+#[test]
+fn help_puts_the_global_options_under_their_own_heading() {
+    let global = [
+        "--addr <ADDR>",
+        "--token-file <FILE>",
+        "--ca-file <FILE>",
+        "--cert-file <FILE>",
+        "--key-file <FILE>",
+        "-o, --output <OUTPUT>",
+        "--timeout <TIMEOUT>",
+    ];
+    for (sub, own) in [
+        (
+            &["steps", "list"][..],
+            &["--dag-id <DAG_ID>", "--state <STATE>"][..],
+        ),
+        (&["stop-observer"], &["--home <HOME>", "--grace <GRACE>"]),
+        (&["start-observer"], &["--home <HOME>"]),
+        (&[], &["-V, --version"]),
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let (code, out, err) = obhostctl(None, &args);
+        assert_eq!(code, 0, "{sub:?}: {err}");
+        let (commands, globals) = out
+            .split_once("\nGlobal options:\n")
+            .unwrap_or_else(|| panic!("{sub:?}: no 'Global options:' heading:\n{out}"));
+        for flag in global {
+            assert!(
+                globals.contains(flag),
+                "{sub:?}: {flag} not under the heading:\n{out}"
+            );
+            assert!(
+                !commands.contains(flag),
+                "{sub:?}: {flag} among the command's own:\n{out}"
+            );
+        }
+        for flag in own {
+            assert!(
+                commands.contains(flag),
+                "{sub:?}: {flag} not in Options:\n{out}"
+            );
+            assert!(
+                !globals.contains(flag),
+                "{sub:?}: {flag} under the global heading:\n{out}"
+            );
+        }
+    }
+}
+
+/// demo runs its own obhostd and refuses the flags that name another one:
+/// its help does not offer them, and given anyway they are still refused.
+#[test]
+fn demo_help_offers_no_flag_demo_refuses() {
+    let (code, out, err) = obhostctl(None, &["demo", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    for flag in [
+        "--addr",
+        "--token-file",
+        "--ca-file",
+        "--cert-file",
+        "--key-file",
+    ] {
+        assert!(!out.contains(flag), "demo --help offers {flag}:\n{out}");
+        let (code, _, err) = obhostctl(None, &["demo", flag, "/x"]);
+        assert_eq!(code, 2, "demo {flag}: {err}");
+        assert!(
+            err.contains(&format!("demo does not use {flag}")),
+            "demo {flag}: {err}"
+        );
+    }
+    assert!(out.contains("--observer <PATH>"), "{out}");
+    assert!(out.contains("-o, --output"), "{out}");
+}
+
+/// OBHOST_ADDR in the environment says where obhostd is, but is not a flag
+/// the operator typed: a usage error's usage line does not show `--addr
+/// <ADDR>` as if the command required it (nor any other OBHOST_* flag).
+#[tokio::test]
+async fn obhost_addr_is_honoured_but_not_shown_as_required() {
+    let d = Daemon::start();
+    let env = [
+        ("OBHOST_ADDR", d.addr.as_str()),
+        ("OBHOST_TOKEN_FILE", "/nonexistent/token"),
+    ];
+    let (code, _, err) = obhostctl_with_env(&env, &["stop-observer"]);
+    assert_eq!(code, 2, "{err}");
+    let usage = err
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("no usage line:\n{err}"));
+    assert_eq!(
+        usage, "Usage: obhostctl stop-observer --home <HOME>",
+        "{err}"
+    );
+
+    // Still read: the address from the variable, the token file too (whose
+    // absence is the error), and a flag wins over its variable.
+    let (code, _, err) = obhostctl_with_env(&env[..1], &["host"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = obhostctl_with_env(&env, &["host"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read --token-file '/nonexistent/token'"),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(
+        &[("OBHOST_ADDR", "unix:/nonexistent/obhostd.sock")],
+        &["--addr", &d.addr, "host"],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `steps watch --dag-id D --until-done` waits for every step of the DAG:
+/// not only until the first record it is sent (the DAG's ended first step)
+/// is terminal, but until the running one behind it ends; its exit status
+/// is the DAG's, and a DAG with no steps is refused at once.
+#[tokio::test]
+async fn watch_until_done_waits_for_a_whole_dag() {
+    let d = Daemon::start();
+    let in_dag = |id: &str, dag: &str, run_for: f64| {
+        let mut req = test_step(id, run_for);
+        req.meta.as_mut().unwrap().dag_id = dag.into();
+        req
+    };
+    run_test_step(&d, in_dag("good-1", "good", 0.0)).await;
+    wait_terminal(&d, "good-1").await;
+    run_test_step(&d, in_dag("good-2", "good", 1.5)).await;
+    let started = std::time::Instant::now();
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--dag-id", "good", "--until-done"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(800),
+        "ended before good-2 did:\n{out}"
+    );
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("good-2") && last.contains("SUCCEEDED"),
+        "{out}"
+    );
+
+    run_test_step(&d, in_dag("bad-1", "bad", 0.0)).await;
+    wait_terminal(&d, "bad-1").await;
+    let mut failing = in_dag("bad-2", "bad", 1.0);
+    failing.fail_code = "PROCESS_EXITED".into();
+    run_test_step(&d, failing).await;
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--dag-id", "bad", "--until-done"],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("step 'bad-2' ended FAILED: PROCESS_EXITED"),
+        "out: {out}\nerr: {err}"
+    );
+
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["steps", "watch", "--dag-id", "no-such-dag", "--until-done"],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("NOT_FOUND: DAG 'no-such-dag' has no steps"),
+        "{err}"
+    );
+    // Without --dag-id or --step there is nothing to be done with.
+    let (code, _, err) = obhostctl(Some(&d), &["steps", "watch", "--until-done"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// `steps list` shows the newest steps first, whatever their ids (ListSteps
+/// pages by id), keeps the newest --limit of them, and says how many older
+/// ones it left out and which flag lists them; -o json says it too.
+#[tokio::test]
+async fn steps_list_shows_the_newest_first_and_how_to_see_more() {
+    let d = Daemon::start();
+    // Made in this order; by id the newest sorts first and the oldest in
+    // the middle.
+    for id in ["m-oldest", "z-older", "b-middle", "y-newer", "a-newest"] {
+        run_test_step(&d, test_step(id, 0.0)).await;
+        wait_terminal(&d, id).await;
+    }
+    let ids = |out: &str| -> Vec<String> {
+        out.lines()
+            .skip(1)
+            .filter(|l| !l.starts_with('('))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let (code, out, err) = obhostctl(Some(&d), &["steps", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        ids(&out),
+        ["a-newest", "y-newer", "b-middle", "z-older", "m-oldest"],
+        "{out}"
+    );
+    assert!(!out.contains("not shown"), "{out}");
+
+    let (code, out, err) = obhostctl(Some(&d), &["steps", "list", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ids(&out), ["a-newest", "y-newer"], "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("(3 older steps not shown: --limit 5 or --all lists them)"),
+        "{out}"
+    );
+    // The flag it names does list them.
+    let (_, out, _) = obhostctl(Some(&d), &["steps", "list", "--limit", "5"]);
+    assert_eq!(ids(&out).len(), 5, "{out}");
+    let (_, out, _) = obhostctl(Some(&d), &["steps", "list", "--all"]);
+    assert_eq!(ids(&out).len(), 5, "{out}");
+
+    let (code, out, err) = obhostctl(Some(&d), &["-o", "json", "steps", "list", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let json_ids: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_ids, ["a-newest", "y-newer"], "{out}");
+    assert_eq!(doc["olderNotShown"], 3, "{out}");
+
+    let (code, _, err) = obhostctl(Some(&d), &["steps", "list", "--limit", "0"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// `stop-observer` of a home where no observer runs (an empty home, a
+/// mistyped one) says that nothing was stopped and exits 1, as `steps cancel`
+/// of an ended step does; --missing-ok makes it exit 0, still saying so.
+/// `-o json` is the error beside the step, as for a failed stop.
+#[test]
+fn stopping_where_no_observer_runs_says_nothing_was_stopped() {
+    let d = Daemon::start();
+    let home = Home::new();
+    let empty = home.path().to_str().unwrap();
+    for h in [empty, "/nonexistent/obhost-home"] {
+        let (code, out, err) = obhostctl(Some(&d), &["stop-observer", "--home", h]);
+        assert_eq!(code, 1, "{h}: {out}\n{err}");
+        assert!(
+            err.contains(&format!(
+                "obhostctl: no observer was running at home '{h}', so nothing was stopped"
+            )) && err.contains("pass --missing-ok"),
+            "{h}: {err}"
+        );
+    }
+    let (code, out, err) = obhostctl(
+        Some(&d),
+        &["stop-observer", "--missing-ok", "--home", empty],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("no observer was running at home"), "{err}");
+    assert!(!err.contains("pass --missing-ok"), "{err}");
+
+    let (code, out, err) = obhostctl(Some(&d), &["-o", "json", "stop-observer", "--home", empty]);
+    assert_eq!(code, 1, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["error"]["code"], "NOT_RUNNING", "{doc}");
+    assert_eq!(doc["error"]["exit_status"], 1, "{doc}");
+    assert_eq!(doc["step"]["outputs"]["already_stopped"], "true", "{doc}");
+    let (code, out, _) = obhostctl(
+        Some(&d),
+        &[
+            "-o",
+            "json",
+            "stop-observer",
+            "--missing-ok",
+            "--home",
+            empty,
+        ],
+    );
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["state"], "STEP_STATE_SUCCEEDED", "{doc}");
 }

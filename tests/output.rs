@@ -302,7 +302,7 @@ fn a_redirected_demo_has_no_escape_byte() {
         );
         if json {
             let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert!(doc["stop"]["createdAt"].as_str().unwrap().ends_with('Z'));
+            assert!(doc["stop"]["startTime"].as_str().unwrap().ends_with('Z'));
         }
     }
 }
@@ -445,7 +445,8 @@ async fn json_is_one_document_and_errors_are_json_too() {
 }
 
 /// The real four-step flow's ids sort agent, prepare, start, wait by name; the
-/// list shows them as the DAG ran, and a DAG made later comes after.
+/// list shows them as the DAG ran, and a DAG made later comes before (newest
+/// first).
 #[test]
 fn steps_are_listed_in_dag_order() {
     let d = Daemon::start();
@@ -455,7 +456,7 @@ fn steps_are_listed_in_dag_order() {
     let (code, out, err) = obhostctl(Some(&d), &strs(&args));
     kill_agent(&d, "order-agent");
     assert_eq!(code, 0, "{out}\n{err}");
-    // A DAG whose id sorts first, made after: listed after.
+    // A DAG whose id sorts first, made after: listed first.
     let (code, _, err) = obhostctl(
         Some(&d),
         &[
@@ -468,11 +469,11 @@ fn steps_are_listed_in_dag_order() {
     );
     assert_eq!(code, 0, "{err}");
     let want = [
+        "aaa-stop",
         "order-prepare",
         "order-start",
         "order-wait",
         "order-agent",
-        "aaa-stop",
     ];
 
     let (code, out, err) = obhostctl(Some(&d), &["steps", "list"]);

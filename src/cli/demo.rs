@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use super::CliError;
-use super::flow::{self, StartArgs};
+use super::flow::{self, Ran, StartArgs};
 use super::output::{self, Format};
+use super::{CliError, Client};
 use crate::proto::v1 as pb;
 
 /// Everything the demo created; dropped last, it kills and removes all of it.
@@ -164,81 +164,92 @@ pub struct DemoArgs {
     /// Its pid file, relative to its home (seekdb: run/seekdb.pid).
     #[arg(long, default_value = "run/observer.pid")]
     pid_file: String,
+    /// Run the three observer steps only, without "Start ocp agent service",
+    /// as `start-observer --no-agent` does.
+    #[arg(long)]
+    no_agent: bool,
 }
 
-pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
-    let obhostd = sibling("obhostd")?;
-    // The stand-in is built only with the `fake-observer` feature (never
-    // packaged), and the demo needs it even with --observer: it plays the agent.
-    let stand_in = sibling("obhost-fake-observer").map_err(|_| {
-        CliError::Usage(format!(
-            "the stand-in observer '{}' is not next to obhostctl: it is built only with the \
-             `fake-observer` feature, and the demo runs it (as the OCP agent even with \
-             --observer); build with `cargo build --release --features fake-observer`, then \
-             run ./target/release/obhostctl demo",
-            obhostd.with_file_name("obhost-fake-observer").display()
-        ))
-    })?;
-    let dir = std::env::temp_dir().join(format!("obhost-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::Other(e.into()))?;
-    let mut scratch = Scratch { dir, daemon: None };
-    let home = scratch.dir.join("observer");
-    let port = free_port()?;
-    let observer = match &args.observer {
-        None => stand_in.clone(),
-        Some(real) => {
-            let real = std::fs::canonicalize(real)
-                .map_err(|e| CliError::Usage(format!("--observer '{}': {e}", real.display())))?;
-            let bin = home.join("bin");
-            std::fs::create_dir_all(&bin).map_err(|e| CliError::Other(e.into()))?;
-            std::os::unix::fs::symlink(&real, bin.join("observer"))
-                .map_err(|e| CliError::Other(e.into()))?;
-            bin.join("observer")
-        }
-    };
+/// The programs the demo runs, found next to obhostctl.
+struct Tools {
+    obhostd: PathBuf,
+    /// The stand-in observer, built only with the `fake-observer` feature
+    /// (never packaged); the demo needs it even with --observer: it plays
+    /// the OCP agent.
+    stand_in: PathBuf,
+}
 
-    let say = |s: String| {
-        if format == Format::Text {
-            output::line(&s);
-        }
+impl Tools {
+    fn find() -> Result<Tools, CliError> {
+        let obhostd = sibling("obhostd")?;
+        let stand_in = sibling("obhost-fake-observer").map_err(|_| {
+            CliError::Usage(format!(
+                "the stand-in observer '{}' is not next to obhostctl: it is built only with the \
+                 `fake-observer` feature, and the demo runs it (as the OCP agent even with \
+                 --observer); build with `cargo build --release --features fake-observer`, then \
+                 run ./target/release/obhostctl demo",
+                obhostd.with_file_name("obhost-fake-observer").display()
+            ))
+        })?;
+        Ok(Tools { obhostd, stand_in })
+    }
+}
+
+/// The observer binary the demo starts: the stand-in, or `--observer` linked
+/// into the demo's home as bin/observer.
+fn observer_binary(args: &DemoArgs, tools: &Tools, home: &Path) -> Result<PathBuf, CliError> {
+    let Some(real) = &args.observer else {
+        return Ok(tools.stand_in.clone());
     };
-    say(format!(
-        "obhost demo: everything lives in {} and is removed at the end",
-        scratch.dir.display()
-    ));
-    // The orchestrator's side: a StepReporter that prints what obhostd pushes.
-    // The orchestrator's end on a Unix socket in the demo's own dir: plain
-    // text only where no other user can listen (see [report] endpoint).
-    let sink_addr = format!("unix:{}", scratch.dir.join("reporter.sock").display());
-    let (sink_listener, _) = super::report_sink::Listener::bind(&sink_addr)
+    let real = std::fs::canonicalize(real)
+        .map_err(|e| CliError::Usage(format!("--observer '{}': {e}", real.display())))?;
+    let bin = home.join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| CliError::Other(e.into()))?;
+    std::os::unix::fs::symlink(&real, bin.join("observer"))
+        .map_err(|e| CliError::Other(e.into()))?;
+    Ok(bin.join("observer"))
+}
+
+/// The orchestrator's side: a StepReporter on a Unix socket in the demo's own
+/// dir (plain text only where no other user can listen, see [report]
+/// endpoint) that prints what obhostd pushes. Serves only for text output.
+async fn start_sink(
+    scratch: &Scratch,
+    format: Format,
+) -> Result<(String, tokio_util::sync::CancellationToken), CliError> {
+    let addr = format!("unix:{}", scratch.dir.join("reporter.sock").display());
+    let (listener, _) = super::report_sink::Listener::bind(&addr)
         .await
         .map_err(CliError::Other)?;
-    let stop_sink = tokio_util::sync::CancellationToken::new();
+    let stop = tokio_util::sync::CancellationToken::new();
     if format == Format::Text {
-        let stop = stop_sink.clone();
+        let stopped = stop.clone();
         tokio::spawn(super::report_sink::serve(
             tonic::transport::Server::builder(),
-            sink_listener,
+            listener,
             super::report_sink::Sink::new(format, "    pushed to the orchestrator: "),
-            async move { stop.cancelled().await },
+            async move { stopped.cancelled().await },
         ));
     }
-    let addr = start_daemon(&obhostd, &mut scratch, &sink_addr)?;
-    say(format!(
-        "started obhostd on {addr} (state in {}/state), pushing every step change to a \
-         report-sink on {sink_addr} (lines marked 'pushed')",
-        scratch.dir.display()
-    ));
-    let mut client = super::connect(&addr, None).await?;
+    Ok((addr, stop))
+}
 
-    let agent_port = free_port()?;
-    let agent_dir = scratch.dir.join("ocp_agent");
-    std::fs::create_dir_all(&agent_dir).map_err(|e| CliError::Other(e.into()))?;
-    let args = StartArgs {
+/// start-observer's arguments for the demo's home, on free ports, with the
+/// stand-in as the OCP agent (a foreground process with a port to
+/// health-check) unless --no-agent.
+fn start_args(
+    args: &DemoArgs,
+    scratch: &Scratch,
+    observer: &Path,
+    stand_in: &Path,
+) -> Result<StartArgs, CliError> {
+    let home = scratch.dir.join("observer");
+    let port = u32::from(free_port()?);
+    let mut start = StartArgs {
         home: home.display().to_string(),
         binary: Some(observer.display().to_string()),
-        mysql_port: Some(u32::from(port)),
-        rpc_port: Some(u32::from(port) + 1),
+        mysql_port: Some(port),
+        rpc_port: Some(port + 1),
         zone: Some("zone1".into()),
         cluster_name: Some("demo".into()),
         cluster_id: Some(1),
@@ -247,61 +258,80 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         pid_file: Some(home.join(&args.pid_file).display().to_string()),
         wait_timeout: Some(Duration::from_secs(120)),
         create_dirs: true,
-        dag_id: Some("demo".into()),
+        dag_id: Some(DAG.into()),
         wait_user: Some("root".into()),
-        // The stand-in observer plays the OCP agent too: a foreground process
-        // with a port to health-check.
-        agent_program: Some(stand_in.display().to_string()),
-        agent_args: vec!["-N".into(), "-p".into(), agent_port.to_string()],
-        agent_cwd: Some(agent_dir.display().to_string()),
-        agent_foreground: true,
-        agent_tcp_port: Some(u32::from(agent_port)),
+        no_agent: args.no_agent,
         ..StartArgs::default()
     };
-    say(format!(
-        "\nobhostctl start-observer --home {} --mysql-port {port} ... (the four host steps of 'Start OB server'):",
-        home.display()
-    ));
-    let mut dag = None;
-    let started = flow::run(&mut client, &args, format, &mut dag).await?;
+    if !args.no_agent {
+        let agent_port = free_port()?;
+        let agent_dir = scratch.dir.join("ocp_agent");
+        std::fs::create_dir_all(&agent_dir).map_err(|e| CliError::Other(e.into()))?;
+        start.agent_program = Some(stand_in.display().to_string());
+        start.agent_args = vec!["-N".into(), "-p".into(), agent_port.to_string()];
+        start.agent_cwd = Some(agent_dir.display().to_string());
+        start.agent_foreground = true;
+        start.agent_tcp_port = Some(u32::from(agent_port));
+    }
+    Ok(start)
+}
 
-    let observer_status = client
+/// The demo's DAG id: its steps are demo-prepare, ..., demo-stop.
+const DAG: &str = "demo";
+
+/// GetObserver of the demo's home, shown in one line.
+async fn observer_status(
+    client: &mut Client,
+    home: &str,
+    format: Format,
+) -> Result<pb::ObserverStatus, CliError> {
+    let o = client
         .get_observer(pb::GetObserverRequest {
-            home_path: home.display().to_string(),
+            home_path: home.to_string(),
         })
         .await?
         .into_inner()
         .observer
         .unwrap_or_default();
-    say(format!(
-        "\nobserver: running={} pid={} rss={} threads={} listening on {:?}",
-        observer_status.running,
-        observer_status.pid,
-        output::size(observer_status.rss_bytes),
-        observer_status.threads,
-        observer_status.listening_ports
-    ));
+    if format == Format::Text {
+        output::line(&format!(
+            "\nobserver: running={} pid={} rss={} threads={} listening on {:?}",
+            o.running,
+            o.pid,
+            output::size(o.rss_bytes),
+            o.threads,
+            o.listening_ports
+        ));
+    }
+    Ok(o)
+}
 
-    say("\nStop observer process:".into());
+/// Stops the observer (StopObserver, followed), and the stand-in agent,
+/// which is ours to clean up: obhostd leaves services running.
+async fn stop_all(client: &mut Client, home: &str, format: Format) -> Result<pb::Step, CliError> {
+    if format == Format::Text {
+        output::line("\nStop observer process:");
+    }
+    let id = format!("{DAG}-stop");
     client
         .stop_observer(pb::StopObserverRequest {
             meta: Some(pb::StepMeta {
-                step_id: "demo-stop".into(),
-                dag_id: "demo".into(),
+                step_id: id.clone(),
+                dag_id: DAG.into(),
                 ..Default::default()
             }),
-            home_path: home.display().to_string(),
+            home_path: home.to_string(),
             grace: Some(Duration::from_secs(5).into()),
             force: false,
         })
         .await?;
-    let stop = flow::follow(&mut client, "demo-stop", Instant::now(), format).await?;
-    // The stand-in agent is ours to clean up: obhostd leaves services running.
-    if let Ok(agent) = client
+    let stop = flow::follow(client, &id, Instant::now(), format).await?;
+    let agent = client
         .get_step(pb::GetStepRequest {
-            step_id: "demo-agent".into(),
+            step_id: format!("{DAG}-agent"),
         })
-        .await
+        .await;
+    if let Ok(agent) = agent
         && let Some(pid) = agent
             .into_inner()
             .step
@@ -312,39 +342,94 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
+    Ok(stop)
+}
 
+/// The end of the demo: JSON, one document (the start's DAG, the observer
+/// as it ran, the stop and every step of the DAG in the order they ran, in
+/// the summary's spelling; on a failure its `error`); text, the DAG's steps
+/// as a table when all went well (a failure was explained where it happened,
+/// once).
+fn report(
+    format: Format,
+    ran: &Ran,
+    observer: &pb::ObserverStatus,
+    stop: &pb::Step,
+    steps: &[pb::Step],
+) -> Result<(), CliError> {
+    let failed = steps
+        .iter()
+        .chain(std::iter::once(stop))
+        .find(|s| s.state() != pb::StepState::Succeeded);
+    if format == Format::Text {
+        if failed.is_none() && !ran.interrupted() {
+            output::say("")?;
+            output::step_list(steps, "", format)?;
+        }
+        return Ok(());
+    }
+    let mut doc = serde_json::json!({
+        "dag": ran.dag_json(),
+        "observer": output::proto_json(observer)?,
+        "stop": flow::step_json(stop),
+        "steps": steps.iter().map(flow::step_json).collect::<Vec<_>>(),
+    });
+    if ran.interrupted() {
+        doc["error"] =
+            output::error_json("INTERRUPTED", "interrupted by Ctrl-C", 130)["error"].take();
+    } else if let Some(bad) = failed {
+        doc["error"] = output::step_error_json(bad)["error"].take();
+    }
+    output::print_json(&doc, true)?;
+    Ok(())
+}
+
+pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
+    let tools = Tools::find()?;
+    let dir = std::env::temp_dir().join(format!("obhost-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::Other(e.into()))?;
+    let mut scratch = Scratch { dir, daemon: None };
+    let say = |s: String| {
+        if format == Format::Text {
+            output::line(&s);
+        }
+    };
+    say(format!(
+        "obhost demo: everything lives in {} and is removed at the end",
+        scratch.dir.display()
+    ));
+    let observer = observer_binary(&args, &tools, &scratch.dir.join("observer"))?;
+    let start = start_args(&args, &scratch, &observer, &tools.stand_in)?;
+    let (sink_addr, stop_sink) = start_sink(&scratch, format).await?;
+    let addr = start_daemon(&tools.obhostd, &mut scratch, &sink_addr)?;
+    say(format!(
+        "started obhostd on {addr} (state in {}/state), pushing every step change to a \
+         report-sink on {sink_addr} (lines marked 'pushed')",
+        scratch.dir.display()
+    ));
+    let mut client = super::connect(&addr, None).await?;
+    say(format!(
+        "\nobhostctl start-observer --home {} --mysql-port {} ... (the host steps of 'Start OB server'):",
+        start.home,
+        start.mysql_port.unwrap_or_default()
+    ));
+    let ran = flow::run(&mut client, &start, format).await?;
+    if ran.interrupted() {
+        output::note("\ninterrupted: the demo stops its observer and obhostd, and removes its dir");
+    }
+    let observer = observer_status(&mut client, &start.home, format).await?;
+    let stop = stop_all(&mut client, &start.home, format).await?;
     let mut steps = client
         .list_steps(pb::ListStepsRequest {
-            dag_id: "demo".into(),
+            dag_id: DAG.into(),
             ..Default::default()
         })
         .await?
         .into_inner()
         .steps;
     output::dag_order(&mut steps);
-    let ok = started == ExitCode::SUCCESS && stop.state() == pb::StepState::Succeeded;
-    if format == Format::Json {
-        // One document: the start's DAG, the observer as it ran, the stop and
-        // every step of the DAG (in the order they ran); on a failure its
-        // `error`, as every failing command's JSON has.
-        let mut doc = serde_json::json!({
-            "dag": dag,
-            "observer": output::proto_json(&observer_status)?,
-            "stop": output::proto_json(&stop)?,
-            "steps": output::step_list_json(&steps, "")?["steps"].take(),
-        });
-        let failed = steps
-            .iter()
-            .chain(std::iter::once(&stop))
-            .find(|s| s.state() != pb::StepState::Succeeded);
-        if let Some(bad) = failed {
-            doc["error"] = output::step_error_json(bad)["error"].take();
-        }
-        output::print_json(&doc, true)?;
-    } else {
-        output::say("")?;
-        output::step_list(&steps, "", format)?;
-    }
+    report(format, &ran, &observer, &stop, &steps)?;
+    let ok = ran.succeeded() && stop.state() == pb::StepState::Succeeded;
     // The last pushes are a batch_delay away.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_sink.cancel();
@@ -357,9 +442,11 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
     say(if ok {
         "\ndemo done: obhostd stopped, temp dir removed".into()
     } else {
-        "\ndemo failed: see the errors above".into()
+        "\ndemo failed: see the errors above; obhostd stopped, temp dir removed".into()
     });
-    Ok(if ok {
+    Ok(if ran.interrupted() {
+        ExitCode::from(130)
+    } else if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

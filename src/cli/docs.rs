@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 
-use super::{Cli, CliError};
+use super::CliError;
 use crate::daemon_cli::DaemonArgs;
 
 #[derive(clap::Args, Clone)]
@@ -30,7 +30,12 @@ pub struct ManArgs {
 /// panics on a failed write, and `obhostctl completions bash | head` must not.
 pub fn completions(args: &CompletionsArgs) -> Result<ExitCode, CliError> {
     let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut Cli::command(), "obhostctl", &mut script);
+    clap_complete::generate(
+        args.shell,
+        &mut super::command(|c| c),
+        "obhostctl",
+        &mut script,
+    );
     write_stdout(&script)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -47,7 +52,7 @@ pub fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
     })?;
     // As clap_mangen::generate_to: no `help` pseudo-subcommand pages, and a
     // built tree, so each subcommand's page is titled "obhostctl-steps-list".
-    let mut cli = Cli::command().disable_help_subcommand(true);
+    let mut cli = super::command(|c| c.disable_help_subcommand(true));
     cli.build();
     let mut written = Vec::new();
     render_tree(cli, "1", &args.out, &mut written, OBHOSTCTL_EXTRA)?;

@@ -14,6 +14,7 @@ use comfy_table::{Cell, Color, ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
 
+use super::phrasing::in_cli_terms;
 use crate::api::convert;
 use crate::proto::v1 as pb;
 
@@ -430,7 +431,8 @@ pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
     writeln!(out, "deadline   {}", when(&s.deadline))?;
     writeln!(out, "message    {}", clean(&s.message))?;
     if let Some(e) = &s.error {
-        writeln!(out, "error      {}: {}", clean(&e.code), clean(&e.message))?;
+        let message = in_cli_terms(&e.message, Some(&s.id));
+        writeln!(out, "error      {}: {}", clean(&e.code), clean(&message))?;
         for (k, v) in &e.details {
             writeln!(out, "  {} = {}", clean(k), clean(v))?;
         }
@@ -482,7 +484,7 @@ pub fn checks(out: &mut impl Write, checks: &[pb::CheckResult]) -> std::io::Resu
             Cell::new(clean(&c.name)),
             Cell::new(clean(&c.observed)),
             Cell::new(or_dash(&c.expected)),
-            Cell::new(or_dash(&c.hint)),
+            Cell::new(or_dash(&in_cli_terms(&c.hint, None))),
         ]);
     }
     print_table(out, &t)
@@ -545,9 +547,68 @@ pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> a
         return print_json(&step_list_json(&steps, next_page_token)?, true);
     }
     let mut out = std::io::stdout().lock();
+    print_table(&mut out, &step_table(&steps))?;
+    if !next_page_token.is_empty() {
+        writeln!(out, "(more: --page-token {next_page_token}, or --all)")?;
+    }
+    Ok(())
+}
+
+/// Keeps the `limit` steps created last and orders them as `steps list`
+/// shows them: the DAGs newest first (by their first step's creation), each
+/// DAG's steps in the order they ran, as [`dag_order`] has them. Returns how
+/// many older steps were left out.
+pub fn newest_first(steps: &mut Vec<pb::Step>, limit: Option<usize>) -> usize {
+    let mut older = 0;
+    if let Some(limit) = limit.filter(|l| *l < steps.len()) {
+        steps.sort_by(|a, b| {
+            (created(b), kind_rank(b.kind()), &b.id).cmp(&(created(a), kind_rank(a.kind()), &a.id))
+        });
+        older = steps.len() - limit;
+        steps.truncate(limit);
+    }
+    dag_order(steps);
+    // dag_order has the DAGs oldest first: turn the DAGs around, not the
+    // steps within each.
+    let mut dags: Vec<Vec<pb::Step>> = Vec::new();
+    for s in steps.drain(..) {
+        match dags.last_mut() {
+            Some(dag) if !s.dag_id.is_empty() && dag[0].dag_id == s.dag_id => dag.push(s),
+            _ => dags.push(vec![s]),
+        }
+    }
+    steps.extend(dags.into_iter().rev().flatten());
+    older
+}
+
+/// `steps list`'s answer, in the order given ([`newest_first`]). When
+/// `older` steps were left out, the text says so and which flag lists them;
+/// JSON has `olderNotShown`.
+pub fn newest_steps(steps: &[pb::Step], older: usize, format: Format) -> anyhow::Result<()> {
+    if format == Format::Json {
+        let mut doc = step_list_json(steps, "")?;
+        if older > 0 {
+            doc["olderNotShown"] = older.into();
+        }
+        return print_json(&doc, true);
+    }
+    let mut out = std::io::stdout().lock();
+    print_table(&mut out, &step_table(steps))?;
+    if older > 0 {
+        writeln!(
+            out,
+            "({older} older steps not shown: --limit {} or --all lists them)",
+            steps.len() + older
+        )?;
+    }
+    Ok(())
+}
+
+/// The table of a list of steps, one row each, in the order given.
+fn step_table(steps: &[pb::Step]) -> Table {
     let mut t = table(&["STEP", "STATE", "NAME", "AGE", "MESSAGE"]);
     let now = SystemTime::now();
-    for s in &steps {
+    for s in steps {
         let age = s
             .created_at
             .as_ref()
@@ -566,11 +627,7 @@ pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> a
     if let Some(c) = t.column_mut(3) {
         c.set_cell_alignment(comfy_table::CellAlignment::Right);
     }
-    print_table(&mut out, &t)?;
-    if !next_page_token.is_empty() {
-        writeln!(out, "(more: --page-token {next_page_token}, or --all)")?;
-    }
-    Ok(())
+    t
 }
 
 /// The JSON of a list of steps (also part of the demo's document).
@@ -676,12 +733,12 @@ impl Live {
                 self.began.elapsed().as_secs_f64(),
                 clean(&step.name),
                 state_name(step.state()),
-                clean(&step.message)
+                shown_message(step)
             ));
             return;
         };
         let state = state_text(step.state(), 10);
-        let (name, message) = (clean(&step.name), clean(&step.message));
+        let (name, message) = (clean(&step.name), shown_message(step));
         self.standing = format!("{name:<24} {state} {message}");
         if !is_terminal(step) {
             bar.set_prefix(name.into_owned());
@@ -706,6 +763,26 @@ impl Live {
             self.shown.elapsed().as_secs_f64(),
         ));
     }
+}
+
+/// A step's message on its live line. A step that ended badly shows only its
+/// error code there: the command explains it right after (code, message,
+/// checks, log tail), and the same sentence twice in a row is noise.
+fn shown_message(step: &pb::Step) -> std::borrow::Cow<'_, str> {
+    match &step.error {
+        Some(e) if is_terminal(step) && step.state() != pb::StepState::Succeeded => clean(&e.code),
+        _ => clean(&step.message),
+    }
+}
+
+/// The result line of a step that had ended before this command ran (a
+/// re-run of a flow finds it so): no spinner, and no time of ours.
+pub fn ended_earlier(step: &pb::Step) {
+    let (name, message) = (clean(&step.name), shown_message(step));
+    line(&format!(
+        "  [earlier] {name:<24} {} {message}",
+        state_text(step.state(), 10)
+    ));
 }
 
 impl Drop for Live {

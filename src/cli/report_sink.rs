@@ -148,6 +148,16 @@ impl StepReporter for Sink {
         request: Request<pb::ReportStepsRequest>,
     ) -> Result<Response<pb::ReportStepsResponse>, Status> {
         let req = request.into_inner();
+        let lines = self.take(&req)?;
+        self.print(lines)?;
+        Ok(Response::new(pb::ReportStepsResponse {}))
+    }
+}
+
+impl Sink {
+    /// Records a batch in what this sink knows of its agent and returns the
+    /// lines that tell it: the batch, a gap or drop if any, each change.
+    fn take(&self, req: &pb::ReportStepsRequest) -> Result<Vec<String>, Status> {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         let first = !agents.contains_key(&req.agent_id);
         let agent = agents.entry(req.agent_id.clone()).or_default();
@@ -157,36 +167,7 @@ impl StepReporter for Sink {
             .map(|s| s.revision)
             .max()
             .unwrap_or(req.after_revision);
-        let mut lines = Vec::new();
-        let host = req.host.clone().unwrap_or_default();
-        lines.push(match self.format {
-            Format::Json => serde_json::json!({
-                "agent_id": req.agent_id,
-                "batch": {
-                    "after_revision": req.after_revision,
-                    "through": through,
-                    "steps": req.steps.len(),
-                    "dropped": req.dropped,
-                    "first": first,
-                    "hostname": host.hostname,
-                    "version": host.version,
-                },
-            })
-            .to_string(),
-            Format::Text => format!(
-                "batch from {} ({} obhostd {}): {} changes after revision {}{}",
-                req.agent_id,
-                host.hostname,
-                host.version,
-                req.steps.len(),
-                req.after_revision,
-                if first {
-                    " (first seen by this sink)"
-                } else {
-                    ""
-                }
-            ),
-        });
+        let mut lines = vec![self.batch_line(req, through, first)];
         // A batch continues from what this agent last had acknowledged; an
         // agent first seen may rightly continue from what an earlier sink took.
         if !first && req.after_revision > agent.through {
@@ -216,31 +197,78 @@ impl StepReporter for Sink {
             let duplicate = step.revision <= *seen;
             *seen = (*seen).max(step.revision);
             agent.duplicates += u64::from(duplicate);
-            lines.push(match self.format {
-                Format::Json => serde_json::json!({
-                    "agent_id": req.agent_id,
-                    "duplicate": duplicate,
-                    "step": super::output::proto_json(step)
-                        .map_err(|e| Status::internal(format!("cannot print: {e:#}")))?,
-                })
-                .to_string(),
-                Format::Text => format!(
-                    "{} r{} {} {} {}{}{}",
-                    req.agent_id,
-                    step.revision,
-                    step.id,
-                    step.state().as_str_name().trim_start_matches("STEP_STATE_"),
-                    step.message,
-                    step.error
-                        .as_ref()
-                        .map(|e| format!(" [{}]", e.code))
-                        .unwrap_or_default(),
-                    if duplicate { " (duplicate)" } else { "" }
-                ),
-            });
+            lines.push(self.step_line(&req.agent_id, step, duplicate)?);
         }
         agent.through = agent.through.max(through);
-        drop(agents);
+        Ok(lines)
+    }
+
+    /// The line that opens a batch: who sent it and what it covers.
+    fn batch_line(&self, req: &pb::ReportStepsRequest, through: u64, first: bool) -> String {
+        let host = req.host.clone().unwrap_or_default();
+        match self.format {
+            Format::Json => serde_json::json!({
+                "agent_id": req.agent_id,
+                "batch": {
+                    "after_revision": req.after_revision,
+                    "through": through,
+                    "steps": req.steps.len(),
+                    "dropped": req.dropped,
+                    "first": first,
+                    "hostname": host.hostname,
+                    "version": host.version,
+                },
+            })
+            .to_string(),
+            Format::Text => format!(
+                "batch from {} ({} obhostd {}): {} changes after revision {}{}",
+                req.agent_id,
+                host.hostname,
+                host.version,
+                req.steps.len(),
+                req.after_revision,
+                if first {
+                    " (first seen by this sink)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+
+    /// One change of a batch.
+    fn step_line(
+        &self,
+        agent_id: &str,
+        step: &pb::Step,
+        duplicate: bool,
+    ) -> Result<String, Status> {
+        Ok(match self.format {
+            Format::Json => serde_json::json!({
+                "agent_id": agent_id,
+                "duplicate": duplicate,
+                "step": super::output::proto_json(step)
+                    .map_err(|e| Status::internal(format!("cannot print: {e:#}")))?,
+            })
+            .to_string(),
+            Format::Text => format!(
+                "{} r{} {} {} {}{}{}",
+                agent_id,
+                step.revision,
+                step.id,
+                step.state().as_str_name().trim_start_matches("STEP_STATE_"),
+                step.message,
+                step.error
+                    .as_ref()
+                    .map(|e| format!(" [{}]", e.code))
+                    .unwrap_or_default(),
+                if duplicate { " (duplicate)" } else { "" }
+            ),
+        })
+    }
+
+    /// Prints a batch's lines, after the lock on the agents is released.
+    fn print(&self, lines: Vec<String>) -> Result<(), Status> {
         if self.format == Format::Text {
             // Through output::line: in the demo a spinner may be running.
             for line in lines {
@@ -254,7 +282,7 @@ impl StepReporter for Sink {
                     .map_err(|e| Status::internal(format!("cannot print: {e}")))?;
             }
         }
-        Ok(Response::new(pb::ReportStepsResponse {}))
+        Ok(())
     }
 }
 

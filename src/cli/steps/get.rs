@@ -1,0 +1,21 @@
+//! `obhostctl steps get ID`: GetStep.
+
+use std::process::ExitCode;
+
+use crate::cli::output::{self, Format};
+use crate::cli::{CliError, Client};
+use crate::proto::v1 as pb;
+
+pub async fn run(
+    step_id: String,
+    client: &mut Client,
+    format: Format,
+) -> Result<ExitCode, CliError> {
+    let step = client
+        .get_step(pb::GetStepRequest { step_id })
+        .await?
+        .into_inner()
+        .step;
+    output::step(&step.unwrap_or_default(), format)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -96,7 +96,9 @@ impl Systemd {
     /// otherwise why not, in words for the startup log.
     pub async fn detect() -> Result<Systemd, String> {
         if !Path::new("/run/systemd/system").is_dir() {
-            let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+            let pid1 = tokio::fs::read_to_string("/proc/1/comm")
+                .await
+                .unwrap_or_default();
             return Err(format!(
                 "systemd is not PID 1 here (PID 1 is '{}')",
                 pid1.trim()

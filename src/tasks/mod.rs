@@ -74,10 +74,14 @@ pub(crate) fn observer_lock(home: &Path) -> String {
     format!("observer {}", home.display())
 }
 
-/// A failure that carries the tail of the observer's output and log.
-pub(crate) fn fail_with_log(code: Code, message: String, home: &Path) -> StepFailure {
+/// A failure that carries the tail of the observer's output and log (read
+/// on the blocking pool: they are files in a dir its user controls).
+pub(crate) async fn fail_with_log(code: Code, message: String, home: &Path) -> StepFailure {
     let mut f = StepFailure::new(code, message);
-    f.error.log_tail = crate::observer::log_tail(home);
+    let home = home.to_path_buf();
+    f.error.log_tail = tokio::task::spawn_blocking(move || crate::observer::log_tail(&home))
+        .await
+        .unwrap_or_default();
     f
 }
 

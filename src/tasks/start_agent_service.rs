@@ -180,7 +180,9 @@ impl StartAgentService {
         unit: &str,
     ) -> Result<(bool, Option<PathBuf>), StepFailure> {
         let Some(systemd) = &self.deps.systemd else {
-            let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+            let pid1 = tokio::fs::read_to_string("/proc/1/comm")
+                .await
+                .unwrap_or_default();
             return Err(StepFailure::new(
                 Code::SystemdUnavailable,
                 format!(

@@ -267,7 +267,8 @@ impl StartObserver {
                     ctx.step_id()
                 ),
                 &spec.home_path,
-            ));
+            )
+            .await);
         }
         Ok(None)
     }

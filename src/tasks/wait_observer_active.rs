@@ -168,7 +168,8 @@ impl WaitObserverActive {
                         p.home_path.display()
                     ),
                     &p.home_path,
-                ))
+                )
+                .await)
             }
         }
     }

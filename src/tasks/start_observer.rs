@@ -427,3 +427,117 @@ impl StepTask for StartObserver {
         OnRestart::Resume
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn spec(home: &std::path::Path, user: &str) -> ObserverSpec {
+        ObserverSpec {
+            home_path: home.to_path_buf(),
+            binary: home.join("bin/observer"),
+            user: user.into(),
+            mysql_port: 2881,
+            rpc_port: 2882,
+            pid_file: home.join("run/observer.pid"),
+            foreground: false,
+            zone: String::new(),
+            cluster_name: String::new(),
+            cluster_id: 0,
+            rootservice_list: String::new(),
+            data_dir: home.join("store"),
+            redo_dir: None,
+            devname: String::new(),
+            ip: String::new(),
+            parameters: Default::default(),
+            env: Default::default(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// A home whose bin/observer exists with `mode`.
+    fn home(mode: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let binary = dir.path().join("bin/observer");
+        std::fs::write(&binary, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(mode)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn preflight_makes_log_and_run_for_the_observers_user() {
+        let Ok(nobody) = RunAs::lookup("nobody") else {
+            eprintln!("SKIPPED: no user nobody");
+            return;
+        };
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: making dirs for another user needs root");
+            return;
+        }
+        let dir = home(0o755);
+        preflight(&spec(dir.path(), "nobody"), &nobody).unwrap();
+        for sub in ["log", "run"] {
+            let meta = std::fs::metadata(dir.path().join(sub)).unwrap();
+            assert!(meta.is_dir(), "{sub}");
+            assert_eq!(meta.uid(), nobody.uid, "{sub} must be the observer's");
+        }
+    }
+
+    #[test]
+    fn preflight_refuses_a_binary_the_user_cannot_run_and_a_home_it_cannot_fill() {
+        let me = RunAs::current().unwrap();
+        let dir = home(0o644);
+        let (code, message) = preflight(&spec(dir.path(), &me.name), &me).unwrap_err();
+        assert_eq!(code, Code::BinaryNotFound, "{message}");
+        assert!(message.starts_with("observer.binary"), "{message}");
+        assert!(
+            !dir.path().join("log").exists(),
+            "nothing is made before the binary is fine"
+        );
+
+        let dir = home(0o755);
+        std::fs::write(dir.path().join("log"), "a file where log/ belongs").unwrap();
+        let (code, message) = preflight(&spec(dir.path(), &me.name), &me).unwrap_err();
+        assert_eq!(code, Code::DirNotWritable, "{message}");
+        assert!(message.contains("/log'"), "{message}");
+    }
+
+    /// Arguments are kept whole, as the kernel has them: a space inside one
+    /// does not split it.
+    #[test]
+    fn argv_reads_a_live_process_s_arguments_whole() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30", "name with spaces"])
+            .spawn()
+            .unwrap();
+        // Until the exec, /proc shows the parent's (or, mid-spawn, nothing).
+        let pid = child.id() as i32;
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut got = argv(pid);
+        while got.first().map(String::as_str) != Some("sh") && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            got = argv(pid);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(got, ["sh", "-c", "sleep 30", "name with spaces"]);
+        assert!(argv(i32::MAX).is_empty(), "no process: no arguments");
+    }
+
+    #[test]
+    fn a_first_start_needs_the_cluster_s_identity() {
+        let me = RunAs::current().unwrap();
+        let dir = home(0o755);
+        let e = resolve(spec(dir.path(), &me.name), &me).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("observer.zone, observer.cluster_name, observer.cluster_id required"),
+            "{m}"
+        );
+        let mut s = spec(dir.path(), &me.name);
+        (s.zone, s.cluster_name, s.cluster_id) = ("z1".into(), "c".into(), 1);
+        assert_eq!(resolve(s.clone(), &me).unwrap(), s);
+    }
+}

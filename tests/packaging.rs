@@ -333,6 +333,114 @@ fn man_pages_render_and_document_every_command_and_option() {
     assert!(obhostd.contains("SEEALSOobhostctl(1)"), "{obhostd}");
 }
 
+/// The roff of `page`'s section `heading` (`.SH heading` to the next `.SH`).
+fn section<'a>(page: &'a str, heading: &str) -> &'a str {
+    let start = page
+        .find(&format!(".SH {heading}\n"))
+        .unwrap_or_else(|| panic!("no {heading} section:\n{page}"));
+    let body = &page[start + 4 + heading.len()..];
+    &body[..body.find("\n.SH ").unwrap_or(body.len())]
+}
+
+#[test]
+fn man_pages_have_exit_status_environment_and_files() {
+    if !require_tool("man") && !require_tool("groff") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man");
+    stdout(Command::new(OBHOSTCTL).args(["man", "--out"]).arg(&dir));
+    let socket = obhost::config::DEFAULT_SOCKET;
+    let page = |name: &str| {
+        let path = dir.join(name);
+        // It renders without a warning (and the sections are read from
+        // its source, where a heading cannot run into the text after it).
+        rendered_text(&path);
+        std::fs::read_to_string(&path).unwrap()
+    };
+
+    let ctl = page("obhostctl.1");
+    let status = section(&ctl, "\"EXIT STATUS\"");
+    let env = section(&ctl, "ENVIRONMENT");
+    let files = section(&ctl, "FILES");
+    for code in [
+        "0\nSuccess",
+        "1\nobhostd answered",
+        "2\nBad usage",
+        "3\nobhostd could not be reached",
+        "130\nInterrupted",
+        "141\n",
+    ] {
+        assert!(
+            status.contains(&format!(".TP\n{code}")),
+            "EXIT STATUS lacks {code:?}: {status}"
+        );
+    }
+    let (code, _, _) = obhostctl(None, &["steps", "frobnicate"]);
+    assert_eq!(code, 2);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, _) = obhostctl(None, &["--addr", &closed.to_string(), "host"]);
+    assert_eq!(code, 3);
+    // Every variable --help names, and no other OBHOST_ one.
+    let (_, help, _) = obhostctl(None, &["--help"]);
+    let in_help: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(']').next())
+        .collect();
+    assert_eq!(in_help.len(), 5, "{help}");
+    for var in &in_help {
+        assert!(env.contains(var), "ENVIRONMENT lacks {var}: {env}");
+    }
+    let in_page = env.matches("OBHOST_").count();
+    assert_eq!(
+        in_page,
+        in_help.len(),
+        "ENVIRONMENT names other variables: {env}"
+    );
+    for var in ["XDG_RUNTIME_DIR", "NO_COLOR", "TERM"] {
+        assert!(env.contains(var), "ENVIRONMENT lacks {var}: {env}");
+    }
+    assert!(files.contains(socket), "FILES lacks {socket}: {files}");
+
+    let d = page("obhostd.8");
+    let status = section(&d, "\"EXIT STATUS\"");
+    let env = section(&d, "ENVIRONMENT");
+    let files = section(&d, "FILES");
+    for code in ["0\nStopped", "1\nCould not start", "2\nBad usage"] {
+        assert!(
+            status.contains(&format!(".TP\n{code}")),
+            "EXIT STATUS lacks {code:?}: {status}"
+        );
+    }
+    let bad = Command::new(OBHOSTD)
+        .args(["--config", "/nonexistent/obhostd.toml", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    for var in [
+        "RUST_LOG",
+        "JOURNAL_STREAM",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "XDG_RUNTIME_DIR",
+        "XDG_STATE_HOME",
+    ] {
+        assert!(env.contains(var), "ENVIRONMENT lacks {var}: {env}");
+    }
+    for file in [
+        "/etc/obhost/obhostd.toml".to_string(),
+        format!("/var/lib/obhostd/{}", obhost::steps::store::STATE_FILE),
+        socket.to_string(),
+        "/usr/lib/systemd/system/obhostd.service".to_string(),
+    ] {
+        assert!(files.contains(&file), "FILES lacks {file}: {files}");
+    }
+}
+
 #[test]
 fn completion_scripts_parse_in_their_shells() {
     let bash = stdout(Command::new(OBHOSTCTL).args(["completions", "bash"]));

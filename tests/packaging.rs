@@ -16,6 +16,12 @@ use clap::CommandFactory;
 use common::*;
 
 const UNIT: &str = include_str!("../systemd/obhostd.service");
+const README: &str = include_str!("../README.md");
+
+/// Where the .deb puts the unit: cargo-deb's `systemd-units` installs it
+/// under usr/lib/systemd/system/ (its dh_installsystemd), which is also
+/// /lib/systemd/system/ only on a merged-/usr system.
+const UNIT_PATH: &str = "/usr/lib/systemd/system/obhostd.service";
 
 /// Outside CI a missing tool skips with a visible message; in CI it fails.
 fn require_tool(name: &str) -> bool {
@@ -73,6 +79,29 @@ fn the_unit_verifies_and_keeps_what_the_design_needs() {
         "warnings about the unit:\n{}",
         ours.join("\n")
     );
+}
+
+/// The unit's own comment and the README say where the package puts the unit,
+/// and name no other system unit dir (the .deb test checks the package itself).
+#[test]
+fn the_unit_and_the_readme_agree_on_where_the_unit_goes() {
+    assert!(
+        UNIT.contains(&format!("installs this\n# as {UNIT_PATH},")),
+        "the unit's comment does not name {UNIT_PATH}:\n{UNIT}"
+    );
+    assert!(
+        README.contains(&format!("| `systemd/obhostd.service` | `{UNIT_PATH}` ")),
+        "README's packaging table does not name {UNIT_PATH}"
+    );
+    for (name, text) in [("the unit", UNIT), ("README.md", README)] {
+        for (at, _) in text.match_indices("/lib/systemd/system/") {
+            assert!(
+                text[..at].ends_with("/usr"),
+                "{name} line {} names /lib/systemd/system/, where the package puts nothing",
+                text[..at].lines().count()
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -435,7 +464,7 @@ fn man_pages_have_exit_status_environment_and_files() {
         "/etc/obhost/obhostd.toml".to_string(),
         format!("/var/lib/obhostd/{}", obhost::steps::store::STATE_FILE),
         socket.to_string(),
-        "/usr/lib/systemd/system/obhostd.service".to_string(),
+        UNIT_PATH.to_string(),
     ] {
         assert!(files.contains(&file), "FILES lacks {file}: {files}");
     }
@@ -594,6 +623,10 @@ fn the_deb_installs_verifies_and_purges() {
 
     let contents = stdout(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(
+        contents.contains(&format!(" .{UNIT_PATH}\n")),
+        "the package does not put the unit at {UNIT_PATH}, as the unit and the README say:\n{contents}"
+    );
+    assert!(
         !contents.contains("fake-observer"),
         "the package ships the stand-in observer:\n{contents}"
     );
@@ -613,10 +646,7 @@ fn the_deb_installs_verifies_and_purges() {
     let repo = |p: &str| std::fs::read(manifest_dir().join(p)).unwrap();
     // Installed as shipped, where the unit and the README say.
     for (installed, source) in [
-        (
-            "/lib/systemd/system/obhostd.service",
-            "systemd/obhostd.service",
-        ),
+        (UNIT_PATH, "systemd/obhostd.service"),
         ("/etc/obhost/obhostd.toml", "systemd/obhostd.toml"),
         (
             "/usr/share/doc/obhost/examples/obhostd.toml",
@@ -657,7 +687,7 @@ fn the_deb_installs_verifies_and_purges() {
         "the config is no conffile: {conffiles:?}"
     );
     // The unit names what the package installed.
-    let unit = std::fs::read_to_string("/lib/systemd/system/obhostd.service").unwrap();
+    let unit = std::fs::read_to_string(UNIT_PATH).unwrap();
     let exec = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
@@ -706,7 +736,7 @@ fn the_deb_installs_verifies_and_purges() {
 
     // The installed unit verifies, its man: documentation included.
     let verify = Command::new("systemd-analyze")
-        .args(["verify", "/lib/systemd/system/obhostd.service"])
+        .args(["verify", UNIT_PATH])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&verify.stderr);
@@ -751,7 +781,7 @@ fn the_deb_installs_verifies_and_purges() {
     run(Command::new("dpkg").args(["--purge", "obhost"]));
     files.extend(installed);
     files.push("/etc/obhost/obhostd.toml");
-    files.push("/lib/systemd/system/obhostd.service");
+    files.push(UNIT_PATH);
     for f in &files {
         assert!(!Path::new(f).exists(), "{f} is left after dpkg --purge");
     }

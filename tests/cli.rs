@@ -577,7 +577,7 @@ async fn obhost_addr_is_honoured_but_not_shown_as_required() {
     let (code, _, err) = obhostctl_with_env(&env, &["host"]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("cannot read --token-file '/nonexistent/token'"),
+        err.contains("cannot read OBHOST_TOKEN_FILE '/nonexistent/token'"),
         "{err}"
     );
     let (code, _, err) = obhostctl_with_env(
@@ -752,4 +752,58 @@ fn stopping_where_no_observer_runs_says_nothing_was_stopped() {
     assert_eq!(code, 0);
     let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
     assert_eq!(doc["state"], "STEP_STATE_SUCCEEDED", "{doc}");
+}
+
+/// A value that came from an OBHOST_* variable is named by that variable in
+/// the error about it, and a flag by the flag: an operator who exported
+/// OBHOST_CA_FILE long ago does not look for a --ca-file they never typed.
+#[test]
+fn an_error_names_the_variable_or_flag_that_gave_the_value() {
+    let plain = "127.0.0.1:1";
+    let (code, _, err) = obhostctl_with_env(
+        &[
+            ("OBHOST_ADDR", plain),
+            ("OBHOST_CA_FILE", "/nonexistent/ca.pem"),
+        ],
+        &["host"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "OBHOST_CA_FILE is for https:// addresses, and OBHOST_ADDR '{plain}' is not one"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(
+        &[],
+        &["--addr", plain, "--ca-file", "/nonexistent/ca.pem", "host"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "--ca-file is for https:// addresses, and --addr '{plain}' is not one"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(
+        &[("OBHOST_CA_FILE", "/nonexistent/ca.pem")],
+        &["--addr", "https://127.0.0.1:1", "host"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read OBHOST_CA_FILE '/nonexistent/ca.pem'"),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(&[("OBHOST_ADDR", "relative.sock")], &["host"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("cannot reach obhostd at http://relative.sock"),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(&[("OBHOST_ADDR", "unix:run/x.sock")], &["host"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("OBHOST_ADDR 'unix:run/x.sock' names a relative socket path"),
+        "{err}"
+    );
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-pub use connect::{Bearer, Client, Target, connect, connect_to};
+pub use connect::{Bearer, Client, GivenAs, Target, connect, connect_to};
 pub use error::CliError;
 pub(crate) use error::code_name;
 pub(crate) use ids::new_id;
@@ -148,30 +148,46 @@ impl Cli {
     /// line, and every usage error then showed `--addr <ADDR>` in its usage
     /// line as if the command required it.
     fn target(&self) -> Result<Target, CliError> {
-        let path = |flag: &Option<PathBuf>, var: &str| {
-            flag.clone().or_else(|| from_env(var).map(PathBuf::from))
+        let mut given_as = GivenAs::default();
+        let path = |flag: &Option<PathBuf>, var: &'static str, name: &mut &'static str| {
+            flag.clone().or_else(|| {
+                let value = from_env(var).map(PathBuf::from);
+                if value.is_some() {
+                    *name = var;
+                }
+                value
+            })
         };
-        let addr = match &self.addr {
-            Some(a) => Some(a.clone()),
-            None => from_env("OBHOST_ADDR")
-                .map(|v| {
-                    v.into_string().map_err(|v| {
-                        CliError::Usage(format!(
-                            "OBHOST_ADDR '{}' is not UTF-8; set it to an address such as \
-                             unix:/run/obhost/obhostd.sock, or unset it and pass --addr",
-                            v.to_string_lossy()
-                        ))
-                    })
-                })
-                .transpose()?,
+        let token_file = path(
+            &self.token_file,
+            "OBHOST_TOKEN_FILE",
+            &mut given_as.token_file,
+        );
+        let ca_file = path(&self.ca_file, "OBHOST_CA_FILE", &mut given_as.ca_file);
+        let cert_file = path(&self.cert_file, "OBHOST_CERT_FILE", &mut given_as.cert_file);
+        let key_file = path(&self.key_file, "OBHOST_KEY_FILE", &mut given_as.key_file);
+        let addr = match (&self.addr, from_env("OBHOST_ADDR")) {
+            (Some(a), _) => Some(a.clone()),
+            (None, None) => None,
+            (None, Some(v)) => {
+                given_as.addr = "OBHOST_ADDR";
+                Some(v.into_string().map_err(|v| {
+                    CliError::Usage(format!(
+                        "OBHOST_ADDR '{}' is not UTF-8; set it to an address such as \
+                         unix:/run/obhost/obhostd.sock, or unset it and pass --addr",
+                        v.to_string_lossy()
+                    ))
+                })?)
+            }
         };
         Ok(Target {
             addr,
-            token_file: path(&self.token_file, "OBHOST_TOKEN_FILE"),
-            ca_file: path(&self.ca_file, "OBHOST_CA_FILE"),
-            cert_file: path(&self.cert_file, "OBHOST_CERT_FILE"),
-            key_file: path(&self.key_file, "OBHOST_KEY_FILE"),
+            token_file,
+            ca_file,
+            cert_file,
+            key_file,
             timeout: Some(self.timeout),
+            given_as,
         })
     }
 }

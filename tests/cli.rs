@@ -524,21 +524,23 @@ fn help_puts_the_global_options_under_their_own_heading() {
     }
 }
 
-/// demo runs its own obhostd and refuses the flags that name another one:
-/// its help does not offer them, and given anyway they are still refused.
+/// demo runs its own obhostd and refuses the flags that name another one (and
+/// --timeout, which its calls to that obhostd do not use): its help does not
+/// offer them, and given anyway they are still refused.
 #[test]
 fn demo_help_offers_no_flag_demo_refuses() {
     let (code, out, err) = obhostctl(None, &["demo", "--help"]);
     assert_eq!(code, 0, "{err}");
-    for flag in [
-        "--addr",
-        "--token-file",
-        "--ca-file",
-        "--cert-file",
-        "--key-file",
+    for (flag, value) in [
+        ("--addr", "/x"),
+        ("--token-file", "/x"),
+        ("--ca-file", "/x"),
+        ("--cert-file", "/x"),
+        ("--key-file", "/x"),
+        ("--timeout", "5s"),
     ] {
         assert!(!out.contains(flag), "demo --help offers {flag}:\n{out}");
-        let (code, _, err) = obhostctl(None, &["demo", flag, "/x"]);
+        let (code, _, err) = obhostctl(None, &["demo", flag, value]);
         assert_eq!(code, 2, "demo {flag}: {err}");
         assert!(
             err.contains(&format!("demo does not use {flag}")),

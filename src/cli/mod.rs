@@ -124,9 +124,8 @@ const TARGET_FLAGS: [(&str, &str, &str); 5] = [
 ];
 
 /// obhostctl's command line as it parses, prints its help and renders its
-/// man pages: [`Cli`], with the flags that say which obhostd to talk to
-/// hidden from `demo`, which refuses them (it runs its own obhostd), so its
-/// help offers nothing it would refuse. `shape` is applied first (the man
+/// man pages: [`Cli`], with the global flags `demo` refuses (it runs its own
+/// obhostd) hidden from it, so its help offers nothing it would refuse. `shape` is applied first (the man
 /// pages drop the `help` pseudo-subcommand).
 pub fn command(shape: impl FnOnce(clap::Command) -> clap::Command) -> clap::Command {
     let cli = shape(<Cli as clap::CommandFactory>::command());
@@ -135,7 +134,7 @@ pub fn command(shape: impl FnOnce(clap::Command) -> clap::Command) -> clap::Comm
     // that demo can say why it refuses them.
     let hidden: Vec<clap::Arg> = cli
         .get_arguments()
-        .filter(|a| TARGET_FLAGS.iter().any(|(id, _, _)| a.get_id() == *id))
+        .filter(|a| demo_refuses(a.get_id().as_str()).is_some())
         .map(|a| a.clone().hide(true))
         .collect();
     cli.mut_subcommand("demo", |demo| demo.args(hidden))
@@ -212,7 +211,7 @@ pub fn main() -> ExitCode {
     output::init(format);
     let fail = |e: CliError| error::fail(e, format);
     if let Command::Demo(_) = cli.command
-        && let Some(flag) = target_flags_given(&matches)
+        && let Some(flag) = demo_refused_flag(&matches)
     {
         return fail(CliError::Usage(format!(
             "demo does not use {flag}: it starts its own obhostd on a private socket and talks \
@@ -236,23 +235,31 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The first of the flags that say which obhostd to talk to that was given
+/// The flag of a global option `demo` refuses, by clap id: the ones that say
+/// which obhostd to talk to, and --timeout, since its calls all go to the
+/// obhostd it starts itself.
+fn demo_refuses(id: &str) -> Option<&'static str> {
+    TARGET_FLAGS
+        .iter()
+        .find(|(target, _, _)| *target == id)
+        .map(|(_, flag, _)| *flag)
+        .or((id == "timeout").then_some("--timeout"))
+}
+
+/// The first global flag `demo` refuses that was given on the command line
 /// (an OBHOST_* variable of the environment, which an operator may export for
-/// every command, does not count): the demo has its own daemon and would
-/// silently ignore it.
-fn target_flags_given(matches: &clap::ArgMatches) -> Option<&'static str> {
+/// every command, does not count): demo would silently ignore it.
+fn demo_refused_flag(matches: &clap::ArgMatches) -> Option<&'static str> {
     let given = |m: &clap::ArgMatches, id: &str| {
         m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
     };
-    TARGET_FLAGS
-        .into_iter()
-        .find(|(id, _, _)| {
-            given(matches, id)
-                || matches
-                    .subcommand_matches("demo")
-                    .is_some_and(|m| given(m, id))
-        })
-        .map(|(_, flag, _)| flag)
+    let demo = matches.subcommand_matches("demo")?;
+    matches
+        .ids()
+        .chain(demo.ids())
+        .map(|id| id.as_str())
+        .find(|id| demo_refuses(id).is_some() && (given(matches, id) || given(demo, id)))
+        .and_then(demo_refuses)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {

@@ -1,19 +1,14 @@
 //! obhostctl: the operator's client. Every subcommand is one or a few RPCs; output
 //! is for people by default and `-o json` (canonical protobuf JSON) for scripts.
 //!
-//! Exit status: 0 success, 1 the daemon answered with an error (or a step ended
-//! badly, for commands that wait), 2 bad usage, 3 the daemon could not be reached.
-
-//! obhostctl: the operator's client. Every subcommand is one or a few RPCs; output
-//! is for people by default and `-o json` (canonical protobuf JSON) for scripts.
-//!
 //! This module is the command line and the dispatcher; each command lives in a
 //! file of its own (`steps/`, `observer/`, `stop_observer.rs`, ...), as
 //! reaching obhostd does (`connect.rs`) and what a failure says and exits with
 //! (`error.rs`).
 //!
 //! Exit status: 0 success, 1 the daemon answered with an error (or a step ended
-//! badly, for commands that wait), 2 bad usage, 3 the daemon could not be reached.
+//! badly, for commands that wait, or nothing was changed), 2 bad usage, 3 the
+//! daemon could not be reached; the man page's EXIT STATUS has them all.
 
 mod connect;
 mod demo;
@@ -262,28 +257,28 @@ fn demo_refused_flag(matches: &clap::ArgMatches) -> Option<&'static str> {
         .and_then(demo_refuses)
 }
 
+/// Runs the command. Only the commands that talk to an obhostd of the
+/// operator's connect, so a bad OBHOST_ADDR does not stop `obhostctl man`.
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    // Only the commands that talk to an obhostd of the operator's need it.
+    let format = cli.output;
     let target = cli.target();
-    let command = match cli.command {
-        Command::Demo(args) => return demo::run(args, cli.output).await,
+    let connect = || async { connect_to(&target?).await };
+    match cli.command {
+        Command::Demo(args) => demo::run(args, format).await,
         Command::ReportSink(args) => {
-            report_sink::run(args, cli.output).await?;
-            return Ok(ExitCode::SUCCESS);
+            report_sink::run(args, format).await?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Completions(args) => return docs::completions(&args),
-        Command::Man(args) => return docs::man(&args),
-        other => other,
-    };
-    let mut client = connect_to(&target?).await?;
-    match command {
-        Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
-        Command::Demo(_) | Command::ReportSink(_) | Command::Completions(_) | Command::Man(_) => {
-            unreachable!("handled above")
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
+        Command::Steps(cmd) => steps::run(cmd, &mut connect().await?, format).await,
+        Command::StartObserver(args) => {
+            flow::start_observer(&mut connect().await?, &args, format).await
         }
-        Command::StartObserver(args) => flow::start_observer(&mut client, &args, cli.output).await,
-        Command::StopObserver(args) => stop_observer::run(args, &mut client, cli.output).await,
-        Command::Observer(args) => observer::run(args, &mut client, cli.output).await,
-        Command::Host => host::run(&mut client, cli.output).await,
+        Command::StopObserver(args) => {
+            stop_observer::run(args, &mut connect().await?, format).await
+        }
+        Command::Observer(args) => observer::run(args, &mut connect().await?, format).await,
+        Command::Host => host::run(&mut connect().await?, format).await,
     }
 }

@@ -88,7 +88,8 @@ enum Command {
     /// Run the four host steps of "Start OB server": Prepare, StartObserver,
     /// WaitObserverActive, StartAgentService, with live progress.
     StartObserver(Box<flow::StartArgs>),
-    /// Stop the observer of a home (StopObserver) and follow it.
+    /// Stop the observer of a home (StopObserver) and follow it; exit 1 when
+    /// none was running there (see --missing-ok).
     StopObserver(stop_observer::StopArgs),
     /// Show the observer of a home (GetObserver: `observer --home H`), or its
     /// log (`observer logs --home H`).

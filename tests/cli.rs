@@ -557,21 +557,23 @@ fn help_puts_the_global_options_under_their_own_heading() {
     }
 }
 
-/// demo runs its own obhostd and refuses the flags that name another one:
-/// its help does not offer them, and given anyway they are still refused.
+/// demo runs its own obhostd and refuses the flags that name another one (and
+/// --timeout, which its calls to that obhostd do not use): its help does not
+/// offer them, and given anyway they are still refused.
 #[test]
 fn demo_help_offers_no_flag_demo_refuses() {
     let (code, out, err) = obhostctl(None, &["demo", "--help"]);
     assert_eq!(code, 0, "{err}");
-    for flag in [
-        "--addr",
-        "--token-file",
-        "--ca-file",
-        "--cert-file",
-        "--key-file",
+    for (flag, value) in [
+        ("--addr", "/x"),
+        ("--token-file", "/x"),
+        ("--ca-file", "/x"),
+        ("--cert-file", "/x"),
+        ("--key-file", "/x"),
+        ("--timeout", "5s"),
     ] {
         assert!(!out.contains(flag), "demo --help offers {flag}:\n{out}");
-        let (code, _, err) = obhostctl(None, &["demo", flag, "/x"]);
+        let (code, _, err) = obhostctl(None, &["demo", flag, value]);
         assert_eq!(code, 2, "demo {flag}: {err}");
         assert!(
             err.contains(&format!("demo does not use {flag}")),
@@ -610,7 +612,7 @@ async fn obhost_addr_is_honoured_but_not_shown_as_required() {
     let (code, _, err) = obhostctl_with_env(&env, &["host"]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("cannot read --token-file '/nonexistent/token'"),
+        err.contains("cannot read OBHOST_TOKEN_FILE '/nonexistent/token'"),
         "{err}"
     );
     let (code, _, err) = obhostctl_with_env(
@@ -785,4 +787,58 @@ fn stopping_where_no_observer_runs_says_nothing_was_stopped() {
     assert_eq!(code, 0);
     let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
     assert_eq!(doc["state"], "STEP_STATE_SUCCEEDED", "{doc}");
+}
+
+/// A value that came from an OBHOST_* variable is named by that variable in
+/// the error about it, and a flag by the flag: an operator who exported
+/// OBHOST_CA_FILE long ago does not look for a --ca-file they never typed.
+#[test]
+fn an_error_names_the_variable_or_flag_that_gave_the_value() {
+    let plain = "127.0.0.1:1";
+    let (code, _, err) = obhostctl_with_env(
+        &[
+            ("OBHOST_ADDR", plain),
+            ("OBHOST_CA_FILE", "/nonexistent/ca.pem"),
+        ],
+        &["host"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "OBHOST_CA_FILE is for https:// addresses, and OBHOST_ADDR '{plain}' is not one"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(
+        &[],
+        &["--addr", plain, "--ca-file", "/nonexistent/ca.pem", "host"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "--ca-file is for https:// addresses, and --addr '{plain}' is not one"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(
+        &[("OBHOST_CA_FILE", "/nonexistent/ca.pem")],
+        &["--addr", "https://127.0.0.1:1", "host"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read OBHOST_CA_FILE '/nonexistent/ca.pem'"),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(&[("OBHOST_ADDR", "relative.sock")], &["host"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("cannot reach obhostd at http://relative.sock"),
+        "{err}"
+    );
+    let (code, _, err) = obhostctl_with_env(&[("OBHOST_ADDR", "unix:run/x.sock")], &["host"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("OBHOST_ADDR 'unix:run/x.sock' names a relative socket path"),
+        "{err}"
+    );
 }

@@ -16,6 +16,12 @@ use clap::CommandFactory;
 use common::*;
 
 const UNIT: &str = include_str!("../systemd/obhostd.service");
+const README: &str = include_str!("../README.md");
+
+/// Where the .deb puts the unit: cargo-deb's `systemd-units` installs it
+/// under usr/lib/systemd/system/ (its dh_installsystemd), which is also
+/// /lib/systemd/system/ only on a merged-/usr system.
+const UNIT_PATH: &str = "/usr/lib/systemd/system/obhostd.service";
 
 /// Outside CI a missing tool skips with a visible message; in CI it fails.
 fn require_tool(name: &str) -> bool {
@@ -73,6 +79,29 @@ fn the_unit_verifies_and_keeps_what_the_design_needs() {
         "warnings about the unit:\n{}",
         ours.join("\n")
     );
+}
+
+/// The unit's own comment and the README say where the package puts the unit,
+/// and name no other system unit dir (the .deb test checks the package itself).
+#[test]
+fn the_unit_and_the_readme_agree_on_where_the_unit_goes() {
+    assert!(
+        UNIT.contains(&format!("installs this\n# as {UNIT_PATH},")),
+        "the unit's comment does not name {UNIT_PATH}:\n{UNIT}"
+    );
+    assert!(
+        README.contains(&format!("| `systemd/obhostd.service` | `{UNIT_PATH}` ")),
+        "README's packaging table does not name {UNIT_PATH}"
+    );
+    for (name, text) in [("the unit", UNIT), ("README.md", README)] {
+        for (at, _) in text.match_indices("/lib/systemd/system/") {
+            assert!(
+                text[..at].ends_with("/usr"),
+                "{name} line {} names /lib/systemd/system/, where the package puts nothing",
+                text[..at].lines().count()
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -333,6 +362,114 @@ fn man_pages_render_and_document_every_command_and_option() {
     assert!(obhostd.contains("SEEALSOobhostctl(1)"), "{obhostd}");
 }
 
+/// The roff of `page`'s section `heading` (`.SH heading` to the next `.SH`).
+fn section<'a>(page: &'a str, heading: &str) -> &'a str {
+    let start = page
+        .find(&format!(".SH {heading}\n"))
+        .unwrap_or_else(|| panic!("no {heading} section:\n{page}"));
+    let body = &page[start + 4 + heading.len()..];
+    &body[..body.find("\n.SH ").unwrap_or(body.len())]
+}
+
+#[test]
+fn man_pages_have_exit_status_environment_and_files() {
+    if !require_tool("man") && !require_tool("groff") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man");
+    stdout(Command::new(OBHOSTCTL).args(["man", "--out"]).arg(&dir));
+    let socket = obhost::config::DEFAULT_SOCKET;
+    let page = |name: &str| {
+        let path = dir.join(name);
+        // It renders without a warning (and the sections are read from
+        // its source, where a heading cannot run into the text after it).
+        rendered_text(&path);
+        std::fs::read_to_string(&path).unwrap()
+    };
+
+    let ctl = page("obhostctl.1");
+    let status = section(&ctl, "\"EXIT STATUS\"");
+    let env = section(&ctl, "ENVIRONMENT");
+    let files = section(&ctl, "FILES");
+    for code in [
+        "0\nSuccess",
+        "1\nobhostd answered",
+        "2\nBad usage",
+        "3\nobhostd could not be reached",
+        "130\nInterrupted",
+        "141\n",
+    ] {
+        assert!(
+            status.contains(&format!(".TP\n{code}")),
+            "EXIT STATUS lacks {code:?}: {status}"
+        );
+    }
+    let (code, _, _) = obhostctl(None, &["steps", "frobnicate"]);
+    assert_eq!(code, 2);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, _) = obhostctl(None, &["--addr", &closed.to_string(), "host"]);
+    assert_eq!(code, 3);
+    // Every variable --help names, and no other OBHOST_ one.
+    let (_, help, _) = obhostctl(None, &["--help"]);
+    let in_help: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(']').next())
+        .collect();
+    assert_eq!(in_help.len(), 5, "{help}");
+    for var in &in_help {
+        assert!(env.contains(var), "ENVIRONMENT lacks {var}: {env}");
+    }
+    let in_page = env.matches("OBHOST_").count();
+    assert_eq!(
+        in_page,
+        in_help.len(),
+        "ENVIRONMENT names other variables: {env}"
+    );
+    for var in ["XDG_RUNTIME_DIR", "NO_COLOR", "TERM"] {
+        assert!(env.contains(var), "ENVIRONMENT lacks {var}: {env}");
+    }
+    assert!(files.contains(socket), "FILES lacks {socket}: {files}");
+
+    let d = page("obhostd.8");
+    let status = section(&d, "\"EXIT STATUS\"");
+    let env = section(&d, "ENVIRONMENT");
+    let files = section(&d, "FILES");
+    for code in ["0\nStopped", "1\nCould not start", "2\nBad usage"] {
+        assert!(
+            status.contains(&format!(".TP\n{code}")),
+            "EXIT STATUS lacks {code:?}: {status}"
+        );
+    }
+    let bad = Command::new(OBHOSTD)
+        .args(["--config", "/nonexistent/obhostd.toml", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    for var in [
+        "RUST_LOG",
+        "JOURNAL_STREAM",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "XDG_RUNTIME_DIR",
+        "XDG_STATE_HOME",
+    ] {
+        assert!(env.contains(var), "ENVIRONMENT lacks {var}: {env}");
+    }
+    for file in [
+        "/etc/obhost/obhostd.toml".to_string(),
+        format!("/var/lib/obhostd/{}", obhost::steps::store::STATE_FILE),
+        socket.to_string(),
+        UNIT_PATH.to_string(),
+    ] {
+        assert!(files.contains(&file), "FILES lacks {file}: {files}");
+    }
+}
+
 #[test]
 fn completion_scripts_parse_in_their_shells() {
     let bash = stdout(Command::new(OBHOSTCTL).args(["completions", "bash"]));
@@ -486,6 +623,10 @@ fn the_deb_installs_verifies_and_purges() {
 
     let contents = stdout(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(
+        contents.contains(&format!(" .{UNIT_PATH}\n")),
+        "the package does not put the unit at {UNIT_PATH}, as the unit and the README say:\n{contents}"
+    );
+    assert!(
         !contents.contains("fake-observer"),
         "the package ships the stand-in observer:\n{contents}"
     );
@@ -505,10 +646,7 @@ fn the_deb_installs_verifies_and_purges() {
     let repo = |p: &str| std::fs::read(manifest_dir().join(p)).unwrap();
     // Installed as shipped, where the unit and the README say.
     for (installed, source) in [
-        (
-            "/lib/systemd/system/obhostd.service",
-            "systemd/obhostd.service",
-        ),
+        (UNIT_PATH, "systemd/obhostd.service"),
         ("/etc/obhost/obhostd.toml", "systemd/obhostd.toml"),
         (
             "/usr/share/doc/obhost/examples/obhostd.toml",
@@ -549,7 +687,7 @@ fn the_deb_installs_verifies_and_purges() {
         "the config is no conffile: {conffiles:?}"
     );
     // The unit names what the package installed.
-    let unit = std::fs::read_to_string("/lib/systemd/system/obhostd.service").unwrap();
+    let unit = std::fs::read_to_string(UNIT_PATH).unwrap();
     let exec = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
@@ -598,7 +736,7 @@ fn the_deb_installs_verifies_and_purges() {
 
     // The installed unit verifies, its man: documentation included.
     let verify = Command::new("systemd-analyze")
-        .args(["verify", "/lib/systemd/system/obhostd.service"])
+        .args(["verify", UNIT_PATH])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&verify.stderr);
@@ -643,7 +781,7 @@ fn the_deb_installs_verifies_and_purges() {
     run(Command::new("dpkg").args(["--purge", "obhost"]));
     files.extend(installed);
     files.push("/etc/obhost/obhostd.toml");
-    files.push("/lib/systemd/system/obhostd.service");
+    files.push(UNIT_PATH);
     for f in &files {
         assert!(!Path::new(f).exists(), "{f} is left after dpkg --purge");
     }

@@ -40,6 +40,32 @@ pub struct Target {
     pub key_file: Option<PathBuf>,
     /// How long a call may wait for its answer (a stream: for its start).
     pub timeout: Option<Duration>,
+    /// How each value was given, for the messages about it.
+    pub given_as: GivenAs,
+}
+
+/// What gave each of a [`Target`]'s values: its flag, or the OBHOST_*
+/// variable that stood for it. A message names the one the operator set: an
+/// OBHOST_CA_FILE exported long ago is not found by looking for --ca-file.
+#[derive(Clone, Copy, Debug)]
+pub struct GivenAs {
+    pub addr: &'static str,
+    pub token_file: &'static str,
+    pub ca_file: &'static str,
+    pub cert_file: &'static str,
+    pub key_file: &'static str,
+}
+
+impl Default for GivenAs {
+    fn default() -> GivenAs {
+        GivenAs {
+            addr: "--addr",
+            token_file: "--token-file",
+            ca_file: "--ca-file",
+            cert_file: "--cert-file",
+            key_file: "--key-file",
+        }
+    }
 }
 
 /// A call's answer (a stream's start) is waited for this long by default.
@@ -94,29 +120,26 @@ pub async fn connect_to(target: &Target) -> Result<Client, CliError> {
         None => default_addr()?,
     };
     let channel = match addr.strip_prefix("unix:") {
-        Some(path) => unix_channel(&addr, path, target.timeout).await?,
+        Some(path) => unix_channel(&addr, path, target).await?,
         None => tcp_channel(&addr, target).await?,
     };
     Ok(HostAgentClient::with_interceptor(
         channel,
-        bearer(target.token_file.as_deref())?,
+        bearer(target.token_file.as_deref(), target.given_as.token_file)?,
     ))
 }
 
 /// The socket at `path` (of `--addr unix:<path>`).
-async fn unix_channel(
-    addr: &str,
-    path: &str,
-    timeout: Option<Duration>,
-) -> Result<Channel, CliError> {
+async fn unix_channel(addr: &str, path: &str, target: &Target) -> Result<Channel, CliError> {
     let path = PathBuf::from(path);
     if !path.is_absolute() {
         return Err(CliError::Usage(format!(
-            "--addr '{addr}' names a relative socket path; give the full path, e.g. unix:/run/obhost/obhostd.sock"
+            "{} '{addr}' names a relative socket path; give the full path, e.g. unix:/run/obhost/obhostd.sock",
+            target.given_as.addr
         )));
     }
     // The URI is only a placeholder: the connector below ignores it.
-    let endpoint = bounded(Endpoint::from_static("http://obhostd.sock"), timeout);
+    let endpoint = bounded(Endpoint::from_static("http://obhostd.sock"), target.timeout);
     endpoint
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
@@ -152,7 +175,8 @@ async fn tcp_channel(addr: &str, target: &Target) -> Result<Channel, CliError> {
     let mut endpoint = bounded(
         Endpoint::from_shared(url.clone()).map_err(|e| {
             CliError::Usage(format!(
-                "--addr '{addr}' is not an address: {e}; e.g. unix:/run/obhost/obhostd.sock or https://host:62900"
+                "{} '{addr}' is not an address: {e}; e.g. unix:/run/obhost/obhostd.sock or https://host:62900",
+                target.given_as.addr
             ))
         })?,
         target.timeout,
@@ -165,8 +189,16 @@ async fn tcp_channel(addr: &str, target: &Target) -> Result<Channel, CliError> {
             ))
         })?;
     } else if target.ca_file.is_some() || target.cert_file.is_some() {
+        let given = &target.given_as;
+        let tls = match (&target.ca_file, &target.cert_file) {
+            (Some(_), Some(_)) => format!("{} and {} are", given.ca_file, given.cert_file),
+            (Some(_), None) => format!("{} is", given.ca_file),
+            _ => format!("{} is", given.cert_file),
+        };
         return Err(CliError::Usage(format!(
-            "--ca-file/--cert-file are for https:// addresses, and --addr '{addr}' is not one; use --addr https://host:port"
+            "{tls} for https:// addresses, and {} '{addr}' is not one; use --addr https://host:port, \
+             or unset what gave the TLS files",
+            given.addr
         )));
     }
     endpoint.connect().await.map_err(|e| CliError::Unreachable {
@@ -180,40 +212,44 @@ async fn tcp_channel(addr: &str, target: &Target) -> Result<Channel, CliError> {
 /// is checked, never trusted blindly), the client's certificate and key go
 /// together.
 fn tls(addr: &str, target: &Target) -> Result<tonic::transport::ClientTlsConfig, CliError> {
+    let given = &target.given_as;
     let Some(ca) = &target.ca_file else {
         return Err(CliError::Usage(format!(
-            "--addr '{addr}' is https: pass --ca-file with the CA that signed obhostd's certificate"
+            "{} '{addr}' is https: pass --ca-file with the CA that signed obhostd's certificate",
+            given.addr
         )));
     };
     let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
-        tonic::transport::Certificate::from_pem(read_file(ca, "--ca-file")?),
+        tonic::transport::Certificate::from_pem(read_file(ca, given.ca_file)?),
     );
     match (&target.cert_file, &target.key_file) {
         (Some(cert), Some(key)) => Ok(tls.identity(tonic::transport::Identity::from_pem(
-            read_file(cert, "--cert-file")?,
-            read_file(key, "--key-file")?,
+            read_file(cert, given.cert_file)?,
+            read_file(key, given.key_file)?,
         ))),
         (None, None) => Ok(tls),
-        _ => Err(CliError::Usage(
-            "--cert-file and --key-file go together; give both or neither".into(),
-        )),
+        (Some(_), None) => Err(CliError::Usage(format!(
+            "{} has no key: give --key-file too (or neither)",
+            given.cert_file
+        ))),
+        (None, Some(_)) => Err(CliError::Usage(format!(
+            "{} has no certificate: give --cert-file too (or neither)",
+            given.key_file
+        ))),
     }
 }
 
 /// The `authorization` header every call carries, from `--token-file`.
-fn bearer(token_file: Option<&std::path::Path>) -> Result<Bearer, CliError> {
+fn bearer(token_file: Option<&std::path::Path>, given_as: &str) -> Result<Bearer, CliError> {
     let Some(path) = token_file else {
         return Ok(Bearer(None));
     };
     let token = std::fs::read_to_string(path).map_err(|e| {
-        CliError::Usage(format!(
-            "cannot read --token-file '{}': {e}",
-            path.display()
-        ))
+        CliError::Usage(format!("cannot read {given_as} '{}': {e}", path.display()))
     })?;
     let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
         CliError::Usage(format!(
-            "--token-file '{}' holds characters a header cannot carry",
+            "{given_as} '{}' holds characters a header cannot carry; it should hold only the token",
             path.display()
         ))
     })?;

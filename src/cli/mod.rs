@@ -1,19 +1,14 @@
 //! obhostctl: the operator's client. Every subcommand is one or a few RPCs; output
 //! is for people by default and `-o json` (canonical protobuf JSON) for scripts.
 //!
-//! Exit status: 0 success, 1 the daemon answered with an error (or a step ended
-//! badly, for commands that wait), 2 bad usage, 3 the daemon could not be reached.
-
-//! obhostctl: the operator's client. Every subcommand is one or a few RPCs; output
-//! is for people by default and `-o json` (canonical protobuf JSON) for scripts.
-//!
 //! This module is the command line and the dispatcher; each command lives in a
 //! file of its own (`steps/`, `observer/`, `stop_observer.rs`, ...), as
 //! reaching obhostd does (`connect.rs`) and what a failure says and exits with
 //! (`error.rs`).
 //!
 //! Exit status: 0 success, 1 the daemon answered with an error (or a step ended
-//! badly, for commands that wait), 2 bad usage, 3 the daemon could not be reached.
+//! badly, for commands that wait, or nothing was changed), 2 bad usage, 3 the
+//! daemon could not be reached; the man page's EXIT STATUS has them all.
 
 mod connect;
 mod demo;
@@ -35,7 +30,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-pub use connect::{Bearer, Client, Target, connect, connect_to};
+pub use connect::{Bearer, Client, GivenAs, Target, connect, connect_to};
 pub use error::CliError;
 pub(crate) use error::code_name;
 pub(crate) use ids::new_id;
@@ -94,7 +89,8 @@ enum Command {
     /// Run the four host steps of "Start OB server": Prepare, StartObserver,
     /// WaitObserverActive, StartAgentService, with live progress.
     StartObserver(Box<flow::StartArgs>),
-    /// Stop the observer of a home (StopObserver) and follow it.
+    /// Stop the observer of a home (StopObserver) and follow it; exit 1 when
+    /// none was running there (see --missing-ok).
     StopObserver(stop_observer::StopArgs),
     /// Show the observer of a home (GetObserver: `observer --home H`), or its
     /// log (`observer logs --home H`).
@@ -125,9 +121,8 @@ const TARGET_FLAGS: [(&str, &str, &str); 5] = [
 ];
 
 /// obhostctl's command line as it parses, prints its help and renders its
-/// man pages: [`Cli`], with the flags that say which obhostd to talk to
-/// hidden from `demo`, which refuses them (it runs its own obhostd), so its
-/// help offers nothing it would refuse. `shape` is applied first (the man
+/// man pages: [`Cli`], with the global flags `demo` refuses (it runs its own
+/// obhostd) hidden from it, so its help offers nothing it would refuse. `shape` is applied first (the man
 /// pages drop the `help` pseudo-subcommand).
 pub fn command(shape: impl FnOnce(clap::Command) -> clap::Command) -> clap::Command {
     let cli = shape(<Cli as clap::CommandFactory>::command());
@@ -136,7 +131,7 @@ pub fn command(shape: impl FnOnce(clap::Command) -> clap::Command) -> clap::Comm
     // that demo can say why it refuses them.
     let hidden: Vec<clap::Arg> = cli
         .get_arguments()
-        .filter(|a| TARGET_FLAGS.iter().any(|(id, _, _)| a.get_id() == *id))
+        .filter(|a| demo_refuses(a.get_id().as_str()).is_some())
         .map(|a| a.clone().hide(true))
         .collect();
     cli.mut_subcommand("demo", |demo| demo.args(hidden))
@@ -149,30 +144,46 @@ impl Cli {
     /// line, and every usage error then showed `--addr <ADDR>` in its usage
     /// line as if the command required it.
     fn target(&self) -> Result<Target, CliError> {
-        let path = |flag: &Option<PathBuf>, var: &str| {
-            flag.clone().or_else(|| from_env(var).map(PathBuf::from))
+        let mut given_as = GivenAs::default();
+        let path = |flag: &Option<PathBuf>, var: &'static str, name: &mut &'static str| {
+            flag.clone().or_else(|| {
+                let value = from_env(var).map(PathBuf::from);
+                if value.is_some() {
+                    *name = var;
+                }
+                value
+            })
         };
-        let addr = match &self.addr {
-            Some(a) => Some(a.clone()),
-            None => from_env("OBHOST_ADDR")
-                .map(|v| {
-                    v.into_string().map_err(|v| {
-                        CliError::Usage(format!(
-                            "OBHOST_ADDR '{}' is not UTF-8; set it to an address such as \
-                             unix:/run/obhost/obhostd.sock, or unset it and pass --addr",
-                            v.to_string_lossy()
-                        ))
-                    })
-                })
-                .transpose()?,
+        let token_file = path(
+            &self.token_file,
+            "OBHOST_TOKEN_FILE",
+            &mut given_as.token_file,
+        );
+        let ca_file = path(&self.ca_file, "OBHOST_CA_FILE", &mut given_as.ca_file);
+        let cert_file = path(&self.cert_file, "OBHOST_CERT_FILE", &mut given_as.cert_file);
+        let key_file = path(&self.key_file, "OBHOST_KEY_FILE", &mut given_as.key_file);
+        let addr = match (&self.addr, from_env("OBHOST_ADDR")) {
+            (Some(a), _) => Some(a.clone()),
+            (None, None) => None,
+            (None, Some(v)) => {
+                given_as.addr = "OBHOST_ADDR";
+                Some(v.into_string().map_err(|v| {
+                    CliError::Usage(format!(
+                        "OBHOST_ADDR '{}' is not UTF-8; set it to an address such as \
+                         unix:/run/obhost/obhostd.sock, or unset it and pass --addr",
+                        v.to_string_lossy()
+                    ))
+                })?)
+            }
         };
         Ok(Target {
             addr,
-            token_file: path(&self.token_file, "OBHOST_TOKEN_FILE"),
-            ca_file: path(&self.ca_file, "OBHOST_CA_FILE"),
-            cert_file: path(&self.cert_file, "OBHOST_CERT_FILE"),
-            key_file: path(&self.key_file, "OBHOST_KEY_FILE"),
+            token_file,
+            ca_file,
+            cert_file,
+            key_file,
             timeout: Some(self.timeout),
+            given_as,
         })
     }
 }
@@ -197,7 +208,7 @@ pub fn main() -> ExitCode {
     output::init(format);
     let fail = |e: CliError| error::fail(e, format);
     if let Command::Demo(_) = cli.command
-        && let Some(flag) = target_flags_given(&matches)
+        && let Some(flag) = demo_refused_flag(&matches)
     {
         return fail(CliError::Usage(format!(
             "demo does not use {flag}: it starts its own obhostd on a private socket and talks \
@@ -221,47 +232,55 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The first of the flags that say which obhostd to talk to that was given
+/// The flag of a global option `demo` refuses, by clap id: the ones that say
+/// which obhostd to talk to, and --timeout, since its calls all go to the
+/// obhostd it starts itself.
+fn demo_refuses(id: &str) -> Option<&'static str> {
+    TARGET_FLAGS
+        .iter()
+        .find(|(target, _, _)| *target == id)
+        .map(|(_, flag, _)| *flag)
+        .or((id == "timeout").then_some("--timeout"))
+}
+
+/// The first global flag `demo` refuses that was given on the command line
 /// (an OBHOST_* variable of the environment, which an operator may export for
-/// every command, does not count): the demo has its own daemon and would
-/// silently ignore it.
-fn target_flags_given(matches: &clap::ArgMatches) -> Option<&'static str> {
+/// every command, does not count): demo would silently ignore it.
+fn demo_refused_flag(matches: &clap::ArgMatches) -> Option<&'static str> {
     let given = |m: &clap::ArgMatches, id: &str| {
         m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
     };
-    TARGET_FLAGS
-        .into_iter()
-        .find(|(id, _, _)| {
-            given(matches, id)
-                || matches
-                    .subcommand_matches("demo")
-                    .is_some_and(|m| given(m, id))
-        })
-        .map(|(_, flag, _)| flag)
+    let demo = matches.subcommand_matches("demo")?;
+    matches
+        .ids()
+        .chain(demo.ids())
+        .map(|id| id.as_str())
+        .find(|id| demo_refuses(id).is_some() && (given(matches, id) || given(demo, id)))
+        .and_then(demo_refuses)
 }
 
+/// Runs the command. Only the commands that talk to an obhostd of the
+/// operator's connect, so a bad OBHOST_ADDR does not stop `obhostctl man`.
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    // Only the commands that talk to an obhostd of the operator's need it.
+    let format = cli.output;
     let target = cli.target();
-    let command = match cli.command {
-        Command::Demo(args) => return demo::run(args, cli.output).await,
+    let connect = || async { connect_to(&target?).await };
+    match cli.command {
+        Command::Demo(args) => demo::run(args, format).await,
         Command::ReportSink(args) => {
-            report_sink::run(args, cli.output).await?;
-            return Ok(ExitCode::SUCCESS);
+            report_sink::run(args, format).await?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Completions(args) => return docs::completions(&args),
-        Command::Man(args) => return docs::man(&args),
-        other => other,
-    };
-    let mut client = connect_to(&target?).await?;
-    match command {
-        Command::Steps(cmd) => steps::run(cmd, &mut client, cli.output).await,
-        Command::Demo(_) | Command::ReportSink(_) | Command::Completions(_) | Command::Man(_) => {
-            unreachable!("handled above")
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
+        Command::Steps(cmd) => steps::run(cmd, &mut connect().await?, format).await,
+        Command::StartObserver(args) => {
+            flow::start_observer(&mut connect().await?, &args, format).await
         }
-        Command::StartObserver(args) => flow::start_observer(&mut client, &args, cli.output).await,
-        Command::StopObserver(args) => stop_observer::run(args, &mut client, cli.output).await,
-        Command::Observer(args) => observer::run(args, &mut client, cli.output).await,
-        Command::Host => host::run(&mut client, cli.output).await,
+        Command::StopObserver(args) => {
+            stop_observer::run(args, &mut connect().await?, format).await
+        }
+        Command::Observer(args) => observer::run(args, &mut connect().await?, format).await,
+        Command::Host => host::run(&mut connect().await?, format).await,
     }
 }

@@ -549,7 +549,8 @@ pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> a
     let mut out = std::io::stdout().lock();
     print_table(&mut out, &step_table(&steps))?;
     if !next_page_token.is_empty() {
-        writeln!(out, "(more: --page-token {next_page_token}, or --all)")?;
+        // `steps list` no longer takes a page token (it reads every page).
+        writeln!(out, "(more: obhostctl steps list --all)")?;
     }
     Ok(())
 }

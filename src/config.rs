@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 /// The root daemon's socket (the unit's RuntimeDirectory=obhost makes its dir).
 pub const DEFAULT_SOCKET: &str = "/run/obhost/obhostd.sock";
+/// Where root's obhostd keeps its store when the config names no state_dir.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/obhostd";
 
 /// Where obhostd listens: a Unix socket (`unix:/abs/path`, peers known by their
 /// uid) or TCP (`host:port`, peers known only by what they present: a token or a
@@ -580,7 +582,7 @@ impl Config {
             return Ok(dir.clone());
         }
         if nix::unistd::geteuid().is_root() {
-            return Ok(PathBuf::from("/var/lib/obhostd"));
+            return Ok(PathBuf::from(DEFAULT_STATE_DIR));
         }
         std::env::var_os("XDG_STATE_HOME")
             .filter(|v| !v.is_empty())
@@ -740,7 +742,7 @@ impl Config {
             && !dir.is_absolute()
         {
             return invalid(format!(
-                "state_dir '{}' is not absolute; give the full path, e.g. /var/lib/obhostd",
+                "state_dir '{}' is not absolute; give the full path, e.g. {DEFAULT_STATE_DIR}",
                 dir.display()
             ));
         }

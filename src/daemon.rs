@@ -299,8 +299,9 @@ fn check_state_path(dir: &std::path::Path) -> anyhow::Result<()> {
     let me = nix::unistd::geteuid().as_raw();
     crate::trusted::check(dir, &[me]).map_err(|e| {
         anyhow::anyhow!(
-            "state dir '{}' is not safe: {e}; put it under a dir only root can write (the default is /var/lib/obhost)",
-            dir.display()
+            "state dir '{}' is not safe: {e}; put it under a dir only root can write (the default is {})",
+            dir.display(),
+            crate::config::DEFAULT_STATE_DIR
         )
     })
 }

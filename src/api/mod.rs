@@ -169,30 +169,13 @@ pub async fn serve(
     drain: Duration,
     max_watchers: usize,
 ) -> anyhow::Result<()> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<HostAgentServer<service::HostAgentService>>()
-        .await;
-    follow_store_health(
-        services.engine.healthy(),
-        health_reporter.clone(),
-        shutdown.clone(),
-    );
-
+    let (health_reporter, health_service) = health(&services.engine, &shutdown).await;
     let (reflection, reflection_v1alpha) = reflection()?;
-    let health_service = health_service.max_decoding_message_size(MAX_OPEN_REQUEST_BYTES);
 
     let interceptor = auth::Interceptor(access.clone());
     let engine = services.engine.clone();
     let steps = step_calls(&services);
-    let count_calls = crate::metrics::grpc::GrpcMetricsLayer::new(
-        services.metrics.clone(),
-        &[
-            DESCRIPTOR,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        ],
-    );
+    let count_calls = call_counter(&services.metrics);
     let agent = InterceptedService::new(
         HostAgentServer::new(service::HostAgentService::new(
             services,
@@ -252,10 +235,47 @@ pub async fn serve(
         }
     }
     listeners.remove_sockets();
+    stop_engine(&engine).await;
+    info!("gRPC server stopped");
+    Ok(())
+}
+
+/// Counts every call by service and method, refusals included.
+fn call_counter(metrics: &Arc<crate::metrics::Metrics>) -> crate::metrics::grpc::GrpcMetricsLayer {
+    crate::metrics::grpc::GrpcMetricsLayer::new(
+        metrics.clone(),
+        &[
+            DESCRIPTOR,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ],
+    )
+}
+
+/// The health service, SERVING while the state store takes writes.
+async fn health(
+    engine: &Engine,
+    shutdown: &CancellationToken,
+) -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<HostAgentServer<service::HostAgentService>>()
+        .await;
+    follow_store_health(engine.healthy(), reporter.clone(), shutdown.clone());
+    (
+        reporter,
+        service.max_decoding_message_size(MAX_OPEN_REQUEST_BYTES),
+    )
+}
+
+/// Once the calls are drained: the steps still running get a moment to
+/// stop, then the store is closed.
+async fn stop_engine(engine: &Engine) {
     if !engine.drain(Duration::from_secs(2)).await {
         warn!("some steps did not stop within 2s of shutdown");
     }
     engine.close().await;
-    info!("gRPC server stopped");
-    Ok(())
 }

@@ -337,6 +337,35 @@ pub struct TlsConfig {
     pub allowed_clients: Vec<String>,
 }
 
+impl TlsConfig {
+    /// The combinations serde cannot refuse: names to allow without a CA to
+    /// verify them, and relative paths.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.allowed_clients.is_empty() && self.client_ca_file.is_none() {
+            return Err(
+                "[tls] allowed_clients needs [tls] client_ca_file: without a CA to verify them, \
+                 certificate names prove nothing; set client_ca_file"
+                    .into(),
+            );
+        }
+        for (key, path) in [
+            ("cert_file", Some(&self.cert_file)),
+            ("key_file", Some(&self.key_file)),
+            ("client_ca_file", self.client_ca_file.as_ref()),
+        ] {
+            if let Some(path) = path
+                && !path.is_absolute()
+            {
+                return Err(format!(
+                    "[tls] {key} '{}' is not absolute; give the full path, e.g. /etc/obhost/{key}.pem",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What `[auth]` names, resolved to ids once at start.
 #[derive(Debug, Clone, Default)]
 pub struct LocalAccess {
@@ -498,6 +527,21 @@ pub struct MetricsConfig {
     /// must be asked for.
     #[serde(default)]
     pub allow_remote: bool,
+}
+
+impl MetricsConfig {
+    /// Beyond loopback only when asked for (see `allow_remote`).
+    pub fn check(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "refusing to serve metrics on '{}': it is not a loopback address, and metrics show \
+                 observer homes and pids to anyone who can reach it; set [metrics] allow_remote = true \
+                 to serve them there on purpose, or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Defaults for StartAgentService requests that leave fields empty.
@@ -667,9 +711,26 @@ impl Config {
     }
 
     /// Checks what serde cannot: combinations, absolute paths, features this
-    /// build does not have yet.
+    /// build does not have yet. The first fault found is the one reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        self.check_listeners()?;
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(report) = &self.report {
+            report.check().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.check().map_err(ConfigError::Invalid)?;
+        }
+        self.check_paths()?;
+        self.check_sizes()
+    }
+
+    /// A TCP listener lets whoever connects start processes as root: it needs
+    /// a token or mTLS, and off loopback TLS too, so secrets never cross the
+    /// network in clear.
+    fn check_listeners(&self) -> Result<(), ConfigError> {
         let has_token = self.auth.as_ref().is_some_and(|a| a.token_file.is_some());
         let has_mtls = self
             .tls
@@ -679,73 +740,47 @@ impl Config {
             let ListenAddr::Tcp(tcp) = addr else { continue };
             // Loopback included: every local user can reach 127.0.0.1.
             if !has_token && !has_mtls {
-                return invalid(format!(
+                return Err(ConfigError::Invalid(format!(
                     "refusing to listen on '{tcp}' over TCP without authentication: anyone who can \
                      connect could start processes as root on this host; set [auth] token_file or \
                      [tls] client_ca_file, or listen on a Unix socket (unix:{DEFAULT_SOCKET})"
-                ));
+                )));
             }
             if !tcp.ip().is_loopback() && self.tls.is_none() {
-                return invalid(format!(
+                return Err(ConfigError::Invalid(format!(
                     "refusing to listen on '{tcp}' without TLS: the token and every password would \
                      cross the network in clear; set [tls] cert_file and key_file (and client_ca_file \
                      for mTLS), or listen on loopback"
-                ));
+                )));
             }
         }
-        if let Some(tls) = &self.tls {
-            if !tls.allowed_clients.is_empty() && tls.client_ca_file.is_none() {
-                return invalid(
-                    "[tls] allowed_clients needs [tls] client_ca_file: without a CA to verify them, \
-                     certificate names prove nothing; set client_ca_file"
-                        .into(),
-                );
-            }
-            for (key, path) in [
-                ("cert_file", Some(&tls.cert_file)),
-                ("key_file", Some(&tls.key_file)),
-                ("client_ca_file", tls.client_ca_file.as_ref()),
-            ] {
-                if let Some(path) = path
-                    && !path.is_absolute()
-                {
-                    return invalid(format!(
-                        "[tls] {key} '{}' is not absolute; give the full path, e.g. /etc/obhost/{key}.pem",
-                        path.display()
-                    ));
-                }
-            }
-        }
-        if let Some(report) = &self.report {
-            report.check().map_err(ConfigError::Invalid)?;
-        }
-        if let Some(m) = &self.metrics
-            && !m.listen.ip().is_loopback()
-            && !m.allow_remote
-        {
-            return invalid(format!(
-                "refusing to serve metrics on '{}': it is not a loopback address, and metrics show \
-                 observer homes and pids to anyone who can reach it; set [metrics] allow_remote = true \
-                 to serve them there on purpose, or listen on 127.0.0.1",
-                m.listen
-            ));
-        }
+        Ok(())
+    }
+
+    /// Relative paths would depend on the daemon's working directory.
+    fn check_paths(&self) -> Result<(), ConfigError> {
         for root in &self.allowed_roots {
             if !root.is_absolute() {
-                return invalid(format!(
+                return Err(ConfigError::Invalid(format!(
                     "allowed_roots entry '{}' is not absolute; give the full path, e.g. /home/admin",
                     root.display()
-                ));
+                )));
             }
         }
         if let Some(dir) = &self.state_dir
             && !dir.is_absolute()
         {
-            return invalid(format!(
+            return Err(ConfigError::Invalid(format!(
                 "state_dir '{}' is not absolute; give the full path, e.g. {DEFAULT_STATE_DIR}",
                 dir.display()
-            ));
+            )));
         }
+        Ok(())
+    }
+
+    /// Sizes and limits: a zero would leave the daemon unable to do anything.
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.watch_buffer == 0 {
             return invalid("watch_buffer must be at least 1".into());
         }

@@ -1,34 +1,22 @@
-//! obhostd: parse flags, load config, set up logging, run. Everything else is in
-//! the library (`obhost::daemon`).
+//! obhostd: parse flags, load config, set up logging, run, map the outcome to
+//! an exit code. Everything else is in the library (`obhost::daemon_cli`,
+//! `obhost::daemon`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use obhost::config::{Config, LogFormat};
-use obhost::daemon_cli::DaemonArgs;
-use tokio_util::sync::CancellationToken;
+use obhost::config::LogFormat;
+use obhost::daemon_cli::{self, DaemonArgs};
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("obhostd: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let config = match args.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("obhostd: {e}");
+            return ExitCode::from(2);
+        }
     };
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
-    }
-    if let Some(dir) = args.state_dir {
-        config.state_dir = Some(dir);
-    }
-    if let Some(format) = args.log_format {
-        config.log_format = format;
-    }
     if args.check_config {
         return match obhost::daemon::check_config(&config) {
             Ok(summary) => {
@@ -43,41 +31,8 @@ fn main() -> ExitCode {
     }
     init_logging(config.log_format);
     log_panics();
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        config = %args
-            .config
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "none (built-in defaults)".into()),
-        listen = %config
-            .listeners()
-            .map(|l| l.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "))
-            .unwrap_or_else(|e| e.to_string()),
-        state_dir = %config
-            .state_dir()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|e| e.to_string()),
-        "obhostd starting"
-    );
-
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("obhostd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(obhost::daemon::signals(shutdown.clone()));
-        let result = obhost::daemon::run(config, shutdown).await;
-        signals.abort();
-        result
-    });
-    // Detached blocking work (a probe mid-fsync) must not hold the exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
+    args.log_start(&config);
+    match daemon_cli::run_until_signalled(config) {
         Ok(()) => {
             tracing::info!("obhostd stopped");
             ExitCode::SUCCESS

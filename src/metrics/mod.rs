@@ -135,121 +135,146 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// A constant 1 whose labels say which obhostd answers the scrape; nothing
+/// changes it after registration, so no field keeps it.
+fn register_build_info(registry: &mut Registry) {
+    let build = Family::<BuildLabels, Gauge>::default();
+    build
+        .get_or_create(&BuildLabels {
+            version: VERSION.into(),
+            commit: COMMIT.into(),
+        })
+        .set(1);
+    registry.register(
+        "obhost_build_info",
+        "Always 1; the labels say which obhostd this is",
+        build,
+    );
+}
+
 impl Metrics {
+    /// Every family, registered once and in the order a scrape lists them.
     pub fn new() -> Arc<Metrics> {
+        let mut metrics = Metrics::unregistered();
         let mut registry = Registry::default();
-        let steps = Family::<KindState, Gauge>::default();
+        metrics.register_steps(&mut registry);
+        metrics.register_api(&mut registry);
+        metrics.register_report(&mut registry);
+        metrics.register_store(&mut registry);
+        register_build_info(&mut registry);
+        metrics.register_agent(&mut registry);
+        registry.register_collector(Box::new(metrics.observers.clone()));
+        metrics.registry = registry;
+        Arc::new(metrics)
+    }
+
+    /// Every metric at zero, none of them in the registry yet: [`Metrics::new`]
+    /// registers each before the value leaves it, so a scrape never misses one.
+    fn unregistered() -> Metrics {
+        Metrics {
+            registry: Registry::default(),
+            steps: Family::default(),
+            step_duration: Family::new_with_constructor(duration_histogram),
+            steps_started: Family::default(),
+            steps_finished: Family::default(),
+            grpc_requests: Family::default(),
+            report_lag: Gauge::default(),
+            report_failures: Counter::default(),
+            report_dropped: Counter::default(),
+            tracker: Mutex::new(steps::Tracker::default()),
+            live: std::sync::OnceLock::new(),
+            scrape: Mutex::new(()),
+            watchers: Gauge::default(),
+            log_tails: Gauge::default(),
+            store_size: Gauge::default(),
+            observers: Arc::new(observers::Collector::default()),
+            agent_up: Family::default(),
+        }
+    }
+
+    /// The families fed by the committer's change feed (see [`steps::Tracker`]).
+    fn register_steps(&self, registry: &mut Registry) {
         registry.register(
             "obhost_steps",
             "Steps in the store by kind and state (finished ones drop out as retention prunes them)",
-            steps.clone(),
+            self.steps.clone(),
         );
-        let step_duration: Family<KindResult, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(duration_histogram);
         registry.register(
             "obhost_step_duration_seconds",
             "Time from a step attempt's start to its end, by kind and final state",
-            step_duration.clone(),
+            self.step_duration.clone(),
         );
-        let steps_started = Family::<KindLabels, Counter>::default();
         registry.register(
             "obhost_steps_started",
             "Step attempts that began running, by kind",
-            steps_started.clone(),
+            self.steps_started.clone(),
         );
-        let steps_finished = Family::<Finished, Counter>::default();
         registry.register(
             "obhost_steps_finished",
             "Step attempts that ended, by kind, final state and error code (\"\" on success)",
-            steps_finished.clone(),
+            self.steps_finished.clone(),
         );
-        let grpc_requests = Family::<GrpcLabels, Counter>::default();
+    }
+
+    /// The gRPC service's calls and its open streams.
+    fn register_api(&self, registry: &mut Registry) {
         registry.register(
             "obhost_grpc_requests",
             "gRPC calls by method and final status code",
-            grpc_requests.clone(),
+            self.grpc_requests.clone(),
         );
-        let watchers = Gauge::default();
         registry.register(
             "obhost_watchers",
             "Open WatchSteps streams",
-            watchers.clone(),
+            self.watchers.clone(),
         );
-        let log_tails = Gauge::default();
         registry.register(
             "obhost_log_tails",
             "Open TailObserverLog streams",
-            log_tails.clone(),
+            self.log_tails.clone(),
         );
-        let report_lag = Gauge::default();
+    }
+
+    /// The push to the `[report]` endpoint.
+    fn register_report(&self, registry: &mut Registry) {
         registry.register(
             "obhost_report_lag_revisions",
             "Step changes committed but not yet acknowledged by the [report] endpoint",
-            report_lag.clone(),
+            self.report_lag.clone(),
         );
-        let report_failures = Counter::default();
         registry.register(
             "obhost_report_failures",
             "Failed ReportSteps calls to the [report] endpoint",
-            report_failures.clone(),
+            self.report_failures.clone(),
         );
-        let report_dropped = Counter::default();
         registry.register(
             "obhost_report_dropped",
             "Unacknowledged step changes dropped past [report] max_unacked",
-            report_dropped.clone(),
+            self.report_dropped.clone(),
         );
-        let store_size = Gauge::default();
+    }
+
+    /// The state store: its file's size and the process-wide commit histogram.
+    fn register_store(&self, registry: &mut Registry) {
         registry.register(
             "obhost_store_size_bytes",
             "Size of the state store file (obhostd.redb)",
-            store_size.clone(),
+            self.store_size.clone(),
         );
         registry.register(
             "obhost_store_commit_duration_seconds",
             "Time of one state store commit (one transaction, one fsync)",
             COMMIT_SECONDS.clone(),
         );
-        let build = Family::<BuildLabels, Gauge>::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: VERSION.into(),
-                commit: COMMIT.into(),
-            })
-            .set(1);
-        registry.register(
-            "obhost_build_info",
-            "Always 1; the labels say which obhostd this is",
-            build,
-        );
-        let agent_up = Family::<AgentLabels, Gauge>::default();
+    }
+
+    fn register_agent(&self, registry: &mut Registry) {
         registry.register(
             "obhost_agent_service_up",
             "1 if the agent StartAgentService last started is up (its health check passes, or \
              without one its process still runs); absent until one was started",
-            agent_up.clone(),
+            self.agent_up.clone(),
         );
-        let observers = Arc::new(observers::Collector::default());
-        registry.register_collector(Box::new(observers.clone()));
-        Arc::new(Metrics {
-            registry,
-            steps,
-            step_duration,
-            steps_started,
-            steps_finished,
-            grpc_requests,
-            report_lag,
-            report_failures,
-            report_dropped,
-            tracker: Mutex::new(steps::Tracker::default()),
-            live: std::sync::OnceLock::new(),
-            scrape: Mutex::new(()),
-            watchers,
-            log_tails,
-            store_size,
-            observers,
-            agent_up,
-        })
     }
 
     /// Gives the scrape its live sources and starts following the change

@@ -210,8 +210,33 @@ impl Launch {
     /// `claimed` tells whether another launch in progress (or a server one
     /// kept) owns an orphan.
     pub fn census(&mut self, snap: &Snapshot, claimed: impl Fn(&Identity) -> bool) -> Census {
-        // Zombies first: their status is what the exit report needs, and a
-        // parent may collect it before the next look.
+        self.note_zombie_members(snap);
+        let mut certain: Vec<Identity> = self
+            .members
+            .values()
+            .map(|m| m.id)
+            .filter(|id| snap.alive(id))
+            .collect();
+        let mut presumed = self.handed_orphans(snap, claimed);
+        self.add_descendants(snap, &mut certain, &mut presumed);
+        self.add_zombie_children(snap, &certain);
+        if certain.is_empty() && presumed.is_empty() {
+            self.trace_empty(snap);
+        }
+        for p in &presumed {
+            if self.presumed.len() < PRESUMED_KEPT {
+                self.presumed.insert(p.pid, *p);
+            }
+        }
+        certain.sort_by_key(|i| i.pid);
+        presumed.sort_by_key(|i| i.pid);
+        Census { certain, presumed }
+    }
+
+    /// Keeps the status of every member `snap` shows as a zombie. Done first:
+    /// the status is what the exit report needs, and a parent may collect it
+    /// before the next look.
+    fn note_zombie_members(&mut self, snap: &Snapshot) {
         for m in self.members.values_mut() {
             if let Some(p) = snap.get(m.id.pid)
                 && p.id == m.id
@@ -220,14 +245,17 @@ impl Launch {
                 m.status = p.zombie;
             }
         }
-        let mut certain: Vec<Identity> = self
-            .members
-            .values()
-            .map(|m| m.id)
-            .filter(|id| snap.alive(id))
-            .collect();
-        let mut presumed: Vec<Identity> = snap
-            .procs
+    }
+
+    /// Live orphans re-parented to obhostd that may be this launch's (the
+    /// presumption of the module doc): the launch's user, started no earlier
+    /// than the launcher, on this boot, neither made here nor claimed.
+    fn handed_orphans(
+        &self,
+        snap: &Snapshot,
+        claimed: impl Fn(&Identity) -> bool,
+    ) -> Vec<Identity> {
+        snap.procs
             .values()
             .filter(|p| {
                 p.ppid == snap.me
@@ -239,9 +267,18 @@ impl Launch {
                     && !claimed(&p.id)
             })
             .map(|p| p.id)
-            .collect();
-        // Descendants of the living, to a fixed point: a child is certain when
-        // its parent is, presumed when its parent is presumed.
+            .collect()
+    }
+
+    /// Descendants of the living, to a fixed point: a child is certain when
+    /// its parent is (and is remembered as a member), presumed when its parent
+    /// is presumed.
+    fn add_descendants(
+        &mut self,
+        snap: &Snapshot,
+        certain: &mut Vec<Identity>,
+        presumed: &mut Vec<Identity>,
+    ) {
         loop {
             let mut grew = false;
             for p in snap.procs.values() {
@@ -249,7 +286,7 @@ impl Launch {
                 if p.zombie.is_some() || certain.contains(&p.id) || presumed.contains(&p.id) {
                     continue;
                 }
-                if known(&certain) {
+                if known(certain) {
                     certain.push(p.id);
                     self.members.insert(
                         p.id.pid,
@@ -259,7 +296,7 @@ impl Launch {
                         },
                     );
                     grew = true;
-                } else if known(&presumed) {
+                } else if known(presumed) {
                     presumed.push(p.id);
                     grew = true;
                 }
@@ -268,8 +305,11 @@ impl Launch {
                 break;
             }
         }
-        // A zombie child of a member is a member too: it lived, and its status
-        // may be the only word of how the server ended.
+    }
+
+    /// A zombie child of a member is a member too: it lived, and its status
+    /// may be the only word of how the server ended.
+    fn add_zombie_children(&mut self, snap: &Snapshot, certain: &[Identity]) {
         for p in snap.procs.values() {
             if let Some(status) = p.zombie
                 && certain.iter().any(|m| m.pid == p.ppid)
@@ -280,23 +320,18 @@ impl Launch {
                 });
             }
         }
-        if certain.is_empty() && presumed.is_empty() {
-            let orphans: Vec<String> = snap
-                .procs
-                .values()
-                .filter(|p| p.ppid == snap.me)
-                .map(|p| format!("{}:{}:{}:{:?}", p.id.pid, p.id.start_ticks, p.uid, p.zombie))
-                .collect();
-            tracing::trace!(launcher = ?self.launcher, uid = self.uid, ?orphans, "empty census");
-        }
-        for p in &presumed {
-            if self.presumed.len() < PRESUMED_KEPT {
-                self.presumed.insert(p.pid, *p);
-            }
-        }
-        certain.sort_by_key(|i| i.pid);
-        presumed.sort_by_key(|i| i.pid);
-        Census { certain, presumed }
+    }
+
+    /// What obhostd's children looked like when nothing of the launch was
+    /// found: the trace to read when a start fails as "nothing left alive".
+    fn trace_empty(&self, snap: &Snapshot) {
+        let orphans: Vec<String> = snap
+            .procs
+            .values()
+            .filter(|p| p.ppid == snap.me)
+            .map(|p| format!("{}:{}:{}:{:?}", p.id.pid, p.id.start_ticks, p.uid, p.zombie))
+            .collect();
+        tracing::trace!(launcher = ?self.launcher, uid = self.uid, ?orphans, "empty census");
     }
 }
 

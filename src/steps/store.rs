@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
     WriteTransaction,
 };
 
@@ -756,91 +756,151 @@ fn decode(path: &Path, key: &str, bytes: &[u8]) -> Result<StepRecord, StoreError
     })
 }
 
+/// The body of [`Store::apply`]: each write in order, then the outbox's cap,
+/// then the global revision (the highest put so far).
 fn apply_writes(
     txn: &WriteTransaction,
     writes: &[Write],
     outbox_cap: usize,
 ) -> Result<(), redb::Error> {
-    let mut outbox = txn.open_table(OUTBOX)?;
-    let mut steps = txn.open_table(STEPS)?;
-    let mut index = txn.open_table(BY_REVISION)?;
-    let mut active = txn.open_table(ACTIVE)?;
-    let mut observers = txn.open_table(OBSERVERS)?;
-    let mut meta = txn.open_table(META)?;
-    let mut top = meta.get(REVISION_KEY)?.map_or(0, |v| v.value());
+    let mut tables = Tables::open(txn, outbox_cap)?;
+    let mut top = tables.meta.get(REVISION_KEY)?.map_or(0, |v| v.value());
     for write in writes {
         match write {
             Write::Put {
                 id,
                 revision,
                 previous,
-                active: is_active,
+                active,
                 bytes,
             } => {
-                // The engine's idea of the previous revision, and the stored
-                // one of an unfinished step: both entries go, so the index
-                // holds each record once.
-                let stored = active.get(id.as_str())?.map(|v| v.value());
-                for prev in [*previous, stored].into_iter().flatten() {
-                    let same = index.get(prev)?.is_some_and(|v| v.value() == id.as_str());
-                    if same && prev != *revision {
-                        index.remove(prev)?;
-                    }
-                }
-                steps.insert(id.as_str(), bytes.as_slice())?;
-                index.insert(revision, id.as_str())?;
-                if outbox_cap > 0 {
-                    outbox.insert(revision, bytes.as_slice())?;
-                }
-                if *is_active {
-                    active.insert(id.as_str(), revision)?;
-                } else {
-                    active.remove(id.as_str())?;
-                }
+                tables.put(id, *revision, *previous, *active, bytes)?;
                 top = top.max(*revision);
             }
-            Write::Delete { id, revision } => {
-                let current = index
-                    .get(revision)?
-                    .is_some_and(|v| v.value() == id.as_str());
-                if current && active.get(id.as_str())?.is_none() {
-                    index.remove(revision)?;
-                    steps.remove(id.as_str())?;
-                }
-            }
-            Write::Observer { home, bytes } => match bytes {
-                Some(b) => {
-                    observers.insert(home.as_str(), b.as_slice())?;
-                }
-                None => {
-                    observers.remove(home.as_str())?;
-                }
-            },
-            Write::Ack { through, announced } => {
-                while outbox.first()?.is_some_and(|(k, _)| k.value() <= *through) {
-                    outbox.pop_first()?;
-                }
-                let acked = meta.get(ACKED_KEY)?.map_or(0, |v| v.value());
-                meta.insert(ACKED_KEY, acked.max(*through))?;
-                let dropped = meta.get(DROPPED_KEY)?.map_or(0, |v| v.value());
-                meta.insert(DROPPED_KEY, dropped.saturating_sub(*announced))?;
-            }
+            Write::Delete { id, revision } => tables.delete(id, *revision)?,
+            Write::Observer { home, bytes } => tables.observer(home, bytes.as_deref())?,
+            Write::Ack { through, announced } => tables.ack(*through, *announced)?,
         }
     }
-    if outbox_cap > 0 {
-        // Past the cap the oldest go: memory and disk stay bounded when the
-        // orchestrator is away for long, and the next batch says how many.
-        let over = outbox.len()?.saturating_sub(outbox_cap as u64);
+    tables.trim_outbox()?;
+    tables.meta.insert(REVISION_KEY, top)?;
+    Ok(())
+}
+
+/// Every table one commit may write, opened once for all its changes.
+struct Tables<'txn> {
+    outbox: Table<'txn, u64, &'static [u8]>,
+    steps: Table<'txn, &'static str, &'static [u8]>,
+    index: Table<'txn, u64, &'static str>,
+    active: Table<'txn, &'static str, u64>,
+    observers: Table<'txn, &'static str, &'static [u8]>,
+    meta: Table<'txn, &'static str, u64>,
+    /// Changes the outbox keeps; 0: no outbox.
+    outbox_cap: usize,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction, outbox_cap: usize) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            outbox: txn.open_table(OUTBOX)?,
+            steps: txn.open_table(STEPS)?,
+            index: txn.open_table(BY_REVISION)?,
+            active: txn.open_table(ACTIVE)?,
+            observers: txn.open_table(OBSERVERS)?,
+            meta: txn.open_table(META)?,
+            outbox_cap,
+        })
+    }
+
+    /// A step's new version, with its index entries and (with an outbox) a
+    /// copy to report.
+    fn put(
+        &mut self,
+        id: &str,
+        revision: u64,
+        previous: Option<u64>,
+        is_active: bool,
+        bytes: &[u8],
+    ) -> Result<(), redb::Error> {
+        // The engine's idea of the previous revision, and the stored
+        // one of an unfinished step: both entries go, so the index
+        // holds each record once.
+        let stored = self.active.get(id)?.map(|v| v.value());
+        for prev in [previous, stored].into_iter().flatten() {
+            let same = self.index.get(prev)?.is_some_and(|v| v.value() == id);
+            if same && prev != revision {
+                self.index.remove(prev)?;
+            }
+        }
+        self.steps.insert(id, bytes)?;
+        self.index.insert(revision, id)?;
+        if self.outbox_cap > 0 {
+            self.outbox.insert(revision, bytes)?;
+        }
+        if is_active {
+            self.active.insert(id, revision)?;
+        } else {
+            self.active.remove(id)?;
+        }
+        Ok(())
+    }
+
+    /// Retention: only a record still at `revision` and finished goes.
+    fn delete(&mut self, id: &str, revision: u64) -> Result<(), redb::Error> {
+        let current = self.index.get(revision)?.is_some_and(|v| v.value() == id);
+        if current && self.active.get(id)?.is_none() {
+            self.index.remove(revision)?;
+            self.steps.remove(id)?;
+        }
+        Ok(())
+    }
+
+    fn observer(&mut self, home: &str, bytes: Option<&[u8]>) -> Result<(), redb::Error> {
+        match bytes {
+            Some(b) => {
+                self.observers.insert(home, b)?;
+            }
+            None => {
+                self.observers.remove(home)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the acknowledged changes, and counts the announced drops as told.
+    fn ack(&mut self, through: u64, announced: u64) -> Result<(), redb::Error> {
+        while self
+            .outbox
+            .first()?
+            .is_some_and(|(k, _)| k.value() <= through)
+        {
+            self.outbox.pop_first()?;
+        }
+        let acked = self.meta.get(ACKED_KEY)?.map_or(0, |v| v.value());
+        self.meta.insert(ACKED_KEY, acked.max(through))?;
+        let dropped = self.meta.get(DROPPED_KEY)?.map_or(0, |v| v.value());
+        self.meta
+            .insert(DROPPED_KEY, dropped.saturating_sub(announced))?;
+        Ok(())
+    }
+
+    /// Past the cap the oldest go: memory and disk stay bounded when the
+    /// orchestrator is away for long, and the next batch says how many.
+    fn trim_outbox(&mut self) -> Result<(), redb::Error> {
+        if self.outbox_cap == 0 {
+            // No outbox kept: nothing is over a cap that does not exist.
+            return Ok(());
+        }
+        let over = self.outbox.len()?.saturating_sub(self.outbox_cap as u64);
         if over > 0 {
             for _ in 0..over {
-                outbox.pop_first()?;
+                self.outbox.pop_first()?;
             }
-            let dropped = meta.get(DROPPED_KEY)?.map_or(0, |v| v.value());
-            meta.insert(DROPPED_KEY, dropped + over)?;
+            let dropped = self.meta.get(DROPPED_KEY)?.map_or(0, |v| v.value());
+            self.meta.insert(DROPPED_KEY, dropped + over)?;
         }
+        Ok(())
     }
-    meta.insert(REVISION_KEY, top)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -194,6 +194,31 @@ impl Daemon {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// The first log line containing `needle`, once obhostd has written it
+    /// and the reader thread has it; panics with the log after `within`.
+    pub fn wait_for_log_line(&self, needle: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            if Instant::now() > end {
+                let logs = self.log_text();
+                panic!(
+                    "no '{needle}' in the log within {within:?}:\n{}",
+                    &logs[..logs.len().min(4000)]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, like a crash or the OOM killer. The state dir (and config) stay
     /// for the next daemon.
     pub fn kill9(mut self) -> Stopped {

@@ -313,6 +313,9 @@ async fn a_daemon_stopping_mid_start_leaves_the_service_running() {
     let pid: i32 = s.outputs["pid"].parse().unwrap();
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(15)).is_some());
+    // A fixed time on purpose: obhostd has exited, so anything it sent is
+    // sent; this gives a signal time to land, and a kill that was never
+    // sent has no event to wait for.
     std::thread::sleep(Duration::from_millis(200));
     assert!(alive(pid), "a restart of obhostd killed what it started");
     nix::sys::signal::kill(

@@ -1067,7 +1067,8 @@ async fn a_failed_start_never_kills_a_process_that_took_its_launchers_pid() {
     let s = wait_for(&d, "pid-taker", Duration::from_secs(30), is_terminal).await;
     assert_eq!(error_code(&s), "PROCESS_EXITED", "{s:#?}");
     // The cleanup is done when the step is terminal; give a stray signal a
-    // moment to land all the same.
+    // moment to land all the same. A fixed time on purpose: a signal never
+    // sent has no event to wait for.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         obhost::process::Identity::of(impostor),

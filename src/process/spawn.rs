@@ -441,17 +441,47 @@ fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnEr
     if !crate::confined::is_dir(&spec.cwd) {
         return Err(SpawnError::Cwd(spec.cwd.clone()));
     }
+    let mut cmd = command(spec)?;
+    let gate_fds = gate.as_ref().map(|g| (g.pid.as_raw_fd(), g.go.as_raw_fd()));
+    enter_as_user(&mut cmd, spec, gate_fds)?;
+    let child = cmd.spawn().map_err(|cause| SpawnError::Exec {
+        program: spec.program.clone(),
+        cause,
+    })?;
+    drop(gate);
+    let pid = child.id() as i32;
+    // Dropping `child` does not wait or kill; the reaper owns the wait.
+    drop(child);
+    // Names only for the environment: its values are the request's, and may
+    // be secrets.
+    tracing::debug!(
+        pid,
+        user = %spec.user.name,
+        uid = spec.user.uid,
+        cwd = %spec.cwd.display(),
+        env = ?spec.env.keys().filter(|k| !is_forbidden_env(k)).collect::<Vec<_>>(),
+        command = %spec.display(),
+        "spawned"
+    );
+    // Read even from a zombie: a launcher that exited at once is still this
+    // pid's process until it is reaped. Once reaped, an identity no live
+    // process can match still says which pid it was (the launch then takes
+    // its start time from the reaper's record of the exit).
+    Ok(Identity::of_child(pid).unwrap_or(Identity {
+        pid,
+        start_ticks: 0,
+        boot: 0,
+    }))
+}
+
+/// The program with its arguments, a clean environment and its output file
+/// on stdout and stderr: what is the same whoever runs it.
+fn command(spec: &SpawnSpec) -> Result<Command, SpawnError> {
     let out = open_output(&spec.output, &spec.user)?;
     let err_out = out.try_clone().map_err(|cause| SpawnError::Output {
         path: PathBuf::from("(stderr)"),
         cause,
     })?;
-
-    let cwd =
-        CString::new(spec.cwd.as_os_str().as_encoded_bytes()).map_err(|_| SpawnError::Exec {
-            program: spec.program.clone(),
-            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "cwd contains a NUL byte"),
-        })?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()
@@ -470,12 +500,27 @@ fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnEr
             cmd.env(k, v);
         }
     }
+    Ok(cmd)
+}
 
+/// What the child does between fork and exec: drops the daemon's
+/// descriptors, leaves its session, waits at the gate (when there is one),
+/// takes its limits, becomes the user and enters its working dir as that
+/// user. Everything it needs is prepared here, before the fork.
+fn enter_as_user(
+    cmd: &mut Command,
+    spec: &SpawnSpec,
+    gate_fds: Option<(i32, i32)>,
+) -> Result<(), SpawnError> {
+    let cwd =
+        CString::new(spec.cwd.as_os_str().as_encoded_bytes()).map_err(|_| SpawnError::Exec {
+            program: spec.program.clone(),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "cwd contains a NUL byte"),
+        })?;
     let limits = spec.limits.effective().each();
     let switch_user = Uid::effective().as_raw() != spec.user.uid || Uid::effective().is_root();
     let (uid, gid) = (Uid::from_raw(spec.user.uid), Gid::from_raw(spec.user.gid));
     let groups: Vec<Gid> = spec.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    let gate_fds = gate.as_ref().map(|g| (g.pid.as_raw_fd(), g.go.as_raw_fd()));
     // SAFETY: between fork and exec only async-signal-safe calls are allowed.
     // umask, setsid, getpid, write, read, setrlimit, setgroups, setgid, setuid and
     // chdir are plain syscalls, and every value they use was prepared above, so
@@ -509,32 +554,5 @@ fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnEr
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|cause| SpawnError::Exec {
-        program: spec.program.clone(),
-        cause,
-    })?;
-    drop(gate);
-    let pid = child.id() as i32;
-    // Dropping `child` does not wait or kill; the reaper owns the wait.
-    drop(child);
-    // Names only for the environment: its values are the request's, and may
-    // be secrets.
-    tracing::debug!(
-        pid,
-        user = %spec.user.name,
-        uid = spec.user.uid,
-        cwd = %spec.cwd.display(),
-        env = ?spec.env.keys().filter(|k| !is_forbidden_env(k)).collect::<Vec<_>>(),
-        command = %spec.display(),
-        "spawned"
-    );
-    // Read even from a zombie: a launcher that exited at once is still this
-    // pid's process until it is reaped. Once reaped, an identity no live
-    // process can match still says which pid it was (the launch then takes
-    // its start time from the reaper's record of the exit).
-    Ok(Identity::of_child(pid).unwrap_or(Identity {
-        pid,
-        start_ticks: 0,
-        boot: 0,
-    }))
+    Ok(())
 }

@@ -366,3 +366,186 @@ async fn accept_failed(e: io::Error) {
     warn!(error = %e, "accept failed; retrying in 100ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    //! Real sockets in temp dirs: what is at the path before and after a
+    //! bind, its mode and group, and who the accept loops say called.
+    use super::*;
+    use crate::config::Config;
+    use tokio_stream::StreamExt;
+    use tonic::transport::server::Connected;
+
+    fn ino(path: &Path) -> u64 {
+        std::fs::symlink_metadata(path).unwrap().ino()
+    }
+
+    /// The error binding at `path` must give.
+    fn refused(path: &Path) -> String {
+        match bind_unix(path, None) {
+            Ok(_) => panic!("bound at '{}' over what was there", path.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_owner_only_and_the_dir_it_was_bound_in_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/obhostd.sock");
+        let (_listener, bound) = bind_unix(&path, None).expect("bind");
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!(m.ino(), bound);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["obhostd.sock"], "left beside the socket");
+    }
+
+    #[tokio::test]
+    async fn a_socket_with_a_group_is_0660_and_that_groups() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to give a socket another group");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obhostd.sock");
+        let _bound = bind_unix(&path, Some(4242)).expect("bind");
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), 4242);
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_answers_on_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obhostd.sock");
+        // What a daemon killed with SIGKILL leaves.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let stale = ino(&path);
+        let (listener, bound) = bind_unix(&path, None).expect("replaces a stale socket");
+        assert_ne!(bound, stale);
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the new listener accepts")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_socket_someone_answers_on_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obhostd.sock");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let before = ino(&path);
+        let err = refused(&path);
+        assert!(err.contains("something answers there"), "{err}");
+        assert_eq!(ino(&path), before, "the live socket was replaced");
+        // And it still takes connections.
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        live.set_nonblocking(true).unwrap();
+        assert!(live.accept().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_file_or_a_symlink_at_the_path_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, "someone's data").unwrap();
+        let err = refused(&file);
+        assert!(err.contains("a file or directory is there"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "someone's data");
+
+        // A link to a dead socket: looks stale through the link, and is
+        // still refused, link and target kept.
+        let target = dir.path().join("target.sock");
+        drop(std::os::unix::net::UnixListener::bind(&target).unwrap());
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = refused(&link);
+        assert!(err.contains("a symlink is there"), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(
+            std::fs::symlink_metadata(&target)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+    }
+
+    #[tokio::test]
+    async fn at_stop_a_socket_is_removed_only_while_it_is_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obhostd.sock");
+        let addrs = [ListenAddr::Unix(path.clone())];
+        let local = LocalAccess::default();
+        let ours = bind(&addrs, &local, false).await.expect("bind");
+        assert_eq!(ours.addrs(), [format!("unix:{}", path.display())]);
+        // A newer daemon has taken the path.
+        std::fs::remove_file(&path).unwrap();
+        let newer = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let newers = ino(&path);
+        ours.remove_sockets();
+        assert!(path.exists(), "removed a newer daemon's socket");
+        assert_eq!(ino(&path), newers);
+        drop(newer);
+
+        let ours = bind(&addrs, &local, false).await.expect("bind again");
+        ours.remove_sockets();
+        assert!(!path.exists(), "our own socket was left behind");
+    }
+
+    #[tokio::test]
+    async fn callers_are_known_by_what_the_kernel_says_and_shutdown_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obhostd.sock");
+        let addrs = [
+            ListenAddr::Unix(path.clone()),
+            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+        ];
+        let mut listeners = bind(&addrs, &LocalAccess::default(), false)
+            .await
+            .expect("bind");
+        let tcp: SocketAddr = listeners.addrs()[1].parse().unwrap();
+        let access = Arc::new(Access::load(&Config::default()).unwrap());
+        let peers = Peers::new(super::super::peers::Limits::default());
+        let shutdown = CancellationToken::new();
+        let mut conns = incoming(&mut listeners, access, peers, shutdown.clone());
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), conns.next())
+                .await
+                .expect("a connection within 5 s")
+                .expect("the stream is open")
+                .expect("accepted")
+                .connect_info()
+                .peer
+        };
+
+        let _unix = tokio::net::UnixStream::connect(&path).await.unwrap();
+        match next().await {
+            Peer::Unix { uid, pid } => {
+                assert_eq!(uid, nix::unistd::geteuid().as_raw());
+                assert_eq!(pid, Some(std::process::id() as i32));
+            }
+            other => panic!("a Unix caller seen as {other:?}"),
+        }
+        let client = tokio::net::TcpStream::connect(tcp).await.unwrap();
+        match next().await {
+            Peer::Tcp { addr } => assert_eq!(addr, client.local_addr().unwrap()),
+            other => panic!("a TCP caller seen as {other:?}"),
+        }
+
+        shutdown.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(5), conns.next())
+            .await
+            .expect("the stream did not end at shutdown");
+        assert!(end.is_none(), "a connection after shutdown");
+    }
+}

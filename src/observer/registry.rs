@@ -249,6 +249,14 @@ fn remove_pid_file(path: &Path, id: &Identity) {
     }
 }
 
+/// `std::fs::remove_file` on the blocking pool: the caller is a task on the
+/// runtime.
+async fn remove_blocking(path: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || std::fs::remove_file(path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 /// The registry's table. A record this version cannot decode is dropped with
 /// a warning: pid files and /proc find that observer again.
 fn load_table(store: &Store) -> Result<BTreeMap<PathBuf, ObserverRecord>, RegistryError> {
@@ -309,7 +317,7 @@ fn upgrade_json(
     let pending = committer.queue(writes, Vec::new());
     tokio::spawn(async move {
         match pending.wait().await {
-            Ok(()) => match std::fs::remove_file(&path) {
+            Ok(()) => match remove_blocking(path.clone()).await {
                 Ok(()) => {
                     info!(file = %path.display(), "observer registry moved into the state store")
                 }

@@ -21,6 +21,12 @@ pub mod tls;
 pub const OBHOSTD: &str = env!("CARGO_BIN_EXE_obhostd");
 pub const OBHOSTCTL: &str = env!("CARGO_BIN_EXE_obhostctl");
 
+/// Shell: waits (at most 30 s) for a file `go` in the working dir, which the
+/// test creates once obhostd has reached the point the process must outlive:
+/// the order of events is then the test's, not the machine's speed.
+pub const AWAIT_GO: &str =
+    "n=0; while [ ! -e go ] && [ $n -lt 3000 ]; do sleep 0.01; n=$((n+1)); done";
+
 /// A running obhostd. Killed (SIGKILL) when dropped so a failing test leaves
 /// nothing behind.
 pub struct Daemon {

@@ -1066,17 +1066,15 @@ async fn a_failed_start_never_kills_a_process_that_took_its_launchers_pid() {
     std::fs::write(home.path().join("go"), "").unwrap();
     let s = wait_for(&d, "pid-taker", Duration::from_secs(30), is_terminal).await;
     assert_eq!(error_code(&s), "PROCESS_EXITED", "{s:#?}");
-    // The cleanup is done when the step is terminal; give a stray signal a
-    // moment to land all the same. A fixed time on purpose: a signal never
-    // sent has no event to wait for.
-    std::thread::sleep(Duration::from_millis(200));
+    // The cleanup is done when the step is terminal.
     assert_eq!(
         obhost::process::Identity::of(impostor),
         Some(before),
         "the failed start killed a process it never started"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    if let Some(status) = ended_before_our_signal(child) {
+        panic!("the failed start signalled a process it never started: it {status}");
+    }
 }
 
 /// The real uid of a running process.

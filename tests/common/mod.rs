@@ -639,6 +639,23 @@ pub fn alive(pid: i32) -> bool {
     })
 }
 
+/// Ends `child` with a real-time signal and returns how it ended if that
+/// signal was not the first to reach it. Linux delivers pending standard
+/// signals before real-time ones (signal(7)), and a SIGKILL takes effect as
+/// it is sent, so any standard signal sent to `child` before this call shows
+/// here: "was it signalled?" needs no time waited out.
+pub fn ended_before_our_signal(mut child: Child) -> Option<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let ours = libc::SIGRTMIN();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // SAFETY: kill(2) with a pid and a signal number; no memory is touched.
+    // (nix's Signal has no real-time signals.)
+    let sent = unsafe { libc::kill(pid.as_raw(), ours) };
+    assert_eq!(sent, 0, "kill {pid} with SIGRTMIN");
+    let status = child.wait().expect("wait for the child");
+    (status.signal() != Some(ours)).then_some(status)
+}
+
 /// Zombie children of `parent`.
 pub fn zombies_of(parent: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")

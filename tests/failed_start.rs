@@ -551,9 +551,7 @@ async fn a_wait_after_the_observer_died_reports_its_death() {
     // Listens at once (so the start succeeds), then crashes.
     let spec = home.spec_with_env("FAKE_OBSERVER_CRASH_AFTER_MS", "300");
     let (_, pid) = start_ok(&d, "died-start", spec).await;
-    while alive(pid) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_gone(pid, Duration::from_secs(30)).await;
     d.client()
         .await
         .wait_observer_active(pb::WaitObserverActiveRequest {

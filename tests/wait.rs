@@ -142,9 +142,7 @@ async fn death_during_the_wait_fails_at_once() {
         .await
         .unwrap();
     // Watch for the death ourselves, then time how long the step takes to say so.
-    while alive(pid) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_gone(pid, Duration::from_secs(30)).await;
     let died = Instant::now();
     let s = wait_terminal(&d, "die-wait").await;
     let noticed = died.elapsed();

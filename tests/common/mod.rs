@@ -656,6 +656,18 @@ pub fn ended_before_our_signal(mut child: Child) -> Option<ExitStatus> {
     (status.signal() != Some(ours)).then_some(status)
 }
 
+/// Polls until `pid` is gone (or a zombie); panics after `within`.
+pub async fn wait_gone(pid: i32, within: Duration) {
+    let end = Instant::now() + within;
+    while alive(pid) {
+        assert!(
+            Instant::now() < end,
+            "pid {pid} still runs after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Zombie children of `parent`.
 pub fn zombies_of(parent: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")

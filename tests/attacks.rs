@@ -8,6 +8,7 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -549,10 +550,12 @@ async fn prepare_step(d: &Daemon, id: &str, home: &Home) -> pb::Step {
 async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
     let d = Daemon::start();
     let home = attacker_home();
-    // A root process whose command line contains the home path.
+    // A root process whose command line contains the home path. In a group
+    // of its own, so that its `sleep` child goes with it at the end.
     let mut bystander = Command::new("sh")
         .arg("-c")
         .arg(format!("sleep 300; : {}", home.path().display()))
+        .process_group(0)
         .spawn()
         .unwrap();
     let bystander_pid = bystander.id() as i32;
@@ -634,7 +637,10 @@ async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
     }
     assert_daemon_alive(&d);
     assert!(alive(bystander_pid));
-    let _ = bystander.kill();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(bystander_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = bystander.wait();
 }
 

@@ -39,6 +39,32 @@ async fn run(d: &Daemon, r: pb::StartAgentServiceRequest) -> pb::Step {
     wait_for(d, &id, Duration::from_secs(60), is_terminal).await
 }
 
+/// As [`run`], for a command that waits for `go` in `dir` ([`AWAIT_GO`]):
+/// created once the step is at `reached`.
+async fn run_until(
+    d: &Daemon,
+    r: pb::StartAgentServiceRequest,
+    reached: impl Fn(&pb::Step) -> bool,
+    dir: &std::path::Path,
+) -> pb::Step {
+    let id = r.meta.as_ref().unwrap().step_id.clone();
+    d.client()
+        .await
+        .start_agent_service(r)
+        .await
+        .expect("accepted");
+    let at = wait_for(d, &id, Duration::from_secs(30), |s| {
+        is_terminal(s) || reached(s)
+    })
+    .await;
+    assert!(
+        !is_terminal(&at),
+        "ended before the command was let go: {at:#?}"
+    );
+    std::fs::write(dir.join("go"), "").unwrap();
+    wait_for(d, &id, Duration::from_secs(60), is_terminal).await
+}
+
 #[tokio::test]
 async fn a_command_with_http_health_then_already_running() {
     let d = Daemon::start();
@@ -133,14 +159,14 @@ async fn never_healthy_times_out_and_a_dying_service_is_process_exited() {
         argv: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "echo agent cannot start >&2; sleep 0.3; exit 4".into(),
+            format!("echo agent cannot start >&2; {AWAIT_GO}; exit 4"),
         ],
         cwd: dir.path().display().to_string(),
         foreground: true,
         ..Default::default()
     };
     let started = Instant::now();
-    let s = run(
+    let s = run_until(
         &d,
         req(
             "agent-dies",
@@ -148,6 +174,9 @@ async fn never_healthy_times_out_and_a_dying_service_is_process_exited() {
             Some(Check::TcpPort(port as u32)),
             30.0,
         ),
+        // Dies once the health check is under way.
+        |s| s.message.contains("not accepting"),
+        dir.path(),
     )
     .await;
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
@@ -313,6 +342,9 @@ async fn a_daemon_stopping_mid_start_leaves_the_service_running() {
     let pid: i32 = s.outputs["pid"].parse().unwrap();
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(15)).is_some());
+    // A fixed time on purpose: obhostd has exited, so anything it sent is
+    // sent; this gives a signal time to land, and a kill that was never
+    // sent has no event to wait for.
     std::thread::sleep(Duration::from_millis(200));
     assert!(alive(pid), "a restart of obhostd killed what it started");
     nix::sys::signal::kill(
@@ -334,7 +366,7 @@ async fn a_daemonizing_agent_whose_server_dies_fails_at_once() {
         argv: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "( sh -c 'echo agent server cannot bind >&2; sleep 0.2; exit 6' & ); exit 0".into(),
+            format!("( sh -c 'echo agent server cannot bind >&2; {AWAIT_GO}; exit 6' & ); exit 0"),
         ],
         cwd: dir.path().display().to_string(),
         pid_file: dir.path().join("agent.pid").display().to_string(),
@@ -342,7 +374,7 @@ async fn a_daemonizing_agent_whose_server_dies_fails_at_once() {
         ..Default::default()
     };
     let started = Instant::now();
-    let s = run(
+    let s = run_until(
         &d,
         req(
             "agent-daemon-dies",
@@ -350,6 +382,13 @@ async fn a_daemonizing_agent_whose_server_dies_fails_at_once() {
             Some(Check::TcpPort(port as u32)),
             60.0,
         ),
+        // Dies once obhostd has seen the launcher exit and follows the server.
+        |s| {
+            s.outputs
+                .get("stage")
+                .is_some_and(|at| at == "launcher_exited")
+        },
+        dir.path(),
     )
     .await;
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");

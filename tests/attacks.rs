@@ -8,6 +8,7 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -549,10 +550,12 @@ async fn prepare_step(d: &Daemon, id: &str, home: &Home) -> pb::Step {
 async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
     let d = Daemon::start();
     let home = attacker_home();
-    // A root process whose command line contains the home path.
+    // A root process whose command line contains the home path. In a group
+    // of its own, so that its `sleep` child goes with it at the end.
     let mut bystander = Command::new("sh")
         .arg("-c")
         .arg(format!("sleep 300; : {}", home.path().display()))
+        .process_group(0)
         .spawn()
         .unwrap();
     let bystander_pid = bystander.id() as i32;
@@ -634,7 +637,10 @@ async fn pid_files_naming_other_processes_are_never_trusted_or_signalled() {
     }
     assert_daemon_alive(&d);
     assert!(alive(bystander_pid));
-    let _ = bystander.kill();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(bystander_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = bystander.wait();
 }
 
@@ -1066,16 +1072,15 @@ async fn a_failed_start_never_kills_a_process_that_took_its_launchers_pid() {
     std::fs::write(home.path().join("go"), "").unwrap();
     let s = wait_for(&d, "pid-taker", Duration::from_secs(30), is_terminal).await;
     assert_eq!(error_code(&s), "PROCESS_EXITED", "{s:#?}");
-    // The cleanup is done when the step is terminal; give a stray signal a
-    // moment to land all the same.
-    std::thread::sleep(Duration::from_millis(200));
+    // The cleanup is done when the step is terminal.
     assert_eq!(
         obhost::process::Identity::of(impostor),
         Some(before),
         "the failed start killed a process it never started"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    if let Some(status) = ended_before_our_signal(child) {
+        panic!("the failed start signalled a process it never started: it {status}");
+    }
 }
 
 /// The real uid of a running process.

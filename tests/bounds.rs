@@ -68,12 +68,7 @@ async fn a_panicking_task_fails_internal_and_the_daemon_lives_on() {
         "panic text is for the log only"
     );
     // The panic is in the log, capped.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let logs = d.log_text();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("step task panicked"))
-        .unwrap_or_else(|| panic!("no panic in the log:\n{}", &logs[..logs.len().min(4000)]));
+    let line = d.wait_for_log_line("step task panicked", Duration::from_secs(10));
     assert!(line.contains("boom-ppp"), "{line}");
     assert!(line.len() < 4096, "log line of {} bytes", line.len());
     still_serving(&d, "after-panic").await;
@@ -263,6 +258,29 @@ fn vm_rss_kib(pid: i32) -> u64 {
         .expect("VmRSS")
 }
 
+/// `pid`'s RSS once it has stopped growing: no growth over 500 ms, sampled
+/// every 50 ms. Panics if it still grows after 30 s.
+async fn settled_rss_kib(pid: i32) -> u64 {
+    const QUIET: Duration = Duration::from_millis(500);
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let mut high = vm_rss_kib(pid);
+    let mut grew = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = vm_rss_kib(pid);
+        if now > high {
+            high = now;
+            grew = std::time::Instant::now();
+        } else if grew.elapsed() >= QUIET {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the RSS of {pid} still grows after 30 s: {now} kB"
+        );
+    }
+}
+
 /// Eight watches from revision 0 on a ~21 MB store: each used to copy the whole
 /// store (+170 MB); paged, they hold a page and a stream buffer each.
 #[tokio::test]
@@ -278,8 +296,7 @@ async fn watch_backlogs_are_paged_not_copied() {
     let mut w = open_watch(&d).await.unwrap();
     w.message().await.unwrap().unwrap();
     drop(w);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = vm_rss_kib(d.pid());
+    let before = settled_rss_kib(d.pid()).await;
     let mut watches = Vec::new();
     for _ in 0..8 {
         let mut w = open_watch(&d).await.unwrap();
@@ -287,9 +304,8 @@ async fn watch_backlogs_are_paged_not_copied() {
         assert_eq!(first.id, "seed-00001");
         watches.push(w);
     }
-    // Let every watch fill its buffers as far as flow control allows.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = vm_rss_kib(d.pid());
+    // Once every watch has filled its buffers as far as flow control allows.
+    let after = settled_rss_kib(d.pid()).await;
     let growth_mib = after.saturating_sub(before) / 1024;
     assert!(
         growth_mib < 64,

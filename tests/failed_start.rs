@@ -43,6 +43,43 @@ const DIED: &str = "date +%s.%N > log/died_at";
 /// Starts the spec and returns the failed step, checking it failed within 2 s
 /// of the moment the script recorded in `log/died_at`.
 async fn fails_at_once(d: &Daemon, home: &Home, id: &str, spec: pb::ObserverSpec) -> pb::Step {
+    start(d, id, spec).await;
+    failed_soon_after_death(d, home, id).await
+}
+
+/// As [`fails_at_once`], for a script that waits for `go` ([`AWAIT_GO`]):
+/// the test creates it once the step's stage is `stage` and `ready` holds
+/// for the home.
+async fn fails_at_once_after(
+    d: &Daemon,
+    home: &Home,
+    id: &str,
+    spec: pb::ObserverSpec,
+    stage: &str,
+    ready: impl Fn(&Path) -> bool,
+) -> pb::Step {
+    start(d, id, spec).await;
+    let at = wait_for(d, id, Duration::from_secs(30), |s| {
+        is_terminal(s) || s.outputs.get("stage").is_some_and(|at| at == stage)
+    })
+    .await;
+    assert!(
+        !is_terminal(&at),
+        "ended before the stage '{stage}': {at:#?}"
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !ready(home.path()) {
+        assert!(
+            std::time::Instant::now() < end,
+            "the script did not get ready within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(home.path().join("go"), "").unwrap();
+    failed_soon_after_death(d, home, id).await
+}
+
+async fn start(d: &Daemon, id: &str, spec: pb::ObserverSpec) {
     d.client()
         .await
         .start_observer(pb::StartObserverRequest {
@@ -54,6 +91,9 @@ async fn fails_at_once(d: &Daemon, home: &Home, id: &str, spec: pb::ObserverSpec
         })
         .await
         .expect("StartObserver accepted");
+}
+
+async fn failed_soon_after_death(d: &Daemon, home: &Home, id: &str) -> pb::Step {
     let s = wait_for(d, id, Duration::from_secs(70), is_terminal).await;
     assert_eq!(s.state(), pb::StepState::Failed, "{s:#?}");
     let Some(died) = died_at(home.path()) else {
@@ -151,8 +191,8 @@ async fn server_collected_by_its_launcher_still_fails_at_once() {
     assert_eq!(detail(e, "exit_code"), "1", "{e:#?}");
 }
 
-/// As above, but the server lives long enough to be seen alive (a member of
-/// the launch's census) before it dies and its launcher collects it.
+/// As above, but the server is seen alive (the step names it from the pid
+/// file) before it dies and its launcher collects it.
 #[tokio::test]
 async fn server_seen_alive_then_collected_by_its_launcher() {
     let d = Daemon::start();
@@ -160,11 +200,11 @@ async fn server_seen_alive_then_collected_by_its_launcher() {
     let spec = script(
         &home,
         &format!(
-            "sh -c 'echo $$ > run/observer.pid; sleep 0.5; echo \"{ERROR_LINE}\" >> log/observer.log; {DIED}; exit 4' &\n\
+            "sh -c 'echo $$ > run/observer.pid; {AWAIT_GO}; echo \"{ERROR_LINE}\" >> log/observer.log; {DIED}; exit 4' &\n\
              wait $!\nexit 0"
         ),
     );
-    let s = fails_at_once(&d, &home, "seen-collected", spec).await;
+    let s = fails_at_once_after(&d, &home, "seen-collected", spec, "pid_file", |_| true).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(
@@ -227,9 +267,9 @@ async fn pid_file_never_written() {
     let home = Home::new();
     let spec = script(
         &home,
-        &format!("( sh -c 'sleep 0.3; {DIED}; exit 5' & )\nexit 0"),
+        &format!("( sh -c '{AWAIT_GO}; {DIED}; exit 5' & )\nexit 0"),
     );
-    let s = fails_at_once(&d, &home, "no-pid-file", spec).await;
+    let s = fails_at_once_after(&d, &home, "no-pid-file", spec, "launcher_exited", |_| true).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(detail(e, "exit_code"), "5", "{e:#?}");
@@ -259,10 +299,11 @@ async fn pid_file_is_a_symlink() {
     let spec = script(
         &home,
         &format!(
-            "( sh -c 'echo $$ > run/real.pid; ln -sf real.pid run/observer.pid; sleep 0.3; {DIED}; exit 6' & )\nexit 0"
+            "( sh -c 'echo $$ > run/real.pid; ln -sf real.pid run/observer.pid; {AWAIT_GO}; {DIED}; exit 6' & )\nexit 0"
         ),
     );
-    let s = fails_at_once(&d, &home, "symlink", spec).await;
+    let linked = |home: &Path| home.join("run/observer.pid").is_symlink();
+    let s = fails_at_once_after(&d, &home, "symlink", spec, "launcher_exited", linked).await;
     let e = error(&s);
     assert_eq!(e.code, "PROCESS_EXITED", "{e:#?}");
     assert_eq!(detail(e, "exit_code"), "6", "{e:#?}");
@@ -510,9 +551,7 @@ async fn a_wait_after_the_observer_died_reports_its_death() {
     // Listens at once (so the start succeeds), then crashes.
     let spec = home.spec_with_env("FAKE_OBSERVER_CRASH_AFTER_MS", "300");
     let (_, pid) = start_ok(&d, "died-start", spec).await;
-    while alive(pid) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_gone(pid, Duration::from_secs(30)).await;
     d.client()
         .await
         .wait_observer_active(pb::WaitObserverActiveRequest {

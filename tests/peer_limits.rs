@@ -235,22 +235,62 @@ impl Served {
 }
 
 /// Calls as the orchestrator until `stop`, every 100 ms: on the connection
-/// it keeps, and on a new one each time.
+/// it keeps, and on a new one each time. The counter says how many calls
+/// have been answered (or have failed) so far.
 fn orchestrate(
     server: SocketAddr,
     ca_pem: Option<String>,
     kept: Channel,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<Served> {
-    tokio::spawn(async move {
+) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<Served>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let task = tokio::spawn(async move {
         let mut served = Served::default();
         while !stop.is_cancelled() {
             served.record(orchestrator_call_on(kept.clone()).await);
             served.record(orchestrator_call(server, ca_pem.as_deref()).await);
+            counted.fetch_add(2, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         served
-    })
+    });
+    (calls, task)
+}
+
+/// Waits until the orchestrator has made `more` calls after the `from`th,
+/// whatever they returned (the test judges that); panics after `within`.
+async fn wait_for_calls(calls: &AtomicUsize, from: usize, more: usize, within: Duration) {
+    let end = Instant::now() + within;
+    while calls.load(Ordering::Relaxed) < from + more {
+        assert!(
+            Instant::now() < end,
+            "the orchestrator made {} of {more} calls within {within:?}",
+            calls.load(Ordering::Relaxed) - from
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether obhostd still holds open a connection from `peer` to `server`:
+/// a socket in /proc/net/tcp with that local and remote address that obhostd
+/// has not closed (ESTABLISHED, or CLOSE_WAIT: closed by the peer only).
+fn holds_connection_from(server: SocketAddr, peer: Ipv4Addr) -> bool {
+    let SocketAddr::V4(server) = server else {
+        panic!("{server} is not an IPv4 address");
+    };
+    // The kernel prints addresses as the network-order u32 in host order.
+    let hex = |ip: &Ipv4Addr| format!("{:08X}", u32::from_le_bytes(ip.octets()));
+    let local = format!("{}:{:04X}", hex(server.ip()), server.port());
+    let remote = format!("{}:", hex(&peer));
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("read /proc/net/tcp")
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[2].starts_with(&remote) && matches!(f[3], "01" | "08")
+        })
 }
 
 /// Samples the daemon's RSS every 50 ms until `stop`; the highest seen (kB).
@@ -295,16 +335,32 @@ async fn unauthenticated_streams_and_connections_do_not_grow_memory_or_lock_out_
         .expect("orchestrator before the attack");
     {
         let send = h2_from(attacker_ip(999), server).await.unwrap();
-        let warm = flood(send, server, 20, &AtomicUsize::new(0)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(warm);
+        let mut warm = flood(send, server, 20, &AtomicUsize::new(0)).await;
+        // Answered, so every handler has run (a Check whose request never
+        // ends, every tenth from the second, is never answered).
+        for (i, (response, _)) in warm.iter_mut().enumerate() {
+            if i % 10 != 1 {
+                tokio::time::timeout(Duration::from_secs(20), response)
+                    .await
+                    .unwrap_or_else(|_| panic!("warm-up stream {i} not answered within 20 s"))
+                    .unwrap_or_else(|e| panic!("warm-up stream {i}: {e}"));
+            }
+        }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The baseline is taken once obhostd has let the warm-up connection go.
+    let end = Instant::now() + Duration::from_secs(20);
+    while holds_connection_from(server, attacker_ip(999)) {
+        assert!(
+            Instant::now() < end,
+            "obhostd still holds the warm-up connection after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let before = vm_rss_kib(d.pid());
 
     let stop = CancellationToken::new();
     let (peak, sampler) = rss_peak(d.pid(), stop.clone());
-    let orchestrator = orchestrate(server, None, kept, stop.clone());
+    let (calls, orchestrator) = orchestrate(server, None, kept, stop.clone());
     let started = Instant::now();
     let opened = Arc::new(AtomicUsize::new(0));
     let mut attack = Vec::new();
@@ -340,8 +396,10 @@ async fn unauthenticated_streams_and_connections_do_not_grow_memory_or_lock_out_
         last = now;
     }
     let mounted = started.elapsed();
-    // The orchestrator goes on calling a while under the full attack.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The orchestrator goes on calling a while under the full attack: ten
+    // rounds, on its kept connection and on new ones.
+    let at_mount = calls.load(Ordering::Relaxed);
+    wait_for_calls(&calls, at_mount, 20, Duration::from_secs(120)).await;
     let during = vm_rss_kib(d.pid());
     stop.cancel();
     sampler.await.unwrap();
@@ -402,8 +460,10 @@ async fn stalled_tls_handshakes_do_not_lock_out_the_orchestrator() {
         .expect("orchestrator before the attack");
 
     let stop = CancellationToken::new();
+    let all_opened = Arc::new(tokio::sync::Notify::new());
     let stalled = {
         let stop = stop.clone();
+        let all_opened = all_opened.clone();
         tokio::spawn(async move {
             let mut held = Vec::new();
             for i in 0..1000 {
@@ -417,12 +477,18 @@ async fn stalled_tls_handshakes_do_not_lock_out_the_orchestrator() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            all_opened.notify_one();
             stop.cancelled().await;
             held.len()
         })
     };
-    let orchestrator = orchestrate(server, Some(ca_pem), kept, stop.clone());
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (calls, orchestrator) = orchestrate(server, Some(ca_pem), kept, stop.clone());
+    // Until every stalled connection has arrived (and is still held), and
+    // the orchestrator has made its calls among them.
+    tokio::time::timeout(Duration::from_secs(120), all_opened.notified())
+        .await
+        .expect("the attacker did not open its 1,000 connections within 120 s");
+    wait_for_calls(&calls, 0, 8, Duration::from_secs(120)).await;
     stop.cancel();
     let stalled = stalled.await.unwrap();
     let served = orchestrator.await.unwrap();

@@ -37,11 +37,15 @@ async fn kill9_keeps_every_record_and_resolves_running_steps() {
     }
     let resumable_before = get_step(&d, "run-resumable").await;
     let revision_before = get_step(&d, "run-plain").await.revision;
+    let short_deadline = get_step(&d, "run-short-deadline")
+        .await
+        .deadline
+        .expect("a running step has a deadline");
 
     let state_dir = d.state_dir.clone();
-    // Give the short deadline time to pass while nothing runs.
+    // The short deadline passes while no daemon runs.
     let stopped = d.kill9();
-    std::thread::sleep(Duration::from_millis(1200));
+    wait_until_past(&short_deadline, Duration::from_secs(5));
     let d = stopped.start();
     assert_eq!(d.state_dir, state_dir);
 
@@ -166,6 +170,8 @@ async fn a_resumed_step_times_out_at_its_original_deadline() {
     })
     .await;
     // Down for 2 s: a fresh timeout would end 2 s after the original deadline.
+    // A fixed time on purpose: the downtime is what a resumed deadline must
+    // not grow by, and no event marks "long enough".
     let stopped = d.kill9();
     std::thread::sleep(Duration::from_secs(2));
     let d = stopped.start();
@@ -178,5 +184,28 @@ async fn a_resumed_step_times_out_at_its_original_deadline() {
     assert!(
         (-0.05..0.8).contains(&late),
         "ended {late:.3}s after its original deadline"
+    );
+}
+
+/// Returns once the wall clock is past `deadline` (a step's, as stored),
+/// which must be at most `within` away.
+fn wait_until_past(deadline: &pbjson_types::Timestamp, within: Duration) {
+    let at = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(deadline.seconds).expect("a deadline after 1970"),
+            u32::try_from(deadline.nanos).expect("nanos in range"),
+        );
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left <= within,
+        "the deadline {deadline:?} is {left:?} away, more than {within:?}"
+    );
+    // The remaining time, then a little more: "past" is strict.
+    std::thread::sleep(left + Duration::from_millis(10));
+    assert!(
+        std::time::SystemTime::now() > at,
+        "still before {deadline:?}"
     );
 }

@@ -118,7 +118,9 @@ async fn cancel_stops_a_running_step_and_leaves_terminal_ones_alone() {
         .unwrap();
     assert_eq!(s.state(), pb::StepState::Cancelled);
     assert_eq!(s.error.as_ref().unwrap().code, "CANCELLED");
-    // The driver must not overwrite CANCELLED later.
+    // The driver must not overwrite CANCELLED later. A fixed time on purpose:
+    // the driver's end leaves no trace to wait for when it is right, and a
+    // wrong write would follow the cancel within moments.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let later = get_step(&d, "cancel-1").await;
     assert_eq!(later.state(), pb::StepState::Cancelled);
@@ -330,8 +332,21 @@ async fn retention_bounds_the_store_and_keeps_running_steps() {
         run_test_step(&d, test_step(&format!("old-{i:02}"), 0.0)).await;
         wait_terminal(&d, &format!("old-{i:02}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let list = list_steps(&d).await;
+    // Pruned every 200 ms: wait for the store to be within the bound.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list = list_steps(&d).await;
+        if list.len() <= 5 {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "still {} steps after 10 s of pruning: {:?}",
+            list.len(),
+            list.iter().map(|s| s.id.as_str()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let ids: Vec<&str> = list.iter().map(|s| s.id.as_str()).collect();
     assert!(list.len() <= 5, "kept {ids:?}");
     assert!(

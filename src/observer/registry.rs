@@ -59,6 +59,10 @@ pub enum RegistryError {
 
 pub struct Registry {
     committer: Committer,
+    /// Held while a record changes and its save is queued, so the store gets
+    /// the saves in the order the records changed, and an exit is recorded
+    /// once. Never held across file work: pid files are guarded by their own
+    /// check ([`pidfile::remove_if_owned`]), not by this lock.
     records: Mutex<BTreeMap<PathBuf, ObserverRecord>>,
     reaper: Reaper,
     shutdown: CancellationToken,
@@ -154,7 +158,7 @@ impl Registry {
                     // succeeded can lose its observer a moment later): the
                     // reaper still has how it ended.
                     let exit = launch::exit_of_process(&registry.reaper, &id).await;
-                    registry.record_exit(&home, id, exit);
+                    registry.record_exit_async(&home, id, exit).await;
                     return;
                 }
             };
@@ -165,14 +169,48 @@ impl Registry {
                     // re-adopted after a restart is init's, and its status
                     // comes from the kernel's exit events.
                     let exit = launch::exit_of_process(&registry.reaper, &id).await;
-                    registry.record_exit(&home, id, exit);
+                    registry.record_exit_async(&home, id, exit).await;
                 }
             }
         });
     }
 
-    /// Records how the observer `id` at `home` ended, once.
+    /// Records how the observer `id` at `home` ended, once, after removing
+    /// the pid file obhostd wrote for it: whoever sees the exit recorded
+    /// finds that file gone. The removal blocks (a home may be on a slow
+    /// disk): on the runtime, use [`Registry::record_exit_async`].
     pub fn record_exit(&self, home: &Path, id: Identity, exit: Option<Exit>) {
+        if let Some(pid_file) = self.pid_file_to_remove(home, id) {
+            remove_pid_file(&pid_file, &id);
+        }
+        self.commit_exit(home, id, exit);
+    }
+
+    /// [`Registry::record_exit`] with the pid file removed on the blocking
+    /// pool, and the lock never held across it.
+    pub async fn record_exit_async(&self, home: &Path, id: Identity, exit: Option<Exit>) {
+        if let Some(pid_file) = self.pid_file_to_remove(home, id) {
+            let removed = tokio::task::spawn_blocking(move || remove_pid_file(&pid_file, &id));
+            if let Err(e) = removed.await {
+                warn!(pid = id.pid, error = %e, "the pid file removal did not finish");
+            }
+        }
+        self.commit_exit(home, id, exit);
+    }
+
+    /// The pid file obhostd wrote for `id`, while `id` is still the running
+    /// observer of `home`. Two callers may both get it (the watcher and a
+    /// stop): removing it twice is harmless, and the exit is still recorded
+    /// once, by [`Registry::commit_exit`].
+    fn pid_file_to_remove(&self, home: &Path, id: Identity) -> Option<PathBuf> {
+        let records = self.lock();
+        let r = records.get(home)?;
+        (r.identity == Some(id) && r.owns_pid_file).then(|| r.pid_file.clone())
+    }
+
+    /// Marks `id` exited with `exit`, if it is still the observer of `home`
+    /// (not already recorded, not replaced by a newer start).
+    fn commit_exit(&self, home: &Path, id: Identity, exit: Option<Exit>) {
         let mut records = self.lock();
         let Some(r) = records.get_mut(home) else {
             return;
@@ -184,11 +222,6 @@ impl Registry {
         info!(home = %home.display(), pid = id.pid, status = %exit.describe(), "observer exited");
         r.identity = None;
         r.last_exit = Some(exit);
-        if r.owns_pid_file
-            && let Err(e) = pidfile::remove_if_owned(&r.pid_file, Some(&id))
-        {
-            warn!(file = %r.pid_file.display(), error = %e, "cannot remove pid file");
-        }
         self.save(r);
     }
 
@@ -206,6 +239,22 @@ impl Registry {
             }
         }
     }
+}
+
+/// Removes `id`'s pid file unless it names another live process by now (a
+/// newer start may have written its own).
+fn remove_pid_file(path: &Path, id: &Identity) {
+    if let Err(e) = pidfile::remove_if_owned(path, Some(id)) {
+        warn!(file = %path.display(), error = %e, "cannot remove pid file");
+    }
+}
+
+/// `std::fs::remove_file` on the blocking pool: the caller is a task on the
+/// runtime.
+async fn remove_blocking(path: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || std::fs::remove_file(path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// The registry's table. A record this version cannot decode is dropped with
@@ -268,7 +317,7 @@ fn upgrade_json(
     let pending = committer.queue(writes, Vec::new());
     tokio::spawn(async move {
         match pending.wait().await {
-            Ok(()) => match std::fs::remove_file(&path) {
+            Ok(()) => match remove_blocking(path.clone()).await {
                 Ok(()) => {
                     info!(file = %path.display(), "observer registry moved into the state store")
                 }
@@ -340,5 +389,91 @@ mod tests {
         let table = load_table(&store).unwrap();
         assert_eq!(table.len(), 2);
         assert_eq!(table[Path::new("/h/b")], record("/h/b"));
+    }
+
+    /// A registry on a fresh store in `dir`, with a reaper that reaps nothing.
+    fn registry(dir: &Path) -> Arc<Registry> {
+        let (store, _) = Store::open(dir).unwrap();
+        let committer = Committer::start(store.clone(), 16, 0);
+        Registry::open(
+            dir,
+            (store, committer),
+            Reaper::detached(),
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    /// An observer started in the foreground (obhostd wrote its pid file) and
+    /// watched, in a home under `dir`.
+    fn watched(registry: &Arc<Registry>, dir: &Path, id: Identity) -> (PathBuf, PathBuf) {
+        let home = dir.join("home");
+        let pid_file = home.join("run/observer.pid");
+        std::fs::create_dir_all(home.join("run")).unwrap();
+        pidfile::write(&pid_file, id.pid).unwrap();
+        registry.started(ObserverRecord {
+            home_path: home.clone(),
+            pid_file: pid_file.clone(),
+            owns_pid_file: true,
+            identity: Some(id),
+            ..record("/unused")
+        });
+        (home, pid_file)
+    }
+
+    /// Killed behind obhostd's back: the watcher removes the pid file obhostd
+    /// wrote and records the exit.
+    #[tokio::test]
+    async fn a_watched_observer_that_dies_is_recorded_and_its_pid_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let id = Identity::of(child.id() as i32).expect("the child runs");
+        let (home, pid_file) = watched(&registry, dir.path(), id);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            let r = registry.get(&home).expect("the record");
+            if let Some(exit) = r.last_exit {
+                assert!(
+                    !pid_file.exists(),
+                    "the exit shows before its pid file went"
+                );
+                assert_eq!(r.identity, None);
+                break exit;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the exit was not recorded within 10 s: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(exit.pid, id.pid);
+    }
+
+    /// An exit reported for an earlier process with the same pid (a stop
+    /// that raced a restart) neither records an exit nor removes the pid
+    /// file, which names the same pid, of the observer running now.
+    #[tokio::test]
+    async fn a_late_exit_of_a_replaced_observer_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path());
+        // The running observer: this test's own process, alive throughout.
+        let now = Identity::of(std::process::id() as i32).unwrap();
+        let (home, pid_file) = watched(&registry, dir.path(), now);
+        let earlier = Identity {
+            start_ticks: now.start_ticks - 1,
+            ..now
+        };
+        registry.record_exit_async(&home, earlier, None).await;
+        registry.record_exit(&home, earlier, None);
+        assert!(pid_file.exists(), "the running observer's pid file went");
+        let r = registry.get(&home).unwrap();
+        assert_eq!(r.identity, Some(now), "the running observer was forgotten");
+        assert_eq!(r.last_exit, None, "an exit recorded for it");
     }
 }

@@ -316,3 +316,223 @@ pub async fn probe(
             })
         })
 }
+
+#[cfg(test)]
+mod tests {
+    //! A stand-in MySQL server on 127.0.0.1 in this process, which is then
+    //! "the observer" (its pid owns the port), speaking just enough of the
+    //! protocol for each case, and recording what the probe sent it.
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const PASSWORD: &str = "s3cret-probe-password";
+
+    fn me() -> i32 {
+        std::process::id() as i32
+    }
+
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut p = len.to_le_bytes()[..3].to_vec();
+        p.push(seq);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// A protocol-10 greeting offering `plugin`.
+    fn greeting(plugin: &str) -> Vec<u8> {
+        const CAPS: u32 = 0x1 // LONG_PASSWORD
+            | 0x4 // LONG_FLAG
+            | 0x8 // CONNECT_WITH_DB
+            | 0x200 // PROTOCOL_41
+            | 0x2000 // TRANSACTIONS
+            | 0x8000 // SECURE_CONNECTION
+            | 0x1_0000 // MULTI_STATEMENTS
+            | 0x2_0000 // MULTI_RESULTS
+            | 0x8_0000 // PLUGIN_AUTH
+            | 0x20_0000 // PLUGIN_AUTH_LENENC_CLIENT_DATA
+            | 0x100_0000; // DEPRECATE_EOF
+        let caps = CAPS.to_le_bytes();
+        let mut p = vec![10];
+        p.extend_from_slice(b"8.0.30-stand-in\0");
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(b"abcdefgh\0");
+        p.extend_from_slice(&caps[..2]);
+        p.push(0xff);
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&caps[2..]);
+        p.push(21);
+        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(b"ijklmnopqrst\0");
+        p.extend_from_slice(plugin.as_bytes());
+        p.push(0);
+        packet(0, &p)
+    }
+
+    /// Serves one connection on a fresh port with `serve`; its result is
+    /// everything the server read after what `serve` itself consumed.
+    async fn stand_in<F, Fut>(serve: F) -> (u16, tokio::task::JoinHandle<Vec<u8>>)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = TcpStream> + Send,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let served = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = serve(s).await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+            rest
+        });
+        (port, served)
+    }
+
+    async fn read_one(s: &mut TcpStream) -> Vec<u8> {
+        read_packet(s, 0).await.expect("a packet from the probe")
+    }
+
+    fn credentials() -> Credentials<'static> {
+        Credentials {
+            user: "probe",
+            password: PASSWORD,
+            sql: "select 1",
+        }
+    }
+
+    #[tokio::test]
+    async fn the_observers_greeting_is_enough_without_credentials() {
+        let (port, _served) = stand_in(|mut s| async move {
+            s.write_all(&greeting("mysql_native_password"))
+                .await
+                .unwrap();
+            s
+        })
+        .await;
+        assert_eq!(probe(port, me(), None).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_not_listening() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        assert_eq!(
+            probe(port, me(), None).await,
+            Err(ProbeError::NotListening(port))
+        );
+    }
+
+    /// Someone else holds the port: no connection is even made, so no
+    /// credentials can go there.
+    #[tokio::test]
+    async fn a_port_another_process_holds_gets_nothing() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let observer = other.id() as i32;
+        let got = probe(port, observer, Some(&credentials())).await;
+        let _ = other.kill();
+        let _ = other.wait();
+        match got {
+            Err(ProbeError::NotTheObserver { holder, .. }) => {
+                assert!(holder.contains(&format!("pid {}", me())), "{holder}")
+            }
+            other => panic!("probed a port the observer does not hold: {other:?}"),
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(100), l.accept()).await;
+        assert!(accepted.is_err(), "the probe connected to the impostor");
+    }
+
+    #[tokio::test]
+    async fn an_error_packet_or_a_huge_one_is_no_handshake() {
+        let (port, _served) = stand_in(|mut s| async move {
+            let refusal = [0xff, 0x10, 0x04, b'#', b'H', b'Y', b'0', b'0', b'0'];
+            s.write_all(&packet(0, &refusal)).await.unwrap();
+            s
+        })
+        .await;
+        match probe(port, me(), None).await {
+            Err(ProbeError::NoHandshake { why, .. }) => {
+                assert!(why.contains("error packet"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let (port, _served) = stand_in(|mut s| async move {
+            s.write_all(&[0xff, 0xff, 0xff, 0]).await.unwrap();
+            s
+        })
+        .await;
+        match probe(port, me(), None).await {
+            Err(ProbeError::NoHandshake { why, .. }) => {
+                assert!(why.contains("a packet of 16777215 bytes"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// caching_sha2_password's full authentication would have the client
+    /// send the password (in clear over what it takes for a local socket, or
+    /// encrypted to a key the server sends): the guard ends the connection
+    /// first, and the server gets nothing more.
+    #[tokio::test]
+    async fn the_password_never_goes_to_a_server_asking_for_full_authentication() {
+        let (port, served) = stand_in(|mut s| async move {
+            s.write_all(&greeting("caching_sha2_password"))
+                .await
+                .unwrap();
+            let response = read_one(&mut s).await;
+            assert!(
+                !response
+                    .windows(PASSWORD.len())
+                    .any(|w| w == PASSWORD.as_bytes()),
+                "the password in the handshake response"
+            );
+            s.write_all(&packet(2, &[0x01, 0x04])).await.unwrap();
+            s
+        })
+        .await;
+        let got = probe(port, me(), Some(&credentials())).await;
+        let after = served.await.unwrap();
+        assert!(
+            after.is_empty(),
+            "the server got {} more bytes: {:?}",
+            after.len(),
+            String::from_utf8_lossy(&after)
+        );
+        match got {
+            Err(ProbeError::LoginRefused { user, why }) => {
+                assert_eq!(user, "probe");
+                assert!(why.contains("full authentication"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_login_says_what_the_server_said() {
+        let (port, _served) = stand_in(|mut s| async move {
+            s.write_all(&greeting("mysql_native_password"))
+                .await
+                .unwrap();
+            read_one(&mut s).await;
+            let mut err = vec![0xff];
+            err.extend_from_slice(&1045u16.to_le_bytes());
+            err.extend_from_slice(b"#28000Access denied for user 'probe'");
+            s.write_all(&packet(2, &err)).await.unwrap();
+            s
+        })
+        .await;
+        match probe(port, me(), Some(&credentials())).await {
+            Err(ProbeError::LoginRefused { user, why }) => {
+                assert_eq!(user, "probe");
+                assert!(why.contains("Access denied for user 'probe'"), "{why}");
+                assert!(why.contains("1045"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -76,3 +76,54 @@ impl Exit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// The raw wait status of `sh -c script`, as the kernel reports it.
+    fn status_of(script: &str) -> i32 {
+        std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .status()
+            .expect("run /bin/sh")
+            .into_raw()
+    }
+
+    #[test]
+    fn an_exit_code_is_read_from_a_real_status() {
+        let e = Exit::from_status(7, status_of("exit 3"));
+        assert_eq!(
+            (e.pid, e.code, e.signal, e.core_dumped),
+            (7, Some(3), None, false)
+        );
+        assert_eq!(e.describe(), "exited with code 3");
+    }
+
+    #[test]
+    fn a_signal_is_read_from_a_real_status() {
+        let e = Exit::from_status(7, status_of("kill -KILL $$"));
+        assert_eq!((e.code, e.signal, e.core_dumped), (None, Some(9), false));
+        assert_eq!(e.describe(), "was killed by SIGKILL");
+    }
+
+    /// The core bit (0x80) beside the signal, as wait(2) encodes a dump (not
+    /// made for real here: it would leave a core wherever the host sends them).
+    #[test]
+    fn a_core_dump_is_said() {
+        let e = Exit::from_status(7, libc::SIGSEGV | 0x80);
+        assert_eq!((e.code, e.signal, e.core_dumped), (None, Some(11), true));
+        assert_eq!(e.describe(), "was killed by SIGSEGV (core dumped)");
+    }
+
+    /// The registry stores exits; one written before `core_dumped`,
+    /// `start_ticks` and `uid` existed must still be read.
+    #[test]
+    fn an_exit_stored_by_an_older_obhostd_is_read() {
+        let old = r#"{"pid":42,"code":null,"signal":9,"at":{"secs_since_epoch":1700000000,"nanos_since_epoch":0}}"#;
+        let e: Exit = serde_json::from_str(old).expect("an older record");
+        assert_eq!((e.pid, e.signal, e.core_dumped), (42, Some(9), false));
+        assert_eq!((e.start_ticks, e.uid), (None, None));
+    }
+}

@@ -266,18 +266,26 @@ impl Reaper {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reaper that reaps nothing (no subreaper, no SIGCHLD task): waitpid(-1)
-    /// in a test binary would steal other tests' children.
-    fn detached() -> Reaper {
+impl Reaper {
+    /// A reaper that reaps nothing (no subreaper, no SIGCHLD task), for unit
+    /// tests of what holds one: waitpid(-1) in a test binary would steal
+    /// other tests' children.
+    pub(crate) fn detached() -> Reaper {
         Reaper {
             exits: Arc::new(Mutex::new(HashMap::new())),
             tick: watch::channel(0).0,
             claims: Arc::default(),
             elsewhere: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detached() -> Reaper {
+        Reaper::detached()
     }
 
     #[test]

@@ -441,17 +441,47 @@ fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnEr
     if !crate::confined::is_dir(&spec.cwd) {
         return Err(SpawnError::Cwd(spec.cwd.clone()));
     }
+    let mut cmd = command(spec)?;
+    let gate_fds = gate.as_ref().map(|g| (g.pid.as_raw_fd(), g.go.as_raw_fd()));
+    enter_as_user(&mut cmd, spec, gate_fds)?;
+    let child = cmd.spawn().map_err(|cause| SpawnError::Exec {
+        program: spec.program.clone(),
+        cause,
+    })?;
+    drop(gate);
+    let pid = child.id() as i32;
+    // Dropping `child` does not wait or kill; the reaper owns the wait.
+    drop(child);
+    // Names only for the environment: its values are the request's, and may
+    // be secrets.
+    tracing::debug!(
+        pid,
+        user = %spec.user.name,
+        uid = spec.user.uid,
+        cwd = %spec.cwd.display(),
+        env = ?spec.env.keys().filter(|k| !is_forbidden_env(k)).collect::<Vec<_>>(),
+        command = %spec.display(),
+        "spawned"
+    );
+    // Read even from a zombie: a launcher that exited at once is still this
+    // pid's process until it is reaped. Once reaped, an identity no live
+    // process can match still says which pid it was (the launch then takes
+    // its start time from the reaper's record of the exit).
+    Ok(Identity::of_child(pid).unwrap_or(Identity {
+        pid,
+        start_ticks: 0,
+        boot: 0,
+    }))
+}
+
+/// The program with its arguments, a clean environment and its output file
+/// on stdout and stderr: what is the same whoever runs it.
+fn command(spec: &SpawnSpec) -> Result<Command, SpawnError> {
     let out = open_output(&spec.output, &spec.user)?;
     let err_out = out.try_clone().map_err(|cause| SpawnError::Output {
         path: PathBuf::from("(stderr)"),
         cause,
     })?;
-
-    let cwd =
-        CString::new(spec.cwd.as_os_str().as_encoded_bytes()).map_err(|_| SpawnError::Exec {
-            program: spec.program.clone(),
-            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "cwd contains a NUL byte"),
-        })?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()
@@ -470,12 +500,27 @@ fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnEr
             cmd.env(k, v);
         }
     }
+    Ok(cmd)
+}
 
+/// What the child does between fork and exec: drops the daemon's
+/// descriptors, leaves its session, waits at the gate (when there is one),
+/// takes its limits, becomes the user and enters its working dir as that
+/// user. Everything it needs is prepared here, before the fork.
+fn enter_as_user(
+    cmd: &mut Command,
+    spec: &SpawnSpec,
+    gate_fds: Option<(i32, i32)>,
+) -> Result<(), SpawnError> {
+    let cwd =
+        CString::new(spec.cwd.as_os_str().as_encoded_bytes()).map_err(|_| SpawnError::Exec {
+            program: spec.program.clone(),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "cwd contains a NUL byte"),
+        })?;
     let limits = spec.limits.effective().each();
     let switch_user = Uid::effective().as_raw() != spec.user.uid || Uid::effective().is_root();
     let (uid, gid) = (Uid::from_raw(spec.user.uid), Gid::from_raw(spec.user.gid));
     let groups: Vec<Gid> = spec.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    let gate_fds = gate.as_ref().map(|g| (g.pid.as_raw_fd(), g.go.as_raw_fd()));
     // SAFETY: between fork and exec only async-signal-safe calls are allowed.
     // umask, setsid, getpid, write, read, setrlimit, setgroups, setgid, setuid and
     // chdir are plain syscalls, and every value they use was prepared above, so
@@ -509,32 +554,303 @@ fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnEr
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|cause| SpawnError::Exec {
-        program: spec.program.clone(),
-        cause,
-    })?;
-    drop(gate);
-    let pid = child.id() as i32;
-    // Dropping `child` does not wait or kill; the reaper owns the wait.
-    drop(child);
-    // Names only for the environment: its values are the request's, and may
-    // be secrets.
-    tracing::debug!(
-        pid,
-        user = %spec.user.name,
-        uid = spec.user.uid,
-        cwd = %spec.cwd.display(),
-        env = ?spec.env.keys().filter(|k| !is_forbidden_env(k)).collect::<Vec<_>>(),
-        command = %spec.display(),
-        "spawned"
-    );
-    // Read even from a zombie: a launcher that exited at once is still this
-    // pid's process until it is reaped. Once reaped, an identity no live
-    // process can match still says which pid it was (the launch then takes
-    // its start time from the reaper's record of the exit).
-    Ok(Identity::of_child(pid).unwrap_or(Identity {
-        pid,
-        start_ticks: 0,
-        boot: 0,
-    }))
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real children: each test spawns /bin/sh or /usr/bin/env and reads what
+    //! it wrote about itself. Nothing in this binary reaps children for us
+    //! (the daemon's Reaper is not started), so each test reaps its own.
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use nix::errno::Errno;
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::Pid;
+
+    /// Switching users needs root; elsewhere these tests say so and pass.
+    fn root() -> bool {
+        let root = Uid::effective().is_root();
+        if !root {
+            eprintln!("SKIPPED: needs root to start processes as another user");
+        }
+        root
+    }
+
+    /// A temp dir anyone may enter, as a user's working dir is.
+    fn open_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn spec(program: &str, args: &[&str], user: RunAs, dir: &Path) -> SpawnSpec {
+        SpawnSpec {
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: dir.to_path_buf(),
+            user,
+            env: BTreeMap::new(),
+            output: Output::Append(dir.join("out.log")),
+            limits: Limits::default(),
+            scope: None,
+        }
+    }
+
+    fn sh(script: &str, user: RunAs, dir: &Path) -> SpawnSpec {
+        spec("/bin/sh", &["-c", script], user, dir)
+    }
+
+    /// Waits for `pid` to end (WNOHANG polls, bounded), reaps it, and returns
+    /// what it wrote to `dir`/out.log.
+    fn output_of(pid: i32, dir: &Path) -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(_) | Err(Errno::ECHILD) => break,
+                Err(e) => panic!("waitpid {pid}: {e}"),
+            }
+            assert!(Instant::now() < end, "pid {pid} still runs after 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = dir.join("out.log");
+        std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()))
+    }
+
+    fn run(spec: SpawnSpec) -> String {
+        let dir = spec.cwd.clone();
+        let id = spawn(&spec).expect("spawn");
+        output_of(id.pid, &dir)
+    }
+
+    fn nobody() -> RunAs {
+        RunAs::lookup("nobody").expect("the nobody user")
+    }
+
+    #[test]
+    fn the_child_runs_as_the_user_with_the_users_groups() {
+        if !root() {
+            return;
+        }
+        let dir = open_dir();
+        // A supplementary group root does not have, so that the child's
+        // groups are the user's and not inherited.
+        let user = RunAs {
+            groups: [nobody().groups, vec![4242]].concat(),
+            ..nobody()
+        };
+        let out = run(sh("id -u; id -g; id -G", user.clone(), dir.path()));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines[0], user.uid.to_string(), "uid: {out}");
+        assert_eq!(lines[1], user.gid.to_string(), "gid: {out}");
+        let mut got: Vec<u32> = lines[2]
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        let mut want = user.groups.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(got, want, "groups: {out}");
+    }
+
+    #[test]
+    fn the_child_leads_a_session_and_process_group_of_its_own() {
+        let dir = open_dir();
+        let me = RunAs::current().unwrap();
+        let id = spawn(&sh("cat /proc/$$/stat", me, dir.path())).expect("spawn");
+        let out = output_of(id.pid, dir.path());
+        // pid (comm) state ppid pgrp session ...
+        let after: Vec<&str> = out.rsplit(')').next().unwrap().split_whitespace().collect();
+        assert_eq!(after[2], id.pid.to_string(), "process group: {out}");
+        assert_eq!(after[3], id.pid.to_string(), "session: {out}");
+    }
+
+    #[test]
+    fn the_child_gets_a_clean_environment_without_systemds_variables() {
+        let dir = open_dir();
+        let me = RunAs::current().unwrap();
+        let mut s = spec("/usr/bin/env", &[], me.clone(), dir.path());
+        s.env = BTreeMap::from([
+            ("OB_TENANT".to_string(), "sys".to_string()),
+            (
+                "NOTIFY_SOCKET".to_string(),
+                "/run/systemd/notify".to_string(),
+            ),
+            ("WATCHDOG_USEC".to_string(), "1000000".to_string()),
+            ("LISTEN_FDS".to_string(), "3".to_string()),
+        ]);
+        let out = run(s);
+        let mut got: Vec<&str> = out.lines().collect();
+        got.sort_unstable();
+        let home = format!("HOME={}", me.home.display());
+        let user = format!("USER={}", me.name);
+        let logname = format!("LOGNAME={}", me.name);
+        let mut want = vec![
+            home.as_str(),
+            logname.as_str(),
+            "OB_TENANT=sys",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            user.as_str(),
+        ];
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn no_descriptor_of_the_daemon_reaches_the_child() {
+        let dir = open_dir();
+        // Opened without O_CLOEXEC, as a careless library would.
+        let leaked = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let me = RunAs::current().unwrap();
+        let out = run(sh("readlink /proc/$$/fd/0; ls /proc/$$/fd", me, dir.path()));
+        let fd = leaked.as_raw_fd();
+        drop(leaked);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("/dev/null"), "stdin: {out}");
+        let fds: Vec<i32> = lines.map(|l| l.parse().unwrap()).collect();
+        assert!(!fds.contains(&fd), "fd {fd} leaked into the child: {fds:?}");
+    }
+
+    #[test]
+    fn limits_are_set_in_the_child() {
+        let dir = open_dir();
+        let me = RunAs::current().unwrap();
+        let mut s = sh("ulimit -n", me, dir.path());
+        s.limits.nofile = Some(777);
+        assert_eq!(run(s).trim(), "777");
+    }
+
+    #[test]
+    fn stdout_and_stderr_are_appended_to_a_file_the_user_owns() {
+        if !root() {
+            return;
+        }
+        let dir = open_dir();
+        let user = nobody();
+        let log = dir.path().join("log/out.log");
+        for (i, script) in ["echo one", "echo two >&2"].into_iter().enumerate() {
+            let mut s = sh(script, user.clone(), dir.path());
+            s.output = Output::Append(log.clone());
+            let id = spawn(&s).expect("spawn");
+            output_of(id.pid, dir.path().join("log").as_path());
+            assert_eq!(
+                std::fs::read_to_string(&log).unwrap(),
+                ["one\n", "one\ntwo\n"][i]
+            );
+        }
+        let file = std::fs::metadata(&log).unwrap();
+        assert_eq!((file.uid(), file.gid()), (user.uid, user.gid));
+        assert_eq!(file.mode() & 0o777, 0o640);
+        let logs = std::fs::metadata(dir.path().join("log")).unwrap();
+        assert_eq!(logs.uid(), user.uid);
+        assert_eq!(logs.mode() & 0o777, 0o750);
+    }
+
+    /// The dir is entered after the switch to the user: one only root may
+    /// enter is refused, not entered with root's rights.
+    #[test]
+    fn the_working_dir_is_entered_as_the_user() {
+        if !root() {
+            return;
+        }
+        let dir = open_dir();
+        let private = dir.path().join("root-only");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut s = sh("echo entered", nobody(), &private);
+        s.output = Output::Append(dir.path().join("out.log"));
+        match spawn(&s) {
+            Err(SpawnError::Exec { cause, .. }) => {
+                assert_eq!(
+                    cause.kind(),
+                    std::io::ErrorKind::PermissionDenied,
+                    "{cause}"
+                )
+            }
+            other => panic!("entered a dir only root may enter: {other:?}"),
+        }
+        let s = sh("pwd -P", nobody(), dir.path());
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(run(s).trim(), real.display().to_string());
+    }
+
+    #[test]
+    fn a_missing_working_dir_starts_nothing() {
+        let dir = open_dir();
+        let me = RunAs::current().unwrap();
+        let mut s = sh("echo started", me, dir.path());
+        s.cwd = dir.path().join("missing");
+        assert!(matches!(spawn(&s), Err(SpawnError::Cwd(p)) if p == s.cwd));
+        assert!(!dir.path().join("out.log").exists(), "output was opened");
+    }
+
+    /// The scope handshake without systemd: the child says its pid, then
+    /// execs only on `y`.
+    #[test]
+    fn the_child_execs_only_when_the_gate_says_yes() {
+        for answer in [b'y', b'n'] {
+            let dir = open_dir();
+            let me = RunAs::current().unwrap();
+            let s = sh("echo ran", me, dir.path());
+            let (pid_r, pid_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let spawning = std::thread::spawn(move || {
+                spawn_gated(
+                    &s,
+                    Some(Gate {
+                        pid: pid_w,
+                        go: go_r,
+                    }),
+                )
+            });
+            let mut b = [0u8; 4];
+            std::io::Read::read_exact(&mut std::fs::File::from(pid_r), &mut b).unwrap();
+            let pid = u32::from_ne_bytes(b) as i32;
+            // Not yet: the child waits at the gate.
+            let before = std::fs::read_to_string(dir.path().join("out.log")).unwrap();
+            assert_eq!(before, "", "ran before the gate said yes");
+            nix::unistd::write(&go_w, &[answer]).unwrap();
+            let spawned = spawning.join().unwrap();
+            let out = output_of(pid, dir.path());
+            if answer == b'y' {
+                assert_eq!(spawned.expect("spawned").pid, pid);
+                assert_eq!(out, "ran\n");
+            } else {
+                match spawned {
+                    Err(SpawnError::Exec { cause, .. }) => {
+                        assert_eq!(cause.raw_os_error(), Some(GATE_REFUSED), "{cause}")
+                    }
+                    other => panic!("exec'd without leave: {other:?}"),
+                }
+                assert_eq!(out, "", "the program ran");
+            }
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_shown_quoted_as_a_shell_would_need() {
+        let dir = open_dir();
+        let me = RunAs::current().unwrap();
+        let s = spec(
+            "/home/admin/bin/observer",
+            &["-p", "2881", "it's", "", "a b", "$HOME"],
+            me,
+            dir.path(),
+        );
+        assert_eq!(
+            s.display(),
+            r#"/home/admin/bin/observer -p 2881 'it'\''s' '' 'a b' '$HOME'"#
+        );
+    }
 }

@@ -87,3 +87,73 @@ impl Drop for Spawned {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Real `sleep` children, and how each ended: SIGKILL means Spawned
+    //! stopped it; the SIGTERM the test sends last means nothing did before.
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Child, Command};
+
+    fn sleeper() -> (Child, Identity) {
+        let child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let id = Identity::of(child.id() as i32).expect("sleep runs");
+        (child, id)
+    }
+
+    /// The signal `child` ended by, after a SIGTERM from the test (which
+    /// only counts if nothing killed it first).
+    fn ended_by(mut child: Child) -> Option<i32> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        child.wait().expect("wait").signal()
+    }
+
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn a_failed_start_stops_its_launcher_and_server() {
+        let (launcher, launcher_id) = sleeper();
+        let (server, server_id) = sleeper();
+        let mut spawned = Spawned::new(launcher_id, me(), || false);
+        spawned.server(server_id);
+        drop(spawned);
+        assert_eq!(ended_by(launcher), Some(libc::SIGKILL), "the launcher");
+        assert_eq!(ended_by(server), Some(libc::SIGKILL), "the server");
+    }
+
+    #[test]
+    fn a_kept_start_is_left_running() {
+        let (launcher, id) = sleeper();
+        Spawned::new(id, me(), || false).keep();
+        assert_eq!(ended_by(launcher), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn nothing_is_stopped_while_obhostd_shuts_down() {
+        let (launcher, id) = sleeper();
+        drop(Spawned::new(id, me(), || true));
+        assert_eq!(ended_by(launcher), Some(libc::SIGTERM));
+    }
+
+    /// The pid now belongs to another process than the one spawned (same
+    /// pid, another start time): it is left alone.
+    #[test]
+    fn a_process_that_only_shares_the_pid_is_left_alone() {
+        let (other, id) = sleeper();
+        let earlier = Identity {
+            start_ticks: id.start_ticks - 1,
+            ..id
+        };
+        drop(Spawned::new(earlier, me(), || false));
+        assert_eq!(ended_by(other), Some(libc::SIGTERM));
+    }
+}

@@ -21,6 +21,12 @@ pub mod tls;
 pub const OBHOSTD: &str = env!("CARGO_BIN_EXE_obhostd");
 pub const OBHOSTCTL: &str = env!("CARGO_BIN_EXE_obhostctl");
 
+/// Shell: waits (at most 30 s) for a file `go` in the working dir, which the
+/// test creates once obhostd has reached the point the process must outlive:
+/// the order of events is then the test's, not the machine's speed.
+pub const AWAIT_GO: &str =
+    "n=0; while [ ! -e go ] && [ $n -lt 3000 ]; do sleep 0.01; n=$((n+1)); done";
+
 /// A running obhostd. Killed (SIGKILL) when dropped so a failing test leaves
 /// nothing behind.
 pub struct Daemon {
@@ -192,6 +198,31 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// The first log line containing `needle`, once obhostd has written it
+    /// and the reader thread has it; panics with the log after `within`.
+    pub fn wait_for_log_line(&self, needle: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            if Instant::now() > end {
+                let logs = self.log_text();
+                panic!(
+                    "no '{needle}' in the log within {within:?}:\n{}",
+                    &logs[..logs.len().min(4000)]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, like a crash or the OOM killer. The state dir (and config) stay
@@ -606,6 +637,35 @@ pub fn alive(pid: i32) -> bool {
             .trim_start()
             .starts_with('Z')
     })
+}
+
+/// Ends `child` with a real-time signal and returns how it ended if that
+/// signal was not the first to reach it. Linux delivers pending standard
+/// signals before real-time ones (signal(7)), and a SIGKILL takes effect as
+/// it is sent, so any standard signal sent to `child` before this call shows
+/// here: "was it signalled?" needs no time waited out.
+pub fn ended_before_our_signal(mut child: Child) -> Option<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let ours = libc::SIGRTMIN();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // SAFETY: kill(2) with a pid and a signal number; no memory is touched.
+    // (nix's Signal has no real-time signals.)
+    let sent = unsafe { libc::kill(pid.as_raw(), ours) };
+    assert_eq!(sent, 0, "kill {pid} with SIGRTMIN");
+    let status = child.wait().expect("wait for the child");
+    (status.signal() != Some(ours)).then_some(status)
+}
+
+/// Polls until `pid` is gone (or a zombie); panics after `within`.
+pub async fn wait_gone(pid: i32, within: Duration) {
+    let end = Instant::now() + within;
+    while alive(pid) {
+        assert!(
+            Instant::now() < end,
+            "pid {pid} still runs after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Zombie children of `parent`.

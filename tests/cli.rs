@@ -385,7 +385,7 @@ async fn watch_until_done_survives_a_restart_of_obhostd() {
     let mut req = test_step("survivor", 2.0);
     req.resumable = true;
     run_test_step(&d, req).await;
-    let child = std::process::Command::new(OBHOSTCTL)
+    let mut child = std::process::Command::new(OBHOSTCTL)
         .args([
             "--addr",
             &d.addr,
@@ -399,16 +399,29 @@ async fn watch_until_done_survives_a_restart_of_obhostd() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let _d = d.restart_after_kill9();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+    // Killed once the watch has printed the step: it is following by then.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let first = tokio::task::spawn_blocking(move || {
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+        (first, lines)
+    });
+    let (first, mut lines) = tokio::time::timeout(std::time::Duration::from_secs(20), first)
         .await
-        .unwrap()
+        .expect("steps watch printed nothing in 20 s")
         .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    assert!(first.contains("survivor"), "{first}");
+    let _d = d.restart_after_kill9();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+        (child.wait_with_output().unwrap(), rest)
+    })
+    .await
+    .unwrap();
+    let (out, rest) = out;
+    let stdout = format!("{first}{rest}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stderr.contains("watching again after revision"), "{stderr}");
     assert!(stdout.contains("SUCCEEDED"), "{stdout}");

@@ -76,8 +76,9 @@ pub struct StopObserver {
     pub deps: Arc<Deps>,
 }
 
-/// A /proc read (the socket table takes milliseconds on a busy host) on the
-/// blocking pool, so the runtime's threads never wait on it.
+/// A /proc read (the socket table takes milliseconds on a busy host) or a
+/// pid file removal on the blocking pool, so the runtime's threads never
+/// wait on it.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
@@ -92,7 +93,8 @@ impl StopObserver {
         let id = match locate::find_async(target.clone(), registry.clone()).await {
             Found::Running(id) => id,
             Found::Stale(_) | Found::NotRunning => {
-                let _ = pidfile::remove_if_owned(&target.pid_file, None);
+                let pid_file = target.pid_file.clone();
+                blocking(move || pidfile::remove_if_owned(&pid_file, None).ok()).await;
                 outputs.insert("already_stopped".to_string(), "true".to_string());
                 return Ok(StepSuccess {
                     message: "observer already stopped".into(),
@@ -137,14 +139,17 @@ impl StopObserver {
         let exit = tokio::time::timeout(Duration::from_secs(1), registry.reaper().wait(id.pid))
             .await
             .ok();
-        registry.record_exit(&target.home_path, id, exit);
+        registry
+            .record_exit_async(&target.home_path, id, exit)
+            .await;
         outputs.insert("killed".to_string(), killed.to_string());
         if let Some(e) = exit {
             outputs.insert("exit".to_string(), e.describe());
         }
 
         wait_ports_free(&ctx, id.pid, ports).await;
-        let _ = pidfile::remove_if_owned(&target.pid_file, Some(&id));
+        let pid_file = target.pid_file.clone();
+        blocking(move || pidfile::remove_if_owned(&pid_file, Some(&id)).ok()).await;
         Ok(StepSuccess {
             message: format!(
                 "observer (pid {}) stopped{}",

@@ -277,3 +277,192 @@ impl StepRequest for pb::StopObserverRequest {
         pb::StopObserverResponse { step }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rules() -> Rules {
+        Rules {
+            policy: Policy {
+                run_as_root: true,
+                ..Policy::default()
+            },
+            agent: AgentServiceConfig {
+                systemd_unit: Some("ocp_agent.service".into()),
+                ..AgentServiceConfig::default()
+            },
+        }
+    }
+
+    fn meta(id: &str) -> Option<pb::StepMeta> {
+        Some(pb::StepMeta {
+            step_id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    /// What the generic path does before resolving: meta into a spec.
+    fn spec_of<R: StepRequest>(req: &R) -> StepSpec {
+        validate::step_spec(req.meta(), R::KIND).unwrap()
+    }
+
+    fn resolve<R: StepRequest>(req: R) -> Result<(StepParams, Secrets), Status> {
+        let spec = spec_of(&req);
+        req.resolve(&rules(), &spec)
+    }
+
+    /// A home that has run before (etc/observer.config.bin), with a binary.
+    fn home() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["bin", "etc"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("etc/observer.config.bin"), "x").unwrap();
+        let binary = dir.path().join("bin/observer");
+        std::fs::write(&binary, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn observer(home: &Path) -> Option<pb::ObserverSpec> {
+        Some(pb::ObserverSpec {
+            home_path: home.display().to_string(),
+            user: "root".into(),
+            ..Default::default()
+        })
+    }
+
+    /// Each request's constants and its resolution agree on the kind: a
+    /// request whose KIND differed from its params would store a step the
+    /// factory rebuilds as another kind.
+    #[test]
+    fn every_request_resolves_to_its_own_kind() {
+        let home = home();
+        let h = home.path().display().to_string();
+        let kinds = [
+            resolve(pb::PrepareRequest {
+                meta: meta("p"),
+                observer: observer(home.path()),
+                ..Default::default()
+            })
+            .map(|(p, _)| (p.kind(), pb::PrepareRequest::KIND)),
+            resolve(pb::StartObserverRequest {
+                meta: meta("s"),
+                observer: observer(home.path()),
+            })
+            .map(|(p, _)| (p.kind(), pb::StartObserverRequest::KIND)),
+            resolve(pb::WaitObserverActiveRequest {
+                meta: meta("w"),
+                home_path: h.clone(),
+                ..Default::default()
+            })
+            .map(|(p, _)| (p.kind(), pb::WaitObserverActiveRequest::KIND)),
+            resolve(pb::StartAgentServiceRequest {
+                meta: meta("a"),
+                ..Default::default()
+            })
+            .map(|(p, _)| (p.kind(), pb::StartAgentServiceRequest::KIND)),
+            resolve(pb::StopObserverRequest {
+                meta: meta("x"),
+                home_path: h,
+                ..Default::default()
+            })
+            .map(|(p, _)| (p.kind(), pb::StopObserverRequest::KIND)),
+        ];
+        for k in kinds {
+            let (got, want) = k.unwrap();
+            assert_eq!(got, want);
+        }
+    }
+
+    /// The password is a secret: it travels beside the parameters, never in
+    /// what the store keeps.
+    #[test]
+    fn a_wait_request_s_password_stays_out_of_the_stored_parameters() {
+        let home = home();
+        let (params, secrets) = resolve(pb::WaitObserverActiveRequest {
+            meta: meta("w"),
+            home_path: home.path().display().to_string(),
+            user: "root".into(),
+            password: "pw-7c1e-secret".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let stored = params.to_stored().unwrap().to_string();
+        assert!(!stored.contains("pw-7c1e-secret"), "{stored}");
+        assert!(stored.contains("\"with_password\":true"), "{stored}");
+        assert_eq!(secrets.get(PASSWORD), Some("pw-7c1e-secret"));
+    }
+
+    /// A grace as long as the step's timeout leaves no time to SIGKILL and
+    /// wait: refused, as is a negative one, with the field named.
+    #[test]
+    fn a_stop_s_grace_is_judged_against_the_step_s_timeout() {
+        let home = home();
+        let stop = |grace: pbjson_types::Duration, timeout: Duration| pb::StopObserverRequest {
+            meta: Some(pb::StepMeta {
+                step_id: "x".into(),
+                timeout: Some(timeout.into()),
+                ..Default::default()
+            }),
+            home_path: home.path().display().to_string(),
+            grace: Some(grace),
+            force: false,
+        };
+        let e = resolve(stop(
+            Duration::from_secs(30).into(),
+            Duration::from_secs(30),
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("grace 30s is not shorter"),
+            "{}",
+            e.message()
+        );
+        let negative = pbjson_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        let e = resolve(stop(negative, Duration::from_secs(30))).unwrap_err();
+        assert!(
+            e.message().contains("grace must not be negative"),
+            "{}",
+            e.message()
+        );
+        let (params, _) =
+            resolve(stop(Duration::from_secs(5).into(), Duration::from_secs(30))).unwrap();
+        let StepParams::StopObserverProcess(p) = params else {
+            panic!("{params:?}")
+        };
+        assert_eq!(p.grace, Duration::from_secs(5));
+    }
+
+    /// The audit trail of a refused request names what was asked for.
+    #[test]
+    fn what_the_caller_named_is_there_before_anything_resolves() {
+        let req = pb::StartObserverRequest {
+            meta: meta("s"),
+            observer: Some(pb::ObserverSpec {
+                home_path: "/no/such/home".into(),
+                user: "nobody".into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(req.named(), ("/no/such/home", "nobody"));
+        let missing = pb::StartObserverRequest {
+            meta: meta("s"),
+            observer: None,
+        };
+        assert_eq!(missing.named(), ("", ""));
+        let e = resolve(missing).unwrap_err();
+        assert!(
+            e.message().contains("observer is missing"),
+            "{}",
+            e.message()
+        );
+    }
+}

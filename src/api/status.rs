@@ -62,3 +62,106 @@ pub fn from_log(e: crate::observer::log::LogError) -> Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::SpecError;
+    use std::path::PathBuf;
+    use tonic::Code;
+
+    /// Caller faults are the caller's codes; a condition the daemon recovers
+    /// from by itself (a full disk, a failed write) says "retry", not "bug".
+    #[test]
+    fn each_engine_error_has_its_code() {
+        let path = PathBuf::from("/var/lib/obhostd/state.redb");
+        let cases = [
+            (EngineError::NotFound("s".into()), Code::NotFound),
+            (
+                EngineError::Conflict {
+                    id: "s".into(),
+                    differs: "params.home_path".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                EngineError::NotRetryable {
+                    id: "s".into(),
+                    state: crate::steps::StepState::Running,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                EngineError::InvalidParams("bad".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                EngineError::TooManyActive {
+                    active: 3,
+                    limit: 3,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                EngineError::TooManyWatchers { limit: 1 },
+                Code::ResourceExhausted,
+            ),
+            (
+                EngineError::Store(StoreError::NoSpace {
+                    path: path.clone(),
+                    cause: "ENOSPC".into(),
+                }),
+                Code::ResourceExhausted,
+            ),
+            (
+                EngineError::Store(StoreError::Write {
+                    path: path.clone(),
+                    cause: "EIO".into(),
+                }),
+                Code::Unavailable,
+            ),
+            (
+                EngineError::Store(StoreError::Internal {
+                    what: "reading the step",
+                    cause: "task panicked".into(),
+                }),
+                Code::Internal,
+            ),
+        ];
+        for (e, code) in cases {
+            let shown = e.to_string();
+            let s = from_engine(e);
+            assert_eq!(s.code(), code, "{shown}");
+        }
+    }
+
+    /// A store failure that is no known condition goes to the log whole; the
+    /// caller gets a short message that says where to look, not the chain.
+    #[test]
+    fn an_unknown_store_failure_is_internal_with_a_short_message() {
+        let e = EngineError::Store(StoreError::CorruptRecord {
+            path: PathBuf::from("/var/lib/obhostd/state.redb"),
+            key: "step-1".into(),
+            cause: serde_json::from_str::<u8>("x").unwrap_err(),
+        });
+        let s = from_engine(e);
+        assert_eq!(s.code(), Code::Internal);
+        assert!(
+            s.message().contains("journalctl -u obhostd"),
+            "{}",
+            s.message()
+        );
+        assert!(!s.message().contains("step-1"), "{}", s.message());
+    }
+
+    #[test]
+    fn a_refused_value_is_invalid_and_a_forbidden_one_denied() {
+        let s = from_spec(SpecError::Invalid("home_path is empty".into()));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "home_path is empty")
+        );
+        let s = from_spec(SpecError::Denied("outside allowed_roots".into()));
+        assert_eq!(s.code(), Code::PermissionDenied);
+    }
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::probe::health::{self, Health};
 use crate::process::Identity;
 use crate::steps::{StepKind, StepRecord, StepState};
-use crate::tasks::start_agent_service::{AGENT_START_TICKS, AgentParams};
+use crate::tasks::StepParams;
+use crate::tasks::start_agent_service::AGENT_START_TICKS;
 
 /// A health check at scrape time waits at most this long.
 const CHECK: Duration = Duration::from_secs(1);
@@ -27,7 +28,12 @@ impl Started {
         if r.spec.kind != StepKind::StartAgentService || r.state != StepState::Succeeded {
             return None;
         }
-        let params: AgentParams = serde_json::from_value(r.spec.params.clone()).ok()?;
+        // Decoded as a retry would decode it: one reading of stored parameters.
+        let StepParams::StartAgentService(params) =
+            StepParams::from_stored(r.spec.kind, &r.spec.params).ok()?
+        else {
+            return None;
+        };
         let pid = r.outputs.get("pid").and_then(|p| p.parse().ok());
         let ticks = r
             .outputs

@@ -92,7 +92,7 @@ pub async fn run(
                 eprintln!(
                     "obhostctl: {}: {}",
                     output::clean(&e.code),
-                    output::clean(&e.message)
+                    output::clean(&super::phrasing::in_cli_terms(&e.message, Some(&step.id)))
                 );
             }
             ExitCode::from(1)

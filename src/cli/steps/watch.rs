@@ -250,7 +250,7 @@ fn outcome(args: &WatchArgs, seen: &Seen, format: Format) -> Result<ExitCode, Cl
         output::clean(&bad.id),
         bad.state().as_str_name().trim_start_matches("STEP_STATE_"),
         output::clean(code),
-        output::clean(message)
+        output::clean(&crate::cli::phrasing::in_cli_terms(message, Some(&bad.id)))
     );
     // The last JSON line says the watch failed, and why, as
     // every failing command's JSON does.

@@ -131,8 +131,20 @@ struct Shared {
     /// Wakes the pruner early when a step ends with the store over its bound.
     prune: Notify,
     read_ahead: read_ahead::ReadAhead,
+    /// What a running step says about its progress (a message, a stage) is
+    /// staged in order and committed with the next group, but the task does
+    /// not wait for it to be durable: a stage is information, and a probe
+    /// that passes three stages in a millisecond should not then wait three
+    /// fsyncs to end. Outputs, which a restart needs, are still waited for.
+    /// At most this many such commits are outstanding; past that a task does
+    /// wait, so a task that floods progress cannot grow the queue unbounded.
+    progress_commits: Arc<tokio::sync::Semaphore>,
     config: EngineConfig,
 }
+
+/// Progress commits outstanding at once before progress updates wait again
+/// (see `Shared::progress_commits`).
+const PROGRESS_COMMITS: usize = 256;
 
 /// A new step staged: its commit to wait for, its record, its task, and how
 /// its driver begins.
@@ -266,6 +278,7 @@ impl Opened {
                 watchers: Arc::new(AtomicUsize::new(0)),
                 prune: Notify::new(),
                 read_ahead: Default::default(),
+                progress_commits: Arc::new(tokio::sync::Semaphore::new(PROGRESS_COMMITS)),
                 config,
             }),
         };
@@ -685,6 +698,28 @@ impl Engine {
         attempt: u32,
         f: impl FnOnce(&mut StepRecord) -> bool,
     ) -> Option<StepRecord> {
+        let (record, pending) = self.stage_if_live(id, attempt, f)?;
+        let Some(pending) = pending else {
+            return Some(record);
+        };
+        match pending.wait().await {
+            Ok(()) => Some(record),
+            Err(e) => {
+                tracing::error!(step = id, error = %e, "cannot commit step change");
+                None
+            }
+        }
+    }
+
+    /// Stages `f`'s change to a live step (same attempt, not ended): the
+    /// record as changed, and its commit to wait for (None when `f` changed
+    /// nothing).
+    fn stage_if_live(
+        &self,
+        id: &str,
+        attempt: u32,
+        f: impl FnOnce(&mut StepRecord) -> bool,
+    ) -> Option<(StepRecord, Option<commit::Pending>)> {
         let (record, pending) = {
             let mut state = self.lock();
             // Unfinished steps are in memory; the store is read only for a
@@ -704,7 +739,7 @@ impl Engine {
             let previous = current.revision;
             let mut next = current;
             if !f(&mut next) {
-                return Some(next);
+                return Some((next, None));
             }
             match self.stage(&mut state, next, Some(previous)) {
                 Ok(staged) => staged,
@@ -714,58 +749,75 @@ impl Engine {
                 }
             }
         };
-        match pending.wait().await {
-            Ok(()) => Some((*record).clone()),
-            Err(e) => {
-                tracing::error!(step = id, error = %e, "cannot commit step change");
-                None
-            }
-        }
+        Some(((*record).clone(), Some(pending)))
     }
 
     async fn update_running(&self, id: &str, attempt: u32, update: Update) {
-        self.update_if_live(id, attempt, |r| match update {
-            // What a step says it is doing is also RUST_LOG=obhost=debug's
-            // account of it, once per change (a probe repeating the same
-            // refusal every few ms says it once).
-            Update::Message(m) => {
-                let changed = r.message != m;
-                if changed {
-                    tracing::debug!(step = id, attempt, detail = %m, "step progress");
+        if matches!(update, Update::Output(..)) {
+            // A restart mid-step reads outputs (the pid just spawned): the
+            // task goes on only once this one is durable.
+            self.update_if_live(id, attempt, |r| apply_update(id, attempt, r, update))
+                .await;
+            return;
+        }
+        let Ok(slot) = self.shared.progress_commits.clone().acquire_owned().await else {
+            return;
+        };
+        let staged = self.stage_if_live(id, attempt, |r| apply_update(id, attempt, r, update));
+        if let Some((_, Some(pending))) = staged {
+            let id = id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = pending.wait().await {
+                    tracing::error!(step = id, error = %e, "cannot commit step change");
                 }
-                r.message = m;
-                changed
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// Applies a running step's update to its record; whether anything changed.
+fn apply_update(id: &str, attempt: u32, r: &mut StepRecord, update: Update) -> bool {
+    match update {
+        // What a step says it is doing is also RUST_LOG=obhost=debug's
+        // account of it, once per change (a probe repeating the same
+        // refusal every few ms says it once).
+        Update::Message(m) => {
+            let changed = r.message != m;
+            if changed {
+                tracing::debug!(step = id, attempt, detail = %m, "step progress");
             }
-            Update::Output(k, v) => {
-                let changed = r.outputs.get(&k) != Some(&v);
-                if changed {
-                    tracing::debug!(step = id, attempt, key = %k, value = %v, "step output");
-                }
-                r.outputs.insert(k, v);
-                changed
+            r.message = m;
+            changed
+        }
+        Update::Output(k, v) => {
+            let changed = r.outputs.get(&k) != Some(&v);
+            if changed {
+                tracing::debug!(step = id, attempt, key = %k, value = %v, "step output");
             }
-            Update::Stage { name, detail } => {
-                // Within a stage only the detail moves: the stage keeps the
-                // time it was first reached.
-                let same = r.outputs.get(STAGE) == Some(&name);
-                let since = match r.outputs.get(STAGE_SINCE) {
-                    Some(since) if same => since.clone(),
-                    _ => humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-                };
-                let message = format!("{detail} (stage {name} since {since})");
-                let changed = !same || r.message != message;
-                if !same {
-                    tracing::debug!(step = id, attempt, stage = %name, detail = %detail, "step stage");
-                } else if changed {
-                    tracing::debug!(step = id, attempt, detail = %detail, "step progress");
-                }
-                r.outputs.insert(STAGE.to_string(), name);
-                r.outputs.insert(STAGE_SINCE.to_string(), since);
-                r.message = message;
-                changed
+            r.outputs.insert(k, v);
+            changed
+        }
+        Update::Stage { name, detail } => {
+            // Within a stage only the detail moves: the stage keeps the
+            // time it was first reached.
+            let same = r.outputs.get(STAGE) == Some(&name);
+            let since = match r.outputs.get(STAGE_SINCE) {
+                Some(since) if same => since.clone(),
+                _ => humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            };
+            let message = format!("{detail} (stage {name} since {since})");
+            let changed = !same || r.message != message;
+            if !same {
+                tracing::debug!(step = id, attempt, stage = %name, detail = %detail, "step stage");
+            } else if changed {
+                tracing::debug!(step = id, attempt, detail = %detail, "step progress");
             }
-        })
-        .await;
+            r.outputs.insert(STAGE.to_string(), name);
+            r.outputs.insert(STAGE_SINCE.to_string(), since);
+            r.message = message;
+            changed
+        }
     }
 }
 

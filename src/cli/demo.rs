@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::flow::{self, Ran, StartArgs};
 use super::output::{self, Format};
+use super::steps::order::dag_order;
 use super::{CliError, Client};
 use crate::proto::v1 as pb;
 
@@ -427,7 +428,7 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
         .await?
         .into_inner()
         .steps;
-    output::dag_order(&mut steps);
+    dag_order(&mut steps);
     report(format, &ran, &observer, &stop, &steps)?;
     let ok = ran.succeeded() && stop.state() == pb::StepState::Succeeded;
     // The last pushes are a batch_delay away.

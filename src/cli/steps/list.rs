@@ -12,6 +12,7 @@ use crate::cli::{CliError, Client};
 use crate::proto::v1 as pb;
 
 use super::StateArg;
+use super::order::newest_first;
 
 /// ListSteps' own cap on a page: the fewest calls for the whole list.
 const PAGE_SIZE: u32 = 1000;
@@ -62,7 +63,7 @@ pub async fn run(
         }
     }
     let limit = (!args.all).then_some(args.limit as usize);
-    let older = output::newest_first(&mut steps, limit);
+    let older = newest_first(&mut steps, limit);
     output::newest_steps(&steps, older, format)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 mod cancel;
 mod get;
 mod list;
+pub(super) mod order;
 mod retry;
 mod watch;
 

@@ -10,6 +10,8 @@ use crate::cli::output::{self, Format};
 use crate::cli::{CliError, Client, code_name, flow};
 use crate::proto::v1 as pb;
 
+use super::order::dag_order;
+
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("scope").args(["dag_id", "step_ids"]).multiple(true)))]
 pub struct WatchArgs {
@@ -231,7 +233,7 @@ fn outcome(args: &WatchArgs, seen: &Seen, format: Format) -> Result<ExitCode, Cl
             .collect()
     };
     // The first that did not succeed in the order the steps ran.
-    output::dag_order(&mut waited);
+    dag_order(&mut waited);
     let bad = waited
         .iter()
         .find(|s| s.state() != pb::StepState::Succeeded);

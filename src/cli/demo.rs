@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use super::flow::{self, Ran, StartArgs};
-use super::output::{self, Format};
+use super::output::{self, Format, json};
 use super::steps::order::dag_order;
 use super::{CliError, Client};
 use crate::proto::v1 as pb;
@@ -371,17 +371,17 @@ fn report(
     }
     let mut doc = serde_json::json!({
         "dag": ran.dag_json(),
-        "observer": output::proto_json(observer)?,
+        "observer": json::proto_json(observer)?,
         "stop": flow::step_json(stop),
         "steps": steps.iter().map(flow::step_json).collect::<Vec<_>>(),
     });
     if ran.interrupted() {
         doc["error"] =
-            output::error_json("INTERRUPTED", "interrupted by Ctrl-C", 130)["error"].take();
+            json::error_json("INTERRUPTED", "interrupted by Ctrl-C", 130)["error"].take();
     } else if let Some(bad) = failed {
-        doc["error"] = output::step_error_json(bad)["error"].take();
+        doc["error"] = json::step_error_json(bad)["error"].take();
     }
-    output::print_json(&doc, true)?;
+    json::print_json(&doc, true)?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use super::output::{self, Format};
+use super::output::{self, Format, json};
 
 /// What went wrong, sorted by what the exit status should say.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +80,8 @@ pub fn fail(e: CliError, format: Format) -> ExitCode {
             CliError::Rpc(s) if !is_our_timeout(s) => s.message().to_string(),
             _ => e.to_string(),
         };
-        let doc = output::error_json(&e.code(), &message, status);
-        if let Err(e) = output::print_json(&doc, true) {
+        let doc = json::error_json(&e.code(), &message, status);
+        if let Err(e) = json::print_json(&doc, true) {
             eprintln!("obhostctl: cannot print the error as JSON: {e}");
         }
     }
@@ -107,7 +107,7 @@ pub fn usage_exit(e: clap::Error) -> ! {
             .next()
             .unwrap_or_default()
             .trim_start_matches("error: ");
-        let _ = output::print_json(&output::error_json("USAGE", first, 2), true);
+        let _ = json::print_json(&json::error_json("USAGE", first, 2), true);
     }
     e.exit()
 }

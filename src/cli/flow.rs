@@ -30,7 +30,7 @@ pub(crate) use follow::{RECONNECTS, follow, resumable};
 use requests::FlowRequest;
 pub(crate) use summary::step_json;
 
-use super::output::{self, Format};
+use super::output::{self, Format, json};
 use super::{CliError, Client};
 use crate::api::convert;
 use crate::proto::v1 as pb;
@@ -157,7 +157,7 @@ impl Ran {
     pub fn dag_json(&self) -> serde_json::Value {
         let mut doc = summary::dag_json(&self.dag, &self.ids, &self.steps);
         if let Some(bad) = self.ended_badly() {
-            doc["error"] = output::step_error_json(bad)["error"].take();
+            doc["error"] = json::step_error_json(bad)["error"].take();
         }
         doc
     }
@@ -287,9 +287,9 @@ pub async fn start_observer(
         let text = resume::interrupted_text(&ran, at, &rerun);
         output::note(&format!("\n{text}"));
         if format == Format::Json {
-            let mut doc = output::error_json("INTERRUPTED", &text, 130);
+            let mut doc = json::error_json("INTERRUPTED", &text, 130);
             doc["error"]["rerun"] = rerun.into();
-            output::print_json(&doc, true).map_err(CliError::Other)?;
+            json::print_json(&doc, true).map_err(CliError::Other)?;
         }
         return Ok(ran.exit_code());
     }
@@ -304,7 +304,7 @@ pub async fn start_observer(
         ));
     }
     if format == Format::Json {
-        output::print_json(&ran.dag_json(), true).map_err(CliError::Other)?;
+        json::print_json(&ran.dag_json(), true).map_err(CliError::Other)?;
     } else if ran.succeeded() {
         output::say(format_args!(
             "observer started and active in {:.1}s",

@@ -17,6 +17,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use super::Format;
+use super::output::json;
 use crate::proto::v1 as pb;
 use crate::proto::v1::step_reporter_server::{StepReporter, StepReporterServer};
 
@@ -247,7 +248,7 @@ impl Sink {
             Format::Json => serde_json::json!({
                 "agent_id": agent_id,
                 "duplicate": duplicate,
-                "step": super::output::proto_json(step)
+                "step": json::proto_json(step)
                     .map_err(|e| Status::internal(format!("cannot print: {e:#}")))?,
             })
             .to_string(),

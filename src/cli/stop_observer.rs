@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::output::{self, Format};
+use super::output::{self, Format, json};
 use super::{CliError, Client, flow, new_id};
 use crate::proto::v1 as pb;
 
@@ -65,17 +65,17 @@ pub async fn run(
         let error = match &outcome {
             Outcome::Stopped => None,
             Outcome::NothingRunning(_) if args.missing_ok => None,
-            Outcome::NothingRunning(text) => Some(output::error_json("NOT_RUNNING", text, 1)),
-            Outcome::Failed => Some(output::step_error_json(&step)),
+            Outcome::NothingRunning(text) => Some(json::error_json("NOT_RUNNING", text, 1)),
+            Outcome::Failed => Some(json::step_error_json(&step)),
         };
         let doc = match error {
-            None => output::proto_json(&step)?,
+            None => json::proto_json(&step)?,
             Some(mut doc) => {
-                doc["step"] = output::proto_json(&step)?;
+                doc["step"] = json::proto_json(&step)?;
                 doc
             }
         };
-        output::print_json(&doc, true)?;
+        json::print_json(&doc, true)?;
     }
     Ok(match outcome {
         Outcome::Stopped => ExitCode::SUCCESS,

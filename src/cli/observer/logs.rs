@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cli::output::{self, Format};
+use crate::cli::output::{self, Format, json};
 use crate::cli::{CliError, Client};
 use crate::proto::v1 as pb;
 
@@ -44,11 +44,11 @@ pub async fn run(
         let mut stream = client.tail_observer_log(request).await?.into_inner();
         // Without --follow, -o json is one document for the whole command,
         // written as the lines come (never all of them in memory).
-        let mut document = (format == Format::Json && !follow).then(output::LinesDocument::new);
+        let mut document = (format == Format::Json && !follow).then(json::LinesDocument::new);
         while let Some(message) = stream.message().await? {
             match (&mut document, format) {
                 (Some(doc), _) => doc.add(&message.lines)?,
-                (None, Format::Json) => output::print_json(&output::proto_json(&message)?, false)?,
+                (None, Format::Json) => json::print_json(&json::proto_json(&message)?, false)?,
                 (None, Format::Text) => output::log_lines(&message.lines)?,
             }
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cli::output::{self, Format};
+use crate::cli::output::{self, Format, json};
 use crate::cli::{CliError, Client, code_name, flow};
 use crate::proto::v1 as pb;
 
@@ -257,7 +257,7 @@ fn outcome(args: &WatchArgs, seen: &Seen, format: Format) -> Result<ExitCode, Cl
     // The last JSON line says the watch failed, and why, as
     // every failing command's JSON does.
     if format == Format::Json {
-        output::print_json(&output::step_error_json(bad), false)?;
+        json::print_json(&json::step_error_json(bad), false)?;
     }
     Ok(ExitCode::from(1))
 }

@@ -30,7 +30,7 @@ pub(crate) use follow::{RECONNECTS, follow, resumable};
 use requests::FlowRequest;
 pub(crate) use summary::step_json;
 
-use super::output::{self, Format, json};
+use super::output::{self, Format, json, live};
 use super::{CliError, Client};
 use crate::api::convert;
 use crate::proto::v1 as pb;
@@ -267,7 +267,7 @@ async fn to_its_end(
     };
     if let Some(step) = answer.filter(|s| output::is_terminal(s) && created_before(s)) {
         if format == Format::Text {
-            output::ended_earlier(&step);
+            live::ended_earlier(&step);
         }
         return Ok((step, true));
     }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::super::output::{self, Format};
+use super::super::output::{self, Format, live};
 use super::super::{CliError, Client};
 use crate::proto::v1 as pb;
 
@@ -16,7 +16,7 @@ pub async fn follow(
     began: Instant,
     format: Format,
 ) -> Result<pb::Step, CliError> {
-    let mut live = (format == Format::Text).then(|| output::Live::new(id, began));
+    let mut live = (format == Format::Text).then(|| live::Live::new(id, began));
     let mut after = 0;
     let mut lost = 0;
     loop {
@@ -82,7 +82,7 @@ async fn watch_once(
     client: &mut Client,
     id: &str,
     after: u64,
-    live: &mut Option<output::Live>,
+    live: &mut Option<live::Live>,
 ) -> Result<Watched, (u64, tonic::Status)> {
     let mut seen = after;
     let mut stream = client

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cli::output::{self, Format, json};
+use crate::cli::output::{self, Format, json, live};
 use crate::cli::{CliError, Client, code_name, flow};
 use crate::proto::v1 as pb;
 
@@ -63,7 +63,7 @@ pub async fn run(
         BTreeMap::new()
     };
     let what = describe(&args);
-    let spinner = output::Watching::new(&what);
+    let spinner = live::Watching::new(&what);
     let mut seen = Seen {
         after: args.after_revision.unwrap_or_default(),
         last,
@@ -175,7 +175,7 @@ async fn watch_once(
     args: &WatchArgs,
     client: &mut Client,
     format: Format,
-    spinner: &output::Watching,
+    spinner: &live::Watching,
     what: &str,
     seen: &mut Seen,
 ) -> Result<(), tonic::Status> {

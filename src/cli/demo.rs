@@ -365,7 +365,7 @@ fn report(
     if format == Format::Text {
         if failed.is_none() && !ran.interrupted() {
             output::say("")?;
-            output::step_list(steps, "", format)?;
+            output::steps::step_list(steps, "", format)?;
         }
         return Ok(());
     }

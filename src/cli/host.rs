@@ -13,6 +13,6 @@ pub async fn run(client: &mut Client, format: Format) -> Result<ExitCode, CliErr
         .into_inner()
         .host
         .unwrap_or_default();
-    output::host(&host, format)?;
+    output::host::host(&host, format)?;
     Ok(ExitCode::SUCCESS)
 }

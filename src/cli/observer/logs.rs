@@ -49,7 +49,7 @@ pub async fn run(
             match (&mut document, format) {
                 (Some(doc), _) => doc.add(&message.lines)?,
                 (None, Format::Json) => json::print_json(&json::proto_json(&message)?, false)?,
-                (None, Format::Text) => output::log_lines(&message.lines)?,
+                (None, Format::Text) => output::observer::log_lines(&message.lines)?,
             }
         }
         if let Some(doc) = document {

@@ -44,7 +44,7 @@ pub async fn run(
                 .into_inner()
                 .observer
                 .unwrap_or_default();
-            output::observer(&o, format)?;
+            output::observer::observer(&o, format)?;
             Ok(ExitCode::SUCCESS)
         }
         (None, None) => Err(CliError::Usage(

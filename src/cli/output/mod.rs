@@ -4,20 +4,28 @@
 //! protobuf JSON mapping (the field names grpcurl shows, RFC 3339 `Z`
 //! timestamps), exactly one document per command, or one line per change for
 //! `watch` and `report-sink`.
+//!
+//! This file decides the looks once (`init`) and holds what every view
+//! shares: lines that go above a running spinner, text from obhostd made
+//! safe for a terminal (`clean`), and the words for sizes, durations, times
+//! and step states. Each view is a file of its own: `json` (every
+//! document), `steps`, `host` and `observer` (records and tables), `live`
+//! (a flow as it happens), over `table`. They import from here and from
+//! each other downwards, never back up: this file imports none of them.
 
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use comfy_table::{Cell, Color, ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+pub mod host;
 pub mod json;
 pub mod live;
+pub mod observer;
+pub mod steps;
+mod table;
 
-use json::{print_json, proto_json, step_list_json};
-
-use super::phrasing::in_cli_terms;
 use crate::api::convert;
 use crate::proto::v1 as pb;
 
@@ -138,23 +146,6 @@ pub fn state_text(s: pb::StepState, width: usize) -> String {
     }
 }
 
-/// The same colour for a table cell (comfy-table draws it itself).
-fn state_cell(s: pb::StepState) -> Cell {
-    let cell = Cell::new(state_name(s));
-    let colour = match s {
-        pb::StepState::Succeeded => Color::Green,
-        pb::StepState::Failed | pb::StepState::TimedOut => Color::Red,
-        pb::StepState::Cancelled => Color::Yellow,
-        pb::StepState::Running => Color::Cyan,
-        _ => return cell,
-    };
-    if looks().colour {
-        cell.fg(colour)
-    } else {
-        cell
-    }
-}
-
 /// Every size obhostctl prints, in IEC units ("1.5 GiB", "312.0 MiB"), so
 /// memory, disks and RSS read the same everywhere.
 pub fn size(bytes: u64) -> String {
@@ -194,293 +185,11 @@ pub fn short(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
-/// A table: drawn and fitted to the terminal's width when live; off a
-/// terminal, aligned columns with no border, one record per line, so a line
-/// can be grepped and starts with its first column.
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    // A terminal that does not say its width (0 columns) would squeeze every
-    // column to one character: such a table keeps its natural width.
-    let width = console::Term::stdout().size_checked().map_or(0, |(_, w)| w);
-    if looks().live {
-        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED.with_rounded_corners())
-            .set_content_arrangement(if width >= 40 {
-                ContentArrangement::Dynamic
-            } else {
-                ContentArrangement::Disabled
-            });
-        if looks().colour {
-            t.enforce_styling();
-        }
-    } else {
-        t.load_style(comfy_table::presets::NOTHING)
-            .force_no_tty()
-            .set_content_arrangement(ContentArrangement::Disabled);
-    }
-    t.set_header(header.iter().map(|h| Cell::new(*h)));
-    if !looks().live {
-        for c in t.column_iter_mut() {
-            c.set_padding((0, 2));
-        }
-    }
-    t
-}
-
-fn print_table(out: &mut impl Write, t: &Table) -> std::io::Result<()> {
-    for l in t.lines() {
-        // Off a terminal the blank border rows are whitespace: skip them, and
-        // the padding after the last column.
-        let l = l.trim_end();
-        if !l.is_empty() {
-            writeln!(out, "{l}")?;
-        }
-    }
-    Ok(())
-}
-
-/// Lines of the observer's log, as they are but for control characters
-/// (escaped, as all text from obhostd: the log is the observer's user's to
-/// write). A write that fails (the reader went away) is an error, so a follow
-/// into `| head` ends instead of reading on for nobody.
-pub fn log_lines(lines: &[String]) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    for l in lines {
-        writeln!(out, "{}", clean(l))?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
 /// Prints one line on stdout. An error, not a panic, when stdout's reader
 /// went away (`| head`): the caller's `?` turns that into a quiet exit 141.
 pub fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")?;
-    Ok(())
-}
-
-pub fn step(s: &pb::Step, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        return print_json(&proto_json(s)?, true);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "step       {}", clean(&s.id))?;
-    if !s.dag_id.is_empty() {
-        writeln!(out, "dag        {}", clean(&s.dag_id))?;
-    }
-    writeln!(out, "name       {}", clean(&s.name))?;
-    writeln!(out, "state      {}", state_text(s.state(), 0))?;
-    writeln!(out, "attempt    {}", s.attempt)?;
-    writeln!(out, "revision   {}", s.revision)?;
-    writeln!(out, "created    {}", when(&s.created_at))?;
-    writeln!(out, "started    {}", when(&s.started_at))?;
-    writeln!(out, "finished   {}", when(&s.finished_at))?;
-    writeln!(out, "deadline   {}", when(&s.deadline))?;
-    writeln!(out, "message    {}", clean(&s.message))?;
-    if let Some(e) = &s.error {
-        let message = in_cli_terms(&e.message, Some(&s.id));
-        writeln!(out, "error      {}: {}", clean(&e.code), clean(&message))?;
-        for (k, v) in &e.details {
-            writeln!(out, "  {} = {}", clean(k), clean(v))?;
-        }
-        if !e.log_tail.is_empty() {
-            writeln!(out, "log tail:")?;
-            for line in &e.log_tail {
-                writeln!(out, "  | {}", clean(line))?;
-            }
-        }
-    }
-    if !s.outputs.is_empty() {
-        writeln!(out, "outputs:")?;
-        for (k, v) in &s.outputs {
-            writeln!(out, "  {} = {}", clean(k), clean(v))?;
-        }
-    }
-    if !s.checks.is_empty() {
-        writeln!(out, "checks:")?;
-        checks(&mut out, &s.checks)?;
-    }
-    Ok(())
-}
-
-/// Prepare's check results as a table: status, check, what the host has, and
-/// for a failure or warning what was expected and the fix.
-pub fn checks(out: &mut impl Write, checks: &[pb::CheckResult]) -> std::io::Result<()> {
-    let mut t = table(&["STATUS", "CHECK", "OBSERVED", "EXPECTED", "FIX"]);
-    for c in checks {
-        let status = c.status().as_str_name().trim_start_matches("CHECK_STATUS_");
-        let bad = matches!(c.status(), pb::CheckStatus::Fail | pb::CheckStatus::Warn);
-        let mut cell = Cell::new(status);
-        if looks().colour {
-            cell = match c.status() {
-                pb::CheckStatus::Fail => cell.fg(Color::Red),
-                pb::CheckStatus::Warn => cell.fg(Color::Yellow),
-                pb::CheckStatus::Pass => cell.fg(Color::Green),
-                _ => cell,
-            };
-        }
-        let or_dash = |s: &str| {
-            if bad && !s.is_empty() {
-                clean(s).into_owned()
-            } else {
-                "-".into()
-            }
-        };
-        t.add_row(vec![
-            cell,
-            Cell::new(clean(&c.name)),
-            Cell::new(clean(&c.observed)),
-            Cell::new(or_dash(&c.expected)),
-            Cell::new(or_dash(&in_cli_terms(&c.hint, None))),
-        ]);
-    }
-    print_table(out, &t)
-}
-
-/// A list of steps, in the order given (the caller's to choose: see
-/// `steps::order`). JSON: `{"steps": [...]}`, the list always there (empty
-/// too), and `nextPageToken` when there is a next page.
-pub fn step_list(steps: &[pb::Step], next_page_token: &str, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        return print_json(&step_list_json(steps, next_page_token)?, true);
-    }
-    let mut out = std::io::stdout().lock();
-    print_table(&mut out, &step_table(steps))?;
-    if !next_page_token.is_empty() {
-        // `steps list` no longer takes a page token (it reads every page).
-        writeln!(out, "(more: obhostctl steps list --all)")?;
-    }
-    Ok(())
-}
-
-/// `steps list`'s answer, in the order given (`steps::order::newest_first`). When
-/// `older` steps were left out, the text says so and which flag lists them;
-/// JSON has `olderNotShown`.
-pub fn newest_steps(steps: &[pb::Step], older: usize, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        let mut doc = step_list_json(steps, "")?;
-        if older > 0 {
-            doc["olderNotShown"] = older.into();
-        }
-        return print_json(&doc, true);
-    }
-    let mut out = std::io::stdout().lock();
-    print_table(&mut out, &step_table(steps))?;
-    if older > 0 {
-        writeln!(
-            out,
-            "({older} older steps not shown: --limit {} or --all lists them)",
-            steps.len() + older
-        )?;
-    }
-    Ok(())
-}
-
-/// The table of a list of steps, one row each, in the order given.
-fn step_table(steps: &[pb::Step]) -> Table {
-    let mut t = table(&["STEP", "STATE", "NAME", "AGE", "MESSAGE"]);
-    let now = SystemTime::now();
-    for s in steps {
-        let age = s
-            .created_at
-            .as_ref()
-            .and_then(convert::system_time)
-            .and_then(|t| now.duration_since(t).ok())
-            .map(short)
-            .unwrap_or_else(|| "-".into());
-        t.add_row(vec![
-            Cell::new(clean(&s.id)),
-            state_cell(s.state()),
-            Cell::new(clean(&s.name)),
-            Cell::new(age),
-            Cell::new(clean(&s.message)),
-        ]);
-    }
-    if let Some(c) = t.column_mut(3) {
-        c.set_cell_alignment(comfy_table::CellAlignment::Right);
-    }
-    t
-}
-
-/// One change seen by `steps watch`: a JSON line, or a text line.
-pub fn step_change(s: &pb::Step, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        return print_json(&proto_json(s)?, false);
-    }
-    line(&format!(
-        "rev {:<6} {:<24} {} {}",
-        s.revision,
-        clean(&s.id),
-        state_text(s.state(), 10),
-        clean(&s.message)
-    ));
-    Ok(())
-}
-
-pub fn host(h: &pb::HostInfo, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        return print_json(&proto_json(h)?, true);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "hostname   {}", clean(&h.hostname))?;
-    writeln!(out, "os         {} ({})", clean(&h.os), clean(&h.arch))?;
-    writeln!(out, "kernel     {}", clean(&h.kernel))?;
-    writeln!(out, "cpus       {}", h.cpus)?;
-    writeln!(
-        out,
-        "memory     {} total, {} available",
-        size(h.memory_total_bytes),
-        size(h.memory_available_bytes)
-    )?;
-    writeln!(out, "boot id    {}", clean(&h.boot_id))?;
-    writeln!(out, "agent      obhostd {}", clean(&h.agent_version))?;
-    writeln!(out, "disks:")?;
-    let mut t = table(&["MOUNT", "FS", "FREE", "TOTAL", "DEVICE"]);
-    for d in &h.disks {
-        t.add_row(vec![
-            Cell::new(clean(&d.mount_point)),
-            Cell::new(clean(&d.file_system)),
-            Cell::new(size(d.available_bytes)),
-            Cell::new(size(d.total_bytes)),
-            Cell::new(clean(&d.device)),
-        ]);
-    }
-    for i in [2, 3] {
-        if let Some(c) = t.column_mut(i) {
-            c.set_cell_alignment(comfy_table::CellAlignment::Right);
-        }
-    }
-    print_table(&mut out, &t)?;
-    Ok(())
-}
-
-pub fn observer(o: &pb::ObserverStatus, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        return print_json(&proto_json(o)?, true);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "home       {}", clean(&o.home_path))?;
-    writeln!(out, "running    {}", o.running)?;
-    if o.running {
-        writeln!(out, "pid        {}", o.pid)?;
-        writeln!(out, "started    {}", when(&o.process_start_time))?;
-        if let Some(u) = o.uptime.and_then(|u| Duration::try_from(u).ok()) {
-            writeln!(out, "uptime     {}", short(u))?;
-        }
-        writeln!(out, "rss        {}", size(o.rss_bytes))?;
-        writeln!(out, "cpu        {:.1}%", o.cpu_percent)?;
-        writeln!(out, "threads    {}", o.threads)?;
-        writeln!(out, "ports      {:?}", o.listening_ports)?;
-        writeln!(out, "command    {}", clean(&o.command.join(" ")))?;
-    }
-    if let Some(e) = &o.last_exit {
-        let how = match (e.code, e.signal) {
-            (Some(c), _) => format!("exited with code {c}"),
-            (_, Some(s)) => format!("killed by signal {s}"),
-            _ => "ended (status unknown)".into(),
-        };
-        writeln!(out, "last exit  pid {} {how} at {}", e.pid, when(&e.at))?;
-    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ pub async fn run(
         .into_inner()
         .step
         .unwrap_or_default();
-    output::step(&step, format)?;
+    output::steps::step(&step, format)?;
     // CancelStep of an ended step returns it unchanged: say so, and
     // fail, unless it is cancelled (a second cancel changes nothing).
     match step.state() {

@@ -64,6 +64,6 @@ pub async fn run(
     }
     let limit = (!args.all).then_some(args.limit as usize);
     let older = newest_first(&mut steps, limit);
-    output::newest_steps(&steps, older, format)?;
+    output::steps::newest_steps(&steps, older, format)?;
     Ok(ExitCode::SUCCESS)
 }

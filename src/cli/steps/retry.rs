@@ -16,6 +16,6 @@ pub async fn run(
         .await?
         .into_inner()
         .step;
-    output::step(&step.unwrap_or_default(), format)?;
+    output::steps::step(&step.unwrap_or_default(), format)?;
     Ok(ExitCode::SUCCESS)
 }

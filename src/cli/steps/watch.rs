@@ -190,7 +190,8 @@ async fn watch_once(
     while let Some(item) = stream.message().await? {
         let Some(step) = item.step else { continue };
         seen.after = seen.after.max(step.revision);
-        output::step_change(&step, format).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        output::steps::step_change(&step, format)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         seen.last.insert(step.id.clone(), step);
         let running = seen
             .last

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use super::CliError;
+use crate::cli::error::CliError;
 use crate::proto::v1::host_agent_client::HostAgentClient;
 
 #[derive(Clone)]
@@ -28,6 +28,16 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 pub type Client = HostAgentClient<InterceptedService<Channel, Bearer>>;
+
+/// The flags that say which obhostd to talk to: the id clap knows each by,
+/// the flag, and the environment variable that stands in for it.
+pub(crate) const TARGET_FLAGS: [(&str, &str, &str); 5] = [
+    ("addr", "--addr", "OBHOST_ADDR"),
+    ("token_file", "--token-file", "OBHOST_TOKEN_FILE"),
+    ("ca_file", "--ca-file", "OBHOST_CA_FILE"),
+    ("cert_file", "--cert-file", "OBHOST_CERT_FILE"),
+    ("key_file", "--key-file", "OBHOST_KEY_FILE"),
+];
 
 /// Where and how to reach obhostd: the global flags.
 #[derive(Clone, Debug, Default)]

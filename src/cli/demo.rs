@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use super::flow::{self, Ran, StartArgs};
 use super::output::{self, Format, json};
 use super::steps::order::dag_order;
-use super::{CliError, Client};
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 /// Everything the demo created; dropped last, it kills and removes all of it.
@@ -408,7 +409,7 @@ pub async fn run(args: DemoArgs, format: Format) -> Result<ExitCode, CliError> {
          report-sink on {sink_addr} (lines marked 'pushed')",
         scratch.dir.display()
     ));
-    let mut client = super::connect(&addr, None).await?;
+    let mut client = super::connect::connect(&addr, None).await?;
     say(format!(
         "\nobhostctl start-observer --home {} --mysql-port {} ... (the host steps of 'Start OB server'):",
         start.home,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 
-use super::CliError;
+use crate::cli::error::CliError;
 use crate::daemon_cli::DaemonArgs;
 
 #[derive(clap::Args, Clone)]
@@ -28,14 +28,10 @@ pub struct ManArgs {
 
 /// Prints the completion script. It is rendered into memory first: clap_complete
 /// panics on a failed write, and `obhostctl completions bash | head` must not.
-pub fn completions(args: &CompletionsArgs) -> Result<ExitCode, CliError> {
+/// `cli` is obhostctl's command line, as the dispatcher builds it.
+pub fn completions(args: &CompletionsArgs, mut cli: clap::Command) -> Result<ExitCode, CliError> {
     let mut script = Vec::new();
-    clap_complete::generate(
-        args.shell,
-        &mut super::command(|c| c),
-        "obhostctl",
-        &mut script,
-    );
+    clap_complete::generate(args.shell, &mut cli, "obhostctl", &mut script);
     write_stdout(&script)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -43,16 +39,17 @@ pub fn completions(args: &CompletionsArgs) -> Result<ExitCode, CliError> {
 /// Writes obhostctl.1, obhostctl-<subcommand>[-<subcommand>].1 for every
 /// visible subcommand (as `man obhostctl-steps-watch` expects), and obhostd.8
 /// (a daemon: section 8), then lists the files written.
-pub fn man(args: &ManArgs) -> Result<ExitCode, CliError> {
+/// `cli` is obhostctl's command line as the dispatcher builds it, with no
+/// `help` pseudo-subcommand (no pages for it).
+pub fn man(args: &ManArgs, mut cli: clap::Command) -> Result<ExitCode, CliError> {
     std::fs::create_dir_all(&args.out).map_err(|e| {
         CliError::Usage(format!(
             "cannot create --out '{}': {e}; give a directory you may write to",
             crate::bounds::quote(&args.out.display().to_string())
         ))
     })?;
-    // As clap_mangen::generate_to: no `help` pseudo-subcommand pages, and a
-    // built tree, so each subcommand's page is titled "obhostctl-steps-list".
-    let mut cli = super::command(|c| c.disable_help_subcommand(true));
+    // As clap_mangen::generate_to: a built tree, so each subcommand's page is
+    // titled "obhostctl-steps-list".
     cli.build();
     let mut written = Vec::new();
     render_tree(cli, "1", &args.out, &mut written, &obhostctl_extra())?;
@@ -147,7 +144,7 @@ The unit the package installs (neither enabled nor started).
 /// variables come from the same table the command line reads them with.
 fn obhostctl_extra() -> String {
     let socket = roff(crate::config::DEFAULT_SOCKET);
-    let variables: String = super::TARGET_FLAGS
+    let variables: String = crate::cli::connect::TARGET_FLAGS
         .iter()
         .map(|(_, flag, var)| {
             format!(

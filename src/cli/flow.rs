@@ -31,8 +31,9 @@ use requests::FlowRequest;
 pub(crate) use summary::step_json;
 
 use super::output::{self, Format, json, live};
-use super::{CliError, Client};
 use crate::api::convert;
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 /// The four steps: id suffix, OCP task name, description.
@@ -72,7 +73,7 @@ impl Plan {
         let dag = args
             .dag_id
             .clone()
-            .unwrap_or_else(|| super::new_id("start"));
+            .unwrap_or_else(|| super::ids::new_id("start"));
         let ids = step_ids(args, &dag)?;
         let password = wait_password(args)?;
         let spec = args.spec()?;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use super::output::{self, Format};
-use super::{CliError, Client};
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 pub async fn run(client: &mut Client, format: Format) -> Result<ExitCode, CliError> {

@@ -30,11 +30,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-pub use connect::{Bearer, Client, GivenAs, Target, connect, connect_to};
-pub use error::CliError;
-pub(crate) use error::code_name;
-pub(crate) use ids::new_id;
-pub use output::Format;
+use connect::{GivenAs, Target, connect_to};
+use error::CliError;
+use output::Format;
 
 /// The heading of the flags every command takes, so that a command's help
 /// shows its own flags first and apart.
@@ -109,16 +107,6 @@ enum Command {
     /// --out DIR, for an install from source; the .deb ships them.
     Man(docs::ManArgs),
 }
-
-/// The flags that say which obhostd to talk to: the id clap knows each by,
-/// the flag, and the environment variable that stands in for it.
-const TARGET_FLAGS: [(&str, &str, &str); 5] = [
-    ("addr", "--addr", "OBHOST_ADDR"),
-    ("token_file", "--token-file", "OBHOST_TOKEN_FILE"),
-    ("ca_file", "--ca-file", "OBHOST_CA_FILE"),
-    ("cert_file", "--cert-file", "OBHOST_CERT_FILE"),
-    ("key_file", "--key-file", "OBHOST_KEY_FILE"),
-];
 
 /// obhostctl's command line as it parses, prints its help and renders its
 /// man pages: [`Cli`], with the global flags `demo` refuses (it runs its own
@@ -236,7 +224,7 @@ pub fn main() -> ExitCode {
 /// which obhostd to talk to, and --timeout, since its calls all go to the
 /// obhostd it starts itself.
 fn demo_refuses(id: &str) -> Option<&'static str> {
-    TARGET_FLAGS
+    connect::TARGET_FLAGS
         .iter()
         .find(|(target, _, _)| *target == id)
         .map(|(_, flag, _)| *flag)
@@ -271,8 +259,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             report_sink::run(args, format).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Completions(args) => docs::completions(&args),
-        Command::Man(args) => docs::man(&args),
+        Command::Completions(args) => docs::completions(&args, command(|c| c)),
+        Command::Man(args) => docs::man(&args, command(|c| c.disable_help_subcommand(true))),
         Command::Steps(cmd) => steps::run(cmd, &mut connect().await?, format).await,
         Command::StartObserver(args) => {
             flow::start_observer(&mut connect().await?, &args, format).await

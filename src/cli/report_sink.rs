@@ -16,8 +16,8 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-use super::Format;
 use super::output::json;
+use crate::cli::output::Format;
 use crate::proto::v1 as pb;
 use crate::proto::v1::step_reporter_server::{StepReporter, StepReporterServer};
 

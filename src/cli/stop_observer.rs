@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::{self, Format, json};
-use super::{CliError, Client, flow, new_id};
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
+use crate::cli::flow;
+use crate::cli::ids::new_id;
 use crate::proto::v1 as pb;
 
 #[derive(Args)]

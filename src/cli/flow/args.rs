@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 
-use super::super::CliError;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 #[derive(Args, Clone, Default)]

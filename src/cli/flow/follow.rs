@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::super::output::{self, Format, live};
-use super::super::{CliError, Client};
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 /// Follows one step until it ends, printing each change (state or message) with
@@ -30,7 +31,7 @@ pub async fn follow(
                 after = after.max(rev);
                 format!(
                     "{}: {}",
-                    super::super::code_name(status.code()),
+                    crate::cli::error::code_name(status.code()),
                     status.message()
                 )
             }

@@ -3,8 +3,9 @@
 //! same ones are sent again by a re-run, which is what makes a re-run resume
 //! (step requests are idempotent by step_id).
 
-use super::super::{CliError, Client};
 use super::{STEPS, StartArgs};
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 /// One of the flow's requests.

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::cli::output::{self, Format, json};
-use crate::cli::{CliError, Client};
 use crate::proto::v1 as pb;
 
 #[derive(Args)]

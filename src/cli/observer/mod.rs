@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::cli::output::{self, Format};
-use crate::cli::{CliError, Client};
 use crate::proto::v1 as pb;
 
 #[derive(Args)]

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::cli::output::{self, Format};
-use crate::cli::{CliError, Client};
 use crate::proto::v1 as pb;
 
 pub async fn run(

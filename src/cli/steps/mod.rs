@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use clap::{Subcommand, ValueEnum};
 
 use super::output::Format;
-use super::{CliError, Client};
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
 
 #[derive(Subcommand)]

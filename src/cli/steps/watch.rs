@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::cli::connect::Client;
+use crate::cli::error::CliError;
+use crate::cli::error::code_name;
+use crate::cli::flow;
 use crate::cli::output::{self, Format, json, live};
-use crate::cli::{CliError, Client, code_name, flow};
 use crate::proto::v1 as pb;
 
 use super::order::dag_order;

@@ -28,9 +28,9 @@ use std::time::{Duration, SystemTime};
 use proc_connector::{Error as CnError, ProcConnector, ProcEvent};
 use tracing::{debug, warn};
 
-use super::Identity;
 use super::exit::Exit;
 use super::identity;
+use super::identity::Identity;
 
 /// How many exits are remembered; the oldest are forgotten first. A failed
 /// start looks within seconds of the death, and hosts that run a database

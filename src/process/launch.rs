@@ -25,9 +25,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::exit::Exit;
+use super::identity::Identity;
 use super::pidfile::{self, PidFile};
+use super::reaper::Reaper;
+use super::spawn::SpawnError;
+use super::spawn::SpawnSpec;
+use super::spawned::Spawned;
 use super::tree::{Census, Launch, Snapshot};
-use super::{Exit, Identity, Reaper, SpawnError, SpawnSpec, Spawned};
 
 /// How the started program becomes its server.
 #[derive(Debug, Clone)]

@@ -35,7 +35,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
-use super::Identity;
+use super::identity::Identity;
 
 /// At most this many kernel log records are read (a default ring buffer holds a
 /// few thousand; 1 MiB of them at most 20,000 or so).

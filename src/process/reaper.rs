@@ -19,10 +19,10 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::Identity;
 use super::exit::Exit;
 use super::exits::ExitEvents;
 use super::identity;
+use super::identity::Identity;
 
 /// Recent exits by pid. Bounded: the oldest are forgotten.
 const REMEMBERED: usize = 4096;

@@ -32,8 +32,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 
-use super::Identity;
 use super::identity;
+use super::identity::Identity;
 
 /// One process as /proc showed it in a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,11 +15,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::deps::Deps;
 use super::rechecked::Rechecked;
 #[cfg(feature = "test-kinds")]
 use super::test_step;
 use super::{
-    Deps, prepare, start_agent_service, start_observer, stop_observer, wait_observer_active as wait,
+    prepare, start_agent_service, start_observer, stop_observer, wait_observer_active as wait,
 };
 use crate::observer::ObserverSpec;
 use crate::policy::SpecError;

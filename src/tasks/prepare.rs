@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::Deps;
+use super::deps::Deps;
 use crate::host::checks;
 use crate::observer::ObserverSpec;
 use crate::observer::locate::{self, Found, Target};
@@ -439,7 +439,9 @@ impl StepTask for Prepare {
     }
 
     fn lock_key(&self) -> Option<String> {
-        Some(super::observer_lock(&self.params.observer.home_path))
+        Some(super::process_steps::observer_lock(
+            &self.params.observer.home_path,
+        ))
     }
 
     /// Checks only look (and create dirs idempotently): run them again.

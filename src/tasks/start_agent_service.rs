@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Deps;
+use super::deps::Deps;
 use crate::probe::{
     self,
     health::{self, Health},
@@ -307,7 +307,14 @@ impl StartAgentService {
         let pid_file = (!cmd.foreground)
             .then_some(cmd.pid_file.as_deref())
             .flatten();
-        let server = match super::follow_launch(ctx, &mut launched, &accept, pid_file).await {
+        let server = match super::process_steps::follow_launch(
+            ctx,
+            &mut launched,
+            &accept,
+            pid_file,
+        )
+        .await
+        {
             Ok(server) => server,
             Err(e) => return Err(self.failed(e, cmd).await),
         };
@@ -323,7 +330,7 @@ impl StartAgentService {
         })
         .await
         .unwrap_or_default();
-        super::launch_failed(e, "the agent service", tail).await
+        super::process_steps::launch_failed(e, "the agent service", tail).await
     }
 
     async fn healthy(

@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Deps, fail_with_log, stage};
+use super::deps::Deps;
+use super::process_steps::{self, fail_with_log, stage};
 use crate::observer::diagnosis::LogMark;
 use crate::observer::locate::{self, Found, Target};
 use crate::observer::{ObserverRecord, ObserverSpec, command};
@@ -172,8 +173,8 @@ impl StartObserver {
     /// A launch that failed, explained by what the observer logged since
     /// `mark` (its ERROR lines and error code, then the launcher's output).
     async fn failed(&self, e: LaunchError, mark: &LogMark) -> StepFailure {
-        let mut f = super::launch_failed(e, "observer", Vec::new()).await;
-        super::explain(&mut f, &self.spec.home_path, mark).await;
+        let mut f = process_steps::launch_failed(e, "observer", Vec::new()).await;
+        process_steps::explain(&mut f, &self.spec.home_path, mark).await;
         f
     }
 
@@ -202,24 +203,25 @@ impl StartObserver {
         let vouch = registry.clone();
         let accept: Accept = Arc::new(move |id| locate::belongs_to(id, &target, &vouch));
         let pid_file = (!self.spec.foreground).then_some(self.spec.pid_file.as_path());
-        let server = match super::follow_launch(&ctx, &mut launched, &accept, pid_file).await {
-            Ok(server) => server,
-            Err(e) => {
-                // GetObserver shows how it ended, even when it died before
-                // it was accepted as the server (the launcher itself, or a
-                // server that died before its pid file was seen).
-                if let LaunchError::Died(d) = &e
-                    && let Some(id) = d.id
-                {
-                    registry.started(ObserverRecord {
-                        identity: None,
-                        last_exit: Some(d.exit.unwrap_or(crate::process::Exit::unknown(&id))),
-                        ..self.record(id, Vec::new(), ctx.step_id(), uid)
-                    });
+        let server =
+            match process_steps::follow_launch(&ctx, &mut launched, &accept, pid_file).await {
+                Ok(server) => server,
+                Err(e) => {
+                    // GetObserver shows how it ended, even when it died before
+                    // it was accepted as the server (the launcher itself, or a
+                    // server that died before its pid file was seen).
+                    if let LaunchError::Died(d) = &e
+                        && let Some(id) = d.id
+                    {
+                        registry.started(ObserverRecord {
+                            identity: None,
+                            last_exit: Some(d.exit.unwrap_or(crate::process::Exit::unknown(&id))),
+                            ..self.record(id, Vec::new(), ctx.step_id(), uid)
+                        });
+                    }
+                    return Err(self.failed(e, &mark).await);
                 }
-                return Err(self.failed(e, &mark).await);
-            }
-        };
+            };
         let pid = server.pid;
         let argv = off_runtime("reading its command line", move || argv(pid)).await?;
         let record = ObserverRecord {
@@ -420,7 +422,7 @@ impl StepTask for StartObserver {
     }
 
     fn lock_key(&self) -> Option<String> {
-        Some(super::observer_lock(&self.spec.home_path))
+        Some(process_steps::observer_lock(&self.spec.home_path))
     }
 
     fn on_restart(&self) -> OnRestart {

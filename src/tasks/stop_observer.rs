@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use super::Deps;
+use super::deps::Deps;
 use crate::observer::locate::{self, Found, Target};
 use crate::policy::{Policy, SpecError, checked_path};
 use crate::process::{Handle, inspect, pidfile};
@@ -222,7 +222,7 @@ impl StepTask for StopObserver {
     }
 
     fn lock_key(&self) -> Option<String> {
-        Some(super::observer_lock(&self.params.home_path))
+        Some(super::process_steps::observer_lock(&self.params.home_path))
     }
 
     /// Stopping is idempotent: run it again.

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Deps, fail_with_log, stage};
+use super::deps::Deps;
+use super::process_steps::{self, fail_with_log, stage};
 use crate::observer::ObserverRecord;
 use crate::observer::locate::{self, Found, Target};
 use crate::observer::spec;
@@ -203,11 +204,11 @@ impl WaitObserverActive {
             id,
         }
         .details();
-        super::oom(&mut f, id, Some(exit)).await;
+        process_steps::oom(&mut f, id, Some(exit)).await;
         f.error
             .message
             .push_str("; fix what its log (log_tail) reports, then start it again (StartObserver)");
-        super::explain(&mut f, &self.params.home_path, &record.log_mark).await;
+        process_steps::explain(&mut f, &self.params.home_path, &record.log_mark).await;
         f
     }
 
@@ -368,7 +369,7 @@ impl WaitObserverActive {
             id: Some(id),
         }
         .details();
-        super::oom(&mut f, Some(id), exit).await;
+        process_steps::oom(&mut f, Some(id), exit).await;
         f.error.message.push_str("; its log is in log_tail");
         let mark = self
             .deps
@@ -377,7 +378,7 @@ impl WaitObserverActive {
             .filter(|r| r.identity == Some(id))
             .map(|r| r.log_mark)
             .unwrap_or_default();
-        super::explain(&mut f, &self.params.home_path, &mark).await;
+        process_steps::explain(&mut f, &self.params.home_path, &mark).await;
         f
     }
 

@@ -17,6 +17,7 @@
 
 mod args;
 mod follow;
+mod ran;
 mod requests;
 mod resume;
 mod summary;
@@ -27,6 +28,8 @@ use std::time::{Instant, SystemTime};
 
 pub use args::StartArgs;
 pub(crate) use follow::{RECONNECTS, follow, resumable};
+use ran::At;
+pub use ran::{Ran, STEPS};
 use requests::FlowRequest;
 pub(crate) use summary::step_json;
 
@@ -35,30 +38,6 @@ use crate::api::convert;
 use crate::cli::connect::Client;
 use crate::cli::error::CliError;
 use crate::proto::v1 as pb;
-
-/// The four steps: id suffix, OCP task name, description.
-pub const STEPS: [(&str, &str, &str); 4] = [
-    (
-        "prepare",
-        "Prepare start observer",
-        "Pre-start checks on the host",
-    ),
-    (
-        "start",
-        "Start observer process",
-        "Start the observer process",
-    ),
-    (
-        "wait",
-        "Wait observer active",
-        "Wait until the observer answers SQL",
-    ),
-    (
-        "agent",
-        "Start ocp agent service",
-        "Start the OCP agent and wait for its health check",
-    ),
-];
 
 /// The flow as the command line asks for it: its DAG id, and one step id
 /// and one request per step, all made before anything is sent.
@@ -121,59 +100,6 @@ fn wait_password(args: &StartArgs) -> Result<String, CliError> {
     Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
-/// What a run of the flow came to.
-pub struct Ran {
-    dag: String,
-    ids: Vec<String>,
-    /// Each step as it ended; `None`: not reached, or being followed when
-    /// Ctrl-C came.
-    steps: Vec<Option<pb::Step>>,
-    /// Where Ctrl-C came.
-    interrupted: Option<At>,
-    began: Instant,
-}
-
-impl Ran {
-    pub fn succeeded(&self) -> bool {
-        self.steps.iter().all(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.state() == pb::StepState::Succeeded)
-        })
-    }
-
-    /// The step that stopped the flow by not succeeding.
-    fn ended_badly(&self) -> Option<&pb::Step> {
-        self.steps
-            .iter()
-            .flatten()
-            .find(|s| s.state() != pb::StepState::Succeeded)
-    }
-
-    pub fn interrupted(&self) -> bool {
-        self.interrupted.is_some()
-    }
-
-    /// The DAG in OCP's shape; a step that did not succeed is the
-    /// document's `error` too, as for every failing command.
-    pub fn dag_json(&self) -> serde_json::Value {
-        let mut doc = summary::dag_json(&self.dag, &self.ids, &self.steps);
-        if let Some(bad) = self.ended_badly() {
-            doc["error"] = json::step_error_json(bad)["error"].take();
-        }
-        doc
-    }
-
-    pub fn exit_code(&self) -> ExitCode {
-        if self.interrupted() {
-            ExitCode::from(130)
-        } else if self.succeeded() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }
-    }
-}
-
 /// Runs the flow: obhostd checks every request, then each step is started
 /// (or found, by a re-run) and followed, up to the first that does not
 /// succeed, or Ctrl-C.
@@ -207,15 +133,6 @@ pub async fn run(client: &mut Client, args: &StartArgs, format: Format) -> Resul
         interrupted,
         began,
     })
-}
-
-/// Where the flow stands, for what Ctrl-C says.
-#[derive(Clone, Copy)]
-enum At {
-    /// The step's request is on its way: it may or may not exist yet.
-    Sending(usize),
-    /// The step exists and is being followed.
-    Following(usize),
 }
 
 /// The steps in order, each left in `steps` as it ended; `current` says

@@ -3,7 +3,8 @@
 //! same ones are sent again by a re-run, which is what makes a re-run resume
 //! (step requests are idempotent by step_id).
 
-use super::{STEPS, StartArgs};
+use super::args::StartArgs;
+use super::ran::STEPS;
 use crate::cli::connect::Client;
 use crate::cli::error::CliError;
 use crate::proto::v1 as pb;

@@ -2,7 +2,8 @@
 //! was never started, and the command that resumes the DAG (the operator's
 //! own, quoted for a shell, with the --dag-id it needs).
 
-use super::{At, Ran, STEPS, StartArgs};
+use super::args::StartArgs;
+use super::ran::{At, Ran, STEPS};
 
 /// What Ctrl-C leaves behind, and the command that goes on from there.
 pub(super) fn interrupted_text(ran: &Ran, at: At, rerun: &[String]) -> String {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::super::output;
 use super::super::phrasing::in_cli_terms;
-use super::STEPS;
+use super::ran::{Ran, STEPS};
 use crate::api::convert;
 use crate::proto::v1 as pb;
 
@@ -176,5 +176,17 @@ pub(super) fn warnings(s: &pb::Step) {
             c(&check.name),
             c(&check.observed)
         ));
+    }
+}
+
+impl Ran {
+    /// The DAG in OCP's shape; a step that did not succeed is the
+    /// document's `error` too, as for every failing command.
+    pub fn dag_json(&self) -> serde_json::Value {
+        let mut doc = dag_json(&self.dag, &self.ids, &self.steps);
+        if let Some(bad) = self.ended_badly() {
+            doc["error"] = crate::cli::output::json::step_error_json(bad)["error"].take();
+        }
+        doc
     }
 }

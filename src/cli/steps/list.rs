@@ -5,14 +5,13 @@
 
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::cli::connect::Client;
 use crate::cli::error::CliError;
 use crate::cli::output::{self, Format};
 use crate::proto::v1 as pb;
 
-use super::StateArg;
 use super::order::newest_first;
 
 /// ListSteps' own cap on a page: the fewest calls for the whole list.
@@ -67,4 +66,28 @@ pub async fn run(
     let older = newest_first(&mut steps, limit);
     output::steps::newest_steps(&steps, older, format)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--state`: the states a list may be narrowed to.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl From<StateArg> for pb::StepState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Pending => pb::StepState::Pending,
+            StateArg::Running => pb::StepState::Running,
+            StateArg::Succeeded => pb::StepState::Succeeded,
+            StateArg::Failed => pb::StepState::Failed,
+            StateArg::Cancelled => pb::StepState::Cancelled,
+            StateArg::TimedOut => pb::StepState::TimedOut,
+        }
+    }
 }

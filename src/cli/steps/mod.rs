@@ -9,12 +9,11 @@ mod watch;
 
 use std::process::ExitCode;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 
 use super::output::Format;
 use crate::cli::connect::Client;
 use crate::cli::error::CliError;
-use crate::proto::v1 as pb;
 
 #[derive(Subcommand)]
 pub enum StepsCommand {
@@ -38,29 +37,6 @@ pub enum StepsCommand {
         /// The step's id.
         step_id: String,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum StateArg {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl From<StateArg> for pb::StepState {
-    fn from(s: StateArg) -> Self {
-        match s {
-            StateArg::Pending => pb::StepState::Pending,
-            StateArg::Running => pb::StepState::Running,
-            StateArg::Succeeded => pb::StepState::Succeeded,
-            StateArg::Failed => pb::StepState::Failed,
-            StateArg::Cancelled => pb::StepState::Cancelled,
-            StateArg::TimedOut => pb::StepState::TimedOut,
-        }
-    }
 }
 
 pub async fn run(

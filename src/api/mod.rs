@@ -177,11 +177,14 @@ pub async fn serve(
     let steps = step_calls(&services);
     let count_calls = call_counter(&services.metrics);
     let agent = InterceptedService::new(
-        HostAgentServer::new(service::HostAgentService::new(
-            services,
-            steps.clone(),
-            shutdown.clone(),
-        ))
+        HostAgentServer::new(service::HostAgentService {
+            engine: services.engine,
+            steps: steps.clone(),
+            registry: services.registry,
+            policy: services.policy,
+            tails: tail::Slots::new(services.metrics.log_tails()),
+            shutdown: shutdown.clone(),
+        })
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor.clone(),
     );

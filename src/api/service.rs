@@ -34,29 +34,16 @@ const WATCH_STREAM_BUFFER: usize = 64;
 const MAX_WATCH_IDS: usize = 256;
 
 pub struct HostAgentService {
-    engine: Engine,
+    pub(super) engine: Engine,
     /// Every RPC that makes a step goes through here.
-    steps: StepCalls,
-    registry: Arc<Registry>,
-    policy: Policy,
+    pub(super) steps: StepCalls,
+    pub(super) registry: Arc<Registry>,
+    pub(super) policy: Policy,
     /// Open TailObserverLog streams, against their limit.
-    tails: tail::Slots,
+    pub(super) tails: tail::Slots,
     /// Fires at shutdown: TailObserverLog streams end with UNAVAILABLE (the
     /// engine's watches see the same token).
-    shutdown: CancellationToken,
-}
-
-impl HostAgentService {
-    pub fn new(s: super::Services, steps: StepCalls, shutdown: CancellationToken) -> Self {
-        HostAgentService {
-            engine: s.engine,
-            steps,
-            registry: s.registry,
-            policy: s.policy,
-            tails: tail::Slots::new(s.metrics.log_tails()),
-            shutdown,
-        }
-    }
+    pub(super) shutdown: CancellationToken,
 }
 
 fn step_response<T>(

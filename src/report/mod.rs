@@ -41,7 +41,7 @@ use crate::config::ReportConfig;
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::steps::StepRecord;
-use crate::steps::engine::Outgoing;
+use crate::steps::engine::outbox::Outgoing;
 
 pub use client::ClientError;
 

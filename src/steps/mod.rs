@@ -14,17 +14,16 @@
 //! ```
 //!
 //! Dependencies point one way: `task` knows only `model` (a task reports
-//! through the [`task::StepSink`] trait); `watch` knows `model`, `store` and
-//! the engine's committer (whose changes it follows); `engine` knows all of
-//! them. Nothing here knows a step kind, the metrics or the API: commit
+//! through the [`task::StepSink`] trait); `engine` knows all of them, and its
+//! `watch` (backlog pages, then the committer's live feed) is part of it. Nothing here knows a step kind, the metrics or the API: commit
 //! timing leaves through a hook the daemon sets ([`engine::on_commit`]).
 
 pub mod engine;
 pub mod model;
 pub mod store;
 pub mod task;
-pub mod watch;
 
+pub use engine::watch::{Watch, WatchError};
 pub use engine::{Committer, Engine, EngineConfig, EngineError, Opened, Retention};
 pub use model::Filter;
 pub use model::{
@@ -34,4 +33,3 @@ pub use task::{
     OnRestart, StepContext, StepFailure, StepResult, StepSink, StepSuccess, StepTask, TaskFactory,
     Update,
 };
-pub use watch::{Watch, WatchError};

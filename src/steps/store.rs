@@ -11,7 +11,7 @@
 //! (the order watches page through and retention prunes in) and `active` (the
 //! unfinished steps a restart must resolve, found without reading every record).
 //!
-//! Writes come only from the engine's committer ([`super::engine`]), which
+//! Writes come only from the engine's committer (`steps::engine`), which
 //! groups every change ready at one moment into one transaction (one fsync).
 
 use std::path::{Path, PathBuf};
@@ -598,7 +598,7 @@ impl Store {
         result.map_err(|e| self.classify(e))
     }
 
-    /// Changes whenever a commit ends; see [`super::engine`]'s read-ahead.
+    /// Changes whenever a commit ends; see the read-ahead in `steps::engine`.
     pub fn generation(&self) -> u64 {
         self.inner
             .generation

@@ -1,9 +1,9 @@
 //! The step engine: the one owner of step state.
 //!
 //! Split by job: this module is the API and the staging half of the commit
-//! path; [`commit`] writes and publishes, [`drivers`] run steps, [`recovery`]
-//! resolves what a previous run left unfinished, [`retention`] prunes, and
-//! [`crate::steps::watch`] follows changes.
+//! path; `commit` writes and publishes, `drivers` run steps, `recovery`
+//! resolves what a previous run left unfinished, `retention` prunes,
+//! `outbox` hands the reporter its changes, and `watch` follows changes.
 //!
 //! Every change goes through [`Engine::stage`]: under the state lock (a std
 //! mutex, never held across an await or an fsync) it gets the next global
@@ -15,10 +15,11 @@
 
 pub(super) mod commit;
 mod drivers;
-mod outbox;
+pub mod outbox;
 mod read_ahead;
 mod recovery;
 mod retention;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -26,19 +27,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
 pub use super::model::Filter;
 pub use commit::{Committer, on_commit};
-pub use outbox::Outgoing;
 
 use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
 use super::store::{DEFAULT_CACHE_BYTES, Loaded, PageLimit, Store, StoreError, Write};
 use super::task::{BoxFuture, STAGE, STAGE_SINCE, StepSink, TaskFactory, Update};
-use super::watch::{Watch, WatchSlot};
+use watch::{Watch, WatchSlot};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -332,7 +332,7 @@ impl Engine {
     pub async fn submit(
         &self,
         spec: StepSpec,
-        task: Box<dyn crate::steps::StepTask>,
+        task: Box<dyn crate::steps::task::StepTask>,
         secrets: Secrets,
     ) -> Result<StepRecord, EngineError> {
         let id = spec.id.clone();
@@ -381,7 +381,7 @@ impl Engine {
         &self,
         pending: commit::Pending,
         record: Arc<StepRecord>,
-        task: Box<dyn crate::steps::StepTask>,
+        task: Box<dyn crate::steps::task::StepTask>,
         start: drivers::Start,
     ) -> Result<(), EngineError> {
         let engine = self.clone();
@@ -411,7 +411,7 @@ impl Engine {
         &self,
         state: &mut State,
         spec: StepSpec,
-        task: Box<dyn crate::steps::StepTask>,
+        task: Box<dyn crate::steps::task::StepTask>,
         secrets: Secrets,
     ) -> Result<Staged, EngineError> {
         state.check_active(self.shared.config.max_active_steps)?;
@@ -638,7 +638,7 @@ impl Engine {
     }
 
     /// True while the store accepts writes; the health service follows it.
-    pub fn healthy(&self) -> watch::Receiver<bool> {
+    pub fn healthy(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shared.committer.healthy()
     }
 

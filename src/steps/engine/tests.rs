@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use super::watch::{WATCH_PAGE, Watch};
 use super::*;
 use crate::steps::model::StepKind;
 use crate::steps::task::{BoxFuture, OnRestart, StepContext, StepResult, StepSuccess, StepTask};
-use crate::steps::watch::{WATCH_PAGE, Watch};
 
 /// What a test task does, chosen by its params: `{"sleep_ms": n, "resume": b,
 /// "ignore_cancel": b, "key": s}`.

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::commit::Committer;
-use super::model::{Filter, StepRecord};
-use super::store::{Store, StoreError};
+use super::commit::Committer;
+use crate::steps::model::{Filter, StepRecord};
+use crate::steps::store::{Store, StoreError};
 
 /// Records a watch holds per page of its backlog.
 pub(crate) const WATCH_PAGE: usize = 64;

@@ -177,15 +177,8 @@ pub async fn serve(
     let steps = step_calls(&services);
     let count_calls = call_counter(&services.metrics);
     let agent = InterceptedService::new(
-        HostAgentServer::new(service::HostAgentService {
-            engine: services.engine,
-            steps: steps.clone(),
-            registry: services.registry,
-            policy: services.policy,
-            tails: tail::Slots::new(services.metrics.log_tails()),
-            shutdown: shutdown.clone(),
-        })
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        HostAgentServer::new(host_agent(services, steps.clone(), &shutdown))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         interceptor.clone(),
     );
     let streams = (max_watchers + tail::MAX_TAILS + CALLS_BESIDE_STREAMS)
@@ -241,6 +234,22 @@ pub async fn serve(
     stop_engine(&engine).await;
     info!("gRPC server stopped");
     Ok(())
+}
+
+/// The HostAgent service over what the RPCs call into.
+fn host_agent(
+    services: Services,
+    steps: step_requests::StepCalls,
+    shutdown: &CancellationToken,
+) -> service::HostAgentService {
+    service::HostAgentService {
+        engine: services.engine,
+        steps,
+        registry: services.registry,
+        policy: services.policy,
+        tails: tail::Slots::new(services.metrics.log_tails()),
+        shutdown: shutdown.clone(),
+    }
 }
 
 /// Counts every call by service and method, refusals included.

@@ -23,8 +23,9 @@ pub mod model;
 pub mod store;
 pub mod task;
 
+pub use engine::open::Opened;
 pub use engine::watch::{Watch, WatchError};
-pub use engine::{Committer, Engine, EngineConfig, EngineError, Opened, Retention};
+pub use engine::{Committer, Engine, EngineConfig, EngineError, Retention};
 pub use model::Filter;
 pub use model::{
     CheckResult, CheckStatus, Secrets, StepError, StepKind, StepRecord, StepSpec, StepState,

@@ -15,6 +15,8 @@
 
 pub(super) mod commit;
 mod drivers;
+mod error;
+pub mod open;
 pub mod outbox;
 mod read_ahead;
 mod recovery;
@@ -22,7 +24,6 @@ mod retention;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -34,9 +35,10 @@ use tracing::info;
 
 pub use super::model::Filter;
 pub use commit::{Committer, on_commit};
+pub use error::EngineError;
 
 use super::model::{Secrets, StepError, StepRecord, StepSpec, StepState, cap_record, codes};
-use super::store::{DEFAULT_CACHE_BYTES, Loaded, PageLimit, Store, StoreError, Write};
+use super::store::{DEFAULT_CACHE_BYTES, PageLimit, Store, StoreError, Write};
 use super::task::{BoxFuture, STAGE, STAGE_SINCE, StepSink, TaskFactory, Update};
 use watch::{Watch, WatchSlot};
 
@@ -81,32 +83,6 @@ impl Default for EngineConfig {
             outbox: 0,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("step '{0}' not found")]
-    NotFound(String),
-    #[error(
-        "step '{id}' already exists with different {differs}; repeat the original request to follow it, or use a new step_id"
-    )]
-    Conflict { id: String, differs: String },
-    #[error("step '{id}' is {state}; only FAILED, TIMED_OUT or CANCELLED steps can be retried")]
-    NotRetryable { id: String, state: StepState },
-    #[error("{0}")]
-    InvalidParams(String),
-    #[error(
-        "{active} steps are already PENDING or RUNNING, the limit set by [limits] max_active_steps = {limit}; \
-         wait for some to finish (or CancelStep them), or raise max_active_steps in obhostd's config"
-    )]
-    TooManyActive { active: usize, limit: usize },
-    #[error(
-        "{limit} WatchSteps streams are already open, the limit set by [limits] max_watchers = {limit}; \
-         close streams you no longer read, or raise max_watchers in obhostd's config"
-    )]
-    TooManyWatchers { limit: usize },
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Records a list page may look at before it returns a short page (with a
@@ -200,110 +176,7 @@ impl State {
     }
 }
 
-/// The store opened and its unfinished steps loaded, before anything runs:
-/// the observer registry shares the store (its table) before the engine
-/// starts resuming steps that may look for observers.
-pub struct Opened {
-    store: Store,
-    committer: Committer,
-    loaded: Loaded,
-    config: EngineConfig,
-}
-
-impl Opened {
-    pub async fn open(state_dir: &Path, config: EngineConfig) -> Result<Opened, StoreError> {
-        let dir = state_dir.to_path_buf();
-        let cache = config.cache_bytes;
-        let (store, loaded) =
-            tokio::task::spawn_blocking(move || Store::open_with_cache(&dir, cache))
-                .await
-                .map_err(|e| StoreError::CreateDir {
-                    path: state_dir.to_path_buf(),
-                    cause: std::io::Error::other(e),
-                })??;
-        // Before anything can change: a step resumed at start is reported too.
-        store.keep_outbox(config.outbox);
-        let committer = Committer::start(store.clone(), config.watch_buffer, loaded.revision);
-        info!(
-            state_file = %store.path().display(),
-            steps = loaded.count,
-            unfinished = loaded.active.len(),
-            revision = loaded.revision,
-            "state loaded"
-        );
-        Ok(Opened {
-            store,
-            committer,
-            loaded,
-            config,
-        })
-    }
-
-    /// The store and its committer, for the observer registry's table.
-    pub fn store(&self) -> (Store, Committer) {
-        (self.store.clone(), self.committer.clone())
-    }
-
-    /// Resolves every step a previous run left unfinished, then serves.
-    /// Drivers stop when `shutdown` fires.
-    pub async fn start(
-        self,
-        factory: Arc<dyn TaskFactory>,
-        shutdown: CancellationToken,
-    ) -> Result<Engine, StoreError> {
-        let Opened {
-            store,
-            committer,
-            loaded,
-            config,
-        } = self;
-        let active: HashMap<String, StepRecord> = loaded
-            .active
-            .iter()
-            .map(|r| (r.id().to_string(), r.clone()))
-            .collect();
-        let engine = Engine {
-            shared: Arc::new(Shared {
-                store,
-                committer,
-                factory,
-                state: Mutex::new(State {
-                    revision: loaded.revision,
-                    active,
-                    ..State::default()
-                }),
-                shutdown,
-                drivers: TaskTracker::new(),
-                key_locks: Mutex::new(HashMap::new()),
-                watchers: Arc::new(AtomicUsize::new(0)),
-                prune: Notify::new(),
-                read_ahead: Default::default(),
-                progress_commits: Arc::new(tokio::sync::Semaphore::new(PROGRESS_COMMITS)),
-                config,
-            }),
-        };
-        let settle: Arc<dyn commit::Settle> = Arc::new(SettleHook(Arc::downgrade(&engine.shared)));
-        engine.shared.committer.set_settle(settle);
-        engine.resolve_unfinished(loaded.active).await?;
-        engine.spawn_pruner();
-        Ok(engine)
-    }
-}
-
 impl Engine {
-    /// Opens the store and starts: [`Opened::open`] then [`Opened::start`].
-    pub async fn open(
-        state_dir: &Path,
-        factory: Arc<dyn TaskFactory>,
-        config: EngineConfig,
-        shutdown: CancellationToken,
-    ) -> Result<Engine, StoreError> {
-        Opened::open(state_dir, config)
-            .await?
-            .start(factory, shutdown)
-            .await
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use tokio::task::JoinHandle;
 
-use super::EngineError;
+use super::error::EngineError;
 use crate::steps::model::Filter;
 use crate::steps::store::{Page, PageLimit, Store, StoreError};
 

@@ -2,7 +2,7 @@
 //! from outside the engine so the engine knows nothing of them.
 //!
 //! - step counts, durations, starts and finishes come from the committer's change
-//!   feed ([`steps::Tracker`]): every durable record passes through it once;
+//!   feed ([`steps::StepMetrics`]): every durable record passes through it once;
 //! - gRPC requests come from a tower layer around every service ([`grpc`]);
 //! - observers, store size and watchers are read at scrape time, on a blocking
 //!   thread ([`http`] runs the whole encode there), so a scrape never blocks the
@@ -20,7 +20,6 @@ mod observers;
 mod steps;
 
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,35 +32,9 @@ use crate::observer::Registry as Observers;
 use crate::steps::Engine;
 use crate::steps::store::Store;
 
-pub use steps::Tracker;
-
 /// The build's version and git commit (build.rs; "unknown" outside a checkout).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const COMMIT: &str = env!("OBHOST_GIT_COMMIT");
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindState {
-    kind: String,
-    state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindResult {
-    kind: String,
-    result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Finished {
-    kind: String,
-    state: String,
-    code: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrpcLabels {
@@ -79,12 +52,6 @@ struct AgentLabels {
 struct BuildLabels {
     version: String,
     commit: String,
-}
-
-/// Step durations: 10 ms to ~5.8 h (a start that waits for a slow kernel takes
-/// minutes; a test step milliseconds).
-fn duration_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.01, 3.0, 14))
 }
 
 /// One `store.apply`: an fsync, so 100 µs (tmpfs) to ~1.6 s (a stalled disk).
@@ -107,16 +74,12 @@ pub struct Sources {
 /// The daemon's metrics; one per daemon, shared as `Arc<Metrics>`.
 pub struct Metrics {
     registry: Registry,
-    steps: Family<KindState, Gauge>,
-    step_duration: Family<KindResult, Histogram, fn() -> Histogram>,
-    steps_started: Family<KindLabels, Counter>,
-    steps_finished: Family<Finished, Counter>,
+    /// The step families and the tracker that feeds them.
+    steps: Arc<steps::StepMetrics>,
     grpc_requests: Family<GrpcLabels, Counter>,
     report_lag: Gauge,
     report_failures: Counter,
     report_dropped: Counter,
-    /// Tracks steps by the change feed; also read (pruning) at scrape time.
-    tracker: Mutex<steps::Tracker>,
     /// Set once the daemon has its sources; scrapes before see no live data.
     live: std::sync::OnceLock<Sources>,
     /// Serialises scrapes: each refreshes the live gauges before encoding.
@@ -173,15 +136,11 @@ impl Metrics {
     fn unregistered() -> Metrics {
         Metrics {
             registry: Registry::default(),
-            steps: Family::default(),
-            step_duration: Family::new_with_constructor(duration_histogram),
-            steps_started: Family::default(),
-            steps_finished: Family::default(),
+            steps: Arc::new(steps::StepMetrics::default()),
             grpc_requests: Family::default(),
             report_lag: Gauge::default(),
             report_failures: Counter::default(),
             report_dropped: Counter::default(),
-            tracker: Mutex::new(steps::Tracker::default()),
             live: std::sync::OnceLock::new(),
             scrape: Mutex::new(()),
             watchers: Gauge::default(),
@@ -192,28 +151,9 @@ impl Metrics {
         }
     }
 
-    /// The families fed by the committer's change feed (see [`steps::Tracker`]).
+    /// The families fed by the committer's change feed (see [`steps`]).
     fn register_steps(&self, registry: &mut Registry) {
-        registry.register(
-            "obhost_steps",
-            "Steps in the store by kind and state (finished ones drop out as retention prunes them)",
-            self.steps.clone(),
-        );
-        registry.register(
-            "obhost_step_duration_seconds",
-            "Time from a step attempt's start to its end, by kind and final state",
-            self.step_duration.clone(),
-        );
-        registry.register(
-            "obhost_steps_started",
-            "Step attempts that began running, by kind",
-            self.steps_started.clone(),
-        );
-        registry.register(
-            "obhost_steps_finished",
-            "Step attempts that ended, by kind, final state and error code (\"\" on success)",
-            self.steps_finished.clone(),
-        );
+        self.steps.register(registry);
     }
 
     /// The gRPC service's calls and its open streams.
@@ -288,7 +228,7 @@ impl Metrics {
     ) {
         let store = sources.store.clone();
         let _ = self.live.set(sources);
-        steps::spawn_follower(self.clone(), store, feed, shutdown);
+        steps::spawn_follower(self.steps.clone(), store, feed, shutdown);
     }
 
     /// The gauge of open TailObserverLog streams: each stream holds one count
@@ -325,7 +265,7 @@ impl Metrics {
             // Cheap (a table's length): tells how many finished steps
             // retention has pruned since the last scrape.
             if let Ok(stored) = live.store.count() {
-                self.lock_tracker().reconcile(stored, &self.steps);
+                self.steps.reconcile(stored);
             }
             self.observers.sample(&live.observers.all());
             self.sample_agent();
@@ -338,7 +278,7 @@ impl Metrics {
     /// Judges the last started agent now (outside the tracker's lock: a health
     /// check may take up to a second).
     fn sample_agent(&self) {
-        let started = self.lock_tracker().agent.clone();
+        let started = self.steps.last_agent();
         let (Some(started), Ok(runtime)) = (started, tokio::runtime::Handle::try_current()) else {
             return;
         };
@@ -352,10 +292,6 @@ impl Metrics {
         }
     }
 
-    fn lock_tracker(&self) -> std::sync::MutexGuard<'_, steps::Tracker> {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Counts one finished gRPC call. `method` is bounded by [`grpc`].
     fn grpc_request(&self, method: &str, code: &str) {
         self.grpc_requests
@@ -365,12 +301,4 @@ impl Metrics {
             })
             .inc();
     }
-}
-
-/// Seconds as f64 between two times; 0 when `end` is before `start` (a clock
-/// step back).
-fn seconds_between(start: std::time::SystemTime, end: std::time::SystemTime) -> f64 {
-    end.duration_since(start)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
 }

@@ -5,17 +5,121 @@
 //! table-length read (to notice retention's pruning).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Finished, KindLabels, KindResult, KindState, Metrics, seconds_between};
+use crate::steps::model::{StepKind, StepRecord, StepState};
 use crate::steps::store::Store;
-use crate::steps::{StepKind, StepRecord, StepState};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindState {
+    kind: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindResult {
+    kind: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Finished {
+    kind: String,
+    state: String,
+    code: String,
+}
+
+/// Step durations: 10 ms to ~5.8 h (a start that waits for a slow kernel takes
+/// minutes; a test step milliseconds).
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 3.0, 14))
+}
+
+/// The step families, and the tracker that feeds them from the change feed
+/// (also read at scrape time, for retention's pruning and the last agent).
+pub struct StepMetrics {
+    steps: Family<KindState, Gauge>,
+    step_duration: Family<KindResult, Histogram, fn() -> Histogram>,
+    steps_started: Family<KindLabels, Counter>,
+    steps_finished: Family<Finished, Counter>,
+    tracker: Mutex<Tracker>,
+}
+
+impl Default for StepMetrics {
+    fn default() -> Self {
+        StepMetrics {
+            steps: Family::default(),
+            step_duration: Family::new_with_constructor(duration_histogram),
+            steps_started: Family::default(),
+            steps_finished: Family::default(),
+            tracker: Mutex::new(Tracker::default()),
+        }
+    }
+}
+
+impl StepMetrics {
+    fn lock_tracker(&self) -> MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store holds `stored` steps (see [`Tracker::reconcile`]).
+    pub(super) fn reconcile(&self, stored: u64) {
+        self.lock_tracker().reconcile(stored, &self.steps);
+    }
+
+    /// The newest StartAgentService that succeeded, if any.
+    pub(super) fn last_agent(&self) -> Option<super::agent::Started> {
+        self.lock_tracker().agent.clone()
+    }
+
+    /// Registers the four families.
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "obhost_steps",
+            "Steps in the store by kind and state (finished ones drop out as retention prunes them)",
+            self.steps.clone(),
+        );
+        registry.register(
+            "obhost_step_duration_seconds",
+            "Time from a step attempt's start to its end, by kind and final state",
+            self.step_duration.clone(),
+        );
+        registry.register(
+            "obhost_steps_started",
+            "Step attempts that began running, by kind",
+            self.steps_started.clone(),
+        );
+        registry.register(
+            "obhost_steps_finished",
+            "Step attempts that ended, by kind, final state and error code (\"\" on success)",
+            self.steps_finished.clone(),
+        );
+    }
+}
+
+/// Seconds as f64 between two times; 0 when `end` is before `start` (a clock
+/// step back).
+fn seconds_between(start: SystemTime, end: SystemTime) -> f64 {
+    end.duration_since(start)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
 
 /// Records read per page while seeding.
 const SEED_PAGE: usize = 1024;
@@ -45,17 +149,17 @@ struct Entry {
 /// revision. Finished steps are also indexed by revision, because retention
 /// prunes the oldest finished ones first.
 #[derive(Default)]
-pub struct Tracker {
+struct Tracker {
     steps: HashMap<String, Entry>,
     finished: BTreeMap<u64, String>,
     /// The newest StartAgentService that succeeded: what "agent up" checks.
-    pub(super) agent: Option<super::agent::Started>,
+    agent: Option<super::agent::Started>,
 }
 
 impl Tracker {
     /// Applies one record. `count` is false while seeding: records already in
     /// the store at start move the gauge but no counter.
-    fn apply(&mut self, r: &StepRecord, m: &Metrics, count: bool) {
+    fn apply(&mut self, r: &StepRecord, m: &StepMetrics, count: bool) {
         let prev = self.steps.get(r.id());
         if prev.is_some_and(|p| p.revision >= r.revision) {
             return;
@@ -128,7 +232,7 @@ impl Tracker {
     /// still counts were pruned, and pruning takes the oldest finished first.
     /// Never removes too many: records the feed has not delivered yet only
     /// make the tracker count fewer.
-    pub(super) fn reconcile(&mut self, stored: u64, steps: &Family<KindState, Gauge>) {
+    fn reconcile(&mut self, stored: u64, steps: &Family<KindState, Gauge>) {
         let mut excess = (self.steps.len() as u64).saturating_sub(stored);
         while excess > 0 {
             let Some((_, id)) = self.finished.pop_first() else {
@@ -165,7 +269,7 @@ fn gauge(
 /// A feed that lagged (a burst beyond its buffer) is re-seeded: the gauge is
 /// right again, counters miss what was skipped (logged).
 pub(super) fn spawn_follower(
-    metrics: Arc<Metrics>,
+    metrics: Arc<StepMetrics>,
     store: Store,
     mut feed: broadcast::Receiver<Arc<StepRecord>>,
     shutdown: CancellationToken,
@@ -192,7 +296,7 @@ pub(super) fn spawn_follower(
     });
 }
 
-async fn seed(metrics: &Arc<Metrics>, store: &Store) {
+async fn seed(metrics: &Arc<StepMetrics>, store: &Store) {
     metrics.lock_tracker().clear(&metrics.steps);
     let mut after = 0;
     loop {
@@ -230,7 +334,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::steps::StepError;
+    use crate::steps::model::StepError;
 
     fn record(id: &str, state: StepState, attempt: u32, revision: u64) -> StepRecord {
         let now = SystemTime::now();
@@ -248,7 +352,7 @@ mod tests {
         r
     }
 
-    fn steps(m: &Metrics, state: &str) -> i64 {
+    fn steps(m: &StepMetrics, state: &str) -> i64 {
         gauge(
             &m.steps,
             StepKind::Test,
@@ -262,7 +366,7 @@ mod tests {
         .get()
     }
 
-    fn started(m: &Metrics) -> u64 {
+    fn started(m: &StepMetrics) -> u64 {
         m.steps_started
             .get_or_create(&KindLabels {
                 kind: "TEST".into(),
@@ -270,7 +374,7 @@ mod tests {
             .get()
     }
 
-    fn finished(m: &Metrics, state: &str, code: &str) -> u64 {
+    fn finished(m: &StepMetrics, state: &str, code: &str) -> u64 {
         m.steps_finished
             .get_or_create(&Finished {
                 kind: "TEST".into(),
@@ -285,7 +389,7 @@ mod tests {
     /// nothing.
     #[test]
     fn a_retry_counts_each_attempt_once() {
-        let m = Metrics::new();
+        let m = StepMetrics::default();
         let mut t = Tracker::default();
         t.apply(&record("a", StepState::Running, 1, 1), &m, true);
         t.apply(&record("a", StepState::Running, 1, 2), &m, true);
@@ -312,7 +416,7 @@ mod tests {
     /// running one, and never more than the store lost.
     #[test]
     fn reconcile_drops_the_oldest_finished() {
-        let m = Metrics::new();
+        let m = StepMetrics::default();
         let mut t = Tracker::default();
         t.apply(&record("old", StepState::Succeeded, 1, 1), &m, false);
         t.apply(&record("run", StepState::Running, 1, 2), &m, false);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
-use super::Engine;
+use super::{Engine, Start, Turn};
 use crate::steps::model::{StepError, StepRecord, StepState, codes, truncated};
 use crate::steps::task::{STAGE, STAGE_SINCE, StepContext, StepFailure, StepResult, StepTask};
 
@@ -37,17 +37,6 @@ struct Run {
     start: Start,
     earlier_outputs: BTreeMap<String, String>,
 }
-
-/// How a driver begins its attempt.
-pub(super) enum Start {
-    /// Staged RUNNING, holding its key's turn (None: the task has no key).
-    Now(Option<Turn>),
-    /// Staged PENDING (its key was busy), or left unfinished by the previous
-    /// run (`resumed`): wait for the turn, then mark RUNNING.
-    Waiting { resumed: bool },
-}
-
-type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 pub(super) enum Outcome {
     Done(StepResult),

@@ -122,13 +122,24 @@ struct Shared {
 /// (see `Shared::progress_commits`).
 const PROGRESS_COMMITS: usize = 256;
 
+/// How a driver begins its attempt.
+pub(super) enum Start {
+    /// Staged RUNNING, holding its key's turn (None: the task has no key).
+    Now(Option<Turn>),
+    /// Staged PENDING (its key was busy), or left unfinished by the previous
+    /// run (`resumed`): wait for the turn, then mark RUNNING.
+    Waiting { resumed: bool },
+}
+
+pub(super) type Turn = tokio::sync::OwnedMutexGuard<()>;
+
 /// A new step staged: its commit to wait for, its record, its task, and how
 /// its driver begins.
 type Staged = (
     commit::Pending,
     Arc<StepRecord>,
     Box<dyn super::task::StepTask>,
-    drivers::Start,
+    Start,
 );
 
 /// A change queued but not yet durable.
@@ -255,7 +266,7 @@ impl Engine {
         pending: commit::Pending,
         record: Arc<StepRecord>,
         task: Box<dyn crate::steps::task::StepTask>,
-        start: drivers::Start,
+        start: Start,
     ) -> Result<(), EngineError> {
         let engine = self.clone();
         let started = self.shared.drivers.spawn(async move {

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use tracing::{info, warn};
 
 use super::Engine;
-use super::drivers::Start;
+use super::Start;
 use crate::steps::model::{Secrets, StepError, StepRecord, StepState, codes};
 use crate::steps::store::StoreError;
 use crate::steps::task::{OnRestart, StepTask};

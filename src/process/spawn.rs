@@ -418,7 +418,9 @@ pub async fn start(spec: SpawnSpec) -> Result<Identity, SpawnError> {
         None => Ok(()),
     };
     drop(go_w);
-    let spawned = spawning.await.map_err(panicked)?;
+    let spawned = spawning.await;
+    // A refused scope is the answer whatever the spawn says: the child never
+    // exec'd (it read 'n', or EOF), and how std reports that is beside it.
     if let Err(e) = placed {
         return Err(SpawnError::Scope {
             program,
@@ -426,7 +428,7 @@ pub async fn start(spec: SpawnSpec) -> Result<Identity, SpawnError> {
             cause: e.to_string(),
         });
     }
-    let id = spawned?;
+    let id = spawned.map_err(panicked)??;
     tracing::debug!(pid = id.pid, unit = %scope.unit, "in its own scope");
     Ok(id)
 }
@@ -444,7 +446,17 @@ fn spawn_gated(spec: &SpawnSpec, gate: Option<Gate>) -> Result<Identity, SpawnEr
     let mut cmd = command(spec)?;
     let gate_fds = gate.as_ref().map(|g| (g.pid.as_raw_fd(), g.go.as_raw_fd()));
     enter_as_user(&mut cmd, spec, gate_fds)?;
-    let child = cmd.spawn().map_err(|cause| SpawnError::Exec {
+    // When the child fails before exec, std waits for it and asserts the wait
+    // worked; obhostd's reaper (waitpid(-1)) may have taken it first. That is
+    // a failed start, not a bug: say so instead of unwinding.
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()));
+    let child = match spawned {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::other(
+            "the child failed before it could run the program (its setup as the user: limits, user switch or working dir), and was reaped before its error could be read; obhostd's log has the spawn",
+        )),
+    }
+    .map_err(|cause| SpawnError::Exec {
         program: spec.program.clone(),
         cause,
     })?;

@@ -29,13 +29,19 @@ fn req(
     }
 }
 
-async fn run(d: &Daemon, r: pb::StartAgentServiceRequest) -> pb::Step {
+/// Sends the request; the step's id.
+async fn submit(d: &Daemon, r: pb::StartAgentServiceRequest) -> String {
     let id = r.meta.as_ref().unwrap().step_id.clone();
     d.client()
         .await
         .start_agent_service(r)
         .await
         .expect("accepted");
+    id
+}
+
+async fn run(d: &Daemon, r: pb::StartAgentServiceRequest) -> pb::Step {
+    let id = submit(d, r).await;
     wait_for(d, &id, Duration::from_secs(60), is_terminal).await
 }
 
@@ -47,12 +53,7 @@ async fn run_until(
     reached: impl Fn(&pb::Step) -> bool,
     dir: &std::path::Path,
 ) -> pb::Step {
-    let id = r.meta.as_ref().unwrap().step_id.clone();
-    d.client()
-        .await
-        .start_agent_service(r)
-        .await
-        .expect("accepted");
+    let id = submit(d, r).await;
     let at = wait_for(d, &id, Duration::from_secs(30), |s| {
         is_terminal(s) || reached(s)
     })

@@ -348,6 +348,34 @@ impl ObserverSpec {
     }
 }
 
+/// A spec as resolution would make it for `home` and `user`, with every
+/// default and no cluster identity (a restart's), for the step kinds' tests.
+#[cfg(test)]
+impl ObserverSpec {
+    pub(crate) fn for_test(home: &Path, user: &str) -> ObserverSpec {
+        ObserverSpec {
+            home_path: home.to_path_buf(),
+            binary: home.join("bin/observer"),
+            user: user.into(),
+            mysql_port: DEFAULT_MYSQL_PORT,
+            rpc_port: DEFAULT_RPC_PORT,
+            pid_file: home.join("run/observer.pid"),
+            foreground: false,
+            zone: String::new(),
+            cluster_name: String::new(),
+            cluster_id: 0,
+            rootservice_list: String::new(),
+            data_dir: home.join("store"),
+            redo_dir: None,
+            devname: String::new(),
+            ip: String::new(),
+            parameters: Default::default(),
+            env: Default::default(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

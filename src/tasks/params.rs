@@ -163,24 +163,10 @@ mod tests {
     fn every_kind() -> Vec<StepParams> {
         let home = std::path::PathBuf::from("/home/admin/oceanbase");
         let observer = ObserverSpec {
-            home_path: home.clone(),
-            binary: home.join("bin/observer"),
-            user: "admin".into(),
-            mysql_port: 2881,
-            rpc_port: 2882,
-            pid_file: home.join("run/observer.pid"),
-            foreground: false,
             zone: "zone1".into(),
             cluster_name: "c".into(),
             cluster_id: 1,
-            rootservice_list: String::new(),
-            data_dir: home.join("store"),
-            redo_dir: None,
-            devname: String::new(),
-            ip: String::new(),
-            parameters: Default::default(),
-            env: Default::default(),
-            extra_args: Vec::new(),
+            ..ObserverSpec::for_test(&home, "admin")
         };
         vec![
             StepParams::PrepareStartObserver(prepare::PrepareParams {

@@ -12,6 +12,16 @@ use crate::process::{Exit, Identity};
 use crate::steps::model::codes::Code;
 use crate::steps::{StepContext, StepFailure};
 
+/// Runs file or /proc work (a socket table read takes milliseconds on a busy
+/// host) on the blocking pool, so the runtime's threads never wait on it. A
+/// panic there is the task's: it goes on unwinding, and the engine ends the
+/// step INTERNAL with its message, as for a panic anywhere in a task.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// Steps that touch the observer of one home_path run one at a time.
 pub(crate) fn observer_lock(home: &Path) -> String {
     format!("observer {}", home.display())

@@ -260,9 +260,7 @@ impl StartAgentService {
         let uid = user.uid;
         let found = {
             let cmd = cmd.clone();
-            tokio::task::spawn_blocking(move || Self::running(&cmd, uid))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            super::process_steps::blocking(move || Self::running(&cmd, uid)).await
         };
         if let Some(id) = found {
             return Ok((id, None));

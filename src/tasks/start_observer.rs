@@ -113,17 +113,6 @@ fn preflight(spec: &ObserverSpec, user: &RunAs) -> Result<(), (Code, String)> {
     Ok(())
 }
 
-/// Runs blocking file or /proc work on the blocking pool; a panic there is
-/// the step's INTERNAL failure, not the runtime's.
-async fn off_runtime<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, StepFailure> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StepFailure::new(Code::Internal, format!("{what} failed: {e}")))
-}
-
 impl StartObserver {
     /// Where the observer is looked for; `uid` is its user's (None when the
     /// user does not exist: then no process is ever taken for it).
@@ -223,7 +212,7 @@ impl StartObserver {
                 }
             };
         let pid = server.pid;
-        let argv = off_runtime("reading its command line", move || argv(pid)).await?;
+        let argv = process_steps::blocking(move || argv(pid)).await;
         let record = ObserverRecord {
             log_mark: mark.clone(),
             ..self.record(server, argv, ctx.step_id(), uid)
@@ -250,7 +239,7 @@ impl StartObserver {
         match locate::find_async(self.target(uid), registry.clone()).await {
             Found::Running(id) => {
                 let pid = id.pid;
-                let argv = off_runtime("reading its command line", move || argv(pid)).await?;
+                let argv = process_steps::blocking(move || argv(pid)).await;
                 let command = argv.join(" ");
                 registry.started(self.record(id, argv, ctx.step_id(), uid));
                 return Ok(Some(success(&id, &command, !spawned_before, spec)));
@@ -282,10 +271,7 @@ impl StartObserver {
         let pid_file = &self.spec.pid_file;
         let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
         let file = pid_file.clone();
-        let removed = off_runtime("removing the stale pid file", move || {
-            crate::confined::remove_file(&file)
-        })
-        .await?;
+        let removed = process_steps::blocking(move || crate::confined::remove_file(&file)).await;
         removed.map_err(|e| {
             StepFailure::new(
                 Code::PidfileNotRemovable,
@@ -314,11 +300,9 @@ impl StartObserver {
         let spec = &self.spec;
         let user = user.map_err(|e| StepFailure::new(Code::UserNotFound, e.to_string()))?;
         let (checked, who) = (spec.clone(), user.clone());
-        off_runtime("checking the binary and dirs", move || {
-            preflight(&checked, &who)
-        })
-        .await?
-        .map_err(|(code, message)| StepFailure::new(code, message))?;
+        process_steps::blocking(move || preflight(&checked, &who))
+            .await
+            .map_err(|(code, message)| StepFailure::new(code, message))?;
         let run = SpawnSpec {
             program: spec.binary.clone(),
             args: command::args(spec),
@@ -436,26 +420,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn spec(home: &std::path::Path, user: &str) -> ObserverSpec {
-        ObserverSpec {
-            home_path: home.to_path_buf(),
-            binary: home.join("bin/observer"),
-            user: user.into(),
-            mysql_port: 2881,
-            rpc_port: 2882,
-            pid_file: home.join("run/observer.pid"),
-            foreground: false,
-            zone: String::new(),
-            cluster_name: String::new(),
-            cluster_id: 0,
-            rootservice_list: String::new(),
-            data_dir: home.join("store"),
-            redo_dir: None,
-            devname: String::new(),
-            ip: String::new(),
-            parameters: Default::default(),
-            env: Default::default(),
-            extra_args: Vec::new(),
-        }
+        ObserverSpec::for_test(home, user)
     }
 
     /// A home whose bin/observer exists with `mode`.

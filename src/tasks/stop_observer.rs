@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::deps::Deps;
+use super::process_steps::blocking;
 use crate::observer::locate::{self, Found, Target};
 use crate::policy::{Policy, SpecError, checked_path};
 use crate::process::{Handle, inspect, pidfile};
@@ -74,15 +75,6 @@ pub fn resolve(
 pub struct StopObserver {
     pub params: StopParams,
     pub deps: Arc<Deps>,
-}
-
-/// A /proc read (the socket table takes milliseconds on a busy host) or a
-/// pid file removal on the blocking pool, so the runtime's threads never
-/// wait on it.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 impl StopObserver {
